@@ -1,0 +1,168 @@
+//! Prometheus metrics, registered once per process and shared by every
+//! configuration snapshot. Label values are `Arc<str>` taken from the routing
+//! table, so recording a request allocates nothing.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared with the routing table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Label,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_latency: HistogramFamily<UpstreamLabels>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    active_connections: Gauge,
+    reloads: Family<OutcomeLabels, Counter>,
+    tls_handshake_failures: Counter,
+}
+
+/// The route label for requests refused before a route was chosen.
+pub const NO_ROUTE: &str = "-";
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("membergate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let upstream_latency: HistogramFamily<UpstreamLabels> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        registry.register(
+            "upstream_response_seconds",
+            "Time from sending a request upstream to receiving its response head",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream requests that failed (connect, timeout, reset, malformed)",
+            upstream_errors.clone(),
+        );
+        let active_connections = Gauge::default();
+        registry.register(
+            "active_connections",
+            "Client connections currently open",
+            active_connections.clone(),
+        );
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            upstream_errors,
+            active_connections,
+            reloads,
+            tls_handshake_failures,
+        }
+    }
+
+    pub fn request(&self, route: &Arc<str>, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: Label(route.clone()),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn upstream_latency(&self, upstream: &Arc<str>, seconds: f64) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: Label(upstream.clone()),
+            })
+            .observe(seconds);
+    }
+
+    pub fn upstream_error(&self, upstream: &Arc<str>) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                upstream: Label(upstream.clone()),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.reloads.get_or_create(&OutcomeLabels { result }).inc();
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.active_connections.inc();
+        ConnectionGuard(self.active_connections.clone())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,104 @@
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (the
+//! configuration is loaded and every origin answers), `/metrics` (Prometheus).
+//! It is meant for a private address and carries no membership data.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+use crate::server::conn::{drive, http1_builder};
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = gateway.runtime().config.limits.clone();
+    let service = service_fn(move |request| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(answer(&gateway, request).await) }
+    });
+    let connection = http1_builder(&limits)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    drive(connection, shutdown).await;
+}
+
+async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let problems = readiness(gateway).await;
+            if problems.is_empty() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready:\n{}\n", problems.join("\n")),
+                )
+            }
+        }
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, gateway.metrics.render());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Probes every origin of the current configuration concurrently.
+async fn readiness(gateway: &Gateway) -> Vec<String> {
+    let runtime = gateway.runtime();
+    let mut probes = tokio::task::JoinSet::new();
+    for (site_index, site) in runtime.router.sites().enumerate() {
+        for (route_index, _) in site.routes().enumerate() {
+            let runtime = runtime.clone();
+            probes.spawn(async move {
+                let site = runtime.router.sites().nth(site_index)?;
+                let route = site.routes().nth(route_index)?;
+                route.origin.probe().await.err()
+            });
+        }
+    }
+    let mut problems: Vec<String> = probes.join_all().await.into_iter().flatten().collect();
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,122 @@
+//! The TOML file as written by an operator: a serde mirror with no meaning attached.
+//!
+//! Every field is optional here (defaults are applied by `validate`), enums and
+//! durations are kept as strings, and unknown keys are refused, so that
+//! `validate` can check everything at once and name each problem by its key path.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub sites: Vec<SiteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub workers: Option<usize>,
+    pub https_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub http_mode: Option<String>,
+    pub https_redirect_port: Option<u16>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub shutdown_grace: Option<String>,
+    pub identity_header_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_bytes: Option<usize>,
+    pub header_timeout: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+    pub body_idle_timeout: Option<String>,
+    pub http2_max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub format: Option<String>,
+    pub level: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub dev_certificate: Option<bool>,
+    pub session_tickets: Option<bool>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: Option<String>,
+    pub upstream: Option<String>,
+    pub rewrite_host: Option<bool>,
+    pub max_body_bytes: Option<u64>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// Parses the TOML text, naming the key path of the first structural problem
+/// (an unknown key or a value of the wrong type).
+pub fn parse(text: &str) -> Result<ConfigFile, String> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        match inner.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("{path}: {message} (line {line})")
+            }
+            None => format!("{path}: {message}"),
+        }
+    })
+}

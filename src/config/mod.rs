@@ -1,0 +1,207 @@
+//! Configuration: the TOML file (`file`), checked and turned into the typed
+//! [`Config`] the gateway runs on (`validate`).
+//!
+//! Loading reports every problem at once, each prefixed by its key path, so an
+//! operator fixes a file in one pass.
+
+mod file;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use validate::HostPattern;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub limits: Limits,
+    pub admin: Admin,
+    pub log: Log,
+    pub tls: Tls,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Data-plane worker threads; 0 means one per core.
+    pub workers: usize,
+    pub https_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub http_mode: HttpMode,
+    pub https_redirect_port: Option<u16>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub shutdown_grace: Duration,
+    /// Lower-case, `-`-separated prefix of the identity headers only the gateway may set.
+    pub identity_header_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// Answer every plain-HTTP request with a 308 to HTTPS.
+    Redirect,
+    /// Proxy plain HTTP as usual (sidecar behind a TLS-terminating ingress).
+    Serve,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub header_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub dev_certificate: bool,
+    pub session_tickets: bool,
+    pub certificates: Vec<Certificate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub hosts: Vec<HostPattern>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Normalised path prefix: starts with `/`, no trailing `/` unless it is `/`.
+    pub path: String,
+    pub upstream: Upstream,
+    pub rewrite_host: bool,
+    pub max_body_bytes: u64,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// An HTTP origin; `uri` holds only scheme and authority.
+    Http { uri: http::Uri, tls: bool },
+    /// A directory served by the gateway itself.
+    Dir(PathBuf),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::Http { uri, .. } => write!(f, "{uri}"),
+            Upstream::Dir(path) => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key or value of the wrong shape.
+    Syntax(String),
+    /// The file parsed but some values are invalid; one message per problem.
+    Invalid(Vec<String>),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            ConfigError::Syntax(message) => write!(f, "{message}"),
+            ConfigError::Invalid(problems) => write!(f, "{}", problems.join("\n")),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Environment variables that override listen addresses (for containers).
+const ENV_OVERRIDES: [(&str, Listener); 3] = [
+    ("MEMBERGATE_HTTPS_LISTEN", Listener::Https),
+    ("MEMBERGATE_HTTP_LISTEN", Listener::Http),
+    ("MEMBERGATE_ADMIN_LISTEN", Listener::Admin),
+];
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Https,
+    Http,
+    Admin,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, applying environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        let overrides = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(name, which)| std::env::var(name).ok().map(|v| (*name, *which, v)));
+        Config::from_toml(&text, overrides)
+    }
+
+    /// Parses and validates TOML text; `overrides` are (variable, listener, value).
+    fn from_toml<'a>(
+        text: &str,
+        overrides: impl Iterator<Item = (&'a str, Listener, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut file = file::parse(text).map_err(ConfigError::Syntax)?;
+        for (_, which, value) in overrides {
+            let slot = match which {
+                Listener::Https => &mut file.server.https_listen,
+                Listener::Http => &mut file.server.http_listen,
+                Listener::Admin => &mut file.admin.listen,
+            };
+            *slot = Some(value);
+        }
+        validate::validate(file).map_err(ConfigError::Invalid)
+    }
+
+    /// Parses and validates TOML text without looking at the environment.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, std::iter::empty())
+    }
+}

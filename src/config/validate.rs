@@ -1,0 +1,560 @@
+//! Turns a parsed [`ConfigFile`] into a [`Config`], applying defaults and
+//! collecting every problem (as `key.path: what was expected; got ...`) before failing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::file::{CertificateSection, ConfigFile, RouteSection, SiteSection};
+use super::{
+    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Route, Server, Site, Tls,
+    Upstream,
+};
+
+/// A host name pattern, matched against the normalised (lower-case, no trailing
+/// dot, no port) request host or TLS server name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com`: stores `.example.com`; matches exactly one more label.
+    Wildcard(String),
+    /// `*`: any host.
+    Any,
+}
+
+impl HostPattern {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            HostPattern::Any => true,
+        }
+    }
+
+    fn parse(text: &str) -> Result<HostPattern, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        if lower == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok()
+            || name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+        if !is_ip && (name.is_empty() || !name.split('.').all(valid_label)) {
+            return Err(format!(
+                "expected a host name, \"*.domain\" or \"*\"; got {text:?}"
+            ));
+        }
+        Ok(if wildcard {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+}
+
+/// Collects problems with their key paths.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, key: &str, message: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.add(key, "expected a duration above zero");
+                    default
+                }
+                Err(_) => {
+                    self.add(
+                        key,
+                        format!("expected a duration like \"10s\" or \"500ms\"; got {text:?}"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn listen(&mut self, key: &str, value: Option<&str>, default: &str) -> Option<SocketAddr> {
+        let text = value.unwrap_or(default);
+        if text.is_empty() {
+            return None;
+        }
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.add(key, format!("expected an address like \"127.0.0.1:8443\" or \"\" to disable; got {text:?}"));
+                None
+            }
+        }
+    }
+
+    fn hosts(&mut self, key: &str, values: &[String]) -> Vec<HostPattern> {
+        let mut out = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            match HostPattern::parse(value) {
+                Ok(p) => out.push(p),
+                Err(message) => self.add(&format!("{key}[{i}]"), message),
+            }
+        }
+        out
+    }
+}
+
+pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
+    let mut p = Problems::default();
+
+    let s = file.server;
+    let http_mode = match s.http_mode.as_deref() {
+        None | Some("redirect") => HttpMode::Redirect,
+        Some("serve") => HttpMode::Serve,
+        Some(other) => {
+            p.add(
+                "server.http_mode",
+                format!("expected one of redirect, serve; got {other:?}"),
+            );
+            HttpMode::Redirect
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in s.trusted_proxies.unwrap_or_default().iter().enumerate() {
+        match cidr
+            .parse::<IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => p.add(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("expected a CIDR block like \"10.0.0.0/8\"; got {cidr:?}"),
+            ),
+        }
+    }
+    let identity_header_prefix = s
+        .identity_header_prefix
+        .unwrap_or_else(|| "X-Member-".into());
+    if identity_header_prefix.len() < 3
+        || !identity_header_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        p.add(
+            "server.identity_header_prefix",
+            format!(
+                "expected a header-name prefix like \"X-Member-\"; got {identity_header_prefix:?}"
+            ),
+        );
+    }
+    let server = Server {
+        workers: s.workers.unwrap_or(0),
+        https_listen: p.listen(
+            "server.https_listen",
+            s.https_listen.as_deref(),
+            "127.0.0.1:8443",
+        ),
+        http_listen: p.listen(
+            "server.http_listen",
+            s.http_listen.as_deref(),
+            "127.0.0.1:8080",
+        ),
+        http_mode,
+        https_redirect_port: s.https_redirect_port,
+        trusted_proxies,
+        shutdown_grace: p.duration(
+            "server.shutdown_grace",
+            s.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        ),
+        identity_header_prefix: crate::hygiene::headers::normalise_header_name(
+            &identity_header_prefix,
+        ),
+    };
+    if server.https_listen.is_none() && server.http_listen.is_none() {
+        p.add(
+            "server",
+            "at least one of https_listen and http_listen must be set",
+        );
+    }
+    if server.https_listen.is_none()
+        && http_mode == HttpMode::Redirect
+        && server.http_listen.is_some()
+    {
+        p.add(
+            "server.http_mode",
+            "\"redirect\" needs an https_listen to redirect to; use \"serve\"",
+        );
+    }
+
+    let l = file.limits;
+    let limits = Limits {
+        max_header_bytes: l.max_header_bytes.unwrap_or(16 * 1024),
+        max_headers: l.max_headers.unwrap_or(100),
+        max_uri_bytes: l.max_uri_bytes.unwrap_or(8 * 1024),
+        header_timeout: p.duration(
+            "limits.header_timeout",
+            l.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        tls_handshake_timeout: p.duration(
+            "limits.tls_handshake_timeout",
+            l.tls_handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        body_idle_timeout: p.duration(
+            "limits.body_idle_timeout",
+            l.body_idle_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(128),
+    };
+    if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+        p.add(
+            "limits.max_header_bytes",
+            format!("expected 1024 to 1048576; got {}", limits.max_header_bytes),
+        );
+    }
+    if !(1..=1000).contains(&limits.max_headers) {
+        p.add(
+            "limits.max_headers",
+            format!("expected 1 to 1000; got {}", limits.max_headers),
+        );
+    }
+    if !(64..=65_000).contains(&limits.max_uri_bytes) {
+        p.add(
+            "limits.max_uri_bytes",
+            format!("expected 64 to 65000; got {}", limits.max_uri_bytes),
+        );
+    }
+    if limits.http2_max_concurrent_streams == 0 {
+        p.add("limits.http2_max_concurrent_streams", "expected at least 1");
+    }
+
+    let admin = Admin {
+        listen: p.listen(
+            "admin.listen",
+            file.admin.listen.as_deref(),
+            "127.0.0.1:9090",
+        ),
+    };
+
+    let log = Log {
+        format: match file.log.format.as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                p.add(
+                    "log.format",
+                    format!("expected one of human, json; got {other:?}"),
+                );
+                LogFormat::Human
+            }
+        },
+        level: file.log.level.unwrap_or_else(|| "info".into()),
+        access_log: file.log.access_log.unwrap_or(true),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        p.add(
+            "log.level",
+            format!("expected a filter like \"info\" or \"membergate=debug\"; {e}"),
+        );
+    }
+
+    let tls = Tls {
+        dev_certificate: file.tls.dev_certificate.unwrap_or(false),
+        session_tickets: file.tls.session_tickets.unwrap_or(true),
+        certificates: file
+            .tls
+            .certificates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| certificate(&mut p, &format!("tls.certificates[{i}]"), c))
+            .collect(),
+    };
+    if server.https_listen.is_some() && tls.certificates.is_empty() {
+        p.add(
+            "tls.certificates",
+            "https_listen is set, so at least one certificate is needed",
+        );
+    }
+
+    let mut sites = Vec::with_capacity(file.sites.len());
+    for (i, section) in file.sites.iter().enumerate() {
+        sites.push(site(&mut p, &format!("sites[{i}]"), section));
+    }
+    if sites.is_empty() {
+        p.add("sites", "expected at least one [[sites]] entry");
+    }
+    for (i, a) in sites.iter().enumerate() {
+        if sites[..i].iter().any(|b| b.name == a.name) {
+            p.add(
+                &format!("sites[{i}].name"),
+                format!("{:?} is used by an earlier site", a.name),
+            );
+        }
+    }
+
+    if p.0.is_empty() {
+        Ok(Config {
+            server,
+            limits,
+            admin,
+            log,
+            tls,
+            sites,
+        })
+    } else {
+        Err(p.0)
+    }
+}
+
+fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Certificate> {
+    let cert_file = c.cert_file.as_deref().map(PathBuf::from);
+    let key_file = c.key_file.as_deref().map(PathBuf::from);
+    if cert_file.is_none() {
+        p.add(&format!("{key}.cert_file"), "is required");
+    }
+    if key_file.is_none() {
+        p.add(&format!("{key}.key_file"), "is required");
+    }
+    let hosts = p.hosts(&format!("{key}.hosts"), &c.hosts);
+    Some(Certificate {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        hosts,
+    })
+}
+
+fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
+    let name = s.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        p.add(&format!("{key}.name"), "is required");
+    }
+    if s.hosts.is_empty() {
+        p.add(
+            &format!("{key}.hosts"),
+            "expected at least one host (\"*\" matches any)",
+        );
+    }
+    let hosts = p.hosts(&format!("{key}.hosts"), &s.hosts);
+    let mut routes: Vec<Route> = Vec::with_capacity(s.routes.len());
+    for (i, r) in s.routes.iter().enumerate() {
+        let route_key = format!("{key}.routes[{i}]");
+        if let Some(route) = route(p, &route_key, r) {
+            if routes
+                .iter()
+                .any(|other| other.path.eq_ignore_ascii_case(&route.path))
+            {
+                p.add(
+                    &format!("{route_key}.path"),
+                    format!("{:?} is used by an earlier route of this site", route.path),
+                );
+            }
+            routes.push(route);
+        }
+    }
+    if s.routes.is_empty() {
+        p.add(
+            &format!("{key}.routes"),
+            "expected at least one [[sites.routes]] entry",
+        );
+    }
+    Site {
+        name,
+        hosts,
+        routes,
+    }
+}
+
+fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
+    let path = match r.path.as_deref() {
+        None => {
+            p.add(&format!("{key}.path"), "is required");
+            None
+        }
+        Some(text) => match route_prefix(text) {
+            Ok(path) => Some(path),
+            Err(message) => {
+                p.add(&format!("{key}.path"), message);
+                None
+            }
+        },
+    };
+    let upstream = match r.upstream.as_deref() {
+        None => {
+            p.add(&format!("{key}.upstream"), "is required");
+            None
+        }
+        Some(text) => match parse_upstream(text) {
+            Ok(u) => Some(u),
+            Err(message) => {
+                p.add(&format!("{key}.upstream"), message);
+                None
+            }
+        },
+    };
+    if let (Some(Upstream::Dir(dir)), true) = (
+        &upstream,
+        r.ca_file.is_some() || r.rewrite_host == Some(true),
+    ) {
+        p.add(
+            key,
+            format!(
+                "ca_file and rewrite_host apply to http(s) upstreams, not dir:{}",
+                dir.display()
+            ),
+        );
+    }
+    if let Some(Upstream::Dir(dir)) = &upstream
+        && !dir.is_dir()
+    {
+        p.add(
+            &format!("{key}.upstream"),
+            format!("directory {} does not exist", dir.display()),
+        );
+    }
+    let route = Route {
+        path: path?,
+        upstream: upstream?,
+        rewrite_host: r.rewrite_host.unwrap_or(false),
+        max_body_bytes: r.max_body_bytes.unwrap_or(1024 * 1024),
+        connect_timeout: p.duration(
+            &format!("{key}.connect_timeout"),
+            r.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        ),
+        response_timeout: p.duration(
+            &format!("{key}.response_timeout"),
+            r.response_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        idle_timeout: p.duration(
+            &format!("{key}.idle_timeout"),
+            r.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        ca_file: r.ca_file.as_deref().map(PathBuf::from),
+    };
+    Some(route)
+}
+
+/// A route prefix must already be in the normal form the path normaliser produces,
+/// so that what an operator writes is what gets matched.
+fn route_prefix(text: &str) -> Result<String, String> {
+    let expected =
+        "expected a path prefix like \"/members\" (no dot segments, no //, no %-escapes)";
+    if !text.starts_with('/') || text.contains("//") || text.contains('%') || text.contains('\\') {
+        return Err(format!("{expected}; got {text:?}"));
+    }
+    match crate::hygiene::path::normalise(text) {
+        Ok(normal) if normal.decoded == text || normal.decoded == format!("{text}/") => {
+            let trimmed = text.trim_end_matches('/');
+            Ok(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.to_owned()
+            })
+        }
+        _ => Err(format!("{expected}; got {text:?}")),
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    if let Some(dir) = text.strip_prefix("dir:") {
+        if dir.is_empty() {
+            return Err("expected a directory after dir:".into());
+        }
+        return Ok(Upstream::Dir(PathBuf::from(dir)));
+    }
+    let expected = "expected http://host:port, https://host:port or dir:PATH";
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| format!("{expected}; got {text:?}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{expected}; got {text:?}")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{expected}; got {text:?}"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "credentials in the upstream URL are not supported; got {text:?}"
+        ));
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+        return Err(format!(
+            "an upstream is scheme and authority only, with no path; got {text:?}"
+        ));
+    }
+    let uri = http::Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority.as_str())
+        .path_and_query("/")
+        .build()
+        .map_err(|_| format!("{expected}; got {text:?}"))?;
+    Ok(Upstream::Http { uri, tls })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_match_one_label_for_wildcards() {
+        let w = HostPattern::parse("*.Example.com.").unwrap();
+        assert!(w.matches("a.example.com"));
+        assert!(!w.matches("example.com"));
+        assert!(!w.matches("a.b.example.com"));
+        assert!(!w.matches("aexample.com"));
+        assert!(HostPattern::parse("gw@evil").is_err());
+        assert!(HostPattern::parse("[::1]").is_ok());
+    }
+
+    #[test]
+    fn route_prefixes_must_be_normal() {
+        assert_eq!(route_prefix("/members/").unwrap(), "/members");
+        assert_eq!(route_prefix("/").unwrap(), "/");
+        for bad in [
+            "members", "/a//b", "/a/../b", "/a/./b", "/%2e", "/a\\b", "/a;b",
+        ] {
+            assert!(route_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstreams_are_scheme_and_authority() {
+        assert!(matches!(
+            parse_upstream("http://127.0.0.1:8080"),
+            Ok(Upstream::Http { tls: false, .. })
+        ));
+        assert!(matches!(
+            parse_upstream("https://origin.example"),
+            Ok(Upstream::Http { tls: true, .. })
+        ));
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("http://u:p@x").is_err());
+        assert!(parse_upstream("http://x/base").is_err());
+        assert!(parse_upstream("dir:").is_err());
+    }
+}

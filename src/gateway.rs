@@ -1,0 +1,100 @@
+//! The gateway's shared state: the current configuration snapshot, swapped
+//! atomically on reload, and the process-wide metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::admin::metrics::Metrics;
+use crate::config::Config;
+use crate::routing::Router;
+use crate::server::tls;
+
+/// Everything built from one configuration. Requests take one snapshot when
+/// they start and keep it to the end, so a reload never changes a request midway.
+pub struct Runtime {
+    pub config: Config,
+    pub router: Router,
+    /// The TLS server configuration, when an HTTPS listener is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Runtime {
+    /// Builds origins and TLS state; `create_dev_certificates` allows writing
+    /// missing dev certificates (never done by `check-config`).
+    pub fn build(config: Config, create_dev_certificates: bool) -> Result<Runtime, String> {
+        let tls = match config.server.https_listen {
+            Some(_) => Some(tls::server_config(&config.tls, create_dev_certificates)?),
+            None => None,
+        };
+        let router = Router::build(&config)?;
+        Ok(Runtime {
+            config,
+            router,
+            tls,
+        })
+    }
+}
+
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    config_path: PathBuf,
+    /// The port the HTTPS listener actually bound (differs from the file for port 0).
+    https_port: AtomicU16,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, config_path: &Path) -> Gateway {
+        Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Metrics::new(),
+            config_path: config_path.to_owned(),
+            https_port: AtomicU16::new(0),
+        }
+    }
+
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
+    }
+
+    /// The port HTTPS redirects point at: configured, else the bound port.
+    pub fn https_redirect_port(&self, runtime: &Runtime) -> Option<u16> {
+        let configured = runtime.config.server.https_redirect_port;
+        let bound = Some(self.https_port.load(Ordering::Relaxed)).filter(|p| *p != 0);
+        configured
+            .or(bound)
+            .or(runtime.config.server.https_listen.map(|a| a.port()))
+    }
+
+    /// The current configuration snapshot.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Re-reads the configuration file and swaps it in; on any error the running
+    /// configuration stays as it was. Listen addresses, worker count and log format
+    /// take effect only on restart.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| Runtime::build(config, true));
+        self.metrics.reload(result.is_ok());
+        let runtime = result?;
+        let current = self.runtime();
+        let (old, new) = (&current.config.server, &runtime.config.server);
+        if old.https_listen != new.https_listen
+            || old.http_listen != new.http_listen
+            || current.config.admin.listen != runtime.config.admin.listen
+            || old.workers != new.workers
+        {
+            tracing::warn!(
+                "listen addresses and workers changed in the file; they apply after a restart"
+            );
+        }
+        self.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Forwarding: a routed request goes to its origin and the response streams back.
+//!
+//! HTTP origins get the cleaned headers and exactly the normalised path; bodies
+//! stream both ways with size caps and idle timeouts. Directory origins are
+//! served in-process. WebSocket handshakes become a tunnel only once the origin
+//! has answered 101.
+
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tower::ServiceExt;
+
+use super::ConnInfo;
+use super::body::{BodyError, ForwardBody, GatewayBody, body_error_in};
+use super::pipeline::Target;
+use super::respond::{self, Refusal};
+use crate::gateway::{Gateway, Runtime};
+use crate::hygiene::headers::{self, ClientFacts};
+use crate::routing::{DirOrigin, HttpOrigin, Origin, Route};
+
+pub async fn forward(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    conn: ConnInfo,
+    route: &Route,
+    target: Target,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    match &route.origin {
+        Origin::Dir(dir) => serve_dir(dir, &target, parts).await,
+        Origin::Http(origin) => {
+            proxy_http(gateway, runtime, conn, route, origin, target, parts, body).await
+        }
+    }
+}
+
+/// Serves a file from a directory origin (GET and HEAD only).
+async fn serve_dir(
+    dir: &DirOrigin,
+    target: &Target,
+    parts: http::request::Parts,
+) -> Response<GatewayBody> {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        let mut response = respond::refusal(Refusal::MethodNotAllowed, target.wants_json);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let Ok(uri) = target.path.encoded.parse::<Uri>() else {
+        return respond::refusal(
+            Refusal::BadRequest("The requested address is not valid."),
+            false,
+        );
+    };
+    let mut request = http::Request::new(());
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers;
+    match dir.serve.clone().oneshot(request).await {
+        Ok(response) => response.map(|inner| GatewayBody::Dir { inner }),
+        Err(never) => match never {},
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy_http(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    conn: ConnInfo,
+    route: &Route,
+    origin: &HttpOrigin,
+    target: Target,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    let json = target.wants_json;
+    if content_length(&parts.headers).is_some_and(|len| len > route.max_body_bytes) {
+        return respond::refusal(Refusal::BodyTooLarge, json);
+    }
+    let server = &runtime.config.server;
+    let trusted = headers::is_trusted(conn.peer.ip(), &server.trusted_proxies);
+    let facts = ClientFacts {
+        peer_ip: conn.peer.ip(),
+        tls: conn.tls,
+        host: &target.host.authority,
+    };
+    headers::prepare_request(
+        &mut parts.headers,
+        &server.identity_header_prefix,
+        trusted,
+        facts,
+    );
+    let host = if route.rewrite_host {
+        origin.host_header.clone()
+    } else {
+        match HeaderValue::from_str(&target.host.authority) {
+            Ok(value) => value,
+            Err(_) => {
+                return respond::refusal(
+                    Refusal::BadRequest("The request's host name is not valid."),
+                    json,
+                );
+            }
+        }
+    };
+    parts.headers.insert(header::HOST, host);
+    let client_upgrade = if target.websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+
+    let path_and_query = match &target.query {
+        None => PathAndQuery::try_from(target.path.encoded),
+        Some(query) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
+    };
+    let uri = path_and_query.ok().and_then(|pq| {
+        Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    });
+    let Some(uri) = uri else {
+        return respond::refusal(
+            Refusal::BadRequest("The requested address is not valid."),
+            json,
+        );
+    };
+    let mut request = http::Request::new(ForwardBody::new(
+        body,
+        route.max_body_bytes,
+        runtime.config.limits.body_idle_timeout,
+    ));
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers;
+
+    let sent = Instant::now();
+    let outcome =
+        tokio::time::timeout(origin.response_timeout, origin.client.request(request)).await;
+    let mut response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            let refusal = match body_error_in(&error) {
+                Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
+                Some(BodyError::Idle) => Refusal::BodyTimeout,
+                None => {
+                    gateway.metrics.upstream_error(&origin.label);
+                    tracing::warn!(upstream = %origin.label, error = %error_chain(&error), "upstream request failed");
+                    Refusal::BadGateway
+                }
+            };
+            return respond::refusal(refusal, json);
+        }
+        Err(_elapsed) => {
+            gateway.metrics.upstream_error(&origin.label);
+            tracing::warn!(upstream = %origin.label, timeout = ?origin.response_timeout, "upstream response timed out");
+            return respond::refusal(Refusal::GatewayTimeout, json);
+        }
+    };
+    gateway
+        .metrics
+        .upstream_latency(&origin.label, sent.elapsed().as_secs_f64());
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match client_upgrade {
+            Some(client) => tunnel(client, response),
+            None => {
+                tracing::warn!(upstream = %origin.label, "upstream switched protocols unasked");
+                respond::refusal(Refusal::BadGateway, json)
+            }
+        };
+    }
+    headers::strip_hop_by_hop(response.headers_mut());
+    response.map(|body| GatewayBody::upstream(body, origin.idle_timeout))
+}
+
+/// Answers the client's 101 and joins the two upgraded connections.
+fn tunnel(client: OnUpgrade, mut upstream: Response<Incoming>) -> Response<GatewayBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "websocket tunnel closed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let (mut parts, _) = upstream.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(parts, GatewayBody::Empty)
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

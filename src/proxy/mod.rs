@@ -1,0 +1,17 @@
+//! The data plane: one request's way through the gateway.
+//!
+//! [`pipeline`] runs the phases in order; [`forward`] talks to origins;
+//! [`respond`] renders everything the gateway answers itself and the access
+//! log; [`body`] holds the streaming body types.
+
+pub mod body;
+pub mod forward;
+pub mod pipeline;
+pub mod respond;
+
+/// What the server knows about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+}

@@ -1,0 +1,239 @@
+//! The request phases, in order. Each phase is a few lines that delegate to the
+//! module named after its job, and either continues with what it learnt or
+//! finishes the request with a response ([`Flow`]).
+//!
+//! ```text
+//! accept     method and target sanity (405, 414)
+//! normalise  one host, one path (400, 421)            -> hygiene::{host, path}
+//! route      site by host, route by path (404, 308)   -> routing
+//! forward    origin or directory, streaming (502/504) -> proxy::forward
+//! respond    metrics, access log                      -> proxy::respond
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use super::ConnInfo;
+use super::body::GatewayBody;
+use super::forward;
+use super::respond::{self, AccessRecord, Refusal, ResponseBody};
+use crate::admin::metrics::NO_ROUTE;
+use crate::config::HttpMode;
+use crate::gateway::{Gateway, Runtime};
+use crate::hygiene::host::{self, HostError, RequestHost};
+use crate::hygiene::path::{self, NormalPath};
+use crate::routing::Route;
+
+/// The outcome of a phase: go on with `T`, or answer now.
+// Returned by value and unwrapped at once; boxing the response would cost an
+// allocation on every refusal for no gain.
+#[allow(clippy::large_enum_variant)]
+pub enum Flow<T> {
+    Continue(T),
+    Respond(Response<GatewayBody>),
+}
+
+/// Unwraps a [`Flow`], returning the response from the enclosing function.
+macro_rules! proceed {
+    ($flow:expr) => {
+        match $flow {
+            Flow::Continue(value) => value,
+            Flow::Respond(response) => return response,
+        }
+    };
+}
+
+/// The request as the phases after `normalise` see it.
+pub struct Target {
+    pub host: RequestHost,
+    pub path: NormalPath,
+    pub query: Option<String>,
+    pub wants_json: bool,
+    /// An HTTP/1.1 WebSocket handshake, tunnelled only if the origin agrees (101).
+    pub websocket: bool,
+}
+
+static NO_ROUTE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| NO_ROUTE.into());
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    gateway: &Gateway,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let runtime = gateway.runtime();
+    let mut record = runtime.config.log.access_log.then(|| {
+        Box::new(AccessRecord {
+            method: request.method().clone(),
+            version: request.version(),
+            client: conn.peer.ip(),
+            host: None,
+            path: None,
+            route: None,
+            upstream: None,
+            status: 0,
+            bytes: 0,
+            started: Instant::now(),
+        })
+    });
+    let mut route_label = None;
+    let had_body = has_body(&request);
+    let mut response = phases(
+        gateway,
+        &runtime,
+        conn,
+        request,
+        &mut route_label,
+        record.as_deref_mut(),
+    )
+    .await;
+    let status = response.status().as_u16();
+    // A refused request may still have body bytes in flight; do not let them
+    // be read as the next request on this connection (attack catalogue G6).
+    if had_body && route_label.is_none() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    gateway
+        .metrics
+        .request(route_label.unwrap_or(&NO_ROUTE_LABEL), status);
+    if let Some(record) = record.as_mut() {
+        record.status = status;
+    }
+    Ok(response.map(|body| ResponseBody::new(body, record)))
+}
+
+async fn phases<'r>(
+    gateway: &Gateway,
+    runtime: &'r Runtime,
+    conn: ConnInfo,
+    request: Request<Incoming>,
+    route_label: &mut Option<&'r Arc<str>>,
+    mut record: Option<&mut AccessRecord>,
+) -> Response<GatewayBody> {
+    let (parts, body) = request.into_parts();
+    proceed!(accept(&parts, runtime));
+    let target = proceed!(normalise(&parts));
+    if let Some(record) = record.as_deref_mut() {
+        record.host = Some(target.host.authority.clone());
+        record.path = Some(target.path.encoded.clone());
+    }
+    let route = proceed!(route(gateway, runtime, conn, &target));
+    *route_label = Some(&route.id);
+    if let Some(record) = record {
+        record.route = Some(route.id.clone());
+        record.upstream = Some(route.origin.label().clone());
+    }
+    forward::forward(gateway, runtime, conn, route, target, parts, body).await
+}
+
+/// Refuses methods that have no business at a gateway, and over-long targets.
+fn accept(parts: &http::request::Parts, runtime: &Runtime) -> Flow<()> {
+    let json = respond::wants_json(&parts.headers);
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Flow::Respond(respond::refusal(Refusal::MethodNotAllowed, json));
+    }
+    let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > runtime.config.limits.max_uri_bytes {
+        return Flow::Respond(respond::refusal(Refusal::UriTooLong, json));
+    }
+    Flow::Continue(())
+}
+
+/// One host and one path, in normal form, or a 400.
+fn normalise(parts: &http::request::Parts) -> Flow<Target> {
+    let wants_json = respond::wants_json(&parts.headers);
+    let bad = |why| Flow::Respond(respond::refusal(Refusal::BadRequest(why), wants_json));
+    let host = match host::request_host(parts) {
+        Ok(host) => host,
+        Err(HostError::Missing) => return bad("The request has no Host."),
+        Err(HostError::Duplicate) => return bad("The request has more than one Host header."),
+        Err(HostError::Malformed | HostError::Conflict) => {
+            return bad("The request's host name is not valid.");
+        }
+    };
+    let path = match path::normalise(parts.uri.path()) {
+        Ok(path) => path,
+        Err(_) => {
+            return bad(
+                "The requested address contains characters or sequences that are not allowed.",
+            );
+        }
+    };
+    Flow::Continue(Target {
+        host,
+        path,
+        query: parts.uri.query().map(str::to_owned),
+        wants_json,
+        websocket: is_websocket_handshake(parts),
+    })
+}
+
+/// Site by host, route by path; plain HTTP is sent to HTTPS when so configured.
+fn route<'r>(
+    gateway: &Gateway,
+    runtime: &'r Runtime,
+    conn: ConnInfo,
+    target: &Target,
+) -> Flow<&'r Route> {
+    let refuse = |r| Flow::Respond(respond::refusal(r, target.wants_json));
+    let Some(site) = runtime.router.site(&target.host.name) else {
+        return refuse(if target.host.from_target {
+            Refusal::BadRequest("The request names a host this server does not serve.")
+        } else {
+            Refusal::UnknownHost
+        });
+    };
+    let server = &runtime.config.server;
+    if !conn.tls
+        && server.http_mode == HttpMode::Redirect
+        && let Some(port) = gateway.https_redirect_port(runtime)
+    {
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        let query = target
+            .query
+            .as_deref()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let location = format!(
+            "https://{}{port}{}{query}",
+            target.host.name, target.path.encoded
+        );
+        return Flow::Respond(respond::redirect(&location));
+    }
+    match site.route(&target.path.decoded) {
+        Some(route) => Flow::Continue(route),
+        None => refuse(Refusal::NoRoute),
+    }
+}
+
+fn has_body(request: &Request<Incoming>) -> bool {
+    use http_body::Body;
+    !request.body().is_end_stream()
+}
+
+fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}

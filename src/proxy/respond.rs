@@ -1,0 +1,202 @@
+//! Everything the gateway answers itself, and the access log.
+//!
+//! Error pages say what went wrong in terms a visitor can act on and never
+//! include internal details (upstream addresses, error chains): those go to
+//! the log. Each response carries a [`ResponseBody`] whose drop writes the
+//! access-log line, so the line has the final byte count and duration.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::body::{BoxError, GatewayBody};
+
+/// A response the gateway makes itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest(&'static str),
+    UnknownHost,
+    NoRoute,
+    MethodNotAllowed,
+    BodyTooLarge,
+    UriTooLong,
+    BodyTimeout,
+    BadGateway,
+    GatewayTimeout,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::NoRoute => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BadGateway => StatusCode::BAD_GATEWAY,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            Refusal::BadRequest(why) => why,
+            Refusal::UnknownHost => "This server does not serve the requested host name.",
+            Refusal::NoRoute => "There is nothing at this address.",
+            Refusal::MethodNotAllowed => "This request method is not allowed here.",
+            Refusal::BodyTooLarge => "The request body is larger than this address accepts.",
+            Refusal::UriTooLong => "The requested address is too long.",
+            Refusal::BodyTimeout => "The request body stopped arriving before it was complete.",
+            Refusal::BadGateway => {
+                "The site behind this gateway could not be reached or gave an invalid answer. Please try again shortly."
+            }
+            Refusal::GatewayTimeout => {
+                "The site behind this gateway took too long to answer. Please try again shortly."
+            }
+        }
+    }
+}
+
+/// Renders a refusal as a small self-contained HTML page, or JSON for API clients.
+pub fn refusal(refusal: Refusal, wants_json: bool) -> Response<GatewayBody> {
+    let status = refusal.status();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let (content_type, body) = if wants_json {
+        (
+            "application/json",
+            format!(
+                "{{\"error\":{{\"status\":{},\"reason\":\"{reason}\",\"message\":\"{}\"}}}}",
+                status.as_u16(),
+                refusal.explanation()
+            ),
+        )
+    } else {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+                 <title>{code} {reason}</title><style>body{{font:16px/1.5 system-ui,sans-serif;\
+                 max-width:36rem;margin:15vh auto;padding:0 1rem;color:#222}}h1{{font-size:1.4rem}}\
+                 </style></head><body><h1>{code} {reason}</h1><p>{text}</p></body></html>\n",
+                code = status.as_u16(),
+                text = refusal.explanation()
+            ),
+        )
+    };
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// A permanent redirect (308 keeps the method and body).
+pub fn redirect(location: &str) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::Empty);
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Whether the client asked for JSON rather than a page.
+pub fn wants_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json") && !v.contains("text/html"))
+}
+
+/// The facts of one request, written as one access-log line when dropped.
+pub struct AccessRecord {
+    pub method: Method,
+    pub version: Version,
+    pub client: IpAddr,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    pub bytes: u64,
+    pub started: Instant,
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "membergate::access",
+            method = %self.method,
+            version = ?self.version,
+            client = %self.client,
+            host = self.host.as_deref().unwrap_or("-"),
+            path = self.path.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes = self.bytes,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+pin_project! {
+    /// The body of every response sent to a client.
+    pub struct ResponseBody {
+        #[pin]
+        inner: GatewayBody,
+        record: Option<Box<AccessRecord>>,
+    }
+}
+
+impl ResponseBody {
+    pub fn new(inner: GatewayBody, record: Option<Box<AccessRecord>>) -> Self {
+        ResponseBody { inner, record }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(record)) = (&polled, this.record.as_mut())
+            && let Some(data) = frame.data_ref()
+        {
+            record.bytes += data.len() as u64;
+        }
+        if let (Poll::Ready(Some(Err(e))), Some(record)) = (&polled, this.record.as_ref()) {
+            tracing::warn!(route = record.route.as_deref().unwrap_or("-"), error = %e, "response body aborted");
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,126 @@
+//! Routing: the request's host picks a site, the normalised path picks the
+//! site's route, and the route names the origin that serves it.
+//!
+//! Route prefixes match whole segments and ignore ASCII case, so `/members`
+//! covers `/members`, `/members/` and `/MEMBERS/x` but not `/membership`.
+
+pub mod upstream;
+
+use std::sync::Arc;
+
+use crate::config::{self, HostPattern};
+
+pub use upstream::{DirOrigin, HttpOrigin, Origin};
+
+/// Every site with its routes and their ready-to-use origins.
+pub struct Router {
+    sites: Vec<Site>,
+}
+
+pub struct Site {
+    pub name: Arc<str>,
+    hosts: Vec<HostPattern>,
+    /// Longest prefix first, so the first match is the most specific.
+    routes: Vec<Route>,
+}
+
+pub struct Route {
+    /// `site:prefix`, used in logs and metrics.
+    pub id: Arc<str>,
+    pub prefix: String,
+    pub origin: Origin,
+    pub rewrite_host: bool,
+    pub max_body_bytes: u64,
+}
+
+impl Router {
+    pub fn build(config: &config::Config) -> Result<Router, String> {
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for site in &config.sites {
+            let mut routes = Vec::with_capacity(site.routes.len());
+            for route in &site.routes {
+                let origin = Origin::build(route)
+                    .map_err(|e| format!("site {:?} route {:?}: {e}", site.name, route.path))?;
+                routes.push(Route {
+                    id: format!("{}:{}", site.name, route.path).into(),
+                    prefix: route.path.to_ascii_lowercase(),
+                    origin,
+                    rewrite_host: route.rewrite_host,
+                    max_body_bytes: route.max_body_bytes,
+                });
+            }
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            sites.push(Site {
+                name: site.name.as_str().into(),
+                hosts: site.hosts.clone(),
+                routes,
+            });
+        }
+        Ok(Router { sites })
+    }
+
+    /// The first site (in config order) with a host pattern matching `host`;
+    /// exact names are preferred over wildcards and `*`.
+    pub fn site(&self, host: &str) -> Option<&Site> {
+        let rank = |p: &HostPattern| match p {
+            HostPattern::Exact(_) => 0,
+            HostPattern::Wildcard(_) => 1,
+            HostPattern::Any => 2,
+        };
+        (0..3).find_map(|wanted| {
+            self.sites
+                .iter()
+                .find(|s| s.hosts.iter().any(|p| rank(p) == wanted && p.matches(host)))
+        })
+    }
+
+    pub fn sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites.iter()
+    }
+}
+
+impl Site {
+    /// The route whose prefix covers `path` (decoded, normalised), if any.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+/// `prefix` is lower case and has no trailing `/` (unless it is `/`).
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments_ignoring_case() {
+        let table = [
+            ("/members", "/members", true),
+            ("/members", "/members/", true),
+            ("/members", "/MEMBERS/x", true),
+            ("/members", "/Members", true),
+            ("/members", "/membership", false),
+            ("/members", "/members./x", false),
+            ("/members", "/members /x", false),
+            ("/members", "/", false),
+            ("/kb/private", "/kb/private/a", true),
+            ("/kb/private", "/kb/privateer", false),
+            ("/", "/anything", true),
+        ];
+        for (prefix, path, want) in table {
+            assert_eq!(prefix_matches(prefix, path), want, "{prefix} vs {path}");
+        }
+    }
+}

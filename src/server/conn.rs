@@ -1,0 +1,198 @@
+//! One listener's accept loop and one connection's life: TLS handshake (with a
+//! timeout of its own), protocol by ALPN, and a graceful close on shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::Kind;
+use crate::admin;
+use crate::config::Limits;
+use crate::gateway::Gateway;
+use crate::proxy::{ConnInfo, pipeline};
+
+/// The per-connection service: every request goes through the pipeline.
+macro_rules! pipeline_service {
+    ($gateway:expr, $conn:expr) => {{
+        let gateway = $gateway;
+        let conn = $conn;
+        service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { pipeline::handle(&gateway, conn, request).await }
+        })
+    }};
+}
+
+pub async fn accept_loop(
+    kind: Kind,
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _open = (kind != Kind::Admin).then(|| gateway.metrics.connection_opened());
+            let conn = ConnInfo {
+                peer,
+                tls: kind == Kind::Https,
+            };
+            match kind {
+                Kind::Https => serve_tls(stream, conn, gateway, shutdown).await,
+                Kind::Http => serve_http1(TokioIo::new(stream), conn, gateway, shutdown).await,
+                Kind::Admin => admin::serve_connection(stream, gateway, shutdown).await,
+            }
+        });
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    conn: ConnInfo,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = gateway.runtime();
+    let Some(tls) = runtime.tls.clone() else {
+        return;
+    };
+    let limits = &runtime.config.limits;
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match tokio::time::timeout(limits.tls_handshake_timeout, accept).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            gateway.metrics.tls_handshake_failed();
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            gateway.metrics.tls_handshake_failed();
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    if h2 {
+        let service = pipeline_service!(gateway.clone(), conn);
+        let connection = http2_builder(limits).serve_connection(io, service);
+        drive(connection, shutdown).await;
+    } else {
+        drop(runtime);
+        serve_http1(io, conn, gateway, shutdown).await;
+    }
+}
+
+async fn serve_http1<I>(
+    io: I,
+    conn: ConnInfo,
+    gateway: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let limits = gateway.runtime().config.limits.clone();
+    let connection = http1_builder(&limits)
+        .serve_connection(io, pipeline_service!(gateway, conn))
+        .with_upgrades();
+    drive(connection, shutdown).await;
+}
+
+pub fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192) + limits.max_uri_bytes)
+        .keep_alive(true);
+    builder
+}
+
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(std::time::Duration::from_secs(30));
+    builder
+}
+
+/// A served connection that can be asked to finish its in-flight requests and close.
+pub trait GracefulConnection: Future {
+    fn begin_graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> GracefulConnection for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection to its end; on shutdown, asks it to close after the
+/// requests in flight. The watch receiver is held until the connection ends,
+/// which is what the server's drain waits on.
+pub async fn drive<C>(connection: C, mut shutdown: watch::Receiver<bool>)
+where
+    C: GracefulConnection,
+    C::Output: Into<Result<(), hyper::Error>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.changed() => {
+            connection.as_mut().begin_graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+    if let Err(e) = result.into() {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    drop(shutdown);
+}

@@ -1,0 +1,130 @@
+//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2, graceful
+//! shutdown on SIGTERM and configuration reload on SIGHUP.
+
+pub(crate) mod conn;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+
+/// The bound listening sockets.
+pub struct Listeners {
+    pub https: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(gateway: &Gateway) -> Result<Listeners, String> {
+        let runtime = gateway.runtime();
+        let config = &runtime.config;
+        Ok(Listeners {
+            https: bind(config.server.https_listen).await?,
+            http: bind(config.server.http_listen).await?,
+            admin: bind(config.admin.listen).await?,
+        })
+    }
+
+    /// `https=ADDR http=ADDR admin=ADDR`, with the ports actually bound.
+    pub fn describe(&self) -> String {
+        let parts = [
+            ("https", &self.https),
+            ("http", &self.http),
+            ("admin", &self.admin),
+        ];
+        parts
+            .iter()
+            .filter_map(|(name, l)| {
+                let addr = l.as_ref()?.local_addr().ok()?;
+                Some(format!("{name}={addr}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot listen on {addr}: {e}")),
+    }
+}
+
+/// Which protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Https,
+    Http,
+    Admin,
+}
+
+/// Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up
+/// to `shutdown_grace` before returning.
+pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), String> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for (kind, listener) in [
+        (Kind::Https, listeners.https),
+        (Kind::Http, listeners.http),
+        (Kind::Admin, listeners.admin),
+    ] {
+        if let Some(listener) = listener {
+            accept_loops.spawn(conn::accept_loop(
+                kind,
+                listener,
+                gateway.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+    drop(shutdown_rx);
+    wait_for_signals(&gateway).await?;
+
+    let grace = gateway.runtime().config.server.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    let _ = shutdown_tx.send(true);
+    while accept_loops.join_next().await.is_some() {}
+    // Every open connection holds a receiver; `closed` resolves when the last one ends.
+    if tokio::time::timeout(grace, shutdown_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_signals(gateway: &Arc<Gateway>) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(|e| format!("cannot install signal handler: {e}"));
+    let mut hangup = listen(SignalKind::hangup())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let gateway = gateway.clone();
+                match tokio::task::spawn_blocking(move || gateway.reload()).await {
+                    Ok(Ok(())) => tracing::info!("configuration reloaded"),
+                    Ok(Err(e)) => tracing::error!("configuration reload rejected; keeping the running configuration:\n{e}"),
+                    Err(e) => tracing::error!(error = %e, "configuration reload failed"),
+                }
+            }
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
+}

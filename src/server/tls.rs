@@ -1,0 +1,142 @@
+//! TLS for the HTTPS listener: certificates loaded from PEM files (or a
+//! generated dev certificate), chosen per connection by SNI.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{self, HostPattern};
+
+/// Builds the rustls server configuration: ALPN `h2` then `http/1.1`, a session
+/// cache and (optionally) stateless tickets so returning clients resume cheaply.
+pub fn server_config(
+    tls: &config::Tls,
+    create_dev_certificates: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut resolver = SniResolver::default();
+    for c in &tls.certificates {
+        if tls.dev_certificate && !(c.cert_file.exists() && c.key_file.exists()) {
+            if !create_dev_certificates {
+                continue;
+            }
+            write_dev_certificate(&c.cert_file, &c.key_file)?;
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_file)
+            .and_then(|iter| iter.collect())
+            .map_err(|e| format!("cannot read certificate {}: {e}", c.cert_file.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{} holds no certificate", c.cert_file.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(&c.key_file)
+            .map_err(|e| format!("cannot read private key {}: {e}", c.key_file.display()))?;
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            format!(
+                "{} and {} do not form a usable pair: {e}",
+                c.cert_file.display(),
+                c.key_file.display()
+            )
+        })?;
+        resolver.add(Arc::new(certified), &c.hosts);
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(8192);
+    if tls.session_tickets {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    }
+    Ok(Arc::new(config))
+}
+
+/// Picks a certificate by SNI: exact name, then `*.` wildcard, then the first
+/// configured certificate.
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn add(&mut self, key: Arc<CertifiedKey>, hosts: &[HostPattern]) {
+        if self.default.is_none() {
+            self.default = Some(key.clone());
+        }
+        for host in hosts {
+            match host {
+                HostPattern::Exact(name) => {
+                    self.exact
+                        .entry(name.clone())
+                        .or_insert_with(|| key.clone());
+                }
+                HostPattern::Wildcard(suffix) => {
+                    self.wildcard
+                        .entry(suffix.clone())
+                        .or_insert_with(|| key.clone());
+                }
+                HostPattern::Any => {}
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let found = hello.server_name().and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.exact.get(&name).cloned().or_else(|| {
+                let dot = name.find('.')?;
+                self.wildcard.get(&name[dot..]).cloned()
+            })
+        });
+        found.or_else(|| self.default.clone())
+    }
+}
+
+/// Writes a self-signed certificate for localhost (ECDSA P-256); the key file is
+/// created readable by its owner only.
+fn write_dev_certificate(cert_file: &Path, key_file: &Path) -> Result<(), String> {
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a dev certificate: {e}"))?;
+    for path in [cert_file, key_file] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    let write = |path: &Path, mode: u32, contents: &str| -> Result<(), String> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        file.write_all(contents.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(key_file, 0o600, &generated.signing_key.serialize_pem())?;
+    write(cert_file, 0o644, &generated.cert.pem())?;
+    tracing::warn!(
+        cert = %cert_file.display(),
+        "generated a self-signed development certificate; do not use it in production"
+    );
+    Ok(())
+}

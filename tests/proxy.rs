@@ -1,0 +1,572 @@
+//! Proxying end to end: real gateway process, real origins, real TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::origins::closed_port;
+use support::{EchoOrigin, Fault, FaultyOrigin, Gateway, Setup, make_certificate, status_of};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_get_over_https_with_forwarding_headers() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let response = gw
+        .client()
+        .get(gw.https_url("/blog/post?x=1&y=%20"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = origin.only_request();
+    assert_eq!(seen.target, "/blog/post?x=1&y=%20");
+    assert_eq!(
+        seen.header("host"),
+        Some(format!("localhost:{}", gw.https.port()).as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("localhost:{}", gw.https.port()).as_str())
+    );
+    let forwarded = seen.header("forwarded").unwrap();
+    assert!(
+        forwarded.starts_with("for=127.0.0.1;proto=https;host="),
+        "{forwarded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_request_and_response_bodies() {
+    let origin = EchoOrigin::start().await;
+    let gw =
+        Gateway::start(Setup::new().route_with("/", &origin.url(), "max_body_bytes = 10000000"))
+            .await;
+    // A chunked upload of unknown length arrives whole.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64)
+        .map(|i| Ok(vec![b'0' + (i % 10) as u8; 4096]))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = gw
+        .client()
+        .post(gw.https_url("/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["body_len"], 64 * 4096);
+    assert_eq!(echo["method"], "POST");
+
+    // The response arrives chunk by chunk, not after the origin finished.
+    let response = gw
+        .client()
+        .get(gw.https_url("/stream/50"))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        !first.is_empty() && first.len() < 50 * 1024,
+        "first read had {} bytes",
+        first.len()
+    );
+    let mut total = first.len();
+    while let Some(chunk) = stream.next().await {
+        total += chunk.unwrap().len();
+    }
+    assert_eq!(total, 50 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_http2_over_tls_by_alpn() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let h2 = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let response = h2.get(gw.https_url("/h2")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    // The origin is always spoken to in HTTP/1.1, with a Host made from :authority.
+    let seen = origin.only_request();
+    assert_eq!(
+        seen.header("host"),
+        Some(format!("localhost:{}", gw.https.port()).as_str())
+    );
+    let h1 = gw.client_builder().http1_only().build().unwrap();
+    let response = h1.get(gw.https_url("/h1")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chooses_certificates_by_sni() {
+    let origin = EchoOrigin::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = make_certificate(certs.path(), "a", &["a.example.test"]);
+    let (w_cert, w_key) = make_certificate(certs.path(), "w", &["*.wild.test"]);
+    let site = format!(
+        "[[sites]]\nname = \"other\"\nhosts = [\"a.example.test\", \"*.wild.test\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"{}\"\n",
+        origin.url()
+    );
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .certificate(&a_cert, &a_key, &["a.example.test"])
+            .certificate(&w_cert, &w_key, &["*.wild.test"])
+            .site(&site),
+    )
+    .await;
+    for (host, pem) in [("a.example.test", &a_cert), ("x.wild.test", &w_cert)] {
+        let trust = reqwest::Certificate::from_pem(&std::fs::read(pem).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([trust])
+            .resolve(host, gw.https)
+            .no_proxy()
+            .build()
+            .unwrap();
+        let url = format!("https://{host}:{}/", gw.https.port());
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(response.status(), 200, "{host}");
+    }
+    // The dev certificate answers for localhost.
+    assert_eq!(
+        gw.client()
+            .get(gw.https_url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_directory_origin() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site.path().join("blog")).unwrap();
+    std::fs::write(site.path().join("index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(site.path().join("blog/index.html"), "<h1>blog</h1>").unwrap();
+    std::fs::write(site.path().join("data.txt"), "0123456789").unwrap();
+    let gw =
+        Gateway::start(Setup::new().route("/", &format!("dir:{}", site.path().display()))).await;
+    let client = gw.client();
+    let home = client.get(gw.https_url("/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    assert_eq!(home.text().await.unwrap(), "<h1>home</h1>");
+    let blog = client.get(gw.https_url("/blog/")).send().await.unwrap();
+    assert_eq!(blog.text().await.unwrap(), "<h1>blog</h1>");
+    let range = client
+        .get(gw.https_url("/data.txt"))
+        .header("range", "bytes=2-4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.text().await.unwrap(), "234");
+    let missing = client.get(gw.https_url("/nope.html")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let post = client
+        .post(gw.https_url("/index.html"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    // Dot segments cannot climb out of the directory.
+    let raw = gw
+        .raw(
+            b"GET /../../../../etc/passwd HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status_of(&raw), 404, "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifies_https_origins_against_configured_roots() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(certs.path(), "origin", &["127.0.0.1", "localhost"]);
+    let origin = EchoOrigin::start_tls(&cert, &key).await;
+    let trusted = format!("ca_file = {:?}", cert.display().to_string());
+    let gw = Gateway::start(
+        Setup::new()
+            .route_with("/trusted", &origin.url(), &trusted)
+            .route("/untrusted", &origin.url()),
+    )
+    .await;
+    let client = gw.client();
+    let ok = client.get(gw.https_url("/trusted/x")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(origin.only_request().target, "/trusted/x");
+    // A self-signed origin the gateway was not told to trust is a 502, not a silent success.
+    let refused = client
+        .get(gw.https_url("/untrusted/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
+    assert_eq!(origin.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_host_when_asked() {
+    let origin = EchoOrigin::start().await;
+    let gw =
+        Gateway::start(Setup::new().route_with("/", &origin.url(), "rewrite_host = true")).await;
+    gw.client().get(gw.https_url("/")).send().await.unwrap();
+    assert_eq!(
+        origin.only_request().header("host"),
+        Some(origin.addr.to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_then_longest_prefix() {
+    let main = EchoOrigin::start().await;
+    let docs = EchoOrigin::start().await;
+    let other = EchoOrigin::start().await;
+    let site = format!(
+        "[[sites]]\nname = \"other\"\nhosts = [\"*.other.test\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"{}\"\n",
+        other.url()
+    );
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &main.url())
+            .route("/docs", &docs.url())
+            .site(&site),
+    )
+    .await;
+    let get = |host: &'static str, path: &'static str| {
+        let gw = &gw;
+        async move {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            status_of(&gw.raw(request.as_bytes()).await)
+        }
+    };
+    assert_eq!(get("gw.test", "/docs/a").await, 200);
+    assert_eq!(get("gw.test", "/DOCS/b").await, 200);
+    assert_eq!(get("gw.test", "/docsx").await, 200);
+    assert_eq!(get("a.other.test", "/docs/c").await, 200);
+    assert_eq!(get("unknown.test", "/").await, 421);
+    assert_eq!(
+        docs.requests()
+            .iter()
+            .map(|r| r.target.as_str())
+            .collect::<Vec<_>>(),
+        ["/docs/a", "/DOCS/b"]
+    );
+    assert_eq!(main.only_request().target, "/docsx");
+    assert_eq!(other.only_request().target, "/docs/c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_to_https_in_redirect_mode() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().http_mode("redirect").route("/", &origin.url())).await;
+    let raw = gw
+        .raw(b"GET /kb/a?q=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&raw), 308);
+    let location = format!(
+        "location: https://localhost:{}/kb/a?q=1\r\n",
+        gw.https.port()
+    );
+    assert!(raw.to_ascii_lowercase().contains(&location), "{raw}");
+    // An unknown host gets no redirect anywhere.
+    let raw = gw
+        .raw(b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&raw), 421);
+    assert!(origin.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_get_our_own_pages() {
+    let hang = FaultyOrigin::start(Fault::Hang).await;
+    let malformed = FaultyOrigin::start(Fault::MalformedStatus).await;
+    let huge = FaultyOrigin::start(Fault::HugeHeaders).await;
+    let reset = FaultyOrigin::start(Fault::ResetMidBody).await;
+    let closed = closed_port().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route_with("/hang", &hang.url(), "response_timeout = \"1s\"")
+            .route("/malformed", &malformed.url())
+            .route("/huge", &huge.url())
+            .route("/reset", &reset.url())
+            .route("/closed", &format!("http://{closed}")),
+    )
+    .await;
+    let client = gw.client();
+    for (path, status) in [
+        ("/hang", 504),
+        ("/malformed", 502),
+        ("/huge", 502),
+        ("/closed", 502),
+    ] {
+        let response = client
+            .get(gw.https_url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        assert_eq!(response.status(), status, "{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(&status.to_string()), "{path}: {body}");
+        for leak in [
+            "127.0.0.1",
+            &closed.port().to_string(),
+            "hyper",
+            "error trying",
+        ] {
+            assert!(!body.contains(leak), "{path} leaks {leak}: {body}");
+        }
+    }
+    // A body cut short is not passed off as complete: the client sees an error.
+    let response = client.get(gw.https_url("/reset")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.is_err());
+    // JSON clients get JSON errors.
+    let response = client
+        .get(gw.https_url("/closed"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["status"], 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_bytes_from_an_origin_never_reach_another_request() {
+    let origin = FaultyOrigin::start(Fault::ExtraBytes).await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let client = gw.client();
+    for _ in 0..4 {
+        let text = client
+            .get(gw.https_url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.starts_with("response-"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforces_the_body_limit_of_each_route() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route_with("/small", &origin.url(), "max_body_bytes = 1000")
+            .route("/", &origin.url()),
+    )
+    .await;
+    let client = gw.client();
+    // Declared too large: refused before the origin hears of it.
+    let response = client
+        .post(gw.https_url("/small/x"))
+        .body(vec![b'a'; 1001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Streamed too large with no length: cut off, still 413.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..4).map(|_| Ok(vec![b'b'; 600])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = client
+        .post(gw.https_url("/small/y"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(origin.requests().iter().all(|r| r.body.len() <= 1000));
+    let response = client
+        .post(gw.https_url("/small/z"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strips_hop_by_hop_headers_from_responses() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let response = gw
+        .client_builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .get(gw.https_url("/hop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-kept"], "yes");
+    assert!(response.headers().get("x-origin-private").is_none());
+    assert!(response.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_websockets_only_after_the_origin_agrees() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping through the tunnel");
+
+    // An origin that does not switch leaves a plain HTTP exchange.
+    let raw = gw
+        .raw(b"GET /plain HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&raw), 200);
+    let seen = origin
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/plain")
+        .unwrap();
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_reports_health_readiness_and_metrics() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(
+        client
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.client().get(gw.https_url("/a")).send().await.unwrap();
+    gw.client()
+        .get(gw.https_url("/status/404"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("membergate_requests_total{route=\"main:/\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("membergate_requests_total{route=\"main:/\",status=\"404\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("membergate_upstream_response_seconds_count"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("membergate_active_connections"),
+        "{metrics}"
+    );
+    // The data plane does not serve admin paths.
+    assert_eq!(
+        gw.client()
+            .get(gw.https_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(origin.requests().last().unwrap().target, "/metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_an_origin_is_down() {
+    let closed = closed_port().await;
+    let gw = Gateway::start(Setup::new().route("/", &format!("http://{closed}"))).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        client
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_one_access_log_line_per_request() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    gw.client()
+        .get(gw.https_url("/big"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    gw.wait_for_log("\"path\":\"/big\"").await;
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("\"path\":\"/big\""))
+        .unwrap()
+        .to_owned();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["target"], "membergate::access");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes"], 1 << 20);
+    assert_eq!(entry["route"], "main:/");
+    assert_eq!(entry["upstream"], origin.url());
+    assert!(entry["duration_us"].as_u64().is_some());
+}

@@ -1,0 +1,314 @@
+//! Test DSL: the real `membergate` binary on ephemeral ports, real origins, real clients.
+//!
+//! ```ignore
+//! let origin = EchoOrigin::start().await;
+//! let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+//! let response = gw.client().get(gw.https_url("/")).send().await?;
+//! ```
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod origins;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use origins::{EchoOrigin, Fault, FaultyOrigin};
+
+/// What to put in the gateway's configuration file.
+pub struct Setup {
+    pub http_mode: &'static str,
+    pub server_extra: String,
+    pub limits: String,
+    pub tls_extra: String,
+    pub certificates: Vec<(PathBuf, PathBuf, Vec<String>)>,
+    pub sites: Vec<String>,
+    pub routes: Vec<String>,
+    pub access_log: bool,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup {
+            http_mode: "serve",
+            server_extra: String::new(),
+            limits: String::new(),
+            tls_extra: String::new(),
+            certificates: Vec::new(),
+            sites: Vec::new(),
+            routes: Vec::new(),
+            access_log: true,
+        }
+    }
+
+    /// A route of the default site (`localhost`, `127.0.0.1`, `gw.test`).
+    pub fn route(mut self, path: &str, upstream: &str) -> Setup {
+        self.routes.push(format!(
+            "[[sites.routes]]\npath = {path:?}\nupstream = {upstream:?}\n"
+        ));
+        self
+    }
+
+    /// A route with extra keys (TOML lines) of the default site.
+    pub fn route_with(mut self, path: &str, upstream: &str, extra: &str) -> Setup {
+        self.routes.push(format!(
+            "[[sites.routes]]\npath = {path:?}\nupstream = {upstream:?}\n{extra}\n"
+        ));
+        self
+    }
+
+    /// A whole extra `[[sites]]` table, written after the default site.
+    pub fn site(mut self, toml: &str) -> Setup {
+        self.sites.push(toml.to_owned());
+        self
+    }
+
+    pub fn http_mode(mut self, mode: &'static str) -> Setup {
+        self.http_mode = mode;
+        self
+    }
+
+    pub fn server(mut self, toml: &str) -> Setup {
+        self.server_extra.push_str(toml);
+        self.server_extra.push('\n');
+        self
+    }
+
+    pub fn limits(mut self, toml: &str) -> Setup {
+        self.limits.push_str(toml);
+        self.limits.push('\n');
+        self
+    }
+
+    pub fn certificate(mut self, cert: &Path, key: &Path, hosts: &[&str]) -> Setup {
+        self.certificates.push((
+            cert.into(),
+            key.into(),
+            hosts.iter().map(|h| h.to_string()).collect(),
+        ));
+        self
+    }
+
+    pub fn render(&self, dir: &Path) -> String {
+        let mut certs = String::new();
+        let dev_cert = dir.join("certs/dev.crt");
+        let dev_key = dir.join("certs/dev.key");
+        let mut all = vec![(dev_cert, dev_key, vec!["localhost".to_owned()])];
+        all.extend(self.certificates.iter().cloned());
+        // Explicit certificates go first so that the first one is the SNI default.
+        if !self.certificates.is_empty() {
+            all.rotate_left(1);
+        }
+        for (cert, key, hosts) in &all {
+            certs.push_str(&format!(
+                "[[tls.certificates]]\ncert_file = {:?}\nkey_file = {:?}\nhosts = {hosts:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ));
+        }
+        format!(
+            "[server]\nworkers = 2\nhttps_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+             http_mode = {:?}\nshutdown_grace = \"5s\"\n{}\n\
+             [limits]\n{}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nformat = \"json\"\nlevel = \"info\"\naccess_log = {}\n\
+             [tls]\ndev_certificate = true\n{}\n{certs}\n\
+             [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n",
+            self.http_mode,
+            self.server_extra,
+            self.limits,
+            self.access_log,
+            self.tls_extra,
+            self.routes.join("\n"),
+            self.sites.join("\n"),
+        )
+    }
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_membergate")
+}
+
+impl Gateway {
+    pub async fn start(setup: Setup) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("membergate.toml");
+        std::fs::write(&config_path, setup.render(dir.path())).unwrap();
+        Gateway::start_with_file(dir, config_path).await
+    }
+
+    pub async fn start_with_file(dir: tempfile::TempDir, config_path: PathBuf) -> Gateway {
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mut addrs = std::collections::HashMap::new();
+        for word in line.split_whitespace() {
+            if let Some((k, v)) = word.split_once('=') {
+                addrs.insert(k.to_owned(), v.parse::<SocketAddr>().unwrap());
+            }
+        }
+        if addrs.len() < 3 {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("gateway did not start: {line:?}\n{log}");
+        }
+        Gateway {
+            child,
+            https: addrs["https"],
+            http: addrs["http"],
+            admin: addrs["admin"],
+            dir,
+            config_path,
+            log_path,
+        }
+    }
+
+    pub fn dev_cert_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("certs/dev.crt")).unwrap()
+    }
+
+    /// A client that trusts only the dev certificate and resolves the test
+    /// host names to the gateway's HTTPS listener. It follows no redirects.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let cert = reqwest::Certificate::from_pem(&self.dev_cert_pem()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .resolve("localhost", self.https)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http.port())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin.port())
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (or panics after 10 s).
+    pub async fn wait_for_log(&self, needle: &str) {
+        for _ in 0..200 {
+            if self.log().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("log never contained {needle:?}:\n{}", self.log());
+    }
+
+    /// Waits for the process to exit (or panics after `limit`).
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends raw bytes to the plain-HTTP listener and returns everything read
+    /// until the gateway closes or 3 s pass without data.
+    pub async fn raw(&self, request: &[u8]) -> String {
+        raw_exchange(self.http, request).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw exchange.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"))
+}
+
+/// A self-signed certificate for `names`, written as PEM files into `dir`.
+pub fn make_certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}

@@ -1,0 +1,377 @@
+//! Real origin servers for the tests: an echoing hyper server (plain or TLS)
+//! that records what it received, and a raw-TCP origin that misbehaves.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One request as an origin saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The request target exactly as it arrived on the wire.
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Every header whose name, read with `_` and `.` as `-`, starts with `prefix`.
+    pub fn under_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| {
+                k.to_ascii_lowercase()
+                    .replace(['_', '.'], "-")
+                    .starts_with(prefix)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// An origin that answers by path:
+/// - `/stream/N`: N chunks of 1 KiB, 20 ms apart;
+/// - `/big`: 1 MiB;
+/// - `/slow`: answers after 3 s;
+/// - `/hop`: a response carrying hop-by-hop headers;
+/// - `/ws`: accepts a WebSocket handshake and echoes bytes;
+/// - `/status/N`: an empty response with status N;
+/// - anything else: a JSON echo of the request.
+pub struct EchoOrigin {
+    pub addr: SocketAddr,
+    tls: bool,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl EchoOrigin {
+    pub async fn start() -> EchoOrigin {
+        EchoOrigin::spawn(None).await
+    }
+
+    /// Serves HTTPS with the given PEM certificate and key.
+    pub async fn start_tls(cert: &Path, key: &Path) -> EchoOrigin {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        EchoOrigin::spawn(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn spawn(tls: Option<tokio_rustls::TlsAcceptor>) -> EchoOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let origin = EchoOrigin {
+            addr,
+            tls: tls.is_some(),
+            recorded: recorded.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let recorded = recorded.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(req, recorded.clone()));
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        origin
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    /// The one request received so far (panics if there is not exactly one).
+    pub fn only_request(&self) -> Recorded {
+        let all = self.requests();
+        assert_eq!(
+            all.len(),
+            1,
+            "expected one request at the origin, got {all:#?}"
+        );
+        all.into_iter().next().unwrap()
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/ws" {
+        return Ok(websocket(req));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let record = Recorded {
+        method: parts.method.to_string(),
+        target: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    recorded.lock().unwrap().push(record.clone());
+    let full = |status: u16, content_type: &str, data: Vec<u8>| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(data)).boxed())
+            .unwrap()
+    };
+    if let Some(n) = path.strip_prefix("/stream/") {
+        let n: usize = n.parse().unwrap_or(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for i in 0..n {
+                let chunk = Bytes::from(vec![b'a' + (i % 26) as u8; 1024]);
+                if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let stream = tokio_stream_from(rx);
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap());
+    }
+    if path == "/big" {
+        return Ok(full(200, "application/octet-stream", vec![b'x'; 1 << 20]));
+    }
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        return Ok(full(200, "text/plain", b"slow".to_vec()));
+    }
+    if path == "/hop" {
+        let mut response = full(200, "text/plain", b"hop".to_vec());
+        let h = response.headers_mut();
+        h.insert("connection", "x-origin-private".parse().unwrap());
+        h.insert("x-origin-private", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        return Ok(response);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return Ok(full(code.parse().unwrap_or(500), "text/plain", Vec::new()));
+    }
+    let echo = serde_json::json!({
+        "method": record.method,
+        "target": record.target,
+        "headers": record.headers,
+        "body_len": record.body.len(),
+        "body": String::from_utf8_lossy(&record.body),
+    });
+    Ok(full(
+        200,
+        "application/json",
+        serde_json::to_vec(&echo).unwrap(),
+    ))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let wants = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !wants {
+        return Response::builder()
+            .status(426)
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
+}
+
+/// How a [`FaultyOrigin`] misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Accepts, reads, never answers.
+    Hang,
+    /// Sends a head promising 100000 bytes, 1000 bytes, then closes.
+    ResetMidBody,
+    /// Sends a broken status line.
+    MalformedStatus,
+    /// Sends 70 KB of headers.
+    HugeHeaders,
+    /// Sends a valid response followed by a second, unrequested one.
+    ExtraBytes,
+}
+
+pub struct FaultyOrigin {
+    pub addr: SocketAddr,
+}
+
+impl FaultyOrigin {
+    pub async fn start(fault: Fault) -> FaultyOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut served = 0;
+                    loop {
+                        let mut buf = vec![0u8; 65536];
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        served += 1;
+                        let reply: Vec<u8> = match fault {
+                            Fault::Hang => {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
+                            }
+                            Fault::ResetMidBody => {
+                                let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n".to_vec();
+                                r.extend(vec![b'z'; 1000]);
+                                let _ = stream.write_all(&r).await;
+                                return;
+                            }
+                            Fault::MalformedStatus => {
+                                b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+                            }
+                            Fault::HugeHeaders => {
+                                let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+                                for i in 0..700 {
+                                    r.extend(
+                                        format!("X-Filler-{i}: {}\r\n", "f".repeat(90)).as_bytes(),
+                                    );
+                                }
+                                r.extend(b"Content-Length: 2\r\n\r\nok");
+                                r
+                            }
+                            Fault::ExtraBytes => {
+                                let body = format!("response-{served}");
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!",
+                                    body.len()
+                                )
+                                .into_bytes()
+                            }
+                        };
+                        if stream.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FaultyOrigin { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An address where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
