@@ -28,6 +28,8 @@ pub enum BodyError {
     TooLarge,
     /// Nothing arrived for the idle timeout.
     Idle,
+    /// The client's body was malformed (bad chunk framing) or cut short.
+    Malformed,
 }
 
 impl fmt::Display for BodyError {
@@ -35,6 +37,7 @@ impl fmt::Display for BodyError {
         f.write_str(match self {
             BodyError::TooLarge => "body exceeds the size limit",
             BodyError::Idle => "body idle timeout",
+            BodyError::Malformed => "the client's body was malformed or cut short",
         })
     }
 }
@@ -181,7 +184,10 @@ impl Body for ForwardBody {
                     // them, and they are a way to smuggle reserved headers (G4).
                     Err(_trailers) => continue,
                 },
-                Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "request body unreadable");
+                    Poll::Ready(Some(Err(BodyError::Malformed.into())))
+                }
                 None => Poll::Ready(None),
             };
         }

@@ -160,6 +160,9 @@ async fn proxy_http(
             let refusal = match body_error_in(&error) {
                 Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
                 Some(BodyError::Idle) => Refusal::BodyTimeout,
+                Some(BodyError::Malformed) => {
+                    Refusal::BadRequest("The request body could not be read.")
+                }
                 None => {
                     gateway.metrics.upstream_error(&origin.label);
                     tracing::warn!(upstream = %origin.label, error = %error_chain(&error), "upstream request failed");
