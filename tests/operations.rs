@@ -1,0 +1,160 @@
+//! Operating the gateway: signals, reload, configuration checking, shipped files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{EchoOrigin, Gateway, Setup, binary};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let origin = EchoOrigin::start().await;
+    let mut gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let client = gw.client();
+    let slow = tokio::spawn({
+        let url = gw.https_url("/slow");
+        let client = client.clone();
+        async move { client.get(url).send().await }
+    });
+    // Wait until the slow request is at the origin, then ask the gateway to stop.
+    for _ in 0..100 {
+        if !origin.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.requests().len(), 1);
+    gw.signal("TERM");
+    gw.wait_for_log("shutting down").await;
+    // New connections are no longer accepted...
+    let fresh = gw.client().get(gw.https_url("/late")).send().await;
+    assert!(fresh.is_err(), "a new connection was served after SIGTERM");
+    // ...but the request in flight completes.
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "slow");
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let first = EchoOrigin::start().await;
+    let second = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &first.url())).await;
+    let client = gw.client();
+    assert_eq!(client.get(gw.https_url("/a")).send().await.unwrap().status(), 200);
+    assert_eq!(first.requests().len(), 1);
+
+    // A good new file: requests go to the second origin from now on.
+    let good = Setup::new().route("/", &second.url()).render(gw.dir.path());
+    std::fs::write(&gw.config_path, good).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    assert_eq!(client.get(gw.https_url("/b")).send().await.unwrap().status(), 200);
+    assert_eq!(second.only_request().target, "/b");
+
+    // A bad file is refused, with the reason logged, and the second origin keeps serving.
+    std::fs::write(&gw.config_path, "[server]\nhttp_mode = \"sideways\"\n").unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload rejected").await;
+    assert!(gw.log().contains("server.http_mode"), "{}", gw.log());
+    assert_eq!(client.get(gw.https_url("/c")).send().await.unwrap().status(), 200);
+    assert_eq!(second.requests().len(), 2);
+    assert_eq!(first.requests().len(), 1);
+    let admin = reqwest::Client::builder().no_proxy().build().unwrap();
+    let metrics = admin.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("membergate_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("membergate_config_reloads_total{result=\"rejected\"} 1"), "{metrics}");
+}
+
+fn check_config(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(binary()).arg("check-config").arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap(), text)
+}
+
+#[test]
+fn check_config_lists_every_problem_with_its_key_path() {
+    let (code, out) = check_config(
+        r#"
+[server]
+http_mode = "sideways"
+trusted_proxies = ["10.0.0.0/8", "not-a-cidr"]
+[limits]
+header_timeout = "soon"
+[log]
+format = "xml"
+[[sites]]
+name = "a"
+hosts = ["gw@evil"]
+  [[sites.routes]]
+  path = "/members/../x"
+  upstream = "ftp://origin"
+  [[sites.routes]]
+  path = "/"
+  upstream = "dir:/definitely/not/here"
+"#,
+    );
+    assert_eq!(code, 2, "{out}");
+    for expected in [
+        "server.http_mode: expected one of redirect, serve; got \"sideways\"",
+        "server.trusted_proxies[1]: expected a CIDR block",
+        "limits.header_timeout: expected a duration",
+        "log.format: expected one of human, json; got \"xml\"",
+        "sites[0].hosts[0]: expected a host name",
+        "sites[0].routes[0].path: expected a path prefix",
+        "sites[0].routes[0].upstream: expected http://host:port, https://host:port or dir:PATH; got \"ftp://origin\"",
+        "sites[0].routes[1].upstream: directory /definitely/not/here does not exist",
+        "tls.certificates: https_listen is set, so at least one certificate is needed",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_wrong_types() {
+    let (code, out) = check_config("[[sites]]\nname = \"a\"\nhosts = [\"*\"]\n[[sites.routes]]\npath = \"/\"\nupstrem = \"http://x\"\n");
+    assert_eq!(code, 2);
+    assert!(out.contains("sites[0].routes[0]") && out.contains("upstrem"), "{out}");
+    let (code, out) = check_config("[limits]\nmax_headers = \"many\"\n");
+    assert_eq!(code, 2);
+    assert!(out.contains("limits.max_headers"), "{out}");
+    let (code, out) = check_config("this is not toml");
+    assert_eq!(code, 2);
+    assert!(out.contains("invalid configuration"), "{out}");
+}
+
+#[test]
+fn the_demo_and_container_configs_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(binary())
+        .current_dir(root)
+        .args(["check-config", "config/membergate.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn prints_its_version() {
+    let out = Command::new(binary()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("membergate {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[server]\nworkers = -1\n").unwrap();
+    let out = Command::new(binary()).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.workers"));
+}
