@@ -32,12 +32,18 @@ impl World {
                 .limits("header_timeout = \"1s\"\nmax_uri_bytes = 4096"),
         )
         .await;
-        World { gw, members, public, rest }
+        World {
+            gw,
+            members,
+            public,
+            rest,
+        }
     }
 
     /// Sends `GET {target}` with `Host: gw.test` and returns the status.
     async fn get(&self, target: &str) -> u16 {
-        let request = format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
         status_of(&self.gw.raw(request.as_bytes()).await)
     }
 
@@ -49,7 +55,13 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a1_a3_dot_and_empty_segments_are_resolved_before_routing() {
     let w = World::start().await;
-    for target in ["/public/../members/x", "//members/x", "/./members/x", "/public/./../members/x", "/public/..//members/x"] {
+    for target in [
+        "/public/../members/x",
+        "//members/x",
+        "/./members/x",
+        "/public/./../members/x",
+        "/public/..//members/x",
+    ] {
         assert_eq!(w.get(target).await, 200, "{target}");
     }
     // Each reached the members origin with exactly the path that was routed on.
@@ -88,7 +100,11 @@ async fn a4_case_trailing_characters_and_parameters() {
     let w = World::start().await;
     assert_eq!(w.get("/MEMBERS/x").await, 200);
     assert_eq!(w.get("/Members").await, 200);
-    assert_eq!(w.members.requests().len(), 2, "case variants must reach the members route");
+    assert_eq!(
+        w.members.requests().len(),
+        2,
+        "case variants must reach the members route"
+    );
     assert_eq!(w.get("/members;a=1/x").await, 400);
     assert_eq!(w.get("/members/x;.css").await, 400);
     // Not the members route: a different segment, sent on as exactly that.
@@ -106,7 +122,10 @@ async fn a5_invalid_utf8_is_refused_and_unicode_is_not_folded() {
     assert_eq!(w.get("/members/%FF").await, 400);
     assert_eq!(w.get("/members%EF%BC%8Fx").await, 200);
     assert_eq!(w.get("/%E2%80%AEmembers").await, 200);
-    assert!(w.members.requests().is_empty(), "fullwidth slash or RTL mark reached /members");
+    assert!(
+        w.members.requests().is_empty(),
+        "fullwidth slash or RTL mark reached /members"
+    );
     let rest: Vec<String> = w.rest.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(rest, ["/members%EF%BC%8Fx", "/%E2%80%AEmembers"]);
 }
@@ -117,7 +136,11 @@ async fn a6_the_query_and_fragment_never_take_part_in_routing() {
     assert_eq!(w.get("/members/x?y=.css").await, 200);
     assert_eq!(w.get("/members/x?/public/").await, 200);
     assert_eq!(
-        w.members.requests().into_iter().map(|r| r.target).collect::<Vec<_>>(),
+        w.members
+            .requests()
+            .into_iter()
+            .map(|r| r.target)
+            .collect::<Vec<_>>(),
         ["/members/x?y=.css", "/members/x?/public/"]
     );
     // hyper's URI parser drops a raw `#fragment` before the gateway sees the
@@ -135,13 +158,33 @@ async fn a7_absolute_form_and_host_games() {
         async move { status_of(&gw.raw(raw.as_bytes()).await) }
     };
     // The absolute-form authority wins and must be a configured site.
-    assert_eq!(send("GET http://other/members/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").await, 400);
-    assert_eq!(send("GET http://gw.test/members/x HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n").await, 200);
+    assert_eq!(
+        send("GET http://other/members/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .await,
+        400
+    );
+    assert_eq!(
+        send("GET http://gw.test/members/x HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n")
+            .await,
+        200
+    );
     assert_eq!(w.members.only_request().header("host"), Some("gw.test"));
-    assert_eq!(send("GET HtTpS://gw.test/public/y HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").await, 200);
+    assert_eq!(
+        send("GET HtTpS://gw.test/public/y HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .await,
+        200
+    );
     // One trailing dot and upper case are normalised; the origin sees the normal form.
-    assert_eq!(send("GET /public/z HTTP/1.1\r\nHost: GW.TEST.\r\nConnection: close\r\n\r\n").await, 200);
-    let hosts: Vec<String> = w.public.requests().iter().map(|r| r.header("host").unwrap().to_owned()).collect();
+    assert_eq!(
+        send("GET /public/z HTTP/1.1\r\nHost: GW.TEST.\r\nConnection: close\r\n\r\n").await,
+        200
+    );
+    let hosts: Vec<String> = w
+        .public
+        .requests()
+        .iter()
+        .map(|r| r.header("host").unwrap().to_owned())
+        .collect();
     assert_eq!(hosts, ["gw.test", "gw.test"]);
     for bad in [
         "GET / HTTP/1.1\r\nHost: gw@evil\r\nConnection: close\r\n\r\n",
@@ -153,7 +196,10 @@ async fn a7_absolute_form_and_host_games() {
     ] {
         assert_eq!(send(bad).await, 400, "{bad:?}");
     }
-    assert_eq!(send("GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await, 421);
+    assert_eq!(
+        send("GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await,
+        421
+    );
     assert!(w.rest.requests().is_empty());
 }
 
@@ -162,15 +208,28 @@ async fn a8_malformed_targets_and_methods_are_never_proxied() {
     let w = World::start().await;
     let cases: [(&[u8], &[u16]); 6] = [
         (b"GET /members/ x HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[400]),
-        (b"GET /members/\x00x HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[400]),
-        (b"GET /members/\x7fx HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[400]),
+        (
+            b"GET /members/\x00x HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            &[400],
+        ),
+        (
+            b"GET /members/\x7fx HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            &[400],
+        ),
         (b"OPTIONS * HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[400]),
-        (b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n", &[400, 405]),
+        (
+            b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n",
+            &[400, 405],
+        ),
         (b"TRACE / HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[405]),
     ];
     for (raw, allowed) in cases {
         let got = status_of(&w.gw.raw(raw).await);
-        assert!(allowed.contains(&got), "{:?} -> {got}", String::from_utf8_lossy(raw));
+        assert!(
+            allowed.contains(&got),
+            "{:?} -> {got}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert_eq!(w.total_requests(), 0);
 }
@@ -185,14 +244,23 @@ async fn a9_b4_side_channel_and_forwarding_headers_are_not_believed() {
         X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n\r\n";
     assert_eq!(status_of(&w.gw.raw(raw).await), 200);
     let seen = w.public.only_request();
-    for gone in ["x-original-uri", "x-original-url", "x-forwarded-uri", "x-rewrite-url", "x-forwarded-prefix"] {
+    for gone in [
+        "x-original-uri",
+        "x-original-url",
+        "x-forwarded-uri",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+    ] {
         assert_eq!(seen.header(gone), None, "{gone} reached the origin");
     }
     assert_eq!(seen.all("x-forwarded-proto"), ["http"]);
     assert_eq!(seen.all("x-forwarded-host"), ["gw.test"]);
     assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(seen.all("x-real-ip"), ["127.0.0.1"]);
-    assert_eq!(seen.all("forwarded"), ["for=127.0.0.1;proto=http;host=\"gw.test\""]);
+    assert_eq!(
+        seen.all("forwarded"),
+        ["for=127.0.0.1;proto=http;host=\"gw.test\""]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +286,10 @@ async fn b1_b2_b3_reserved_identity_headers_never_reach_the_origin() {
     let answer = w.gw.raw(raw).await;
     assert_eq!(status_of(&answer), 200, "{answer}");
     let seen = w.public.only_request();
-    assert_eq!(seen.under_prefix("x-member-"), Vec::<(String, String)>::new());
+    assert_eq!(
+        seen.under_prefix("x-member-"),
+        Vec::<(String, String)>::new()
+    );
     assert_eq!(seen.body, b"hello");
     // Connection could not strip what the gateway sets.
     assert_eq!(seen.all("x-forwarded-for"), ["127.0.0.1"]);
@@ -235,7 +306,10 @@ async fn g1_g3_conflicting_or_odd_framing_is_refused() {
     let smuggle = "POST /public/ HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n\
         0\r\n\r\nGET /members/x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     let answer = w.gw.raw(smuggle.as_bytes()).await;
-    assert!(w.members.requests().is_empty(), "smuggled request reached the origin: {answer}");
+    assert!(
+        w.members.requests().is_empty(),
+        "smuggled request reached the origin: {answer}"
+    );
     let cases: [&str; 8] = [
         "POST /public/ HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         "POST /public/ HTTP/1.1\r\nHost: gw.test\r\nContent-Length: +5\r\n\r\nhello",
@@ -265,7 +339,12 @@ async fn g5_obs_fold_and_bad_header_bytes_are_refused() {
         b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\nX-A: a\rb\r\n\r\n",
     ];
     for raw in cases {
-        assert_eq!(status_of(&w.gw.raw(raw).await), 400, "{:?}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            status_of(&w.gw.raw(raw).await),
+            400,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert_eq!(w.total_requests(), 0);
 }
@@ -310,7 +389,10 @@ async fn h2_oversized_heads_and_targets_are_refused() {
     }
     many.push_str("\r\n");
     assert_eq!(status_of(&w.gw.raw(many.as_bytes()).await), 431);
-    let long_line = format!("GET /public/ HTTP/1.1\r\nHost: gw.test\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let long_line = format!(
+        "GET /public/ HTTP/1.1\r\nHost: gw.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     assert_eq!(status_of(&w.gw.raw(long_line.as_bytes()).await), 431);
     let long_target = format!("/public/{}", "a".repeat(5000));
     assert_eq!(w.get(&long_target).await, 414);
@@ -325,11 +407,21 @@ async fn h3_slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = World::start().await;
     let mut stream = tokio::net::TcpStream::connect(w.gw.http).await.unwrap();
-    stream.write_all(b"GET /public/ HTTP/1.1\r\nHost: gw").await.unwrap();
+    stream
+        .write_all(b"GET /public/ HTTP/1.1\r\nHost: gw")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the gateway kept a slow client's connection open");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the gateway kept a slow client's connection open"
+    );
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(w.total_requests(), 0);
 }
@@ -346,13 +438,19 @@ async fn h4_declared_huge_bodies_are_refused_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i5_head_and_bodiless_statuses_carry_no_body() {
     let w = World::start().await;
-    let answer = w.gw.raw(b"HEAD /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").await;
+    let answer =
+        w.gw.raw(b"HEAD /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .await;
     assert_eq!(status_of(&answer), 200);
     assert!(answer.ends_with("\r\n\r\n"), "HEAD got a body: {answer:?}");
     for code in [204, 304] {
-        let raw = format!("GET /status/{code} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+        let raw =
+            format!("GET /status/{code} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
         let answer = w.gw.raw(raw.as_bytes()).await;
         assert_eq!(status_of(&answer), code);
-        assert!(answer.ends_with("\r\n\r\n"), "{code} got a body: {answer:?}");
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "{code} got a body: {answer:?}"
+        );
     }
 }

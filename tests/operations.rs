@@ -45,7 +45,15 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let second = EchoOrigin::start().await;
     let gw = Gateway::start(Setup::new().route("/", &first.url())).await;
     let client = gw.client();
-    assert_eq!(client.get(gw.https_url("/a")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(gw.https_url("/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(first.requests().len(), 1);
 
     // A good new file: requests go to the second origin from now on.
@@ -53,7 +61,15 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     std::fs::write(&gw.config_path, good).unwrap();
     gw.signal("HUP");
     gw.wait_for_log("configuration reloaded").await;
-    assert_eq!(client.get(gw.https_url("/b")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(gw.https_url("/b"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(second.only_request().target, "/b");
 
     // A bad file is refused, with the reason logged, and the second origin keeps serving.
@@ -61,21 +77,50 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     gw.signal("HUP");
     gw.wait_for_log("reload rejected").await;
     assert!(gw.log().contains("server.http_mode"), "{}", gw.log());
-    assert_eq!(client.get(gw.https_url("/c")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(gw.https_url("/c"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(second.requests().len(), 2);
     assert_eq!(first.requests().len(), 1);
     let admin = reqwest::Client::builder().no_proxy().build().unwrap();
-    let metrics = admin.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("membergate_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("membergate_config_reloads_total{result=\"rejected\"} 1"), "{metrics}");
+    let metrics = admin
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("membergate_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("membergate_config_reloads_total{result=\"rejected\"} 1"),
+        "{metrics}"
+    );
 }
 
 fn check_config(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(binary()).arg("check-config").arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap(), text)
 }
 
@@ -119,9 +164,14 @@ hosts = ["gw@evil"]
 
 #[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
-    let (code, out) = check_config("[[sites]]\nname = \"a\"\nhosts = [\"*\"]\n[[sites.routes]]\npath = \"/\"\nupstrem = \"http://x\"\n");
+    let (code, out) = check_config(
+        "[[sites]]\nname = \"a\"\nhosts = [\"*\"]\n[[sites.routes]]\npath = \"/\"\nupstrem = \"http://x\"\n",
+    );
     assert_eq!(code, 2);
-    assert!(out.contains("sites[0].routes[0]") && out.contains("upstrem"), "{out}");
+    assert!(
+        out.contains("sites[0].routes[0]") && out.contains("upstrem"),
+        "{out}"
+    );
     let (code, out) = check_config("[limits]\nmax_headers = \"many\"\n");
     assert_eq!(code, 2);
     assert!(out.contains("limits.max_headers"), "{out}");
@@ -138,15 +188,22 @@ fn the_demo_and_container_configs_are_valid() {
         .args(["check-config", "config/membergate.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 sites, 1 routes)"));
 }
 
 #[test]
 fn prints_its_version() {
     let out = Command::new(binary()).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("membergate {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("membergate {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -154,7 +211,161 @@ fn serve_refuses_a_bad_config_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, "[server]\nworkers = -1\n").unwrap();
-    let out = Command::new(binary()).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.workers"));
+}
+
+#[test]
+fn docker_compose_is_consistent_with_the_repository() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let services = &docs[0]["services"];
+    let origin = &services["origin"];
+    let gateway = &services["membergate"];
+    assert!(origin["image"].as_str().unwrap().starts_with("nginx:"));
+    assert_eq!(gateway["build"].as_str(), Some("."));
+    assert!(root.join("Dockerfile").is_file());
+
+    // Every bind-mounted host path exists; the gateway's config is the one we check.
+    let mut config_file = None;
+    for service in [origin, gateway] {
+        for volume in service["volumes"].as_vec().unwrap() {
+            let spec = volume.as_str().unwrap();
+            let (source, target) = spec.split_once(':').unwrap();
+            if source.starts_with("./") {
+                assert!(root.join(source).exists(), "{source} does not exist");
+                if target.starts_with("/etc/membergate/membergate.toml") {
+                    config_file = Some(root.join(source));
+                }
+            }
+        }
+    }
+    let config_file = config_file.expect("the gateway mounts its configuration");
+    let command: Vec<&str> = gateway["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        command,
+        ["serve", "--config", "/etc/membergate/membergate.toml"]
+    );
+
+    // The mounted configuration is valid, with the compose environment applied.
+    let mut check = Command::new(binary());
+    check.arg("check-config").arg(&config_file);
+    if let Yaml::Hash(env) = &gateway["environment"] {
+        for (k, v) in env {
+            check.env(k.as_str().unwrap(), v.as_str().unwrap());
+        }
+    }
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Published ports are the ports the configuration listens on.
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    for port in gateway["ports"].as_vec().unwrap() {
+        let mapping = port.as_str().unwrap();
+        let inside = mapping.rsplit(':').next().unwrap();
+        assert!(
+            config.contains(&format!("0.0.0.0:{inside}\"")),
+            "{mapping} is not a configured listener"
+        );
+    }
+    // The origin the gateway routes to is the compose service.
+    assert!(config.contains("upstream = \"http://origin:80\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_site_as_the_readme_says() {
+    // The README's demo command, run from a scratch directory that sees the
+    // repository's config and site, with ephemeral ports instead of 8443/8080/9090.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root.join("examples"), dir.path().join("examples")).unwrap();
+    let config = dir.path().join("membergate.toml");
+    std::fs::copy(root.join("config/membergate.toml"), &config).unwrap();
+    serve_and_browse_the_demo(dir, config).await;
+}
+
+async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::PathBuf) {
+    use std::io::BufRead;
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MEMBERGATE_HTTPS_LISTEN", "127.0.0.1:0")
+        .env("MEMBERGATE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("MEMBERGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let addr = |name: &str| -> std::net::SocketAddr {
+        let word = line
+            .split_whitespace()
+            .find(|w| w.starts_with(&format!("{name}=")))
+            .unwrap();
+        word.split_once('=').unwrap().1.parse().unwrap()
+    };
+    let (https, http) = (addr("https"), addr("http"));
+    let cert = std::fs::read(dir.path().join("certs/dev/localhost.crt")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+        .resolve("localhost", https)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    for (path, needle) in [
+        ("/", "Northwind Lighthouse Club"),
+        ("/blog/", "Restoring the lens"),
+        ("/kb/getting-started.html", "Getting started"),
+        ("/members/", "Members' area"),
+        ("/vip/", "VIP room"),
+        ("/assets/site.css", "--accent"),
+    ] {
+        let response = client
+            .get(format!("https://localhost:{}{path}", https.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.text().await.unwrap().contains(needle), "{path}");
+    }
+    // Plain HTTP redirects to the HTTPS listener.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = plain
+        .get(format!("http://localhost:{}/blog/", http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://localhost:{}/blog/", https.port()).as_str()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
