@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[allow(unused_imports)]
 pub use origins::{EchoOrigin, Fault, FaultyOrigin};
 
 /// What to put in the gateway's configuration file.
