@@ -48,6 +48,7 @@ pub struct Metrics {
     active_connections: Gauge,
     reloads: Family<OutcomeLabels, Counter>,
     tls_handshake_failures: Counter,
+    tls_handshakes: Family<OutcomeLabels, Counter>,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -93,8 +94,15 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes, full or resumed (session ticket or cache)",
+            tls_handshakes.clone(),
+        );
         Metrics {
             registry,
+            tls_handshakes,
             requests,
             upstream_latency,
             upstream_errors,
@@ -132,6 +140,13 @@ impl Metrics {
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "rejected" };
         self.reloads.get_or_create(&OutcomeLabels { result }).inc();
+    }
+
+    pub fn tls_handshake_completed(&self, resumed: bool) {
+        let result = if resumed { "resumed" } else { "full" };
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabels { result })
+            .inc();
     }
 
     pub fn tls_handshake_failed(&self) {

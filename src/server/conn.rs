@@ -93,7 +93,10 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let session = stream.get_ref().1;
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    gateway.metrics.tls_handshake_completed(resumed);
+    let h2 = session.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     if h2 {
         let service = pipeline_service!(gateway.clone(), conn);

@@ -21,7 +21,7 @@ pub fn server_config(
     tls: &config::Tls,
     create_dev_certificates: bool,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let provider = provider();
     let mut resolver = SniResolver::default();
     for c in &tls.certificates {
         if tls.dev_certificate && !(c.cert_file.exists() && c.key_file.exists()) {
@@ -53,11 +53,38 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order, not the client's: see `provider`.
+    config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(8192);
     if tls.session_tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+        // One ticket per connection (rustls defaults to two): a browser uses one
+        // per connection, and each extra ticket costs both ends a seal/open.
+        config.send_tls13_tickets = 1;
     }
     Ok(Arc::new(config))
+}
+
+/// aws-lc-rs with the SHA-256 suites first. Every TLS 1.3 handshake (resumed
+/// ones too) runs the HKDF key schedule in the suite's hash; SHA-256 runs on the
+/// CPU's SHA extensions where SHA-384 has none, which made SHA-384 the largest
+/// single cost of a handshake here (docs/decisions/0002-tls-provider.md).
+fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::{self as aws, cipher_suite as suite};
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ],
+        ..aws::default_provider()
+    }
 }
 
 /// Picks a certificate by SNI: exact name, then `*.` wildcard, then the first

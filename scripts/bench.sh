@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on loopback: membergate vs nginx doing the same job,
+# and the origin served directly, measured in one run with interleaved rounds.
+#
+#   scripts/bench.sh                 # 2 rounds of 8 s per measurement, 1 worker each
+#   ROUNDS=3 DURATION=10s CONNS=64 WORKERS=2 scripts/bench.sh
+#   MEMBERGATE_BIN=target/release/membergate scripts/bench.sh   # skip the build
+#
+# nginx is Debian's (1.22: `listen ... ssl http2`). Origin: nginx, 1 worker, serving a 20 KB HTML page. Peer proxy: nginx with an
+# upstream keep-alive pool, plain and TLS (same certificate as membergate).
+# Tools: wrk (HTTP/1.1, plain and TLS; p50/p99 from its latency histogram),
+# h2load (HTTP/2). Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-8s}
+CONNS=${CONNS:-32}
+WORKERS=${WORKERS:-1}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need nginx || ! need wrk || ! need h2load || ! need openssl; then
+  echo "installing nginx, wrk, nghttp2-client, openssl" >&2
+  apt-get update -qq && apt-get install -y -qq nginx-light wrk nghttp2-client openssl >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ -z "${MEMBERGATE_BIN:-}" ]; then
+  (cd "$here" && cargo build --release --quiet)
+  MEMBERGATE_BIN="$here/target/release/membergate"
+fi
+
+work=$(mktemp -d)
+# nginx workers drop root privileges: let them read the docroot and certificate.
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() {
+  for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+# --- content and certificate -------------------------------------------------
+mkdir -p "$work/www"
+python3 - "$work/www" <<'PY'
+import sys
+root = sys.argv[1]
+para = ("<p>The keepers wrote in the logbook every four hours: wind, sea state, visibility, "
+        "ships sighted, and the oil burnt by the lamp. This paragraph stands in for an article.</p>\n")
+def page(size):
+    head = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<title>Benchmark page</title><link rel="stylesheet" href="/s.css"></head>\n<body>\n')
+    tail = "</body></html>\n"
+    body = para * ((size - len(head) - len(tail)) // len(para) + 1)
+    return (head + body)[: size - len(tail)] + tail
+open(f"{root}/page.html", "w").write(page(20 * 1024))
+open(f"{root}/page-1mb.html", "w").write(page(1024 * 1024))
+PY
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$work/key.pem" -out "$work/cert.pem" -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost" 2>/dev/null
+
+ORIGIN=$(free_port); NGX_PLAIN=$(free_port); NGX_TLS=$(free_port)
+MG_PLAIN=$(free_port); MG_TLS=$(free_port); MG_ADMIN=$(free_port)
+
+# --- nginx: origin and peer proxy ----------------------------------------------
+cat >"$work/origin.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/origin.pid;
+error_log $work/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  sendfile on;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    root $work/www;
+    default_type text/html;
+  }
+}
+NGX
+cat >"$work/proxy.conf" <<NGX
+worker_processes $WORKERS;
+daemon off;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 128; }
+  ssl_certificate $work/cert.pem;
+  ssl_certificate_key $work/key.pem;
+  # Debian's nginx 1.22 leaves TLS 1.3 out of its defaults; without this line it
+  # would resume TLS 1.2 sessions (no key exchange at all) against our TLS 1.3.
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_tickets on;
+  server {
+    listen 127.0.0.1:$NGX_PLAIN;
+    listen 127.0.0.1:$NGX_TLS ssl http2;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+    location /inject/ {
+      proxy_pass http://origin/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Accept-Encoding "";
+      sub_filter '</head>' '<script>window.hsConversationsSettings={identificationEmail:"a@example.com",identificationToken:"x"};</script></head>';
+      sub_filter_once on;
+    }
+  }
+}
+NGX
+"$NGINX" -c "$work/origin.conf" -p "$work" & pids+=($!)
+"$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!)
+
+# --- membergate ----------------------------------------------------------------
+cat >"$work/membergate.toml" <<TOML
+[server]
+workers = $WORKERS
+https_listen = "127.0.0.1:$MG_TLS"
+http_listen = "127.0.0.1:$MG_PLAIN"
+http_mode = "serve"
+[admin]
+listen = "127.0.0.1:$MG_ADMIN"
+[log]
+level = "warn"
+access_log = false
+[tls]
+dev_certificate = false
+session_tickets = true
+[[tls.certificates]]
+cert_file = "$work/cert.pem"
+key_file = "$work/key.pem"
+hosts = ["localhost"]
+[[sites]]
+name = "bench"
+hosts = ["localhost", "127.0.0.1"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:$ORIGIN"
+TOML
+"$MEMBERGATE_BIN" serve --config "$work/membergate.toml" >"$work/membergate.out" 2>"$work/membergate.err" & pids+=($!)
+for port in $ORIGIN $NGX_PLAIN $NGX_TLS $MG_PLAIN $MG_TLS; do wait_port "$port"; done
+
+# --- measurement -----------------------------------------------------------------
+cat >"$work/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT rps=%.1f p50=%d p99=%d errors=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), errors))
+end
+LUA
+results="$work/results.txt"
+: >"$results"
+
+run_wrk() { # scenario target url [extra wrk args...]
+  local scenario=$1 target=$2 url=$3; shift 3
+  local line
+  line=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/report.lua" "$@" "$url" | grep '^RESULT')
+  echo "$scenario $target ${line#RESULT }" | tee -a "$results"
+}
+run_h2load() { # scenario target url
+  local scenario=$1 target=$2 url=$3 out rps mean max
+  out=$(h2load -c "$CONNS" -m 10 -D "${DURATION%s}" -t 1 "$url" 2>&1)
+  rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  # "time for request:  min  max  mean  sd  +/- sd" with units (us/ms/s).
+  read -r mean max < <(awk '/^time for request:/ {print $6, $5}' <<<"$out" | python3 -c '
+import sys
+def us(v):
+    for unit, f in (("us", 1), ("ms", 1000), ("s", 1000000)):
+        if v.endswith(unit): return round(float(v[:-len(unit)]) * f)
+    return 0
+m, x = sys.stdin.read().split()
+print(us(m), us(x))')
+  # Anything but a 2xx is an error, like wrk's status errors.
+  errors=$(awk '/^requests:/ {done=$8} /^status codes:/ {ok=$3} END {print done-ok}' <<<"$out")
+  echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0}" | tee -a "$results"
+}
+
+# Full handshakes, one connection at a time (wrk resumes sessions, so its
+# Connection: close rows measure resumed TLS 1.3 handshakes).
+run_s_time() { # scenario target port
+  local scenario=$1 target=$2 port=$3 out count secs
+  out=$(openssl s_time -connect "127.0.0.1:$port" -new -time "${DURATION%s}" -www "$page" 2>&1)
+  count=$(sed -n 's/^\([0-9]*\) connections in [0-9.]*s;.*/\1/p' <<<"$out" | head -1)
+  secs=$(sed -n 's/^[0-9]* connections in \([0-9]*\) real seconds.*/\1/p' <<<"$out" | head -1)
+  echo "$scenario $target rps=$(python3 -c "print(round(${count:-0} / max(${secs:-1}, 1), 1))") errors=0" \
+    | tee -a "$results"
+}
+
+page=/page.html
+check=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MG_PLAIN$page")
+[ "$check" = 200 ] || { echo "membergate answered $check for $page" >&2; exit 1; }
+for round in $(seq 1 "$ROUNDS"); do
+  echo "--- round $round of $ROUNDS" >&2
+  run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
+  run_wrk plain-http nginx "http://127.0.0.1:$NGX_PLAIN$page"
+  run_wrk plain-http membergate "http://127.0.0.1:$MG_PLAIN$page"
+  run_wrk https-h1-keepalive nginx "https://localhost:$NGX_TLS$page"
+  run_wrk https-h1-keepalive membergate "https://localhost:$MG_TLS$page"
+  run_h2load https-h2 nginx "https://localhost:$NGX_TLS$page"
+  run_h2load https-h2 membergate "https://localhost:$MG_TLS$page"
+  run_wrk tls-resumed-handshake-per-request nginx "https://localhost:$NGX_TLS$page" -H "Connection: close"
+  run_wrk tls-resumed-handshake-per-request membergate "https://localhost:$MG_TLS$page" -H "Connection: close"
+  run_s_time tls-full-handshake-sequential nginx "$NGX_TLS"
+  run_s_time tls-full-handshake-sequential membergate "$MG_TLS"
+done
+
+# --- report ----------------------------------------------------------------------
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+python3 - "$results" "$(date -u +%Y-%m-%d)" "$(nproc)" "$cpu" "$WORKERS" "$CONNS" "$DURATION" "$ROUNDS" <<'PY'
+import sys, statistics, collections
+path, date, cores, cpu, workers, conns, duration, rounds = sys.argv[1:]
+runs = collections.defaultdict(list)
+for line in open(path):
+    scenario, target, *fields = line.split()
+    values = dict(f.split("=") for f in fields)
+    runs[(scenario, target)].append({k: float(v or 0) for k, v in values.items()})
+def med(scenario, target, key):
+    rows = runs.get((scenario, target))
+    return statistics.median(r[key] for r in rows) if rows else None
+print()
+print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{conns} -d{duration}, "
+      f"h2load -c{conns} -m10, {rounds} interleaved rounds, medians")
+print()
+print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/direct "
+      "| mg p50/p99 µs | nginx p50/p99 µs | errors mg/nginx |")
+print("|---|---|---|---|---|---|---|---|---|")
+for scenario in dict.fromkeys(s for s, _ in runs):
+    mg, ng, di = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct"))
+    fmt = lambda v: f"{v:,.0f}" if v else "-"
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+    lat = lambda t: (f"{med(scenario, t, 'p50'):,.0f} / {med(scenario, t, 'p99'):,.0f}"
+                     if (scenario, t) in runs and "p50" in runs[(scenario, t)][0] else "-")
+    err = lambda t: f"{med(scenario, t, 'errors'):.0f}" if med(scenario, t, "errors") is not None else "-"
+    print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {ratio(mg, di)} "
+          f"| {lat('membergate')} | {lat('nginx')} | {err('membergate')}/{err('nginx')} |")
+print()
+print("h2load reports no percentiles: its rows show mean / max instead of p50 / p99.")
+PY
