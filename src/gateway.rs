@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::portal::Membership;
 use crate::routing::Router;
 use crate::server::tls;
 
@@ -17,6 +18,8 @@ use crate::server::tls;
 pub struct Runtime {
     pub config: Config,
     pub router: Router,
+    /// `{prefix}id`, `{prefix}email`, `{prefix}name`, `{prefix}groups`.
+    pub identity_headers: IdentityHeaders,
     /// The TLS server configuration, when an HTTPS listener is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -30,10 +33,35 @@ impl Runtime {
             None => None,
         };
         let router = Router::build(&config)?;
+        let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix)?;
         Ok(Runtime {
             config,
             router,
+            identity_headers,
             tls,
+        })
+    }
+}
+
+/// The names of the identity headers sent to origins.
+pub struct IdentityHeaders {
+    pub id: http::HeaderName,
+    pub email: http::HeaderName,
+    pub name: http::HeaderName,
+    pub groups: http::HeaderName,
+}
+
+impl IdentityHeaders {
+    fn new(prefix: &str) -> Result<IdentityHeaders, String> {
+        let name = |suffix: &str| {
+            http::HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map_err(|_| format!("{prefix}{suffix} is not a valid header name"))
+        };
+        Ok(IdentityHeaders {
+            id: name("id")?,
+            email: name("email")?,
+            name: name("name")?,
+            groups: name("groups")?,
         })
     }
 }
@@ -41,16 +69,18 @@ impl Runtime {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
+    pub membership: Arc<Membership>,
     config_path: PathBuf,
     /// The port the HTTPS listener actually bound (differs from the file for port 0).
     https_port: AtomicU16,
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, config_path: &Path) -> Gateway {
+    pub fn new(runtime: Runtime, config_path: &Path, membership: Membership) -> Gateway {
         Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::new(),
+            membership: Arc::new(membership),
             config_path: config_path.to_owned(),
             https_port: AtomicU16::new(0),
         }

@@ -9,6 +9,7 @@ use clap::Parser;
 use membergate::cli::{Cli, Command};
 use membergate::config::Config;
 use membergate::gateway::{Gateway, Runtime};
+use membergate::portal::Membership;
 use membergate::server::{self, Listeners};
 
 fn main() -> ExitCode {
@@ -62,8 +63,9 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let membership = Membership::open(&config.members).await?;
         let built = Runtime::build(config, true)?;
-        let gateway = Arc::new(Gateway::new(built, path));
+        let gateway = Arc::new(Gateway::new(built, path, membership));
         let listeners = Listeners::bind(&gateway).await?;
         if let Some(addr) = listeners.https.as_ref().and_then(|l| l.local_addr().ok()) {
             gateway.set_https_port(addr.port());

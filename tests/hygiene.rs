@@ -460,11 +460,18 @@ async fn h3_idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let w = World::start().await;
     let mut stream = tokio::net::TcpStream::connect(w.gw.http).await.unwrap();
-    stream.write_all(b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 65536];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Then silence: the connection must not be held open forever.
-    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let rest = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut buf),
+    )
+    .await;
     assert!(rest.is_ok(), "an idle keep-alive connection stayed open");
 }

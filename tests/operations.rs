@@ -338,9 +338,9 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
         ("/", "Northwind Lighthouse Club"),
         ("/blog/", "Restoring the lens"),
         ("/kb/getting-started.html", "Getting started"),
-        ("/members/", "Members' area"),
-        ("/vip/", "VIP room"),
         ("/assets/site.css", "--accent"),
+        ("/_membergate/login", "Log in"),
+        ("/_membergate/register", "Create an account"),
     ] {
         let response = client
             .get(format!("https://localhost:{}{path}", https.port()))
@@ -349,6 +349,20 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         assert!(response.text().await.unwrap().contains(needle), "{path}");
+    }
+    // Members-only pages send anonymous visitors to the login page.
+    for path in ["/members/", "/vip/", "/kb/member-handbook.html"] {
+        let response = client
+            .get(format!("https://localhost:{}{path}", https.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302, "{path}");
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with("/_membergate/login?return_to="),
+            "{location}"
+        );
     }
     // Plain HTTP redirects to the HTTPS listener.
     let plain = reqwest::Client::builder()

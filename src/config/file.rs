@@ -20,7 +20,37 @@ pub struct ConfigFile {
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
+    pub members: MembersSection,
+    #[serde(default)]
     pub sites: Vec<SiteSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersSection {
+    pub database: Option<String>,
+    pub public_url: Option<String>,
+    pub secret_file: Option<String>,
+    pub cookie_name: Option<String>,
+    pub cookie_secure: Option<bool>,
+    pub session_lifetime: Option<String>,
+    pub session_idle: Option<String>,
+    pub session_cache_capacity: Option<u64>,
+    pub registration: Option<String>,
+    pub allowed_domains: Option<Vec<String>>,
+    pub require_verification: Option<bool>,
+    pub outbox_dir: Option<String>,
+    pub templates_dir: Option<String>,
+    pub identity_headers: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub path: Option<String>,
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +118,9 @@ pub struct SiteSection {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    pub default_policy: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,41 @@ pub struct Config {
     pub admin: Admin,
     pub log: Log,
     pub tls: Tls,
+    pub members: Members,
     pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Members {
+    pub database: PathBuf,
+    /// Scheme, host and port that links in emails start with; never taken from a request.
+    pub public_url: String,
+    /// Where the signing secret lives (created on first start); `MEMBERGATE_SECRET` overrides.
+    pub secret_file: PathBuf,
+    pub cookie_name: String,
+    pub cookie_secure: bool,
+    pub session_lifetime: Duration,
+    pub session_idle: Duration,
+    pub session_cache_capacity: u64,
+    pub registration: Registration,
+    pub allowed_domains: Vec<String>,
+    pub require_verification: bool,
+    pub outbox_dir: PathBuf,
+    pub templates_dir: Option<PathBuf>,
+    pub identity_headers: bool,
+}
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone.
+    Open,
+    /// Only members an administrator created; they set their password by email.
+    Invite,
+    /// Anyone with an address in `allowed_domains`.
+    Domain,
+    /// Anyone, but the account waits for an administrator's approval.
+    Approval,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +131,7 @@ pub struct Site {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub routes: Vec<Route>,
+    pub rules: crate::policy::Rules,
 }
 
 #[derive(Debug, Clone)]

@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{CertificateSection, ConfigFile, RouteSection, SiteSection};
-use super::{
-    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Route, Server, Site, Tls,
-    Upstream,
+use super::file::{
+    CertificateSection, ConfigFile, MembersSection, RouteSection, RuleSection, SiteSection,
 };
+use super::{
+    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Members, Registration, Route,
+    Server, Site, Tls, Upstream,
+};
+use crate::policy::{Access, Rule, Rules};
 
 /// A host name pattern, matched against the normalised (lower-case, no trailing
 /// dot, no port) request host or TLS server name.
@@ -297,6 +300,8 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         );
     }
 
+    let members = members(&mut p, &file.members, &server);
+
     let mut sites = Vec::with_capacity(file.sites.len());
     for (i, section) in file.sites.iter().enumerate() {
         sites.push(site(&mut p, &format!("sites[{i}]"), section));
@@ -320,6 +325,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             admin,
             log,
             tls,
+            members,
             sites,
         })
     } else {
@@ -378,10 +384,21 @@ fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
             "expected at least one [[sites.routes]] entry",
         );
     }
+    let default = match s.default_policy.as_deref() {
+        None => Access::Public,
+        Some(text) => access(p, &format!("{key}.default_policy"), text, &[]),
+    };
+    let mut rules = Vec::with_capacity(s.rules.len());
+    for (i, r) in s.rules.iter().enumerate() {
+        if let Some(rule) = rule(p, &format!("{key}.rules[{i}]"), r) {
+            rules.push(rule);
+        }
+    }
     Site {
         name,
         hosts,
         routes,
+        rules: Rules { rules, default },
     }
 }
 
@@ -514,6 +531,198 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
         .build()
         .map_err(|_| format!("{expected}; got {text:?}"))?;
     Ok(Upstream::Http { uri, tls })
+}
+
+fn access(p: &mut Problems, key: &str, policy: &str, groups: &[String]) -> Access {
+    match policy {
+        "public" | "members" if !groups.is_empty() => {
+            p.add(
+                key,
+                format!("groups apply only to policy \"groups\"; this rule is {policy:?}"),
+            );
+            Access::Members
+        }
+        "public" => Access::Public,
+        "members" => Access::Members,
+        "groups" if groups.is_empty() => {
+            p.add(key, "policy \"groups\" needs a non-empty groups list");
+            Access::Members
+        }
+        "groups" => Access::Groups(groups.to_vec()),
+        other => {
+            p.add(
+                key,
+                format!("expected one of public, members, groups; got {other:?}"),
+            );
+            Access::Members
+        }
+    }
+}
+
+fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
+    let prefix = match r.path.as_deref() {
+        None => {
+            p.add(&format!("{key}.path"), "is required");
+            None
+        }
+        Some(text) => match route_prefix(text) {
+            Ok(prefix) => Some(prefix.to_ascii_lowercase()),
+            Err(message) => {
+                p.add(&format!("{key}.path"), message);
+                None
+            }
+        },
+    };
+    for (i, group) in r.groups.iter().enumerate() {
+        if !valid_group_name(group) {
+            p.add(
+                &format!("{key}.groups[{i}]"),
+                format!("expected letters, digits, - or _; got {group:?}"),
+            );
+        }
+    }
+    let access = match r.policy.as_deref() {
+        None => {
+            p.add(
+                &format!("{key}.policy"),
+                "is required (public, members or groups)",
+            );
+            Access::Members
+        }
+        Some(policy) => access(p, &format!("{key}.policy"), policy, &r.groups),
+    };
+    if prefix
+        .as_deref()
+        .is_some_and(|x| x == "/_membergate" || x.starts_with("/_membergate/"))
+    {
+        p.add(
+            &format!("{key}.path"),
+            "/_membergate/ belongs to the gateway's own pages",
+        );
+    }
+    Some(Rule {
+        prefix: prefix?,
+        access,
+    })
+}
+
+/// Group names: 1 to 64 letters, digits, `-` or `_`.
+pub fn valid_group_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
+    let registration = match m.registration.as_deref() {
+        None | Some("open") => Registration::Open,
+        Some("invite") => Registration::Invite,
+        Some("domain") => Registration::Domain,
+        Some("approval") => Registration::Approval,
+        Some(other) => {
+            p.add(
+                "members.registration",
+                format!("expected one of open, invite, domain, approval; got {other:?}"),
+            );
+            Registration::Open
+        }
+    };
+    let mut allowed_domains = Vec::new();
+    for (i, d) in m
+        .allowed_domains
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match crate::members::email::canonical(&format!("x@{d}")) {
+            Ok(e) => allowed_domains.push(e[2..].to_owned()),
+            Err(_) => p.add(
+                &format!("members.allowed_domains[{i}]"),
+                format!("expected a domain; got {d:?}"),
+            ),
+        }
+    }
+    if registration == Registration::Domain && allowed_domains.is_empty() {
+        p.add(
+            "members.allowed_domains",
+            "registration \"domain\" needs at least one allowed domain",
+        );
+    }
+    let default_url = match server.https_listen {
+        Some(addr) => format!("https://localhost:{}", addr.port()),
+        None => format!(
+            "http://localhost:{}",
+            server.http_listen.map_or(80, |a| a.port())
+        ),
+    };
+    let public_url = m.public_url.clone().unwrap_or(default_url);
+    let url_ok = public_url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+            && u.path() == "/"
+            && u.query().is_none()
+    });
+    if !url_ok {
+        p.add(
+            "members.public_url",
+            format!("expected an origin like \"https://members.example.com\"; got {public_url:?}"),
+        );
+    }
+    let cookie_secure = m.cookie_secure.unwrap_or(true);
+    let cookie_name = m.cookie_name.clone().unwrap_or_else(|| {
+        if cookie_secure {
+            "__Host-membergate".into()
+        } else {
+            "membergate".into()
+        }
+    });
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if cookie_name.is_empty() || !cookie_name.bytes().all(token_char) {
+        p.add(
+            "members.cookie_name",
+            format!("expected a cookie name; got {cookie_name:?}"),
+        );
+    }
+    if !cookie_secure && cookie_name.starts_with("__Host-") {
+        p.add(
+            "members.cookie_name",
+            "a __Host- cookie must be Secure; set cookie_secure = true or rename it",
+        );
+    }
+    let lifetime = p.duration(
+        "members.session_lifetime",
+        m.session_lifetime.as_deref(),
+        Duration::from_secs(30 * 86_400),
+    );
+    let idle = p.duration(
+        "members.session_idle",
+        m.session_idle.as_deref(),
+        Duration::from_secs(7 * 86_400),
+    );
+    if idle > lifetime {
+        p.add(
+            "members.session_idle",
+            "must not be longer than session_lifetime",
+        );
+    }
+    Members {
+        database: PathBuf::from(m.database.as_deref().unwrap_or("data/membergate.db")),
+        public_url: public_url.trim_end_matches('/').to_owned(),
+        secret_file: PathBuf::from(m.secret_file.as_deref().unwrap_or("data/membergate.secret")),
+        cookie_name,
+        cookie_secure,
+        session_lifetime: lifetime,
+        session_idle: idle,
+        session_cache_capacity: m.session_cache_capacity.unwrap_or(100_000),
+        registration,
+        allowed_domains,
+        require_verification: m.require_verification.unwrap_or(true),
+        outbox_dir: PathBuf::from(m.outbox_dir.as_deref().unwrap_or("data/outbox")),
+        templates_dir: m.templates_dir.as_deref().map(PathBuf::from),
+        identity_headers: m.identity_headers.unwrap_or(true),
+    }
 }
 
 #[cfg(test)]

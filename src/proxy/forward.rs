@@ -16,18 +16,22 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
 use super::ConnInfo;
+use super::access::{self, Access};
 use super::body::{BodyError, ForwardBody, GatewayBody, body_error_in};
 use super::pipeline::Target;
 use super::respond::{self, Refusal};
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::headers::{self, ClientFacts};
 use crate::routing::{DirOrigin, HttpOrigin, Origin, Route};
+use crate::session::Visitor;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     gateway: &Gateway,
     runtime: &Runtime,
     conn: ConnInfo,
     route: &Route,
+    access: &Access,
     target: Target,
     parts: http::request::Parts,
     body: Incoming,
@@ -35,7 +39,11 @@ pub async fn forward(
     match &route.origin {
         Origin::Dir(dir) => serve_dir(dir, &target, parts).await,
         Origin::Http(origin) => {
-            proxy_http(gateway, runtime, conn, route, origin, target, parts, body).await
+            let visitor = access.visitor.as_deref();
+            proxy_http(
+                gateway, runtime, conn, route, origin, visitor, target, parts, body,
+            )
+            .await
         }
     }
 }
@@ -76,6 +84,7 @@ async fn proxy_http(
     conn: ConnInfo,
     route: &Route,
     origin: &HttpOrigin,
+    visitor: Option<&Visitor>,
     target: Target,
     mut parts: http::request::Parts,
     body: Incoming,
@@ -111,6 +120,9 @@ async fn proxy_http(
         }
     };
     parts.headers.insert(header::HOST, host);
+    if let Some(visitor) = visitor {
+        access::set_identity(&mut parts.headers, runtime, visitor);
+    }
     let client_upgrade = if target.websocket {
         parts
             .headers

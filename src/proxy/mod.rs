@@ -4,6 +4,7 @@
 //! [`respond`] renders everything the gateway answers itself and the access
 //! log; [`body`] holds the streaming body types.
 
+pub mod access;
 pub mod body;
 pub mod forward;
 pub mod pipeline;

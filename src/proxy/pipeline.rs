@@ -5,9 +5,12 @@
 //! ```text
 //! accept     method and target sanity (405, 414)
 //! normalise  one host, one path (400, 421)            -> hygiene::{host, path}
-//! route      site by host, route by path (404, 308)   -> routing
+//! site       site by host, HTTPS redirect (308)       -> routing
+//!            /_membergate/ pages                      -> portal
+//! route      route by path (404)                      -> routing
+//! authorise  session, access policy (302, 401, 403)   -> proxy::access, session, policy
 //! forward    origin or directory, streaming (502/504) -> proxy::forward
-//! respond    metrics, access log                      -> proxy::respond
+//! respond    private caching, cookies, access log     -> proxy::access, proxy::respond
 //! ```
 
 use std::convert::Infallible;
@@ -19,6 +22,7 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::ConnInfo;
+use super::access::{self, Access};
 use super::body::GatewayBody;
 use super::forward;
 use super::respond::{self, AccessRecord, Refusal, ResponseBody};
@@ -27,7 +31,8 @@ use crate::config::HttpMode;
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::host::{self, HostError, RequestHost};
 use crate::hygiene::path::{self, NormalPath};
-use crate::routing::Route;
+use crate::portal;
+use crate::routing::{Route, Site};
 
 /// The outcome of a phase: go on with `T`, or answer now.
 // Returned by value and unwrapped at once; boxing the response would cost an
@@ -76,6 +81,7 @@ pub async fn handle(
             path: None,
             route: None,
             upstream: None,
+            member: None,
             status: 0,
             bytes: 0,
             started: Instant::now(),
@@ -124,13 +130,41 @@ async fn phases<'r>(
         record.host = Some(target.host.authority.clone());
         record.path = Some(target.path.encoded.clone());
     }
-    let route = proceed!(route(gateway, runtime, conn, &target));
+    let site = proceed!(site(gateway, runtime, conn, &target));
+    if portal::is_portal_path(&target.path.decoded) {
+        *route_label = Some(&site.portal_id);
+        if let Some(record) = record {
+            record.route = Some(site.portal_id.clone());
+        }
+        let membership = &gateway.membership;
+        return portal::handle(membership, runtime, &site.name, conn, &target, parts, body).await;
+    }
+    let route = proceed!(route(site, &target));
     *route_label = Some(&route.id);
-    if let Some(record) = record {
+    if let Some(record) = record.as_deref_mut() {
         record.route = Some(route.id.clone());
         record.upstream = Some(route.origin.label().clone());
     }
-    forward::forward(gateway, runtime, conn, route, target, parts, body).await
+    let access = proceed!(authorise(gateway, site, &target, &parts.headers).await);
+    if let (Some(record), Some(visitor)) = (record, &access.visitor) {
+        record.member = Some(visitor.member_id);
+    }
+    let response =
+        forward::forward(gateway, runtime, conn, route, &access, target, parts, body).await;
+    access::finish(gateway, runtime, &access, response)
+}
+
+/// Who the visitor is and whether the policy lets them in.
+async fn authorise(
+    gateway: &Gateway,
+    site: &Site,
+    target: &Target,
+    headers: &http::HeaderMap,
+) -> Flow<Access> {
+    match access::authorise(gateway, site, target, headers).await {
+        Ok(access) => Flow::Continue(access),
+        Err(response) => Flow::Respond(response),
+    }
 }
 
 /// Refuses methods that have no business at a gateway, and over-long targets.
@@ -175,13 +209,13 @@ fn normalise(parts: &http::request::Parts) -> Flow<Target> {
     })
 }
 
-/// Site by host, route by path; plain HTTP is sent to HTTPS when so configured.
-fn route<'r>(
+/// The site by host; plain HTTP is sent to HTTPS when so configured.
+fn site<'r>(
     gateway: &Gateway,
     runtime: &'r Runtime,
     conn: ConnInfo,
     target: &Target,
-) -> Flow<&'r Route> {
+) -> Flow<&'r Site> {
     let refuse = |r| Flow::Respond(respond::refusal(r, target.wants_json));
     let Some(site) = runtime.router.site(&target.host.name) else {
         return refuse(if target.host.from_target {
@@ -211,9 +245,14 @@ fn route<'r>(
         );
         return Flow::Respond(respond::redirect(&location));
     }
+    Flow::Continue(site)
+}
+
+/// The site's route for the path.
+fn route<'r>(site: &'r Site, target: &Target) -> Flow<&'r Route> {
     match site.route(&target.path.decoded) {
         Some(route) => Flow::Continue(route),
-        None => refuse(Refusal::NoRoute),
+        None => Flow::Respond(respond::refusal(Refusal::NoRoute, target.wants_json)),
     }
 }
 

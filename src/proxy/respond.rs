@@ -23,6 +23,7 @@ use super::body::{BoxError, GatewayBody};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     BadRequest(&'static str),
+    Forbidden,
     UnknownHost,
     NoRoute,
     MethodNotAllowed,
@@ -37,6 +38,7 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
             Refusal::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -51,6 +53,7 @@ impl Refusal {
     fn explanation(self) -> &'static str {
         match self {
             Refusal::BadRequest(why) => why,
+            Refusal::Forbidden => "Your account does not have access to this page.",
             Refusal::UnknownHost => "This server does not serve the requested host name.",
             Refusal::NoRoute => "There is nothing at this address.",
             Refusal::MethodNotAllowed => "This request method is not allowed here.",
@@ -133,6 +136,7 @@ pub struct AccessRecord {
     pub path: Option<String>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
+    pub member: Option<i64>,
     pub status: u16,
     pub bytes: u64,
     pub started: Instant,
@@ -152,6 +156,7 @@ impl Drop for AccessRecord {
             duration_us = self.started.elapsed().as_micros() as u64,
             route = self.route.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
+            member = self.member,
         );
     }
 }

@@ -19,6 +19,10 @@ pub struct Router {
 
 pub struct Site {
     pub name: Arc<str>,
+    /// `site:/_membergate`, the metrics label of the portal pages.
+    pub portal_id: Arc<str>,
+    /// Who may open which paths of this site.
+    pub rules: crate::policy::Rules,
     hosts: Vec<HostPattern>,
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Route>,
@@ -52,6 +56,8 @@ impl Router {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             sites.push(Site {
                 name: site.name.as_str().into(),
+                portal_id: format!("{}:{}", site.name, crate::portal::PREFIX).into(),
+                rules: site.rules.clone(),
                 hosts: site.hosts.clone(),
                 routes,
             });
@@ -91,7 +97,7 @@ impl Site {
 }
 
 /// `prefix` is lower case and has no trailing `/` (unless it is `/`).
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
     }

@@ -86,7 +86,10 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), Stri
         }
     }
     drop(shutdown_rx);
+    let sessions = gateway.membership.sessions.clone();
+    let follower = tokio::spawn(sessions.follow_changes(std::time::Duration::from_secs(1)));
     wait_for_signals(&gateway).await?;
+    follower.abort();
 
     let grace = gateway.runtime().config.server.shutdown_grace;
     tracing::info!(

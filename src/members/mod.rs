@@ -1,0 +1,195 @@
+//! Members and their groups, kept in a durable [`MemberStore`].
+//!
+//! The store also holds sessions and single-use tokens, so that one database
+//! is the whole durable state; [`crate::session`] caches sessions in memory.
+
+pub mod email;
+pub mod password;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type MemberId = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Registered; the email address is not verified yet.
+    Pending,
+    /// Verified, waiting for an administrator (registration mode `approval`).
+    AwaitingApproval,
+    Active,
+    Disabled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::AwaitingApproval => "awaiting_approval",
+            Status::Active => "active",
+            Status::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Some(match text {
+            "pending" => Status::Pending,
+            "awaiting_approval" => Status::AwaitingApproval,
+            "active" => Status::Active,
+            "disabled" => Status::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: MemberId,
+    /// Canonical form, see [`email::canonical`].
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// `None` for an invited member who has not chosen a password yet.
+    pub password_hash: Option<String>,
+    pub status: Status,
+    /// Bumped by every change that must end the member's sessions.
+    pub epoch: i64,
+    pub created_at: i64,
+    pub last_login_at: Option<i64>,
+    pub groups: Vec<String>,
+}
+
+impl Member {
+    pub fn display_name(&self) -> String {
+        let name = format!("{} {}", self.first_name, self.last_name);
+        name.trim().to_owned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub password_hash: Option<String>,
+    pub status: Status,
+}
+
+/// A session as stored: the id itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: [u8; 32],
+    pub member_id: MemberId,
+    /// The member's epoch when the session began; a different epoch ends it.
+    pub epoch: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_seen_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    Verify,
+    Reset,
+}
+
+impl TokenPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenPurpose::Verify => "verify",
+            TokenPurpose::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// A member with this canonical email exists.
+    Duplicate,
+    NotFound,
+    Backend(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Duplicate => f.write_str("a member with this email exists"),
+            StoreError::NotFound => f.write_str("no such member"),
+            StoreError::Backend(e) => write!(f, "member store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable members, groups, sessions and tokens. Every method that changes a
+/// member records the change (see [`MemberStore::changes_since`]).
+pub trait MemberStore: Send + Sync {
+    fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>>;
+    fn member_by_email(&self, canonical_email: &str) -> BoxFuture<'_, StoreResult<Option<Member>>>;
+    fn member_by_id(&self, id: MemberId) -> BoxFuture<'_, StoreResult<Option<Member>>>;
+    fn list_members(&self) -> BoxFuture<'_, StoreResult<Vec<Member>>>;
+    /// Sets a new password hash and bumps the epoch, ending every session.
+    fn set_password(&self, id: MemberId, hash: &str, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Replaces the hash of the same password (parameter upgrade); sessions live on.
+    fn rehash_password(&self, id: MemberId, hash: &str) -> BoxFuture<'_, StoreResult<()>>;
+    /// Sets the status; leaving `Active` bumps the epoch.
+    fn set_status(&self, id: MemberId, status: Status, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    fn set_name(
+        &self,
+        id: MemberId,
+        first: &str,
+        last: &str,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    fn record_login(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    fn add_to_group(&self, id: MemberId, group: &str, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Removes a group and bumps the epoch: access shrinks, sessions end.
+    fn remove_from_group(
+        &self,
+        id: MemberId,
+        group: &str,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Group names with their member counts.
+    fn list_groups(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64)>>>;
+
+    fn create_session(&self, session: SessionRecord) -> BoxFuture<'_, StoreResult<()>>;
+    fn session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<Option<SessionRecord>>>;
+    fn touch_session(&self, id_hash: [u8; 32], now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    fn delete_session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<()>>;
+    /// Ends every session of a member; returns how many there were.
+    fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    fn delete_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+
+    fn create_token(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: [u8; 32],
+        member_id: MemberId,
+        epoch: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Consumes a token: returns its member if it exists, has not expired and
+    /// was issued at the member's current epoch. A token works once.
+    fn take_token(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<MemberId>>>;
+
+    /// Members changed after change number `after`, and the newest change number.
+    fn changes_since(&self, after: i64) -> BoxFuture<'_, StoreResult<(Vec<MemberId>, i64)>>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,123 @@
+//! Password hashing: argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane).
+//! Hashing is CPU-heavy, so callers run it on the blocking pool.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Shortest and longest password accepted (long ones only cost hashing time).
+pub const MIN_LENGTH: usize = 10;
+pub const MAX_LENGTH: usize = 512;
+
+fn hasher() -> Argon2<'static> {
+    // OWASP Password Storage Cheat Sheet: m=19456 KiB, t=2, p=1.
+    let params = Params::new(19_456, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash of a random password, verified against when an email is unknown so
+/// that "no such member" takes as long as "wrong password" (catalogue E2).
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| hash(&random_text()).unwrap_or_default());
+
+pub fn hash(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The outcome of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Wrong,
+    Right,
+    /// Right, but hashed with other parameters: store a fresh hash.
+    RightNeedsRehash,
+}
+
+pub fn verify(password: &str, stored: &str) -> Check {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Check::Wrong;
+    };
+    if hasher()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_err()
+    {
+        return Check::Wrong;
+    }
+    let current = hasher();
+    let same_params = parsed.algorithm == Algorithm::Argon2id.ident()
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            let want = current.params();
+            p.m_cost() == want.m_cost()
+                && p.t_cost() == want.t_cost()
+                && p.p_cost() == want.p_cost()
+        });
+    if same_params {
+        Check::Right
+    } else {
+        Check::RightNeedsRehash
+    }
+}
+
+/// Spends the same work as [`verify`] on a password for an unknown account.
+pub fn verify_dummy(password: &str) {
+    let _ = verify(password, &DUMMY_HASH);
+}
+
+/// Whether a new password is acceptable; the message is shown to the member.
+pub fn acceptable(password: &str) -> Result<(), &'static str> {
+    let length = password.chars().count();
+    if length < MIN_LENGTH {
+        return Err("Choose a password of at least 10 characters.");
+    }
+    if password.len() > MAX_LENGTH {
+        return Err("That password is too long.");
+    }
+    Ok(())
+}
+
+fn random_text() -> String {
+    let mut bytes = [0u8; 24];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_detect_old_parameters() {
+        let h = hash("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(verify("correct horse battery", &h), Check::Right);
+        assert_eq!(verify("correct horse batterx", &h), Check::Wrong);
+        assert_eq!(verify("x", "not a hash"), Check::Wrong);
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let old = weak
+            .hash_password(b"correct horse battery", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            verify("correct horse battery", &old),
+            Check::RightNeedsRehash
+        );
+    }
+
+    #[test]
+    fn password_rules() {
+        assert!(acceptable("short").is_err());
+        assert!(acceptable("long enough!").is_ok());
+        assert!(acceptable(&"x".repeat(600)).is_err());
+    }
+}

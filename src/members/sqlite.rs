@@ -1,0 +1,521 @@
+//! The embedded member store: one SQLite file in WAL mode, migrated on open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    BoxFuture, Member, MemberId, MemberStore, NewMember, SessionRecord, Status, StoreError,
+    StoreResult, TokenPurpose,
+};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate,
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+const MEMBER_COLUMNS: &str = "m.id, m.email, m.first_name, m.last_name, m.password_hash, m.status, \
+     m.epoch, m.created_at, m.last_login_at, \
+     (SELECT group_concat(g.group_name, char(10)) FROM member_groups g WHERE g.member_id = m.id) AS groups";
+
+fn member_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Member> {
+    let status: String = row.try_get("status").map_err(backend)?;
+    let groups: Option<String> = row.try_get("groups").map_err(backend)?;
+    let mut groups: Vec<String> = groups
+        .map(|g| g.split('\n').map(str::to_owned).collect())
+        .unwrap_or_default();
+    groups.sort();
+    Ok(Member {
+        id: row.try_get("id").map_err(backend)?,
+        email: row.try_get("email").map_err(backend)?,
+        first_name: row.try_get("first_name").map_err(backend)?,
+        last_name: row.try_get("last_name").map_err(backend)?,
+        password_hash: row.try_get("password_hash").map_err(backend)?,
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::Backend(format!("unknown status {status:?}")))?,
+        epoch: row.try_get("epoch").map_err(backend)?,
+        created_at: row.try_get("created_at").map_err(backend)?,
+        last_login_at: row.try_get("last_login_at").map_err(backend)?,
+        groups,
+    })
+}
+
+fn session_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SessionRecord> {
+    let hash: Vec<u8> = row.try_get("id_hash").map_err(backend)?;
+    Ok(SessionRecord {
+        id_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Backend("bad session hash".into()))?,
+        member_id: row.try_get("member_id").map_err(backend)?,
+        epoch: row.try_get("epoch").map_err(backend)?,
+        created_at: row.try_get("created_at").map_err(backend)?,
+        expires_at: row.try_get("expires_at").map_err(backend)?,
+        last_seen_at: row.try_get("last_seen_at").map_err(backend)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(backend)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL loses no committed transaction on a process crash;
+            // FULL also survives power loss, which is what acknowledged
+            // registrations deserve.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn changed(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        id: MemberId,
+        bump_epoch: bool,
+        now: i64,
+    ) -> StoreResult<()> {
+        if bump_epoch {
+            let done = sqlx::query("UPDATE members SET epoch = epoch + 1 WHERE id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query("DELETE FROM sessions WHERE member_id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+        }
+        sqlx::query("INSERT INTO member_changes (member_id, at) VALUES (?, ?)")
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Runs `statement` (binding `id` last) in a transaction with a change record.
+    async fn update(
+        &self,
+        id: MemberId,
+        statement: &'static str,
+        binds: Vec<String>,
+        bump_epoch: bool,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut query = sqlx::query(statement);
+        for value in binds {
+            query = query.bind(value);
+        }
+        let done = query.bind(id).execute(&mut *tx).await.map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        SqliteStore::changed(&mut tx, id, bump_epoch, now).await?;
+        tx.commit().await.map_err(backend)
+    }
+}
+
+impl MemberStore for SqliteStore {
+    fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO members (email, first_name, last_name, password_hash, status, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&new.email)
+            .bind(&new.first_name)
+            .bind(&new.last_name)
+            .bind(&new.password_hash)
+            .bind(new.status.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            SqliteStore::changed(&mut tx, id, false, now).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(Member {
+                id,
+                email: new.email,
+                first_name: new.first_name,
+                last_name: new.last_name,
+                password_hash: new.password_hash,
+                status: new.status,
+                epoch: 0,
+                created_at: now,
+                last_login_at: None,
+                groups: Vec::new(),
+            })
+        })
+    }
+
+    fn member_by_email(&self, canonical_email: &str) -> BoxFuture<'_, StoreResult<Option<Member>>> {
+        let email = canonical_email.to_owned();
+        Box::pin(async move {
+            let sql = format!("SELECT {MEMBER_COLUMNS} FROM members m WHERE m.email = ?");
+            let row = sqlx::query(&sql)
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(member_from).transpose()
+        })
+    }
+
+    fn member_by_id(&self, id: MemberId) -> BoxFuture<'_, StoreResult<Option<Member>>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {MEMBER_COLUMNS} FROM members m WHERE m.id = ?");
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(member_from).transpose()
+        })
+    }
+
+    fn list_members(&self) -> BoxFuture<'_, StoreResult<Vec<Member>>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {MEMBER_COLUMNS} FROM members m ORDER BY m.id");
+            let rows = sqlx::query(&sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+            rows.iter().map(member_from).collect()
+        })
+    }
+
+    fn set_password(&self, id: MemberId, hash: &str, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        let hash = hash.to_owned();
+        Box::pin(self.update(
+            id,
+            "UPDATE members SET password_hash = ? WHERE id = ?",
+            vec![hash],
+            true,
+            now,
+        ))
+    }
+
+    fn rehash_password(&self, id: MemberId, hash: &str) -> BoxFuture<'_, StoreResult<()>> {
+        let hash = hash.to_owned();
+        Box::pin(async move {
+            sqlx::query("UPDATE members SET password_hash = ? WHERE id = ?")
+                .bind(hash)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn set_status(&self, id: MemberId, status: Status, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        let bump = status != Status::Active;
+        Box::pin(self.update(
+            id,
+            "UPDATE members SET status = ? WHERE id = ?",
+            vec![status.as_str().to_owned()],
+            bump,
+            now,
+        ))
+    }
+
+    fn set_name(
+        &self,
+        id: MemberId,
+        first: &str,
+        last: &str,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let binds = vec![first.to_owned(), last.to_owned()];
+        Box::pin(self.update(
+            id,
+            "UPDATE members SET first_name = ?, last_name = ? WHERE id = ?",
+            binds,
+            false,
+            now,
+        ))
+    }
+
+    fn record_login(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE members SET last_login_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn add_to_group(&self, id: MemberId, group: &str, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        let group = group.to_owned();
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM members WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query(
+                "INSERT OR IGNORE INTO member_groups (member_id, group_name) VALUES (?, ?)",
+            )
+            .bind(id)
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            SqliteStore::changed(&mut tx, id, false, now).await?;
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn remove_from_group(
+        &self,
+        id: MemberId,
+        group: &str,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let group = group.to_owned();
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let done =
+                sqlx::query("DELETE FROM member_groups WHERE member_id = ? AND group_name = ?")
+                    .bind(id)
+                    .bind(group)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            SqliteStore::changed(&mut tx, id, true, now).await?;
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn list_groups(&self) -> BoxFuture<'_, StoreResult<Vec<(String, i64)>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT group_name, count(*) AS n FROM member_groups GROUP BY group_name ORDER BY group_name",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("group_name").map_err(backend)?,
+                        r.try_get("n").map_err(backend)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn create_session(&self, s: SessionRecord) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO sessions (id_hash, member_id, epoch, created_at, expires_at, last_seen_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&s.id_hash[..])
+            .bind(s.member_id)
+            .bind(s.epoch)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .bind(s.last_seen_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<Option<SessionRecord>>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT * FROM sessions WHERE id_hash = ?")
+                .bind(&id_hash[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            row.as_ref().map(session_from).transpose()
+        })
+    }
+
+    fn touch_session(&self, id_hash: [u8; 32], now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
+                .bind(now)
+                .bind(&id_hash[..])
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn delete_session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+                .bind(&id_hash[..])
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let done = sqlx::query("DELETE FROM sessions WHERE member_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            SqliteStore::changed(&mut tx, id, false, now).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn delete_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            sqlx::query("DELETE FROM tokens WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            sqlx::query("DELETE FROM member_changes WHERE at <= ?")
+                .bind(now - 86_400)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok(sessions.rows_affected())
+        })
+    }
+
+    fn create_token(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: [u8; 32],
+        member_id: MemberId,
+        epoch: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO tokens (token_hash, purpose, member_id, epoch, expires_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&token_hash[..])
+            .bind(purpose.as_str())
+            .bind(member_id)
+            .bind(epoch)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn take_token(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<MemberId>>> {
+        Box::pin(async move {
+            // DELETE ... RETURNING makes the token single-use even under races.
+            let row = sqlx::query(
+                "DELETE FROM tokens WHERE token_hash = ? AND purpose = ? \
+                 RETURNING member_id, epoch, expires_at",
+            )
+            .bind(&token_hash[..])
+            .bind(purpose.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+            let Some(row) = row else { return Ok(None) };
+            let member_id: i64 = row.try_get("member_id").map_err(backend)?;
+            let epoch: i64 = row.try_get("epoch").map_err(backend)?;
+            let expires_at: i64 = row.try_get("expires_at").map_err(backend)?;
+            if expires_at <= now {
+                return Ok(None);
+            }
+            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
+                .bind(member_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok((current == Some(epoch)).then_some(member_id))
+        })
+    }
+
+    fn changes_since(&self, after: i64) -> BoxFuture<'_, StoreResult<(Vec<MemberId>, i64)>> {
+        Box::pin(async move {
+            let rows =
+                sqlx::query("SELECT seq, member_id FROM member_changes WHERE seq > ? ORDER BY seq")
+                    .bind(after)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+            let mut newest = after;
+            let mut members = Vec::with_capacity(rows.len());
+            for row in &rows {
+                newest = newest.max(row.try_get("seq").map_err(backend)?);
+                members.push(row.try_get("member_id").map_err(backend)?);
+            }
+            if rows.is_empty() && after == 0 {
+                newest = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM member_changes")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(backend)?;
+            }
+            members.sort_unstable();
+            members.dedup();
+            Ok((members, newest))
+        })
+    }
+}

@@ -1,0 +1,140 @@
+//! Access policy: which visitors may open which paths. A pure function over
+//! plain types, so it is table-tested here and reused as is by
+//! `membergate policy check`.
+//!
+//! Rules are tried in order and the first whose prefix covers the path
+//! decides; a path no rule covers gets the site's default. Prefixes match whole
+//! segments and ignore ASCII case, like routes.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any active member.
+    Members,
+    /// Members of at least one of these groups.
+    Groups(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Lower case; no trailing `/` unless it is `/`.
+    pub prefix: String,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub rules: Vec<Rule>,
+    pub default: Access,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub enum Visitor<'a> {
+    Anonymous,
+    Member { groups: &'a [String] },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Anonymous on a protected path: log in first.
+    Login,
+    /// A member without the needed group.
+    Forbidden,
+}
+
+/// The decision and the index of the rule that made it (`None`: the default).
+pub fn decide(rules: &Rules, path: &str, visitor: Visitor<'_>) -> (Decision, Option<usize>) {
+    let matched = rules
+        .rules
+        .iter()
+        .position(|r| crate::routing::prefix_matches(&r.prefix, path));
+    let access = matched.map_or(&rules.default, |i| &rules.rules[i].access);
+    let decision = match (access, visitor) {
+        (Access::Public, _) => Decision::Allow,
+        (_, Visitor::Anonymous) => Decision::Login,
+        (Access::Members, Visitor::Member { .. }) => Decision::Allow,
+        (Access::Groups(wanted), Visitor::Member { groups }) => {
+            if wanted.iter().any(|w| groups.iter().any(|g| g == w)) {
+                Decision::Allow
+            } else {
+                Decision::Forbidden
+            }
+        }
+    };
+    (decision, matched)
+}
+
+impl Rules {
+    /// True when the path needs a member, so its responses are private.
+    pub fn is_protected(&self, path: &str) -> bool {
+        decide(self, path, Visitor::Anonymous).0 != Decision::Allow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        let rule = |prefix: &str, access| Rule {
+            prefix: prefix.into(),
+            access,
+        };
+        Rules {
+            rules: vec![
+                rule("/kb/member-handbook.html", Access::Members),
+                rule("/members", Access::Members),
+                rule("/vip", Access::Groups(vec!["vip".into(), "staff".into()])),
+                rule("/members/open-day", Access::Public),
+            ],
+            default: Access::Public,
+        }
+    }
+
+    #[test]
+    fn decides_by_first_matching_rule() {
+        let vip = ["vip".to_owned()];
+        let plain: [String; 0] = [];
+        let anon = Visitor::Anonymous;
+        let member = Visitor::Member { groups: &plain };
+        let vip_member = Visitor::Member { groups: &vip };
+        let table = [
+            ("/", anon, Decision::Allow, None),
+            ("/blog/x", anon, Decision::Allow, None),
+            ("/members", anon, Decision::Login, Some(1)),
+            ("/members/", anon, Decision::Login, Some(1)),
+            ("/MEMBERS/x", anon, Decision::Login, Some(1)),
+            ("/members/x", member, Decision::Allow, Some(1)),
+            ("/membership", anon, Decision::Allow, None),
+            ("/vip/", anon, Decision::Login, Some(2)),
+            ("/vip/", member, Decision::Forbidden, Some(2)),
+            ("/vip/", vip_member, Decision::Allow, Some(2)),
+            ("/kb/member-handbook.html", anon, Decision::Login, Some(0)),
+            ("/kb/getting-started.html", anon, Decision::Allow, None),
+            // First match wins: the later, more specific public rule never applies.
+            ("/members/open-day", anon, Decision::Login, Some(1)),
+        ];
+        for (path, visitor, want, rule) in table {
+            assert_eq!(
+                decide(&rules(), path, visitor),
+                (want, rule),
+                "{path} {visitor:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_applies_to_unmatched_paths() {
+        let rules = Rules {
+            rules: vec![],
+            default: Access::Members,
+        };
+        assert_eq!(
+            decide(&rules, "/anything", Visitor::Anonymous).0,
+            Decision::Login
+        );
+        assert!(rules.is_protected("/x"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The membership state shared by the portal and the authorise phase: the
+//! member store, sessions, signing keys, mail, templates and rate limits.
+//! Built once at start; not replaced by a configuration reload (the database
+//! path and secret apply after a restart).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use super::pages::Templates;
+use crate::config;
+use crate::mail::Outbox;
+use crate::members::MemberStore;
+use crate::members::sqlite::SqliteStore;
+use crate::session::Sessions;
+
+pub struct Membership {
+    pub store: Arc<dyn MemberStore>,
+    pub sessions: Arc<Sessions>,
+    pub csrf_key: [u8; 32],
+    pub outbox: Outbox,
+    pub templates: Templates,
+    pub limits: RateLimits,
+}
+
+impl Membership {
+    pub async fn open(config: &config::Members) -> Result<Membership, String> {
+        let secret = load_secret(&config.secret_file)?;
+        let store: Arc<dyn MemberStore> = Arc::new(
+            SqliteStore::open(&config.database)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let sessions = Arc::new(Sessions::new(store.clone(), &secret, config));
+        Ok(Membership {
+            store,
+            sessions,
+            csrf_key: derive(&secret, b"membergate csrf v1"),
+            outbox: Outbox::new(&config.outbox_dir),
+            templates: Templates::load(config.templates_dir.as_deref())?,
+            limits: RateLimits::new(),
+        })
+    }
+}
+
+/// 32 secret bytes: `MEMBERGATE_SECRET` (hashed) if set, else the secret file,
+/// created with 32 random bytes (hex, owner-only) on first start.
+fn load_secret(path: &Path) -> Result<[u8; 32], String> {
+    if let Ok(text) = std::env::var("MEMBERGATE_SECRET") {
+        if text.len() < 32 {
+            return Err("MEMBERGATE_SECRET must be at least 32 characters".into());
+        }
+        return Ok(Sha256::digest(text.as_bytes()).into());
+    }
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        tracing::info!(file = %path.display(), "generated the gateway secret");
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.trim();
+    if text.len() < 32 {
+        return Err(format!(
+            "{} must hold at least 32 characters",
+            path.display()
+        ));
+    }
+    Ok(Sha256::digest(text.as_bytes()).into())
+}
+
+fn derive(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return *secret;
+    };
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
+/// Attempts per minute, estimated in bounded memory (pingora-limits' count-min
+/// sketch), per client IP and per canonical account.
+pub struct RateLimits {
+    rate: pingora_limits::rate::Rate,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Login,
+    Register,
+    Reset,
+}
+
+impl Action {
+    /// (per IP, per account) attempts allowed in a minute.
+    fn limits(self) -> (isize, isize) {
+        match self {
+            Action::Login => (30, 10),
+            Action::Register => (10, 5),
+            Action::Reset => (10, 5),
+        }
+    }
+}
+
+impl RateLimits {
+    pub fn new() -> RateLimits {
+        RateLimits {
+            rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Counts an attempt; true when it is over either limit.
+    pub fn exceeded(&self, action: Action, ip: std::net::IpAddr, account: Option<&str>) -> bool {
+        let (per_ip, per_account) = action.limits();
+        let ip_count = self.rate.observe(&(action as u8, 0u8, ip), 1);
+        let account_count = account.map_or(0, |a| self.rate.observe(&(action as u8, 1u8, a), 1));
+        ip_count > per_ip || account_count > per_account
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits::new()
+    }
+}

@@ -1,0 +1,979 @@
+//! The gateway's own pages under `/_membergate/`: register, verify, log in,
+//! log out, reset a password, and the account page.
+//!
+//! Every POST is checked for origin and CSRF token before anything else; every
+//! answer that could reveal whether an email is registered (register, login,
+//! reset) is the same for both cases, and unknown emails cost the same
+//! password-hashing time as known ones.
+
+pub mod csrf;
+pub mod membership;
+pub mod pages;
+pub mod return_to;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use minijinja::context;
+
+use membership::Action;
+pub use membership::Membership;
+
+use crate::config::{self, Registration};
+use crate::gateway::Runtime;
+use crate::mail::Message;
+use crate::members::password::{self, Check};
+use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, email, now};
+use crate::proxy::ConnInfo;
+use crate::proxy::body::GatewayBody;
+use crate::proxy::pipeline::Target;
+use crate::session::{Lookup, Visitor, cookie_values, hash_id};
+
+/// The path prefix of the portal.
+pub const PREFIX: &str = "/_membergate";
+/// Largest form body accepted (catalogue H4).
+const MAX_FORM_BYTES: usize = 16 * 1024;
+const VERIFY_LIFETIME: i64 = 24 * 3600;
+const RESET_LIFETIME: i64 = 3600;
+
+/// Whether a normalised path belongs to the portal.
+pub fn is_portal_path(path: &str) -> bool {
+    crate::routing::prefix_matches(PREFIX, path)
+}
+
+/// One portal request with what every handler needs.
+struct Request<'a> {
+    m: &'a Membership,
+    config: &'a config::Members,
+    site_name: &'a str,
+    conn: ConnInfo,
+    target: &'a Target,
+    headers: http::HeaderMap,
+    lookup: Lookup,
+    /// The pre-session cookie, if the browser sent one.
+    pre_session: Option<String>,
+    /// Cookies to set on the response.
+    set_cookies: Vec<String>,
+}
+
+pub async fn handle(
+    m: &Membership,
+    runtime: &Runtime,
+    site_name: &str,
+    conn: ConnInfo,
+    target: &Target,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    let config = &runtime.config.members;
+    let body_timeout = runtime.config.limits.body_idle_timeout;
+    let lookup = m.sessions.lookup(&parts.headers).await;
+    if matches!(lookup, Lookup::Ambiguous) {
+        return message_response(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "Your browser sent conflicting session cookies. Clear this site's cookies and try again.",
+        );
+    }
+    let pre_name = pre_session_cookie(config);
+    let pre_session = cookie_values(&parts.headers, &pre_name)
+        .next()
+        .map(str::to_owned);
+    let mut req = Request {
+        m,
+        config,
+        site_name,
+        conn,
+        target,
+        headers: parts.headers,
+        lookup,
+        pre_session,
+        set_cookies: Vec::new(),
+    };
+    if matches!(req.lookup, Lookup::Invalid) {
+        req.set_cookies.push(m.sessions.clear_cookie());
+        req.lookup = Lookup::Anonymous;
+    }
+    let sub = &target.path.decoded[PREFIX.len()..];
+    let sub = sub.to_ascii_lowercase();
+    let query = parse_query(target.query.as_deref());
+    let mut response = match (&parts.method, sub.as_str()) {
+        (&Method::GET | &Method::HEAD, "/login") => req.login_page(&query, None, ""),
+        (&Method::GET | &Method::HEAD, "/register") => {
+            req.register_page(&query, None, &HashMap::new())
+        }
+        (&Method::GET | &Method::HEAD, "/verify") => req.verify(&query).await,
+        (&Method::GET | &Method::HEAD, "/reset") => req.reset_page(&query, None),
+        (&Method::GET | &Method::HEAD, "/account") => req.account_page(&query, None).await,
+        (&Method::POST, path) => match req.checked_form(body, body_timeout).await {
+            Err(response) => response,
+            Ok(form) => match path {
+                "/login" => req.login(&form).await,
+                "/register" => req.register(&form).await,
+                "/logout" => req.logout(&form).await,
+                "/reset" => req.reset_request(&form).await,
+                "/reset/confirm" => req.reset_confirm(&form).await,
+                "/account/name" => req.account_name(&form).await,
+                "/account/password" => req.account_password(&form).await,
+                _ => message_response(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is nothing at this address.",
+                ),
+            },
+        },
+        (_, "/logout") => {
+            let mut r = message_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Log out",
+                "Use the log-out button to log out.",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        _ => message_response(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is nothing at this address.",
+        ),
+    };
+    for cookie in req.set_cookies {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+fn pre_session_cookie(config: &config::Members) -> String {
+    format!("{}-csrf", config.cookie_name)
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .map(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+impl Request<'_> {
+    fn origin(&self) -> String {
+        let scheme = if self.conn.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.target.host.authority)
+    }
+
+    /// What CSRF tokens of this visitor are bound to; creates the pre-session
+    /// cookie when a form is about to be shown to a visitor without one.
+    fn csrf_binding(&mut self, create: bool) -> Option<Vec<u8>> {
+        if let Lookup::Member(v) = &self.lookup {
+            return Some(v.id_hash.to_vec());
+        }
+        if self.pre_session.is_none() && create {
+            let value = csrf::new_pre_session();
+            let cookie = cookie::Cookie::build((pre_session_cookie(self.config), value.clone()))
+                .path("/")
+                .secure(self.config.cookie_secure)
+                .http_only(true)
+                .same_site(cookie::SameSite::Lax)
+                .build();
+            self.set_cookies.push(cookie.to_string());
+            self.pre_session = Some(value);
+        }
+        self.pre_session.as_ref().map(|v| v.as_bytes().to_vec())
+    }
+
+    fn csrf_token(&mut self) -> String {
+        let binding = self.csrf_binding(true).unwrap_or_default();
+        csrf::token(&self.m.csrf_key, &binding)
+    }
+
+    /// Reads a POST form after checking origin and size, then checks its CSRF token.
+    async fn checked_form(
+        &mut self,
+        body: Incoming,
+        timeout: Duration,
+    ) -> Result<HashMap<String, String>, Response<GatewayBody>> {
+        let forbidden = || {
+            message_response(
+                StatusCode::FORBIDDEN,
+                "Form expired",
+                "This form could not be accepted. Go back, reload the page and try again.",
+            )
+        };
+        if !csrf::same_origin(&self.headers, &self.origin()) {
+            return Err(forbidden());
+        }
+        let limited = http_body_util::Limited::new(body, MAX_FORM_BYTES);
+        let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(message_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Too large",
+                    "That form is larger than this page accepts.",
+                ));
+            }
+            _ => {
+                return Err(message_response(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The form could not be read.",
+                ));
+            }
+        };
+        let form: HashMap<String, String> =
+            match serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes) {
+                Ok(pairs) => pairs.into_iter().collect(),
+                Err(_) => {
+                    return Err(message_response(
+                        StatusCode::BAD_REQUEST,
+                        "Bad request",
+                        "The form could not be read.",
+                    ));
+                }
+            };
+        let binding = self.csrf_binding(false);
+        let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
+        match binding {
+            Some(binding) if csrf::token_matches(&self.m.csrf_key, &binding, submitted) => Ok(form),
+            _ => Err(forbidden()),
+        }
+    }
+
+    fn page(
+        &self,
+        status: StatusCode,
+        template: &str,
+        context: minijinja::Value,
+    ) -> Response<GatewayBody> {
+        let merged = context! { site_name => self.site_name, ..context };
+        match self.m.templates.render(template, merged) {
+            Ok(html) => html_response(status, html),
+            Err(e) => {
+                tracing::error!(error = %e, "portal template failed");
+                message_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error",
+                    "This page could not be shown.",
+                )
+            }
+        }
+    }
+
+    fn message(
+        &self,
+        status: StatusCode,
+        heading: &str,
+        text: &str,
+        link: Option<(&str, &str)>,
+    ) -> Response<GatewayBody> {
+        let (link, link_text) = link.unwrap_or(("", ""));
+        self.page(
+            status,
+            "message.html",
+            context! { heading, text, link, link_text },
+        )
+    }
+
+    fn too_many(&self) -> Response<GatewayBody> {
+        let mut r = self.message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            "There have been too many attempts. Wait a minute and try again.",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        r
+    }
+
+    fn can_register(&self) -> bool {
+        self.config.registration != Registration::Invite
+    }
+
+    // --- log in ---------------------------------------------------------------
+
+    fn login_page(
+        &mut self,
+        query: &HashMap<String, String>,
+        error: Option<&str>,
+        email: &str,
+    ) -> Response<GatewayBody> {
+        let return_to = return_to::safe(query.get("return_to").map(String::as_str));
+        let notice = match query.get("notice").map(String::as_str) {
+            Some("verified") => "Your email address is verified. You can log in now.",
+            Some("password") => "Your password was changed. Log in with the new one.",
+            Some("logged_out") => "You are logged out.",
+            _ => "",
+        };
+        let csrf = self.csrf_token();
+        let status = if error.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let can_register = self.can_register();
+        self.page(
+            status,
+            "login.html",
+            context! { csrf, return_to, error, email, notice, can_register },
+        )
+    }
+
+    async fn login(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let canonical = email::canonical(field("email")).ok();
+        if self
+            .m
+            .limits
+            .exceeded(Action::Login, self.conn.peer.ip(), canonical.as_deref())
+        {
+            return self.too_many();
+        }
+        let return_to = return_to::safe(form.get("return_to").map(String::as_str));
+        let member = match &canonical {
+            Some(e) => self.m.store.member_by_email(e).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "member lookup failed during login");
+                None
+            }),
+            None => None,
+        };
+        let password = field("password").to_owned();
+        let stored = member.as_ref().and_then(|m| m.password_hash.clone());
+        let check = tokio::task::spawn_blocking(move || match stored {
+            Some(hash) => password::verify(&password, &hash),
+            None => {
+                password::verify_dummy(&password);
+                Check::Wrong
+            }
+        })
+        .await
+        .unwrap_or(Check::Wrong);
+        let member = member.filter(|m| check != Check::Wrong && m.status == Status::Active);
+        let Some(member) = member else {
+            let query = HashMap::from([("return_to".to_owned(), return_to)]);
+            let shown = field("email").chars().take(254).collect::<String>();
+            return self.login_page(
+                &query,
+                Some("The email or password is not right, or the address is not verified yet."),
+                &shown,
+            );
+        };
+        if check == Check::RightNeedsRehash {
+            let (store, id, password) = (
+                self.m.store.clone(),
+                member.id,
+                field("password").to_owned(),
+            );
+            tokio::spawn(async move {
+                if let Ok(Ok(hash)) =
+                    tokio::task::spawn_blocking(move || password::hash(&password)).await
+                {
+                    let _ = store.rehash_password(id, &hash).await;
+                }
+            });
+        }
+        let _ = self.m.store.record_login(member.id, now()).await;
+        self.start_session(&member, &return_to).await
+    }
+
+    /// Ends any current session and starts a new one (a fresh id: catalogue D1).
+    async fn start_session(&mut self, member: &Member, return_to: &str) -> Response<GatewayBody> {
+        if let Lookup::Member(old) = &self.lookup {
+            self.m.sessions.destroy(old.id_hash).await;
+        }
+        match self.m.sessions.create(member).await {
+            Ok(created) => {
+                self.set_cookies
+                    .push(self.m.sessions.set_cookie(&created.cookie_value));
+                self.lookup = Lookup::Member(created.visitor);
+                see_other(return_to)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a session");
+                self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "You could not be logged in just now. Please try again.",
+                    None,
+                )
+            }
+        }
+    }
+
+    // --- log out ----------------------------------------------------------------
+
+    async fn logout(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        if let Lookup::Member(visitor) = &self.lookup {
+            if form.get("everywhere").is_some_and(|v| v == "1") {
+                let _ = self
+                    .m
+                    .store
+                    .delete_member_sessions(visitor.member_id, now())
+                    .await;
+                self.m.sessions.forget_member(visitor.member_id);
+            } else {
+                self.m.sessions.destroy(visitor.id_hash).await;
+            }
+        }
+        self.set_cookies.push(self.m.sessions.clear_cookie());
+        self.lookup = Lookup::Anonymous;
+        let return_to = return_to::safe(form.get("return_to").map(String::as_str));
+        see_other(&return_to)
+    }
+
+    // --- register -----------------------------------------------------------------
+
+    fn register_page(
+        &mut self,
+        query: &HashMap<String, String>,
+        error: Option<&str>,
+        form: &HashMap<String, String>,
+    ) -> Response<GatewayBody> {
+        if !self.can_register() {
+            return self.message(
+                StatusCode::FORBIDDEN,
+                "Membership by invitation",
+                "Accounts on this site are created by invitation. Ask the site's team for one.",
+                None,
+            );
+        }
+        let return_to = return_to::safe(query.get("return_to").map(String::as_str));
+        let csrf = self.csrf_token();
+        let status = if error.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        let value = |k: &str| {
+            form.get(k)
+                .map(|v| v.chars().take(254).collect::<String>())
+                .unwrap_or_default()
+        };
+        self.page(
+            status,
+            "register.html",
+            context! { csrf, return_to, error, email => value("email"), first_name => value("first_name"), last_name => value("last_name") },
+        )
+    }
+
+    async fn register(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let query = HashMap::from([(
+            "return_to".to_owned(),
+            return_to::safe(form.get("return_to").map(String::as_str)),
+        )]);
+        if !self.can_register() {
+            return self.register_page(&query, None, form);
+        }
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let canonical = match email::canonical(field("email")) {
+            Ok(e) => e,
+            Err(e) => return self.register_page(&query, Some(&e.to_string()), form),
+        };
+        if self
+            .m
+            .limits
+            .exceeded(Action::Register, self.conn.peer.ip(), Some(&canonical))
+        {
+            return self.too_many();
+        }
+        let (first, last) = match (
+            clean_name(field("first_name")),
+            clean_name(field("last_name")),
+        ) {
+            (Ok(f), Ok(l)) => (f, l),
+            (Err(e), _) | (_, Err(e)) => return self.register_page(&query, Some(e), form),
+        };
+        if let Err(e) = password::acceptable(field("password")) {
+            return self.register_page(&query, Some(e), form);
+        }
+        if self.config.registration == Registration::Domain {
+            let domain = canonical.rsplit('@').next().unwrap_or("");
+            if !self.config.allowed_domains.iter().any(|d| d == domain) {
+                let text = format!(
+                    "Registration is open to addresses at {}.",
+                    self.config.allowed_domains.join(", ")
+                );
+                return self.register_page(&query, Some(&text), form);
+            }
+        }
+        let password = field("password").to_owned();
+        let Ok(Ok(hash)) = tokio::task::spawn_blocking(move || password::hash(&password)).await
+        else {
+            return self.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Your account could not be created just now. Please try again.",
+                None,
+            );
+        };
+        let status = if self.config.require_verification {
+            Status::Pending
+        } else if self.config.registration == Registration::Approval {
+            Status::AwaitingApproval
+        } else {
+            Status::Active
+        };
+        let new = NewMember {
+            email: canonical.clone(),
+            first_name: first,
+            last_name: last,
+            password_hash: Some(hash),
+            status,
+        };
+        match self.m.store.create_member(new, now()).await {
+            Ok(member) if status == Status::Pending => self.send_verification(&member).await,
+            Ok(_) => {}
+            Err(StoreError::Duplicate) => self.send_already_registered(&canonical).await,
+            Err(e) => {
+                tracing::error!(error = %e, "registration failed");
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your account could not be created just now. Please try again.",
+                    None,
+                );
+            }
+        }
+        // The same answer whether or not the address was already registered (E3).
+        let login = format!(
+            "{PREFIX}/login?return_to={}",
+            urlencode(&query["return_to"])
+        );
+        match (self.config.require_verification, self.config.registration) {
+            (true, _) => self.message(StatusCode::OK, "Check your email", "We sent a link to confirm your address. Open it to finish creating your account.", None),
+            (false, Registration::Approval) => self.message(StatusCode::OK, "Almost there", "Your account will be ready once the site's team approves it. We will not email you about it: try logging in later.", None),
+            (false, _) => self.message(StatusCode::OK, "Account created", "Your account is ready.", Some((&login, "Log in"))),
+        }
+    }
+
+    async fn send_verification(&self, member: &Member) {
+        let Some(token) = self
+            .new_token(TokenPurpose::Verify, member, VERIFY_LIFETIME)
+            .await
+        else {
+            return;
+        };
+        let link = format!("{}{PREFIX}/verify?token={token}", self.config.public_url);
+        self.m.outbox.send(Message {
+            to: member.email.clone(),
+            subject: format!("Confirm your email for {}", self.site_name),
+            body: format!("Hello,\n\nopen this link to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
+        })
+        .await;
+    }
+
+    async fn send_already_registered(&self, canonical: &str) {
+        let link = format!("{}{PREFIX}/reset", self.config.public_url);
+        self.m.outbox.send(Message {
+            to: canonical.to_owned(),
+            subject: format!("Someone tried to register your email at {}", self.site_name),
+            body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
+        })
+        .await;
+    }
+
+    async fn new_token(
+        &self,
+        purpose: TokenPurpose,
+        member: &Member,
+        lifetime: i64,
+    ) -> Option<String> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).ok()?;
+        let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        let stored = self
+            .m
+            .store
+            .create_token(
+                purpose,
+                hash_id(token.as_bytes()),
+                member.id,
+                member.epoch,
+                now() + lifetime,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "could not store a token");
+            return None;
+        }
+        Some(token)
+    }
+
+    async fn verify(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
+        let token = query.get("token").map(String::as_str).unwrap_or("");
+        let taken = self
+            .m
+            .store
+            .take_token(TokenPurpose::Verify, hash_id(token.as_bytes()), now())
+            .await;
+        let member = match taken {
+            Ok(Some(id)) => self.m.store.member_by_id(id).await.ok().flatten(),
+            _ => None,
+        };
+        let Some(member) = member.filter(|m| m.status == Status::Pending) else {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                "Link not valid",
+                "This link is not valid any more. Links work once and expire after a day.",
+                Some(("/_membergate/login", "Log in")),
+            );
+        };
+        let next = if self.config.registration == Registration::Approval {
+            Status::AwaitingApproval
+        } else {
+            Status::Active
+        };
+        if let Err(e) = self.m.store.set_status(member.id, next, now()).await {
+            tracing::error!(error = %e, "could not activate a member");
+            return self.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Your address could not be confirmed just now. Open the link again.",
+                None,
+            );
+        }
+        if next == Status::AwaitingApproval {
+            return self.message(
+                StatusCode::OK,
+                "Address confirmed",
+                "Thank you. Your account will be ready once the site's team approves it.",
+                None,
+            );
+        }
+        see_other(&format!("{PREFIX}/login?notice=verified"))
+    }
+
+    // --- reset ------------------------------------------------------------------
+
+    fn reset_page(
+        &mut self,
+        query: &HashMap<String, String>,
+        error: Option<&str>,
+    ) -> Response<GatewayBody> {
+        let csrf = self.csrf_token();
+        let status = if error.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        match query.get("token") {
+            Some(token) => self.page(
+                status,
+                "reset_confirm.html",
+                context! { csrf, token, error },
+            ),
+            None => self.page(status, "reset_request.html", context! { csrf, error }),
+        }
+    }
+
+    async fn reset_request(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let canonical = email::canonical(form.get("email").map(String::as_str).unwrap_or("")).ok();
+        if self
+            .m
+            .limits
+            .exceeded(Action::Reset, self.conn.peer.ip(), canonical.as_deref())
+        {
+            return self.too_many();
+        }
+        if let Some(canonical) = canonical {
+            let member = self
+                .m
+                .store
+                .member_by_email(&canonical)
+                .await
+                .ok()
+                .flatten();
+            if let Some(member) = member.filter(|m| m.status != Status::Disabled)
+                && let Some(token) = self
+                    .new_token(TokenPurpose::Reset, &member, RESET_LIFETIME)
+                    .await
+            {
+                let link = format!("{}{PREFIX}/reset?token={token}", self.config.public_url);
+                self.m.outbox.send(Message {
+                        to: member.email.clone(),
+                        subject: format!("Choose a new password for {}", self.site_name),
+                        body: format!("Hello,\n\nopen this link to choose a new password:\n\n{link}\n\nThe link works once and expires in one hour. If you did not ask for it, ignore this message: your password stays as it is.\n"),
+                    })
+                    .await;
+            }
+        }
+        self.message(
+            StatusCode::OK,
+            "Check your email",
+            "If an account exists for that address, we sent it a link to choose a new password.",
+            None,
+        )
+    }
+
+    async fn reset_confirm(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let token = form.get("token").cloned().unwrap_or_default();
+        let new_password = form.get("password").cloned().unwrap_or_default();
+        if let Err(e) = password::acceptable(&new_password) {
+            let query = HashMap::from([("token".to_owned(), token)]);
+            return self.reset_page(&query, Some(e));
+        }
+        let taken = self
+            .m
+            .store
+            .take_token(TokenPurpose::Reset, hash_id(token.as_bytes()), now())
+            .await;
+        let member = match taken {
+            Ok(Some(id)) => self.m.store.member_by_id(id).await.ok().flatten(),
+            _ => None,
+        };
+        let Some(member) = member.filter(|m| m.status != Status::Disabled) else {
+            return self.message(
+                StatusCode::BAD_REQUEST,
+                "Link not valid",
+                "This link is not valid any more. Ask for a new one.",
+                Some(("/_membergate/reset", "Reset your password")),
+            );
+        };
+        let Ok(Ok(hash)) = tokio::task::spawn_blocking(move || password::hash(&new_password)).await
+        else {
+            return self.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Your password could not be changed just now.",
+                None,
+            );
+        };
+        let at = now();
+        if self
+            .m
+            .store
+            .set_password(member.id, &hash, at)
+            .await
+            .is_err()
+        {
+            return self.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Your password could not be changed just now.",
+                None,
+            );
+        }
+        // The link proved the address: a pending (or invited) member is verified now.
+        if member.status == Status::Pending {
+            let next = if self.config.registration == Registration::Approval {
+                Status::AwaitingApproval
+            } else {
+                Status::Active
+            };
+            let _ = self.m.store.set_status(member.id, next, at).await;
+        }
+        self.m.sessions.forget_member(member.id);
+        see_other(&format!("{PREFIX}/login?notice=password"))
+    }
+
+    // --- account ----------------------------------------------------------------
+
+    fn visitor(&self) -> Option<Arc<Visitor>> {
+        match &self.lookup {
+            Lookup::Member(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    async fn account_page(
+        &mut self,
+        query: &HashMap<String, String>,
+        error: Option<&str>,
+    ) -> Response<GatewayBody> {
+        let Some(visitor) = self.visitor() else {
+            return see_other(&format!(
+                "{PREFIX}/login?return_to={}",
+                urlencode(&format!("{PREFIX}/account"))
+            ));
+        };
+        let notice = match query.get("saved").map(String::as_str) {
+            Some("name") => "Your name is saved.",
+            Some("password") => "Your password is changed. Your other sessions are logged out.",
+            _ => "",
+        };
+        let csrf = self.csrf_token();
+        let status = if error.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        self.page(
+            status,
+            "account.html",
+            context! {
+                csrf, notice, error,
+                email => visitor.email.clone(),
+                first_name => visitor.first_name.clone(),
+                last_name => visitor.last_name.clone(),
+                groups => visitor.groups.clone(),
+            },
+        )
+    }
+
+    async fn account_name(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let Some(visitor) = self.visitor() else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let (first, last) = match (
+            clean_name(field("first_name")),
+            clean_name(field("last_name")),
+        ) {
+            (Ok(f), Ok(l)) => (f, l),
+            (Err(e), _) | (_, Err(e)) => return self.account_page(&HashMap::new(), Some(e)).await,
+        };
+        if self
+            .m
+            .store
+            .set_name(visitor.member_id, &first, &last, now())
+            .await
+            .is_err()
+        {
+            return self
+                .account_page(
+                    &HashMap::new(),
+                    Some("Your name could not be saved just now."),
+                )
+                .await;
+        }
+        self.m.sessions.forget_member(visitor.member_id);
+        see_other(&format!("{PREFIX}/account?saved=name"))
+    }
+
+    async fn account_password(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let Some(visitor) = self.visitor() else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        let current = form.get("current").cloned().unwrap_or_default();
+        let new_password = form.get("password").cloned().unwrap_or_default();
+        if let Err(e) = password::acceptable(&new_password) {
+            return self.account_page(&HashMap::new(), Some(e)).await;
+        }
+        let member = self
+            .m
+            .store
+            .member_by_id(visitor.member_id)
+            .await
+            .ok()
+            .flatten();
+        let Some(member) = member else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        let stored = member.password_hash.clone().unwrap_or_default();
+        let work = tokio::task::spawn_blocking(move || {
+            (password::verify(&current, &stored) != Check::Wrong)
+                .then(|| password::hash(&new_password))
+        })
+        .await;
+        let hash = match work {
+            Ok(Some(Ok(hash))) => hash,
+            Ok(None) => {
+                return self
+                    .account_page(&HashMap::new(), Some("The current password is not right."))
+                    .await;
+            }
+            _ => {
+                return self
+                    .account_page(
+                        &HashMap::new(),
+                        Some("Your password could not be changed just now."),
+                    )
+                    .await;
+            }
+        };
+        if self
+            .m
+            .store
+            .set_password(member.id, &hash, now())
+            .await
+            .is_err()
+        {
+            return self
+                .account_page(
+                    &HashMap::new(),
+                    Some("Your password could not be changed just now."),
+                )
+                .await;
+        }
+        self.m.sessions.forget_member(member.id);
+        // Every session ended with the old password; this browser gets a new one.
+        let Ok(Some(fresh)) = self.m.store.member_by_id(member.id).await else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        self.lookup = Lookup::Anonymous;
+        self.start_session(&fresh, &format!("{PREFIX}/account?saved=password"))
+            .await
+    }
+}
+
+/// A display name part: at most 100 characters, no control characters.
+fn clean_name(value: &str) -> Result<String, &'static str> {
+    let value = value.trim();
+    if value.chars().count() > 100 {
+        return Err("Names are at most 100 characters.");
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return Err("Names cannot contain control characters.");
+    }
+    Ok(value.to_owned())
+}
+
+fn urlencode(value: &str) -> String {
+    serde_urlencoded::to_string([("v", value)])
+        .map(|s| s[2..].to_owned())
+        .unwrap_or_default()
+}
+
+fn see_other(location: &str) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::Empty);
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn html_response(status: StatusCode, html: String) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(html));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    response
+}
+
+/// A bare message page, for answers given before templates can be used.
+fn message_response(status: StatusCode, heading: &str, text: &str) -> Response<GatewayBody> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width, initial-scale=1\"><title>{heading}</title></head><body><h1>{heading}</h1><p>{text}</p></body></html>"
+    );
+    html_response(status, html)
+}

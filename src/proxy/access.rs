@@ -1,0 +1,214 @@
+//! The membership side of proxying: who the visitor is (session), whether the
+//! site's policy lets them in, the identity sent to the origin, and what a
+//! protected response must carry back.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+
+use super::body::GatewayBody;
+use super::pipeline::Target;
+use super::respond::{self, Refusal};
+use crate::gateway::{Gateway, Runtime};
+use crate::policy::{self, Decision};
+use crate::portal;
+use crate::routing::Site;
+use crate::session::{Lookup, Visitor};
+
+/// The outcome of the authorise phase for a request that may proceed.
+pub struct Access {
+    pub visitor: Option<Arc<Visitor>>,
+    /// The path needs a member: the response is private.
+    pub protected: bool,
+    /// The request carried a dead session cookie: clear it.
+    pub clear_cookie: bool,
+}
+
+pub async fn authorise(
+    gateway: &Gateway,
+    site: &Site,
+    target: &Target,
+    headers: &HeaderMap,
+) -> Result<Access, Response<GatewayBody>> {
+    let sessions = &gateway.membership.sessions;
+    let (visitor, clear_cookie) = match sessions.lookup(headers).await {
+        Lookup::Anonymous => (None, false),
+        Lookup::Member(visitor) => (Some(visitor), false),
+        Lookup::Invalid => (None, true),
+        Lookup::Ambiguous => {
+            let why = "The request carries more than one session cookie.";
+            return Err(respond::refusal(
+                Refusal::BadRequest(why),
+                target.wants_json,
+            ));
+        }
+    };
+    let who = match &visitor {
+        Some(v) => policy::Visitor::Member { groups: &v.groups },
+        None => policy::Visitor::Anonymous,
+    };
+    let path = &target.path.decoded;
+    let (decision, _) = policy::decide(&site.rules, path, who);
+    let mut refused = match decision {
+        Decision::Allow => {
+            let protected = site.rules.is_protected(path);
+            return Ok(Access {
+                visitor,
+                protected,
+                clear_cookie,
+            });
+        }
+        Decision::Login if target.wants_json => json_unauthorized(),
+        Decision::Login => login_redirect(target),
+        Decision::Forbidden => forbidden(target.wants_json),
+    };
+    if clear_cookie {
+        append_cookie(refused.headers_mut(), &sessions.clear_cookie());
+    }
+    Err(refused)
+}
+
+/// Sets the identity headers on a request going to an origin. Client copies
+/// were already removed by header hygiene; values that are not plain ASCII are
+/// sent in RFC 8187 form (`UTF-8''percent-encoded`), so no value can break a header.
+pub fn set_identity(headers: &mut HeaderMap, runtime: &Runtime, visitor: &Visitor) {
+    if !runtime.config.members.identity_headers {
+        return;
+    }
+    let names = &runtime.identity_headers;
+    let mut set = |name: &http::HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(&header_text(value)) {
+            headers.insert(name.clone(), value);
+        }
+    };
+    set(&names.id, &visitor.member_id.to_string());
+    set(&names.email, &visitor.email);
+    set(&names.name, &visitor.display_name());
+    set(&names.groups, &visitor.groups.join(","));
+}
+
+/// Plain printable ASCII as is; anything else as an RFC 8187 ext-value.
+pub fn header_text(value: &str) -> String {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && !value.starts_with("UTF-8''") {
+        return value.to_owned();
+    }
+    let mut out = String::from("UTF-8''");
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// After the origin answered: private caching for protected paths, no origin
+/// attempt to set the gateway's cookies (catalogue I2), and a cleared dead cookie.
+pub fn finish(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    access: &Access,
+    mut response: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let members = &runtime.config.members;
+    let headers = response.headers_mut();
+    if headers.contains_key(header::SET_COOKIE) {
+        let own = [
+            members.cookie_name.clone(),
+            format!("{}-csrf", members.cookie_name),
+        ];
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| {
+                let name = v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.split('=').next())
+                    .map(str::trim);
+                !name.is_some_and(|n| own.iter().any(|o| o.eq_ignore_ascii_case(n)))
+            })
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    if access.protected {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        headers.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+        headers.append(header::VARY, HeaderValue::from_static("Cookie"));
+    }
+    if access.clear_cookie {
+        append_cookie(headers, &gateway.membership.sessions.clear_cookie());
+    }
+    response
+}
+
+fn append_cookie(headers: &mut HeaderMap, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+fn login_redirect(target: &Target) -> Response<GatewayBody> {
+    let wanted = match &target.query {
+        Some(q) => format!("{}?{q}", target.path.encoded),
+        None => target.path.encoded.clone(),
+    };
+    let encoded = serde_urlencoded::to_string([("return_to", wanted.as_str())]).unwrap_or_default();
+    let mut response = Response::new(GatewayBody::Empty);
+    *response.status_mut() = StatusCode::FOUND;
+    if let Ok(location) = HeaderValue::from_str(&format!("{}/login?{encoded}", portal::PREFIX)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn json_unauthorized() -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(
+        "{\"error\":{\"status\":401,\"reason\":\"Unauthorized\",\"message\":\"Log in to open this address.\"}}",
+    ));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn forbidden(json: bool) -> Response<GatewayBody> {
+    let mut response = respond::refusal(Refusal::Forbidden, json);
+    response
+        .headers_mut()
+        .insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_text;
+
+    #[test]
+    fn header_text_never_breaks_a_header() {
+        assert_eq!(header_text("Ada Lovelace"), "Ada Lovelace");
+        assert_eq!(header_text("Zoë"), "UTF-8''Zo%C3%AB");
+        assert_eq!(
+            header_text("Eve\r\nX-Member-Groups: admin"),
+            "UTF-8''Eve%0D%0AX-Member-Groups%3A%20admin"
+        );
+        assert_eq!(header_text("a\0b"), "UTF-8''a%00b");
+        assert!(http::HeaderValue::from_str(&header_text("</script>\u{2028}")).is_ok());
+    }
+}

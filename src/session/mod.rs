@@ -1,0 +1,358 @@
+//! Sessions: a random id in a cookie, the record in the member store, and a
+//! bounded in-memory cache in front of it so an authenticated request normally
+//! costs no store round trip.
+//!
+//! The cookie carries the 256-bit id plus a 128-bit HMAC tag, so a forged or
+//! tampered cookie is refused without touching the store. The store keeps only
+//! the SHA-256 of the id. A cached session is re-checked on every hit (absolute
+//! and idle expiry); every change to a member drops that member's cached
+//! sessions, whether made here or by another process (see [`Sessions::follow_changes`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::config;
+use crate::members::{Member, MemberId, MemberStore, SessionRecord, Status, now};
+
+/// What the gateway knows about a logged-in visitor; shared by cached requests.
+#[derive(Debug)]
+pub struct Visitor {
+    pub id_hash: [u8; 32],
+    pub member_id: MemberId,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub groups: Vec<String>,
+    pub expires_at: i64,
+    last_seen: AtomicI64,
+}
+
+impl Visitor {
+    pub fn display_name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+            .trim()
+            .to_owned()
+    }
+}
+
+/// The session a request's cookies name.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// No session cookie.
+    Anonymous,
+    Member(Arc<Visitor>),
+    /// A cookie that is forged, tampered, expired or revoked: treat as
+    /// anonymous and clear it.
+    Invalid,
+    /// More than one cookie of our name: refuse the request (catalogue D3).
+    Ambiguous,
+}
+
+/// A new session, ready to be sent to the browser.
+pub struct Created {
+    pub cookie_value: String,
+    pub visitor: Arc<Visitor>,
+}
+
+pub struct Sessions {
+    store: Arc<dyn MemberStore>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Visitor>>,
+    key: [u8; 32],
+    pub cookie_name: String,
+    pub cookie_secure: bool,
+    lifetime: Duration,
+    idle: Duration,
+}
+
+/// How stale `last_seen` may be in the store before it is written again.
+const TOUCH_INTERVAL: i64 = 60;
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn MemberStore>,
+        secret: &[u8; 32],
+        config: &config::Members,
+    ) -> Sessions {
+        // A key of its own, derived from the gateway secret.
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable_hmac());
+        mac.update(b"membergate session cookie v1");
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.session_cache_capacity)
+            .time_to_idle(config.session_idle)
+            .support_invalidation_closures()
+            .build();
+        Sessions {
+            store,
+            cache,
+            key,
+            cookie_name: config.cookie_name.clone(),
+            cookie_secure: config.cookie_secure,
+            lifetime: config.session_lifetime,
+            idle: config.session_idle,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn MemberStore> {
+        &self.store
+    }
+
+    /// Finds the session named by the request's `Cookie` headers.
+    pub async fn lookup(&self, headers: &http::HeaderMap) -> Lookup {
+        let mut found = None;
+        for value in cookie_values(headers, &self.cookie_name) {
+            if found.is_some() {
+                return Lookup::Ambiguous;
+            }
+            found = Some(value);
+        }
+        let Some(value) = found else {
+            return Lookup::Anonymous;
+        };
+        let Some(id) = self.verify_cookie(value) else {
+            return Lookup::Invalid;
+        };
+        let id_hash = hash_id(&id);
+        let now = now();
+        if let Some(visitor) = self.cache.get(&id_hash) {
+            return self.still_valid(visitor, now);
+        }
+        match self.load(id_hash, now).await {
+            Some(visitor) => {
+                self.cache.insert(id_hash, visitor.clone());
+                Lookup::Member(visitor)
+            }
+            None => Lookup::Invalid,
+        }
+    }
+
+    fn still_valid(&self, visitor: Arc<Visitor>, now: i64) -> Lookup {
+        let last_seen = visitor.last_seen.load(Ordering::Relaxed);
+        if now >= visitor.expires_at || now - last_seen > self.idle.as_secs() as i64 {
+            self.cache.invalidate(&visitor.id_hash);
+            let (store, id_hash) = (self.store.clone(), visitor.id_hash);
+            tokio::spawn(async move {
+                let _ = store.delete_session(id_hash).await;
+            });
+            return Lookup::Invalid;
+        }
+        if now - last_seen >= TOUCH_INTERVAL {
+            // Off the request path: the hot path never waits on the store.
+            visitor.last_seen.store(now, Ordering::Relaxed);
+            let (store, id_hash) = (self.store.clone(), visitor.id_hash);
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_session(id_hash, now).await {
+                    tracing::warn!(error = %e, "could not record session activity");
+                }
+            });
+        }
+        Lookup::Member(visitor)
+    }
+
+    /// Loads a session from the store, ending it if it or its member is no longer valid.
+    async fn load(&self, id_hash: [u8; 32], now: i64) -> Option<Arc<Visitor>> {
+        let record = match self.store.session(id_hash).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed; treating the visitor as anonymous");
+                return None;
+            }
+        };
+        let idle_over = now - record.last_seen_at > self.idle.as_secs() as i64;
+        let member = match self.store.member_by_id(record.member_id).await {
+            Ok(member) => member,
+            Err(e) => {
+                tracing::error!(error = %e, "member lookup failed; treating the visitor as anonymous");
+                return None;
+            }
+        };
+        let valid = member.as_ref().filter(|m| {
+            now < record.expires_at
+                && !idle_over
+                && m.status == Status::Active
+                && m.epoch == record.epoch
+        });
+        let Some(member) = valid else {
+            let _ = self.store.delete_session(id_hash).await;
+            return None;
+        };
+        Some(Arc::new(visitor(
+            id_hash,
+            member,
+            record.expires_at,
+            record.last_seen_at,
+        )))
+    }
+
+    /// Starts a session for `member` (a fresh id every time: no fixation).
+    pub async fn create(&self, member: &Member) -> Result<Created, String> {
+        let mut id = [0u8; 32];
+        getrandom::fill(&mut id).map_err(|e| e.to_string())?;
+        let id_hash = hash_id(&id);
+        let now = now();
+        let record = SessionRecord {
+            id_hash,
+            member_id: member.id,
+            epoch: member.epoch,
+            created_at: now,
+            expires_at: now + self.lifetime.as_secs() as i64,
+            last_seen_at: now,
+        };
+        self.store
+            .create_session(record.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let visitor = Arc::new(visitor(id_hash, member, record.expires_at, now));
+        self.cache.insert(id_hash, visitor.clone());
+        let mut raw = [0u8; 48];
+        raw[..32].copy_from_slice(&id);
+        raw[32..].copy_from_slice(&self.tag(&id));
+        Ok(Created {
+            cookie_value: URL_SAFE_NO_PAD.encode(raw),
+            visitor,
+        })
+    }
+
+    /// Ends one session.
+    pub async fn destroy(&self, id_hash: [u8; 32]) {
+        self.cache.invalidate(&id_hash);
+        if let Err(e) = self.store.delete_session(id_hash).await {
+            tracing::error!(error = %e, "could not delete a session");
+        }
+    }
+
+    /// Drops a member's cached sessions; the next request re-reads the store.
+    pub fn forget_member(&self, member_id: MemberId) {
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |_, v| v.member_id == member_id);
+    }
+
+    /// Polls the store's change log and drops cached sessions of changed
+    /// members, so that changes made by another process (the admin CLI) apply
+    /// within `every`. Runs until the process ends.
+    pub async fn follow_changes(self: Arc<Self>, every: Duration) {
+        let mut seen = match self.store.changes_since(0).await {
+            Ok((_, newest)) => newest,
+            Err(_) => 0,
+        };
+        let mut ticker = tokio::time::interval(every);
+        let mut sweeps = 0u32;
+        loop {
+            ticker.tick().await;
+            match self.store.changes_since(seen).await {
+                Ok((members, newest)) => {
+                    for id in members {
+                        self.forget_member(id);
+                    }
+                    seen = newest;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read member changes"),
+            }
+            sweeps = sweeps.wrapping_add(1);
+            if sweeps.is_multiple_of(3600) {
+                let _ = self.store.delete_expired(now()).await;
+            }
+        }
+    }
+
+    /// Number of cached sessions (for metrics).
+    pub fn cached(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn set_cookie(&self, value: &str) -> String {
+        cookie::Cookie::build((self.cookie_name.as_str(), value))
+            .path("/")
+            .secure(self.cookie_secure)
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(
+                self.lifetime.as_secs() as i64
+            ))
+            .build()
+            .to_string()
+    }
+
+    pub fn clear_cookie(&self) -> String {
+        cookie::Cookie::build((self.cookie_name.as_str(), ""))
+            .path("/")
+            .secure(self.cookie_secure)
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::ZERO)
+            .build()
+            .to_string()
+    }
+
+    fn tag(&self, id: &[u8; 32]) -> [u8; 16] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac());
+        mac.update(id);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&full[..16]);
+        tag
+    }
+
+    /// The id inside a cookie value, if its tag is right (compared in constant time).
+    fn verify_cookie(&self, value: &str) -> Option<[u8; 32]> {
+        if value.len() != 64 {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        let (id, tag) = raw.split_at(32);
+        let id: [u8; 32] = id.try_into().ok()?;
+        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
+        mac.update(&id);
+        mac.verify_truncated_left(tag).ok()?;
+        Some(id)
+    }
+}
+
+/// HMAC-SHA256 takes keys of any length; this cannot happen.
+fn unreachable_hmac() -> HmacSha256 {
+    #[allow(clippy::unwrap_used)]
+    HmacSha256::new_from_slice(&[0u8; 32]).unwrap()
+}
+
+fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) -> Visitor {
+    Visitor {
+        id_hash,
+        member_id: member.id,
+        email: member.email.clone(),
+        first_name: member.first_name.clone(),
+        last_name: member.last_name.clone(),
+        groups: member.groups.clone(),
+        expires_at,
+        last_seen: AtomicI64::new(last_seen),
+    }
+}
+
+pub fn hash_id(id: &[u8]) -> [u8; 32] {
+    Sha256::digest(id).into()
+}
+
+/// Every value of cookie `name` across all `Cookie` headers.
+pub fn cookie_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+}
