@@ -14,8 +14,9 @@ use membergate::server::{self, Listeners};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config } => serve(&config.config),
         Command::CheckConfig { file } => check_config(&file),
+        admin => membergate::admin::commands::run(admin),
     }
 }
 

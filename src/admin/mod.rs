@@ -2,6 +2,7 @@
 //! configuration is loaded and every origin answers), `/metrics` (Prometheus).
 //! It is meant for a private address and carries no membership data.
 
+pub mod commands;
 pub mod metrics;
 
 use std::convert::Infallible;

@@ -42,6 +42,8 @@ pub struct MembersSection {
     pub outbox_dir: Option<String>,
     pub templates_dir: Option<String>,
     pub identity_headers: Option<bool>,
+    pub max_attempts_per_ip: Option<u32>,
+    pub max_attempts_per_account: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,6 +16,17 @@ use ipnet::IpNet;
 
 pub use validate::HostPattern;
 
+/// Checks a group name (letters, digits, `-`, `_`; 1 to 64 characters).
+pub fn validate_group_name(name: &str) -> Result<(), String> {
+    if validate::valid_group_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a group name: use 1 to 64 letters, digits, - or _"
+        ))
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +57,10 @@ pub struct Members {
     pub outbox_dir: PathBuf,
     pub templates_dir: Option<PathBuf>,
     pub identity_headers: bool,
+    /// Login, registration and reset attempts allowed per minute from one IP.
+    pub max_attempts_per_ip: u32,
+    /// The same, per canonical account.
+    pub max_attempts_per_account: u32,
 }
 
 /// Who may create an account.

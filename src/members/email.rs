@@ -1,8 +1,12 @@
 //! The one canonical form of an email address, used for uniqueness, login and
 //! reset lookups (attack catalogue E4): trimmed, exactly one `@`, the local part
-//! NFC-normalised with its case kept, the domain IDNA-mapped to lower-case ASCII
+//! lower-cased and NFC-normalised, the domain IDNA-mapped to lower-case ASCII
 //! with one trailing dot removed. Quoted local parts and control characters are
 //! refused rather than interpreted.
+//!
+//! RFC 5321 lets a mail server treat `Alice` and `alice` as two mailboxes; no
+//! common provider does, and two accounts for one mailbox invite confusion, so
+//! the local part is lower-cased too (Unicode lower case, so `ı` stays `ı`).
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -42,7 +46,7 @@ pub fn canonical(input: &str) -> Result<String, EmailError> {
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(EmailError::NotOneAt);
     };
-    let local: String = local.nfc().collect();
+    let local: String = local.to_lowercase().nfc().collect();
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && !local.starts_with('.')
@@ -96,8 +100,8 @@ mod tests {
                 "{variant:?}"
             );
         }
-        // The local part keeps its case: mailbox names may be case-sensitive.
-        assert_eq!(canonical("Alice@example.com").unwrap(), "Alice@example.com");
+        assert_eq!(canonical("Alice@example.com").unwrap(), "alice@example.com");
+        assert_eq!(canonical("ALICE@EXAMPLE.COM").unwrap(), "alice@example.com");
         assert_eq!(
             canonical("zoë@bücher.example").unwrap(),
             "zoë@xn--bcher-kva.example"

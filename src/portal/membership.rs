@@ -41,7 +41,7 @@ impl Membership {
             csrf_key: derive(&secret, b"membergate csrf v1"),
             outbox: Outbox::new(&config.outbox_dir),
             templates: Templates::load(config.templates_dir.as_deref())?,
-            limits: RateLimits::new(),
+            limits: RateLimits::new(config.max_attempts_per_ip, config.max_attempts_per_account),
         })
     }
 }
@@ -98,6 +98,8 @@ fn derive(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
 /// sketch), per client IP and per canonical account.
 pub struct RateLimits {
     rate: pingora_limits::rate::Rate,
+    per_ip: isize,
+    per_account: isize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,35 +109,20 @@ pub enum Action {
     Reset,
 }
 
-impl Action {
-    /// (per IP, per account) attempts allowed in a minute.
-    fn limits(self) -> (isize, isize) {
-        match self {
-            Action::Login => (30, 10),
-            Action::Register => (10, 5),
-            Action::Reset => (10, 5),
-        }
-    }
-}
-
 impl RateLimits {
-    pub fn new() -> RateLimits {
+    pub fn new(per_ip: u32, per_account: u32) -> RateLimits {
         RateLimits {
             rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
+            per_ip: per_ip as isize,
+            per_account: per_account as isize,
         }
     }
 
-    /// Counts an attempt; true when it is over either limit.
+    /// Counts an attempt; true when it is over either limit. Each action has
+    /// its own counters, so failed logins cannot block a password reset.
     pub fn exceeded(&self, action: Action, ip: std::net::IpAddr, account: Option<&str>) -> bool {
-        let (per_ip, per_account) = action.limits();
         let ip_count = self.rate.observe(&(action as u8, 0u8, ip), 1);
         let account_count = account.map_or(0, |a| self.rate.observe(&(action as u8, 1u8, a), 1));
-        ip_count > per_ip || account_count > per_account
-    }
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        RateLimits::new()
+        ip_count > self.per_ip || account_count > self.per_account
     }
 }

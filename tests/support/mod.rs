@@ -7,6 +7,7 @@
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod origins;
 
 use std::io::{BufRead, BufReader};
@@ -29,6 +30,8 @@ pub struct Setup {
     pub certificates: Vec<(PathBuf, PathBuf, Vec<String>)>,
     pub sites: Vec<String>,
     pub routes: Vec<String>,
+    pub rules: Vec<String>,
+    pub members: String,
     pub access_log: bool,
 }
 
@@ -42,6 +45,8 @@ impl Setup {
             certificates: Vec::new(),
             sites: Vec::new(),
             routes: Vec::new(),
+            rules: Vec::new(),
+            members: String::new(),
             access_log: true,
         }
     }
@@ -65,6 +70,21 @@ impl Setup {
     /// A whole extra `[[sites]]` table, written after the default site.
     pub fn site(mut self, toml: &str) -> Setup {
         self.sites.push(toml.to_owned());
+        self
+    }
+
+    /// An access rule of the default site: `policy` is public, members or groups.
+    pub fn rule(mut self, path: &str, policy: &str, groups: &[&str]) -> Setup {
+        self.rules.push(format!(
+            "[[sites.rules]]\npath = {path:?}\npolicy = {policy:?}\ngroups = {groups:?}\n"
+        ));
+        self
+    }
+
+    /// Lines for the `[members]` table.
+    pub fn members(mut self, toml: &str) -> Setup {
+        self.members.push_str(toml);
+        self.members.push('\n');
         self
     }
 
@@ -118,13 +138,16 @@ impl Setup {
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\naccess_log = {}\n\
              [tls]\ndev_certificate = true\n{}\n{certs}\n\
-             [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n",
+             [members]\n{}\n\
+             [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n{}\n",
             self.http_mode,
             self.server_extra,
             self.limits,
             self.access_log,
             self.tls_extra,
+            self.members,
             self.routes.join("\n"),
+            self.rules.join("\n"),
             self.sites.join("\n"),
         )
     }
@@ -192,6 +215,16 @@ impl Gateway {
             config_path,
             log_path,
         }
+    }
+
+    /// Stops the gateway (SIGTERM) and starts it again on the same files.
+    pub async fn restart(mut self) -> Gateway {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(10)).await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config_path = self.config_path.clone();
+        drop(self);
+        Gateway::start_with_file(dir, config_path).await
     }
 
     pub fn dev_cert_pem(&self) -> Vec<u8> {
@@ -264,6 +297,73 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The newest mail to `to` in the development outbox, waiting up to 5 s.
+    pub async fn mail_to(&self, to: &str) -> String {
+        let dir = self.dir.path().join("data/outbox");
+        let suffix = format!("-{to}.eml");
+        for _ in 0..100 {
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.retain(|p| p.file_name().unwrap().to_string_lossy().ends_with(&suffix));
+            files.sort();
+            if let Some(newest) = files.last() {
+                return std::fs::read_to_string(newest).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no mail to {to} in {}", dir.display());
+    }
+
+    /// Number of mails to `to` in the outbox.
+    pub fn mail_count(&self, to: &str) -> usize {
+        let dir = self.dir.path().join("data/outbox");
+        let suffix = format!("-{to}.eml");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The path and query of the first gateway link in `mail`.
+    pub fn link_in(mail: &str) -> String {
+        let start = mail
+            .find("/_membergate/")
+            .unwrap_or_else(|| panic!("no link in {mail}"));
+        mail[start..].split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// Runs an admin command against this gateway's configuration.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     /// Sends raw bytes to the plain-HTTP listener and returns everything read

@@ -375,3 +375,40 @@ pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// An origin whose every response sets `cookie` and a harmless `theme=dark`.
+pub struct CookieOrigin {
+    pub addr: SocketAddr,
+}
+
+impl CookieOrigin {
+    pub async fn start(cookie: &'static str) -> CookieOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| async move {
+                        let response = Response::builder()
+                            .header("set-cookie", cookie)
+                            .header("set-cookie", "theme=dark; Path=/")
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        CookieOrigin { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

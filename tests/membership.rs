@@ -1,0 +1,749 @@
+//! Membership end to end: the real gateway, a real SQLite file, real cookies.
+//! The origin echoes what it received, so each test can see the identity the
+//! gateway passed on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::browser::Browser;
+use support::{EchoOrigin, Gateway, Setup};
+
+const PASSWORD: &str = "correct horse battery";
+/// For tests that make many attempts from one address on purpose.
+const GENEROUS_LIMITS: &str = "max_attempts_per_ip = 1000\nmax_attempts_per_account = 1000";
+
+async fn start(extra: impl FnOnce(Setup) -> Setup) -> (Gateway, EchoOrigin) {
+    let origin = EchoOrigin::start().await;
+    let setup = Setup::new()
+        .route("/", &origin.url())
+        .rule("/members", "members", &[])
+        .rule("/vip", "groups", &["vip"]);
+    (Gateway::start(extra(setup)).await, origin)
+}
+
+/// Registers and verifies through the outbox link; returns a logged-in browser.
+async fn member(gw: &Gateway, email: &str, first: &str) -> Browser {
+    let mut b = Browser::new(gw);
+    let page = b.register(email, PASSWORD, first, "Tester").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let link = Gateway::link_in(&gw.mail_to(email).await);
+    let verified = b.get(&link).await;
+    assert_eq!(verified.status, 303);
+    let login = b.login(email, PASSWORD).await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    b
+}
+
+/// Polls until `path` answers `status` (admin CLI changes arrive within ~1 s).
+async fn eventually(b: &mut Browser, path: &str, status: u16) {
+    for _ in 0..60 {
+        if b.get(path).await.status == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never answered {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_verify_login_read_and_log_out() {
+    let (gw, origin) = start(|s| s).await;
+    let mut b = Browser::new(&gw);
+    // Anonymous: the members page sends us to log in, remembering where we were.
+    let page = b.get("/members/welcome?x=1").await;
+    assert_eq!(page.status, 302);
+    assert_eq!(
+        page.location(),
+        "/_membergate/login?return_to=%2Fmembers%2Fwelcome%3Fx%3D1"
+    );
+    assert!(origin.requests().is_empty());
+
+    let page = b
+        .register("Ada@Example.com", PASSWORD, "Ada", "Lovelace")
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Check your email"));
+    // Not verified yet: logging in fails with the generic message.
+    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 401);
+
+    let mail = gw.mail_to("ada@example.com").await;
+    let link = Gateway::link_in(&mail);
+    assert!(link.starts_with("/_membergate/verify?token="), "{link}");
+    let verified = b.get(&link).await;
+    assert_eq!(
+        (verified.status, verified.location()),
+        (303, "/_membergate/login?notice=verified")
+    );
+    // The link works once.
+    assert_eq!(b.get(&link).await.status, 400);
+
+    let login = b
+        .login_to("Ada@example.com ", PASSWORD, "/members/welcome?x=1")
+        .await;
+    assert_eq!(
+        (login.status, login.location()),
+        (303, "/members/welcome?x=1")
+    );
+    let cookie = login
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-membergate="))
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Max-Age="] {
+        assert!(
+            cookie.contains(attribute),
+            "{attribute} missing in {cookie}"
+        );
+    }
+    assert!(!cookie.to_ascii_lowercase().contains("domain"), "{cookie}");
+
+    let page = b.get("/members/welcome?x=1").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["cache-control"], "private, no-store");
+    assert_eq!(page.headers["x-robots-tag"], "noindex");
+    let seen = origin.only_request();
+    assert_eq!(seen.header("x-member-email"), Some("ada@example.com"));
+    assert_eq!(seen.header("x-member-name"), Some("Ada Lovelace"));
+    assert_eq!(seen.header("x-member-groups"), Some(""));
+    assert!(seen.header("x-member-id").unwrap().parse::<i64>().is_ok());
+    // Public pages get the identity too (for personalisation), but stay cacheable.
+    let public = b.get("/blog/").await;
+    assert_eq!(public.status, 200);
+    assert!(public.headers.get("x-robots-tag").is_none());
+
+    // Log out: the cookie is cleared and the old value is dead (D4).
+    let old = b.session_cookie().unwrap();
+    let out = b.logout().await;
+    assert_eq!(out.status, 303);
+    assert!(b.session_cookie().is_none());
+    assert_eq!(b.get("/members/").await.status, 302);
+    b.cookies.insert("__Host-membergate".into(), old);
+    let replay = b.get("/members/").await;
+    assert_eq!(replay.status, 302);
+    assert!(
+        replay
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with("__Host-membergate=;")),
+        "dead cookie not cleared"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_clients_get_401_and_members_without_the_group_get_403() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut anon = Browser::new(&gw);
+    let page = anon
+        .get_with("/members/x", &[("accept", "application/json")])
+        .await;
+    assert_eq!(page.status, 401);
+    assert!(page.body.contains("\"status\":401"));
+    let mut b = member(&gw, "bob@example.com", "Bob").await;
+    let page = b.get("/vip/").await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("does not have access"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_granted_and_revoked_by_the_cli_apply_to_the_next_request() {
+    let (gw, origin) = start(|s| s).await;
+    let mut b = member(&gw, "vera@example.com", "Vera").await;
+    assert_eq!(b.get("/vip/").await.status, 403);
+    let (ok, out) = gw.cli(&["group", "add", "vera@example.com", "vip"], "");
+    assert!(ok, "{out}");
+    eventually(&mut b, "/vip/", 200).await;
+    assert_eq!(
+        origin.requests().last().unwrap().header("x-member-groups"),
+        Some("vip")
+    );
+    // Removing a group ends the member's sessions (D5).
+    let (ok, out) = gw.cli(&["group", "remove", "vera@example.com", "vip"], "");
+    assert!(ok, "{out}");
+    eventually(&mut b, "/members/", 302).await;
+    let (_, list) = gw.cli(&["group", "list"], "");
+    assert!(!list.contains("vip"), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_the_other_sessions() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut a = member(&gw, "carol@example.com", "Carol").await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("carol@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 200);
+    let csrf = a.get("/_membergate/account").await.csrf();
+    let changed = a
+        .post(
+            "/_membergate/account/password",
+            &[
+                ("csrf", &csrf),
+                ("current", PASSWORD),
+                ("password", "a brand new secret"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (changed.status, changed.location()),
+        (303, "/_membergate/account?saved=password")
+    );
+    // A keeps a fresh session; B's is gone on its very next request.
+    assert_eq!(a.get("/members/").await.status, 200);
+    assert_eq!(b.get("/members/").await.status, 302);
+    assert_eq!(b.login("carol@example.com", PASSWORD).await.status, 401);
+    assert_eq!(
+        b.login("carol@example.com", "a brand new secret")
+            .await
+            .status,
+        303
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut m = member(&gw, "dan@example.com", "Dan").await;
+    let mut other = Browser::new(&gw);
+    let asked = other
+        .submit(
+            "/_membergate/reset",
+            "/_membergate/reset",
+            &[("email", "DAN@example.com")],
+        )
+        .await;
+    assert_eq!(asked.status, 200);
+    let first = Gateway::link_in(&gw.mail_to("dan@example.com").await);
+    assert!(first.starts_with("/_membergate/reset?token="));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    other
+        .submit(
+            "/_membergate/reset",
+            "/_membergate/reset",
+            &[("email", "dan@example.com")],
+        )
+        .await;
+    let second = Gateway::link_in(&gw.mail_to("dan@example.com").await);
+    assert_ne!(first, second);
+    let token = first.split("token=").nth(1).unwrap().to_owned();
+    let page = other.get(&first).await;
+    assert_eq!(page.status, 200);
+    let csrf = page.csrf();
+    let done = other
+        .post(
+            "/_membergate/reset/confirm",
+            &[
+                ("csrf", &csrf),
+                ("token", &token),
+                ("password", "reset password 1"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (done.status, done.location()),
+        (303, "/_membergate/login?notice=password")
+    );
+    // Single use, and the password change killed the second link and the old session.
+    let again = other
+        .post(
+            "/_membergate/reset/confirm",
+            &[
+                ("csrf", &csrf),
+                ("token", &token),
+                ("password", "reset password 2"),
+            ],
+        )
+        .await;
+    assert_eq!(again.status, 400);
+    let token2 = second.split("token=").nth(1).unwrap().to_owned();
+    let stale = other
+        .post(
+            "/_membergate/reset/confirm",
+            &[
+                ("csrf", &csrf),
+                ("token", &token2),
+                ("password", "reset password 3"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status, 400);
+    assert_eq!(m.get("/members/").await.status, 302);
+    assert_eq!(
+        other
+            .login("dan@example.com", "reset password 1")
+            .await
+            .status,
+        303
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_duplicate_cookies_mean_anonymous_never_an_error() {
+    let (gw, _origin) = start(|s| s).await;
+    let b = member(&gw, "erin@example.com", "Erin").await;
+    let good = b.session_cookie().unwrap();
+    let mut flipped = good.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let variants = [
+        flipped,
+        good[..40].to_owned(),
+        "A".repeat(4096),
+        String::new(),
+        "0".repeat(64),
+        "%00".into(),
+    ];
+    for value in variants {
+        let mut x = Browser::new(&gw);
+        x.cookies.insert("__Host-membergate".into(), value.clone());
+        let page = x.get("/members/").await;
+        assert_eq!(page.status, 302, "{value:?}");
+        let public = x.get("/").await;
+        assert_eq!(public.status, 200, "{value:?}");
+    }
+    // Two session cookies: refused rather than guessed (D3, B6).
+    let mut x = Browser::new(&gw);
+    let page = x
+        .get_with(
+            "/members/",
+            &[(
+                "cookie",
+                &format!("__Host-membergate={good}; __Host-membergate=x"),
+            )],
+        )
+        .await;
+    assert_eq!(page.status, 400);
+    // The genuine cookie still works.
+    let mut y = Browser::new(&gw);
+    y.cookies.insert("__Host-membergate".into(), good);
+    assert_eq!(y.get("/members/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_refuse_cross_site_posts_and_missing_tokens() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut victim = member(&gw, "fay@example.com", "Fay").await;
+    let csrf = victim.get("/_membergate/account").await.csrf();
+    let fields = [("csrf", csrf.as_str())];
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("origin", "https://evil.com")],
+        &[("origin", "null")],
+        &[],
+        &[("sec-fetch-site", "cross-site")],
+    ];
+    for headers in cases {
+        let page = victim
+            .post_with("/_membergate/logout", &fields, headers)
+            .await;
+        assert_eq!(page.status, 403, "{headers:?}");
+    }
+    // Right origin, no or wrong token.
+    assert_eq!(victim.post("/_membergate/logout", &[]).await.status, 403);
+    assert_eq!(
+        victim
+            .post("/_membergate/logout", &[("csrf", "forged")])
+            .await
+            .status,
+        403
+    );
+    // Logout is POST only.
+    assert_eq!(victim.get("/_membergate/logout").await.status, 405);
+    assert_eq!(
+        victim.get("/members/").await.status,
+        200,
+        "the victim is still logged in"
+    );
+    // Login CSRF: a token from the attacker's own pre-session does not work in the victim's browser.
+    let mut attacker = Browser::new(&gw);
+    let attacker_token = attacker.get("/_membergate/login").await.csrf();
+    let mut fresh = Browser::new(&gw);
+    fresh.get("/_membergate/login").await;
+    let forced = fresh
+        .post(
+            "/_membergate/login",
+            &[
+                ("csrf", &attacker_token),
+                ("email", "fay@example.com"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(forced.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_to_only_goes_to_paths_on_this_site() {
+    let (gw, _origin) = start(|s| s.members(GENEROUS_LIMITS)).await;
+    member(&gw, "gus@example.com", "Gus").await;
+    let payloads = [
+        "//evil.com",
+        "/\\evil.com",
+        "/\t/evil.com",
+        "/./\\evil.com",
+        "https:evil.com",
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        "data:text/html,x",
+        "https://gw.evil.com",
+        "https://gw@evil.com",
+        "\r\nSet-Cookie:x=1",
+        "evil.com",
+    ];
+    for payload in payloads {
+        let mut b = Browser::new(&gw);
+        let page = b.login_to("gus@example.com", PASSWORD, payload).await;
+        assert_eq!((page.status, page.location()), (303, "/"), "{payload:?}");
+    }
+    // Percent-encoded in the query of the login page, decoded once: still refused.
+    let mut b = Browser::new(&gw);
+    let page = b.get("/_membergate/login?return_to=/%2f%2fevil.com").await;
+    assert!(
+        page.body.contains("name=\"return_to\" value=\"&#x2f;\""),
+        "{}",
+        page.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_do_not_reveal_whether_an_email_is_registered() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "hana@example.com", "Hana").await;
+    let mut a = Browser::new(&gw);
+    let mut b = Browser::new(&gw);
+    let taken = a.register("HANA@example.com", PASSWORD, "X", "Y").await;
+    let fresh = b.register("nobody@example.com", PASSWORD, "X", "Y").await;
+    assert_eq!(
+        (taken.status, taken.body.clone()),
+        (fresh.status, fresh.body.clone())
+    );
+    // The real owner hears about the attempt; nobody else learns anything.
+    assert!(
+        gw.mail_to("hana@example.com")
+            .await
+            .contains("already has one")
+    );
+    let known = a
+        .submit(
+            "/_membergate/reset",
+            "/_membergate/reset",
+            &[("email", "hana@example.com")],
+        )
+        .await;
+    let unknown = b
+        .submit(
+            "/_membergate/reset",
+            "/_membergate/reset",
+            &[("email", "ghost@example.com")],
+        )
+        .await;
+    assert_eq!(
+        (known.status, known.body.clone()),
+        (unknown.status, unknown.body.clone())
+    );
+    let wrong = a.login("hana@example.com", "not the password").await;
+    let missing = b.login("ghost@example.com", "not the password").await;
+    assert_eq!(wrong.status, missing.status);
+    let mask = |page: &support::browser::Page, email: &str| {
+        page.body.replace(&page.csrf(), "T").replace(email, "E")
+    };
+    assert_eq!(
+        mask(&wrong, "hana@example.com"),
+        mask(&missing, "ghost@example.com")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_attempts_are_rate_limited_per_account_in_any_spelling() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "ivan@example.com", "Ivan").await;
+    let spellings = [
+        "ivan@example.com",
+        "ivan@EXAMPLE.com",
+        " ivan@example.com ",
+        "ivan@example.com.",
+    ];
+    let mut limited = None;
+    for i in 0..14 {
+        let mut b = Browser::new(&gw);
+        let page = b
+            .login(spellings[i % spellings.len()], "wrong password!")
+            .await;
+        if page.status == 429 {
+            limited = Some((i, page));
+            break;
+        }
+        assert_eq!(page.status, 401);
+    }
+    let (attempt, page) = limited.expect("never rate limited");
+    assert!(attempt >= 9, "limited too early, at attempt {attempt}");
+    assert_eq!(page.headers["retry-after"], "60");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
+    let (gw, origin) = start(|s| s).await;
+    let mut bob = member(&gw, "bob@example.com", "Zoë").await;
+    bob.get_with(
+        "/members/",
+        &[
+            ("x-member-email", "alice@example.com"),
+            ("x-member-groups", "admin"),
+            ("x_member_id", "1"),
+        ],
+    )
+    .await;
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.all("x-member-email"), ["bob@example.com"]);
+    assert_eq!(seen.all("x-member-groups"), [""]);
+    assert_eq!(seen.header("x_member_id"), None);
+    assert_eq!(
+        seen.header("x-member-name"),
+        Some("UTF-8''Zo%C3%AB%20Tester")
+    );
+    // A name with control characters is refused at registration (B5).
+    let mut eve = Browser::new(&gw);
+    let page = eve
+        .register(
+            "eve@example.com",
+            PASSWORD,
+            "Eve\r\nX-Member-Groups: admin",
+            "",
+        )
+        .await;
+    assert_eq!(page.status, 422);
+    assert_eq!(gw.mail_count("eve@example.com"), 0);
+    // Anonymous requests carry no identity at all (B1).
+    let mut anon = Browser::new(&gw);
+    anon.get_with("/blog/", &[("x-member-email", "admin@example.com")])
+        .await;
+    assert!(
+        origin
+            .requests()
+            .pop()
+            .unwrap()
+            .under_prefix("x-member-")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_replaces_any_earlier_session_id() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut b = member(&gw, "jo@example.com", "Jo").await;
+    let first = b.session_cookie().unwrap();
+    let again = b.login("jo@example.com", PASSWORD).await;
+    assert_eq!(again.status, 303);
+    let second = b.session_cookie().unwrap();
+    assert_ne!(first, second);
+    let mut replay = Browser::new(&gw);
+    replay.cookies.insert("__Host-membergate".into(), first);
+    assert_eq!(replay.get("/members/").await.status, 302);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_of_one_address_make_one_member() {
+    let (gw, _origin) = start(|s| s.members(GENEROUS_LIMITS)).await;
+    let spellings = [
+        "kim@example.com",
+        "kim@EXAMPLE.com",
+        " kim@example.com",
+        "kim@example.com.",
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut b = Browser::new(&gw);
+        let csrf = b.get("/_membergate/register").await.csrf();
+        let email = spellings[i % spellings.len()];
+        tasks.push(tokio::spawn(async move {
+            b.post(
+                "/_membergate/register",
+                &[("csrf", &csrf), ("email", email), ("password", PASSWORD)],
+            )
+            .await
+            .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let (ok, list) = gw.cli(&["member", "list"], "");
+    assert!(ok, "{list}");
+    assert_eq!(list.matches("kim@example.com").count(), 1, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_sessions_survive_a_restart() {
+    let (gw, _origin) = start(|s| s).await;
+    let b = member(&gw, "lee@example.com", "Lee").await;
+    let cookie = b.session_cookie().unwrap();
+    let gw = gw.restart().await;
+    let mut again = Browser::new(&gw);
+    again.cookies.insert("__Host-membergate".into(), cookie);
+    assert_eq!(again.get("/members/").await.status, 200);
+    let mut fresh = Browser::new(&gw);
+    assert_eq!(fresh.login("lee@example.com", PASSWORD).await.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_cannot_set_the_gateway_cookie() {
+    let (gw, _origin) = start(|s| s).await;
+    // The echo origin answers /status/N with no cookies; use a dir-less check via the
+    // raw origin below instead.
+    let origin = support::origins::CookieOrigin::start("__Host-membergate=evil; Path=/").await;
+    let gw2 = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let mut b = Browser::new(&gw2);
+    let page = b.get("/").await;
+    assert!(
+        page.set_cookies()
+            .iter()
+            .all(|c| !c.starts_with("__Host-membergate=")),
+        "{:?}",
+        page.set_cookies()
+    );
+    assert!(
+        page.set_cookies().iter().any(|c| c.starts_with("theme=")),
+        "{:?}",
+        page.set_cookies()
+    );
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_domain_and_approval_registration_modes() {
+    // invite: no self-service; the CLI invites, the member sets a password by mail.
+    let (gw, _origin) = start(|s| s.members("registration = \"invite\"")).await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.get("/_membergate/register").await.status, 403);
+    let (ok, out) = gw.cli(
+        &[
+            "member",
+            "add",
+            "mia@example.com",
+            "--invite",
+            "--first-name",
+            "Mia",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let link = Gateway::link_in(&gw.mail_to("mia@example.com").await);
+    let page = b.get(&link).await;
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let set = b
+        .post(
+            "/_membergate/reset/confirm",
+            &[
+                ("csrf", &page.csrf()),
+                ("token", &token),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(set.status, 303);
+    assert_eq!(b.login("mia@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 200);
+    drop(gw);
+
+    // domain: only listed domains may register.
+    let (gw, _origin) =
+        start(|s| s.members("registration = \"domain\"\nallowed_domains = [\"club.example\"]"))
+            .await;
+    let mut b = Browser::new(&gw);
+    let page = b.register("ned@other.example", PASSWORD, "", "").await;
+    assert_eq!(page.status, 422);
+    assert!(page.body.contains("club.example"));
+    assert_eq!(
+        b.register("ned@club.example", PASSWORD, "", "")
+            .await
+            .status,
+        200
+    );
+    drop(gw);
+
+    // approval: verified members wait for an administrator.
+    let (gw, _origin) = start(|s| s.members("registration = \"approval\"")).await;
+    let mut b = Browser::new(&gw);
+    b.register("ola@example.com", PASSWORD, "", "").await;
+    let link = Gateway::link_in(&gw.mail_to("ola@example.com").await);
+    let page = b.get(&link).await;
+    assert!(page.body.contains("approves"), "{}", page.body);
+    assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 401);
+    let (ok, out) = gw.cli(&["member", "approve", "ola@example.com"], "");
+    assert!(ok, "{out}");
+    assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_members_and_explains_policy_decisions() {
+    let (gw, _origin) = start(|s| s).await;
+    let (ok, out) = gw.cli(
+        &[
+            "member",
+            "add",
+            "Pat@Example.com",
+            "--first-name",
+            "Pat",
+            "--group",
+            "vip",
+        ],
+        "a long password\n",
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = gw.cli(&["member", "add", "pat@example.com"], "a long password\n");
+    assert!(!ok, "duplicate accepted: {out}");
+    let (_, out) = gw.cli(&["member", "add", "short@example.com"], "short\n");
+    assert!(out.contains("at least 10"), "{out}");
+    let (_, out) = gw.cli(&["group", "add", "pat@example.com", "bad name"], "");
+    assert!(out.contains("not a group name"), "{out}");
+
+    let url = format!("https://localhost:{}/vip/x", gw.https.port());
+    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
+    assert!(ok, "{out}");
+    assert!(out.starts_with("login required"), "{out}");
+    assert!(out.contains("sites[main].rules[1]"), "{out}");
+    let (_, out) = gw.cli(
+        &[
+            "policy",
+            "check",
+            "--url",
+            &url,
+            "--member",
+            "Pat@example.com",
+        ],
+        "",
+    );
+    assert!(out.starts_with("allow"), "{out}");
+    let (_, out) = gw.cli(
+        &[
+            "policy",
+            "check",
+            "--url",
+            "https://localhost/public/%2e%2e/vip/",
+        ],
+        "",
+    );
+    assert!(out.contains("400"), "{out}");
+
+    let mut b = Browser::new(&gw);
+    assert_eq!(
+        b.login("Pat@example.com", "a long password").await.status,
+        303
+    );
+    assert_eq!(b.get("/vip/").await.status, 200);
+    let (ok, out) = gw.cli(&["member", "disable", "Pat@example.com"], "");
+    assert!(ok, "{out}");
+    eventually(&mut b, "/vip/", 302).await;
+    assert_eq!(
+        b.login("Pat@example.com", "a long password").await.status,
+        401
+    );
+    let (ok, _) = gw.cli(&["member", "enable", "Pat@example.com"], "");
+    assert!(ok);
+    assert_eq!(
+        b.login("Pat@example.com", "a long password").await.status,
+        303
+    );
+    let (ok, out) = gw.cli(&["session", "revoke", "--member", "Pat@example.com"], "");
+    assert!(ok && out.contains("ended 1 session"), "{out}");
+    eventually(&mut b, "/vip/", 302).await;
+}
