@@ -64,7 +64,10 @@ def page(size):
     tail = "</body></html>\n"
     body = para * ((size - len(head) - len(tail)) // len(para) + 1)
     return (head + body)[: size - len(tail)] + tail
+import os
 open(f"{root}/page.html", "w").write(page(20 * 1024))
+os.makedirs(f"{root}/members", exist_ok=True)
+open(f"{root}/members/page.html", "w").write(page(20 * 1024))
 open(f"{root}/page-1mb.html", "w").write(page(1024 * 1024))
 PY
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -152,13 +155,25 @@ session_tickets = true
 cert_file = "$work/cert.pem"
 key_file = "$work/key.pem"
 hosts = ["localhost"]
+[members]
+database = "$work/members.db"
+secret_file = "$work/membergate.secret"
+public_url = "http://127.0.0.1:$MG_PLAIN"
+cookie_name = "membergate"
+cookie_secure = false
+require_verification = false
 [[sites]]
 name = "bench"
 hosts = ["localhost", "127.0.0.1"]
   [[sites.routes]]
   path = "/"
   upstream = "http://127.0.0.1:$ORIGIN"
+  [[sites.rules]]
+  path = "/members/"
+  policy = "members"
 TOML
+echo "bench-password-1" | "$MEMBERGATE_BIN" member --config "$work/membergate.toml" \
+  add bench@example.com --first-name Bench >/dev/null
 "$MEMBERGATE_BIN" serve --config "$work/membergate.toml" >"$work/membergate.out" 2>"$work/membergate.err" & pids+=($!)
 for port in $ORIGIN $NGX_PLAIN $NGX_TLS $MG_PLAIN $MG_TLS; do wait_port "$port"; done
 
@@ -212,11 +227,28 @@ run_s_time() { # scenario target port
 page=/page.html
 check=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MG_PLAIN$page")
 [ "$check" = 200 ] || { echo "membergate answered $check for $page" >&2; exit 1; }
+
+# Log in through the real form (CSRF token from the page, our own Origin) and
+# keep the session cookie for the members-only rows.
+mg="http://127.0.0.1:$MG_PLAIN"
+csrf=$(curl -s -c "$work/jar" "$mg/_membergate/login" | sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p')
+curl -s -o /dev/null -b "$work/jar" -c "$work/jar" -H "Origin: $mg" \
+  --data-urlencode "csrf=$csrf" --data-urlencode "return_to=/" \
+  --data-urlencode "email=bench@example.com" --data-urlencode "password=bench-password-1" \
+  "$mg/_membergate/login"
+session=$(awk '$6 == "membergate" {print $7}' "$work/jar")
+[ -n "$session" ] || { echo "login failed: no session cookie" >&2; exit 1; }
+check=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: membergate=$session" "$mg/members$page")
+[ "$check" = 200 ] || { echo "membergate answered $check for /members$page with a session" >&2; exit 1; }
+check=$(curl -s -o /dev/null -w '%{http_code}' "$mg/members$page")
+[ "$check" = 302 ] || { echo "membergate answered $check for /members$page without a session" >&2; exit 1; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "--- round $round of $ROUNDS" >&2
   run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
   run_wrk plain-http nginx "http://127.0.0.1:$NGX_PLAIN$page"
   run_wrk plain-http membergate "http://127.0.0.1:$MG_PLAIN$page"
+  run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
+    -H "Cookie: theme=dark; membergate=$session"
   run_wrk https-h1-keepalive nginx "https://localhost:$NGX_TLS$page"
   run_wrk https-h1-keepalive membergate "https://localhost:$MG_TLS$page"
   run_h2load https-h2 nginx "https://localhost:$NGX_TLS$page"
@@ -257,5 +289,10 @@ for scenario in dict.fromkeys(s for s, _ in runs):
     print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {ratio(mg, di)} "
           f"| {lat('membergate')} | {lat('nginx')} | {err('membergate')}/{err('nginx')} |")
 print()
+public, member = med("plain-http", "membergate", "rps"), med("members-only-with-session", "membergate", "rps")
+if public and member:
+    print(f"Members-only page with a cached session vs the public page, both through membergate: "
+          f"{member / public:.3f}x.")
+    print()
 print("h2load reports no percentiles: its rows show mean / max instead of p50 / p99.")
 PY

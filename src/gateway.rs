@@ -22,6 +22,8 @@ pub struct Runtime {
     pub identity_headers: IdentityHeaders,
     /// The TLS server configuration, when an HTTPS listener is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SHA-256 of the admin API key; `None` turns the API off.
+    pub admin_api_key: Option<[u8; 32]>,
 }
 
 impl Runtime {
@@ -34,11 +36,13 @@ impl Runtime {
         };
         let router = Router::build(&config)?;
         let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix)?;
+        let admin_api_key = crate::admin::api::load_key(config.admin.api_key_file.as_deref())?;
         Ok(Runtime {
             config,
             router,
             identity_headers,
             tls,
+            admin_api_key,
         })
     }
 }
@@ -77,9 +81,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(runtime: Runtime, config_path: &Path, membership: Membership) -> Gateway {
+        let mut metrics = Metrics::new();
+        metrics.register_membership(&membership);
         Gateway {
             runtime: ArcSwap::from_pointee(runtime),
-            metrics: Metrics::new(),
+            metrics,
             membership: Arc::new(membership),
             config_path: config_path.to_owned(),
             https_port: AtomicU16::new(0),

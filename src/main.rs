@@ -64,7 +64,7 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let membership = Membership::open(&config.members).await?;
+        let membership = Membership::open(&config).await?;
         let built = Runtime::build(config, true)?;
         let gateway = Arc::new(Gateway::new(built, path, membership));
         let listeners = Listeners::bind(&gateway).await?;

@@ -341,6 +341,8 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
         ("/assets/site.css", "--accent"),
         ("/_membergate/login", "Log in"),
         ("/_membergate/register", "Create an account"),
+        // A teaser instead of the login redirect for this members-only article.
+        ("/kb/keeper-logbook-access.html", "become a member"),
     ] {
         let response = client
             .get(format!("https://localhost:{}{path}", https.port()))

@@ -1,19 +1,18 @@
 //! The admin commands (`membergate member|group|session|policy ...`): they
-//! open the configured member store directly and use the same code as the
-//! server (canonical emails, password hashing, the access policy). A running
-//! gateway follows the store's change log, so changes reach it within a second.
+//! open the configured member store directly and run the same operations as
+//! the admin API (see `operations`). A running gateway follows the store's
+//! change log, so changes made here reach it within a second.
 
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use super::operations::{AddMember, Admin};
 use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCommand};
-use crate::config::{Config, validate_group_name};
-use crate::hygiene::path;
-use crate::mail::{Message, Outbox};
+use crate::config::Config;
+use crate::mail::Mailer;
 use crate::members::sqlite::SqliteStore;
-use crate::members::{Member, MemberStore, NewMember, Status, TokenPurpose, email, now, password};
-use crate::policy::{self, Decision};
+use crate::members::{Member, MemberStore, Status};
 
 /// Runs an admin command; problems are printed and give exit code 1 (2 for a bad config).
 pub fn run(command: Command) -> ExitCode {
@@ -68,8 +67,13 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             .await
             .map_err(|e| e.to_string())?,
     );
-    let at = now();
-    match work {
+    let mailer = Mailer::new(&config.mail)?;
+    let admin = Admin {
+        store: &store,
+        config,
+        mailer: &mailer,
+    };
+    let done = match work {
         Work::Member(MemberCommand::Add {
             email,
             first_name,
@@ -77,107 +81,92 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             invite,
             groups,
         }) => {
-            let canonical = email::canonical(&email).map_err(|e| format!("{email:?}: {e}"))?;
-            for group in &groups {
-                validate_group_name(group)?;
-            }
-            let password_hash = if invite {
+            let password = if invite {
                 None
             } else {
-                Some(hash_from_stdin()?)
+                Some(password_from_stdin()?)
             };
-            let status = if invite {
-                Status::Pending
-            } else {
-                Status::Active
-            };
-            let new = NewMember {
-                email: canonical,
+            let new = AddMember {
+                email,
                 first_name,
                 last_name,
-                password_hash,
-                status,
+                password,
+                invite,
+                groups,
             };
-            let member = store
-                .create_member(new, at)
-                .await
-                .map_err(|e| e.to_string())?;
-            for group in &groups {
-                store
-                    .add_to_group(member.id, group, at)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            if invite {
-                send_invitation(config, &store, &member).await?;
-                return Ok(format!("invited {} (member {})", member.email, member.id));
-            }
-            Ok(format!("added {} (member {})", member.email, member.id))
+            let member = admin.add_member(new).await.map_err(|e| e.to_string())?;
+            let verb = if invite { "invited" } else { "added" };
+            format!("{verb} {} (member {})", member.email, member.id)
         }
-        Work::Member(MemberCommand::List) => {
-            let members = store.list_members().await.map_err(|e| e.to_string())?;
-            Ok(members.iter().map(describe).collect::<Vec<_>>().join("\n"))
-        }
-        Work::Member(MemberCommand::Show { email }) => Ok(describe(&find(&store, &email).await?)),
+        Work::Member(MemberCommand::List) => admin
+            .list_members()
+            .await
+            .map(|members| members.iter().map(describe).collect::<Vec<_>>().join("\n"))
+            .map_err(|e| e.to_string())?,
+        Work::Member(MemberCommand::Show { email }) => admin
+            .member(&email)
+            .await
+            .map(|m| describe(&m))
+            .map_err(|e| e.to_string())?,
         Work::Member(MemberCommand::Disable { email }) => {
-            set_status(&store, &email, Status::Disabled, at).await
+            status(&admin, &email, Status::Disabled).await?
         }
         Work::Member(MemberCommand::Enable { email })
         | Work::Member(MemberCommand::Approve { email }) => {
-            set_status(&store, &email, Status::Active, at).await
+            status(&admin, &email, Status::Active).await?
         }
         Work::Member(MemberCommand::SetPassword { email }) => {
-            let member = find(&store, &email).await?;
-            let hash = hash_from_stdin()?;
-            store
-                .set_password(member.id, &hash, at)
+            let password = password_from_stdin()?;
+            let member = admin
+                .set_password(&email, &password)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!(
+            format!(
                 "password set for {}; their sessions have ended",
                 member.email
-            ))
+            )
         }
         Work::Group(GroupCommand::Add { email, group }) => {
-            validate_group_name(&group)?;
-            let member = find(&store, &email).await?;
-            store
-                .add_to_group(member.id, &group, at)
+            let member = admin
+                .join_group(&email, &group)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!("{} joined {group}", member.email))
+            format!("{} joined {group}", member.email)
         }
         Work::Group(GroupCommand::Remove { email, group }) => {
-            let member = find(&store, &email).await?;
-            store
-                .remove_from_group(member.id, &group, at)
-                .await
-                .map_err(|e| format!("{} is not in {group:?} ({e})", member.email))?;
-            Ok(format!(
-                "{} left {group}; their sessions have ended",
-                member.email
-            ))
-        }
-        Work::Group(GroupCommand::List) => {
-            let groups = store.list_groups().await.map_err(|e| e.to_string())?;
-            Ok(groups
-                .iter()
-                .map(|(g, n)| format!("{g}\t{n}"))
-                .collect::<Vec<_>>()
-                .join("\n"))
-        }
-        Work::Session(SessionCommand::Revoke { member }) => {
-            let member = find(&store, &member).await?;
-            let n = store
-                .delete_member_sessions(member.id, at)
+            let member = admin
+                .leave_group(&email, &group)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!("ended {n} session(s) of {}", member.email))
+            format!("{} left {group}; their sessions have ended", member.email)
+        }
+        Work::Group(GroupCommand::List) => admin
+            .list_groups()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|(g, n)| format!("{g}\t{n}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Work::Session(SessionCommand::Revoke { member }) => {
+            let (member, ended) = admin
+                .revoke_sessions(&member)
+                .await
+                .map_err(|e| e.to_string())?;
+            format!("ended {ended} session(s) of {}", member.email)
         }
         Work::Policy(PolicyCommand::Check { url, member }) => {
-            policy_check(config, &store, &url, member).await
+            let report = admin
+                .policy_check(&url, member.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            format!(
+                "{}\nvisitor: {}\npath: {}\nrule: {}",
+                report.decision, report.visitor, report.path, report.rule
+            )
         }
-    }
+    };
+    Ok(done)
 }
 
 fn describe(m: &Member) -> String {
@@ -191,118 +180,19 @@ fn describe(m: &Member) -> String {
     )
 }
 
-async fn find(store: &Arc<dyn MemberStore>, address: &str) -> Result<Member, String> {
-    let canonical = email::canonical(address).map_err(|e| format!("{address:?}: {e}"))?;
-    store
-        .member_by_email(&canonical)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no member {canonical}"))
-}
-
-async fn set_status(
-    store: &Arc<dyn MemberStore>,
-    address: &str,
-    status: Status,
-    at: i64,
-) -> Result<String, String> {
-    let member = find(store, address).await?;
-    store
-        .set_status(member.id, status, at)
+async fn status(admin: &Admin<'_>, address: &str, status: Status) -> Result<String, String> {
+    let member = admin
+        .set_status(address, status)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!("{} is {}", member.email, status.as_str()))
+    Ok(format!("{} is {}", member.email, member.status.as_str()))
 }
 
-fn hash_from_stdin() -> Result<String, String> {
+/// The password, read from standard input so it stays out of shell history.
+fn password_from_stdin() -> Result<String, String> {
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("reading the password: {e}"))?;
-    let password = input.trim_end_matches(['\n', '\r']);
-    password::acceptable(password).map_err(str::to_owned)?;
-    password::hash(password)
-}
-
-async fn send_invitation(
-    config: &Config,
-    store: &Arc<dyn MemberStore>,
-    member: &Member,
-) -> Result<(), String> {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
-    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
-    let hash = crate::session::hash_id(token.as_bytes());
-    store
-        .create_token(
-            TokenPurpose::Reset,
-            hash,
-            member.id,
-            member.epoch,
-            now() + 7 * 86_400,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let link = format!(
-        "{}{}/reset?token={token}",
-        config.members.public_url,
-        crate::portal::PREFIX
-    );
-    Outbox::new(&config.members.outbox_dir)
-        .send(Message {
-            to: member.email.clone(),
-            subject: "You are invited".into(),
-            body: format!("Hello,\n\nyou have been invited to become a member. Choose your password here:\n\n{link}\n\nThe link works once and expires in 7 days.\n"),
-        })
-        .await;
-    Ok(())
-}
-
-async fn policy_check(
-    config: &Config,
-    store: &Arc<dyn MemberStore>,
-    url: &str,
-    member: Option<String>,
-) -> Result<String, String> {
-    let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url:?} has no host"))?
-        .to_ascii_lowercase();
-    let host = host.trim_end_matches('.');
-    let site = config
-        .sites
-        .iter()
-        .find(|s| s.hosts.iter().any(|p| p.matches(host)))
-        .ok_or_else(|| format!("no site serves {host}"))?;
-    let path = path::normalise(uri.path())
-        .map_err(|e| format!("the gateway refuses this path (400): {e}"))?;
-    let member = match member {
-        Some(address) => Some(find(store, &address).await?),
-        None => None,
-    };
-    let visitor = match &member {
-        Some(m) => policy::Visitor::Member { groups: &m.groups },
-        None => policy::Visitor::Anonymous,
-    };
-    let (decision, rule) = policy::decide(&site.rules, &path.decoded, visitor);
-    let decision = match decision {
-        Decision::Allow => "allow",
-        Decision::Login => "login required",
-        Decision::Forbidden => "forbidden",
-    };
-    let rule = match rule {
-        Some(i) => format!(
-            "sites[{}].rules[{i}] (path {:?})",
-            site.name, site.rules.rules[i].prefix
-        ),
-        None => format!("site {:?} default policy", site.name),
-    };
-    let who = member.map_or("anonymous".to_owned(), |m| {
-        format!("{} (groups: {})", m.email, m.groups.join(","))
-    });
-    Ok(format!(
-        "{decision}\nvisitor: {who}\npath: {}\nrule: {rule}",
-        path.decoded
-    ))
+    Ok(input.trim_end_matches(['\n', '\r']).to_owned())
 }

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::portal::Membership;
+
 /// A label value shared with the routing table.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Label(pub Arc<str>);
@@ -38,6 +40,28 @@ pub struct OutcomeLabels {
     pub result: &'static str,
 }
 
+/// Portal outcomes, counted by the portal and exported here.
+#[derive(Clone, Default)]
+pub struct MembershipCounters {
+    /// `ok`, `failed` (wrong email or password, or an account that cannot log in), `limited`.
+    pub logins: Family<OutcomeLabels, Counter>,
+    /// `created`, `duplicate` (the address has an account), `refused` (mode
+    /// or domain), `limited`, `failed` (the store failed).
+    pub registrations: Family<OutcomeLabels, Counter>,
+}
+
+impl MembershipCounters {
+    pub fn login(&self, result: &'static str) {
+        self.logins.get_or_create(&OutcomeLabels { result }).inc();
+    }
+
+    pub fn registration(&self, result: &'static str) {
+        self.registrations
+            .get_or_create(&OutcomeLabels { result })
+            .inc();
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -49,6 +73,7 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     tls_handshake_failures: Counter,
     tls_handshakes: Family<OutcomeLabels, Counter>,
+    session_cache_entries: Gauge,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -100,8 +125,15 @@ impl Metrics {
             "Completed TLS handshakes, full or resumed (session ticket or cache)",
             tls_handshakes.clone(),
         );
+        let session_cache_entries = Gauge::default();
+        registry.register(
+            "session_cache_entries",
+            "Sessions held in the in-memory cache",
+            session_cache_entries.clone(),
+        );
         Metrics {
             registry,
+            session_cache_entries,
             tls_handshakes,
             requests,
             upstream_latency,
@@ -110,6 +142,37 @@ impl Metrics {
             reloads,
             tls_handshake_failures,
         }
+    }
+
+    /// Exports the portal's counters and the session cache's hits and misses.
+    pub fn register_membership(&mut self, membership: &Membership) {
+        let counters = &membership.counters;
+        self.registry.register(
+            "logins",
+            "Login attempts by result (ok, failed, limited)",
+            counters.logins.clone(),
+        );
+        self.registry.register(
+            "registrations",
+            "Registration attempts by result (created, duplicate, refused, limited, failed)",
+            counters.registrations.clone(),
+        );
+        let (hits, misses) = membership.sessions.cache_counters();
+        self.registry.register(
+            "session_cache_hits",
+            "Session lookups answered from memory",
+            hits,
+        );
+        self.registry.register(
+            "session_cache_misses",
+            "Session lookups that read the member store",
+            misses,
+        );
+    }
+
+    pub fn set_session_cache_entries(&self, entries: u64) {
+        self.session_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn request(&self, route: &Arc<str>, status: u16) {

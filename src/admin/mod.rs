@@ -1,9 +1,12 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (the
-//! configuration is loaded and every origin answers), `/metrics` (Prometheus).
-//! It is meant for a private address and carries no membership data.
+//! configuration is loaded, every origin answers and the member store is
+//! open), `/metrics` (Prometheus), and the admin JSON API under `/api/v1/`
+//! (bearer key; see `api`). It is meant for a private address.
 
+pub mod api;
 pub mod commands;
 pub mod metrics;
+pub mod operations;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +41,9 @@ pub async fn serve_connection(
 }
 
 async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path().starts_with(api::PREFIX) {
+        return api::handle(gateway, request).await;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -58,6 +64,8 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
             }
         }
         "/metrics" => {
+            let sessions = &gateway.membership.sessions;
+            gateway.metrics.set_session_cache_entries(sessions.cached());
             let mut response = text(StatusCode::OK, gateway.metrics.render());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -71,7 +79,7 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
     }
 }
 
-/// Probes every origin of the current configuration concurrently.
+/// Probes every origin of the current configuration, and the member store, concurrently.
 async fn readiness(gateway: &Gateway) -> Vec<String> {
     let runtime = gateway.runtime();
     let mut probes = tokio::task::JoinSet::new();
@@ -85,6 +93,14 @@ async fn readiness(gateway: &Gateway) -> Vec<String> {
             });
         }
     }
+    let store = gateway.membership.store.clone();
+    probes.spawn(async move {
+        store
+            .ping()
+            .await
+            .err()
+            .map(|e| format!("member store: {e}"))
+    });
     let mut problems: Vec<String> = probes.join_all().await.into_iter().flatten().collect();
     problems.sort();
     problems.dedup();

@@ -22,6 +22,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub members: MembersSection,
     #[serde(default)]
+    pub mail: MailSection,
+    #[serde(default)]
     pub sites: Vec<SiteSection>,
 }
 
@@ -39,11 +41,18 @@ pub struct MembersSection {
     pub registration: Option<String>,
     pub allowed_domains: Option<Vec<String>>,
     pub require_verification: Option<bool>,
-    pub outbox_dir: Option<String>,
     pub templates_dir: Option<String>,
     pub identity_headers: Option<bool>,
     pub max_attempts_per_ip: Option<u32>,
     pub max_attempts_per_account: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSection {
+    pub from: Option<String>,
+    pub outbox_dir: Option<String>,
+    pub smtp_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +62,8 @@ pub struct RuleSection {
     pub policy: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    pub teaser: Option<String>,
+    pub private: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +95,7 @@ pub struct LimitsSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: Option<String>,
+    pub api_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

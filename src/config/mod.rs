@@ -36,7 +36,26 @@ pub struct Config {
     pub log: Log,
     pub tls: Tls,
     pub members: Members,
+    pub mail: Mail,
     pub sites: Vec<Site>,
+}
+
+/// Outgoing mail (verification, reset and invitation links).
+#[derive(Debug, Clone)]
+pub struct Mail {
+    /// The `From` mailbox, e.g. `Example Members <members@example.com>`.
+    pub from: String,
+    pub transport: MailTransport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailTransport {
+    /// Development: one `.eml` file per message in this folder, text logged.
+    Outbox(PathBuf),
+    /// Production: an SMTP URL as lettre reads it (`smtps://user@host:465`,
+    /// `smtp://user@host:587?tls=required`); the password may come from
+    /// `MEMBERGATE_SMTP_PASSWORD`.
+    Smtp { url: String },
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +73,6 @@ pub struct Members {
     pub registration: Registration,
     pub allowed_domains: Vec<String>,
     pub require_verification: bool,
-    pub outbox_dir: PathBuf,
     pub templates_dir: Option<PathBuf>,
     pub identity_headers: bool,
     /// Login, registration and reset attempts allowed per minute from one IP.
@@ -112,6 +130,9 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: Option<SocketAddr>,
+    /// A file holding the admin API's bearer key; `MEMBERGATE_ADMIN_KEY`
+    /// overrides it. Without either, the admin API is off.
+    pub api_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

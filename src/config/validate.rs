@@ -8,13 +8,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::file::{
-    CertificateSection, ConfigFile, MembersSection, RouteSection, RuleSection, SiteSection,
+    CertificateSection, ConfigFile, MailSection, MembersSection, RouteSection, RuleSection,
+    SiteSection,
 };
 use super::{
-    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Members, Registration, Route,
-    Server, Site, Tls, Upstream,
+    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Mail, MailTransport, Members,
+    Registration, Route, Server, Site, Tls, Upstream,
 };
-use crate::policy::{Access, Rule, Rules};
+use crate::policy::{Access, Rule, Rules, Teaser};
 
 /// A host name pattern, matched against the normalised (lower-case, no trailing
 /// dot, no port) request host or TLS server name.
@@ -258,6 +259,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             file.admin.listen.as_deref(),
             "127.0.0.1:9090",
         ),
+        api_key_file: file.admin.api_key_file.as_deref().map(PathBuf::from),
     };
 
     let log = Log {
@@ -301,6 +303,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
     }
 
     let members = members(&mut p, &file.members, &server);
+    let mail = mail(&mut p, &file.mail);
 
     let mut sites = Vec::with_capacity(file.sites.len());
     for (i, section) in file.sites.iter().enumerate() {
@@ -326,6 +329,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             log,
             tls,
             members,
+            mail,
             sites,
         })
     } else {
@@ -560,13 +564,13 @@ fn access(p: &mut Problems, key: &str, policy: &str, groups: &[String]) -> Acces
 }
 
 fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
-    let prefix = match r.path.as_deref() {
+    let path = match r.path.as_deref() {
         None => {
             p.add(&format!("{key}.path"), "is required");
             None
         }
-        Some(text) => match route_prefix(text) {
-            Ok(prefix) => Some(prefix.to_ascii_lowercase()),
+        Some(text) => match rule_path(text) {
+            Ok(path) => Some(path),
             Err(message) => {
                 p.add(&format!("{key}.path"), message);
                 None
@@ -591,7 +595,7 @@ fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
         }
         Some(policy) => access(p, &format!("{key}.policy"), policy, &r.groups),
     };
-    if prefix
+    if path
         .as_deref()
         .is_some_and(|x| x == "/_membergate" || x.starts_with("/_membergate/"))
     {
@@ -600,10 +604,64 @@ fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
             "/_membergate/ belongs to the gateway's own pages",
         );
     }
-    Some(Rule {
-        prefix: prefix?,
-        access,
-    })
+    let teaser = r.teaser.as_deref().and_then(|file| {
+        let file = PathBuf::from(file);
+        if access == Access::Public {
+            p.add(
+                &format!("{key}.teaser"),
+                "a teaser replaces the login redirect, so a public rule cannot have one",
+            );
+        }
+        match std::fs::read_to_string(&file) {
+            Ok(source) => {
+                let mut env = minijinja::Environment::new();
+                if let Err(e) = env.add_template("teaser", &source) {
+                    p.add(
+                        &format!("{key}.teaser"),
+                        format!("{} is not a valid template: {e}", file.display()),
+                    );
+                }
+                Some(std::sync::Arc::new(Teaser { file, source }))
+            }
+            Err(e) => {
+                p.add(
+                    &format!("{key}.teaser"),
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        }
+    });
+    let mut rule = match Rule::new(&path?, access) {
+        Ok(rule) => rule,
+        Err(message) => {
+            p.add(&format!("{key}.path"), message);
+            return None;
+        }
+    };
+    rule.teaser = teaser;
+    rule.private = r.private.unwrap_or(true);
+    Some(rule)
+}
+
+/// A rule path: a route-style prefix, or a glob over normalised paths.
+fn rule_path(text: &str) -> Result<String, String> {
+    if !crate::policy::is_glob(text) {
+        return route_prefix(text).map(|prefix| prefix.to_ascii_lowercase());
+    }
+    let normal = text.starts_with('/')
+        && !text.contains("//")
+        && !text.contains(['\\', '%', '#'])
+        && !text
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+    if normal {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a path like \"/members/\" or a glob like \"/blog/*/premium-*\"; got {text:?}"
+        ))
+    }
 }
 
 /// Group names: 1 to 64 letters, digits, `-` or `_`.
@@ -719,12 +777,43 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         registration,
         allowed_domains,
         require_verification: m.require_verification.unwrap_or(true),
-        outbox_dir: PathBuf::from(m.outbox_dir.as_deref().unwrap_or("data/outbox")),
         templates_dir: m.templates_dir.as_deref().map(PathBuf::from),
         identity_headers: m.identity_headers.unwrap_or(true),
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
         max_attempts_per_account: m.max_attempts_per_account.unwrap_or(10).max(1),
     }
+}
+
+fn mail(p: &mut Problems, m: &MailSection) -> Mail {
+    let from = m
+        .from
+        .clone()
+        .unwrap_or_else(|| "membergate <no-reply@localhost>".into());
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        p.add(
+            "mail.from",
+            format!("expected an address like \"Members <members@example.com>\"; got {from:?}"),
+        );
+    }
+    let transport = match (&m.smtp_url, &m.outbox_dir) {
+        (Some(_), Some(_)) => {
+            p.add("mail", "set either smtp_url or outbox_dir, not both");
+            MailTransport::Outbox(PathBuf::new())
+        }
+        (Some(url), None) => {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                p.add(
+                    "mail.smtp_url",
+                    format!("expected smtps://user@host:465 or smtp://user@host:587?tls=required; got {url:?}"),
+                );
+            }
+            MailTransport::Smtp { url: url.clone() }
+        }
+        (None, dir) => {
+            MailTransport::Outbox(PathBuf::from(dir.as_deref().unwrap_or("data/outbox")))
+        }
+    };
+    Mail { from, transport }
 }
 
 #[cfg(test)]

@@ -1,10 +1,23 @@
-//! Outgoing mail. The development outbox writes each message as an `.eml` file
-//! (and logs its links), which is also how the tests read verification and
-//! reset links. SMTP delivery is configured separately.
+//! Outgoing mail: SMTP for production (lettre), or a development outbox that
+//! writes each message as an `.eml` file and logs it (which is also how the
+//! tests and the demo read verification and reset links).
+//!
+//! Sending never blocks or fails a visitor's request: a page must not reveal
+//! whether an address exists, and a slow mail server must not slow the portal.
 
-use std::path::{Path, PathBuf};
+mod outbox;
+mod smtp;
 
-/// One message to one address.
+use std::sync::Arc;
+
+use crate::config::{Mail, MailTransport};
+
+pub use outbox::Outbox;
+
+/// Overrides the password of `mail.smtp_url`, so the file holds no secret.
+pub const SMTP_PASSWORD_ENV: &str = "MEMBERGATE_SMTP_PASSWORD";
+
+/// One plain-text message to one address.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub to: String,
@@ -12,68 +25,36 @@ pub struct Message {
     pub body: String,
 }
 
-pub struct Outbox {
-    dir: PathBuf,
+#[derive(Clone)]
+pub enum Mailer {
+    Outbox(Arc<Outbox>),
+    Smtp(Arc<smtp::Smtp>),
 }
 
-impl Outbox {
-    pub fn new(dir: &Path) -> Outbox {
-        Outbox {
-            dir: dir.to_owned(),
-        }
-    }
-
-    /// Writes the message; failures are logged, never shown to the visitor
-    /// (the page must not reveal whether an address exists).
-    pub async fn send(&self, message: Message) {
-        let dir = self.dir.clone();
-        let written =
-            tokio::task::spawn_blocking(move || write(&dir, &message).map(|p| (p, message))).await;
-        match written {
-            Ok(Ok((path, message))) => tracing::info!(
-                to = %message.to,
-                subject = %message.subject,
-                file = %path.display(),
-                "mail written to the outbox:\n{}",
-                message.body
-            ),
-            Ok(Err(e)) => tracing::error!(error = %e, "could not write mail to the outbox"),
-            Err(e) => tracing::error!(error = %e, "mail task failed"),
-        }
-    }
-}
-
-fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let safe_to: String = message
-        .to
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '@' || c == '.' {
-                c
-            } else {
-                '_'
+impl Mailer {
+    pub fn new(config: &Mail) -> Result<Mailer, String> {
+        Ok(match &config.transport {
+            MailTransport::Outbox(dir) => Mailer::Outbox(Arc::new(Outbox::new(dir))),
+            MailTransport::Smtp { url } => {
+                let password = std::env::var(SMTP_PASSWORD_ENV).ok();
+                Mailer::Smtp(Arc::new(smtp::Smtp::new(
+                    url,
+                    password.as_deref(),
+                    &config.from,
+                )?))
             }
         })
-        .collect();
-    let path = dir.join(format!("{stamp}-{safe_to}.eml"));
-    let date = httpdate(std::time::SystemTime::now());
-    let text = format!(
-        "To: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
-        message.to, message.subject, message.body
-    );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
+    }
 
-fn httpdate(time: std::time::SystemTime) -> String {
-    let secs = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("@{secs}")
+    /// Hands the message over. The outbox writes it before returning; SMTP
+    /// delivery runs in the background with retries, and failures are logged.
+    pub async fn send(&self, message: Message) {
+        match self {
+            Mailer::Outbox(outbox) => outbox.send(message).await,
+            Mailer::Smtp(smtp) => {
+                let smtp = smtp.clone();
+                tokio::spawn(async move { smtp.deliver(message).await });
+            }
+        }
+    }
 }

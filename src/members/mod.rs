@@ -68,6 +68,21 @@ impl Member {
     }
 }
 
+/// A display name part: at most 100 characters, no control characters.
+pub fn clean_name(value: &str) -> Result<String, &'static str> {
+    let value = value.trim();
+    if value.chars().count() > 100 {
+        return Err("Names are at most 100 characters.");
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return Err("Names cannot contain control characters.");
+    }
+    Ok(value.to_owned())
+}
+
 #[derive(Debug, Clone)]
 pub struct NewMember {
     pub email: String,
@@ -129,6 +144,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Durable members, groups, sessions and tokens. Every method that changes a
 /// member records the change (see [`MemberStore::changes_since`]).
 pub trait MemberStore: Send + Sync {
+    /// Checks that the store answers (readiness).
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
     fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>>;
     fn member_by_email(&self, canonical_email: &str) -> BoxFuture<'_, StoreResult<Option<Member>>>;
     fn member_by_id(&self, id: MemberId) -> BoxFuture<'_, StoreResult<Option<Member>>>;

@@ -147,6 +147,16 @@ impl SqliteStore {
 }
 
 impl MemberStore for SqliteStore {
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(backend)
+        })
+    }
+
     fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await.map_err(backend)?;

@@ -2,9 +2,14 @@
 //! plain types, so it is table-tested here and reused as is by
 //! `membergate policy check`.
 //!
-//! Rules are tried in order and the first whose prefix covers the path
-//! decides; a path no rule covers gets the site's default. Prefixes match whole
-//! segments and ignore ASCII case, like routes.
+//! Rules are tried in order and the first whose pattern covers the path
+//! decides; a path no rule covers gets the site's default. A pattern is a
+//! prefix that matches whole segments, or a glob when it holds `*`, `?`, `[` or
+//! `{` (`*` stays within a segment, `**` crosses them); both ignore ASCII case,
+//! like routes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -15,14 +20,69 @@ pub enum Access {
     Groups(Vec<String>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Rule {
-    /// Lower case; no trailing `/` unless it is `/`.
-    pub prefix: String,
+    /// The pattern as configured (normalised), for messages.
+    pub path: String,
+    pattern: Pattern,
     pub access: Access,
+    /// A page served to anonymous visitors instead of the login redirect.
+    pub teaser: Option<Arc<Teaser>>,
+    /// Responses get `Cache-Control: private, no-store` and `X-Robots-Tag: noindex`.
+    pub private: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A teaser template (minijinja), read when the configuration is loaded.
+#[derive(Debug)]
+pub struct Teaser {
+    pub file: PathBuf,
+    pub source: String,
+}
+
+#[derive(Debug, Clone)]
+enum Pattern {
+    /// Lower case; no trailing `/` unless it is `/`.
+    Prefix(String),
+    Glob(globset::GlobMatcher),
+}
+
+impl Rule {
+    /// A rule for `path`: a normalised prefix, or a glob (see the module docs).
+    pub fn new(path: &str, access: Access) -> Result<Rule, String> {
+        let pattern = if is_glob(path) {
+            let glob = globset::GlobBuilder::new(path)
+                .case_insensitive(true)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| format!("not a valid glob: {}", e.kind()))?;
+            Pattern::Glob(glob.compile_matcher())
+        } else {
+            Pattern::Prefix(path.to_ascii_lowercase())
+        };
+        Ok(Rule {
+            path: path.to_owned(),
+            pattern,
+            access,
+            teaser: None,
+            private: true,
+        })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.pattern {
+            Pattern::Prefix(prefix) => crate::routing::prefix_matches(prefix, path),
+            Pattern::Glob(glob) => glob.is_match(path),
+        }
+    }
+}
+
+/// Whether a rule path is a glob rather than a prefix.
+pub fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '[', '{'])
+}
+
+#[derive(Debug, Clone)]
 pub struct Rules {
     pub rules: Vec<Rule>,
     pub default: Access,
@@ -46,10 +106,7 @@ pub enum Decision {
 
 /// The decision and the index of the rule that made it (`None`: the default).
 pub fn decide(rules: &Rules, path: &str, visitor: Visitor<'_>) -> (Decision, Option<usize>) {
-    let matched = rules
-        .rules
-        .iter()
-        .position(|r| crate::routing::prefix_matches(&r.prefix, path));
+    let matched = rules.rules.iter().position(|r| r.matches(path));
     let access = matched.map_or(&rules.default, |i| &rules.rules[i].access);
     let decision = match (access, visitor) {
         (Access::Public, _) => Decision::Allow,
@@ -67,7 +124,7 @@ pub fn decide(rules: &Rules, path: &str, visitor: Visitor<'_>) -> (Decision, Opt
 }
 
 impl Rules {
-    /// True when the path needs a member, so its responses are private.
+    /// True when the path needs a member.
     pub fn is_protected(&self, path: &str) -> bool {
         decide(self, path, Visitor::Anonymous).0 != Decision::Allow
     }
@@ -78,16 +135,15 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        let rule = |prefix: &str, access| Rule {
-            prefix: prefix.into(),
-            access,
-        };
+        let rule = |path: &str, access| Rule::new(path, access).unwrap();
         Rules {
             rules: vec![
                 rule("/kb/member-handbook.html", Access::Members),
                 rule("/members", Access::Members),
                 rule("/vip", Access::Groups(vec!["vip".into(), "staff".into()])),
                 rule("/members/open-day", Access::Public),
+                rule("/blog/*/premium-*.html", Access::Members),
+                rule("/kb/**/private", Access::Members),
             ],
             default: Access::Public,
         }
@@ -115,6 +171,29 @@ mod tests {
             ("/kb/getting-started.html", anon, Decision::Allow, None),
             // First match wins: the later, more specific public rule never applies.
             ("/members/open-day", anon, Decision::Login, Some(1)),
+            // Globs: `*` stays within one segment, `**` spans several.
+            (
+                "/blog/2026/premium-tides.html",
+                anon,
+                Decision::Login,
+                Some(4),
+            ),
+            (
+                "/BLOG/2026/Premium-Tides.HTML",
+                anon,
+                Decision::Login,
+                Some(4),
+            ),
+            (
+                "/blog/2026/11/premium-tides.html",
+                anon,
+                Decision::Allow,
+                None,
+            ),
+            ("/blog/2026/tides.html", anon, Decision::Allow, None),
+            ("/kb/private", anon, Decision::Login, Some(5)),
+            ("/kb/a/b/private", anon, Decision::Login, Some(5)),
+            ("/kb/a/private-not", anon, Decision::Allow, None),
         ];
         for (path, visitor, want, rule) in table {
             assert_eq!(

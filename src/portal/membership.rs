@@ -11,8 +11,9 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::pages::Templates;
-use crate::config;
-use crate::mail::Outbox;
+use crate::admin::metrics::MembershipCounters;
+use crate::config::Config;
+use crate::mail::Mailer;
 use crate::members::MemberStore;
 use crate::members::sqlite::SqliteStore;
 use crate::session::Sessions;
@@ -21,13 +22,16 @@ pub struct Membership {
     pub store: Arc<dyn MemberStore>,
     pub sessions: Arc<Sessions>,
     pub csrf_key: [u8; 32],
-    pub outbox: Outbox,
+    pub mailer: Mailer,
     pub templates: Templates,
     pub limits: RateLimits,
+    pub counters: MembershipCounters,
 }
 
 impl Membership {
-    pub async fn open(config: &config::Members) -> Result<Membership, String> {
+    pub async fn open(config: &Config) -> Result<Membership, String> {
+        let mailer = Mailer::new(&config.mail)?;
+        let config = &config.members;
         let secret = load_secret(&config.secret_file)?;
         let store: Arc<dyn MemberStore> = Arc::new(
             SqliteStore::open(&config.database)
@@ -39,9 +43,10 @@ impl Membership {
             store,
             sessions,
             csrf_key: derive(&secret, b"membergate csrf v1"),
-            outbox: Outbox::new(&config.outbox_dir),
+            mailer,
             templates: Templates::load(config.templates_dir.as_deref())?,
             limits: RateLimits::new(config.max_attempts_per_ip, config.max_attempts_per_account),
+            counters: MembershipCounters::default(),
         })
     }
 }

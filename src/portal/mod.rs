@@ -28,7 +28,7 @@ use crate::config::{self, Registration};
 use crate::gateway::Runtime;
 use crate::mail::Message;
 use crate::members::password::{self, Check};
-use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, email, now};
+use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now};
 use crate::proxy::ConnInfo;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::pipeline::Target;
@@ -335,6 +335,7 @@ impl Request<'_> {
             .limits
             .exceeded(Action::Login, self.conn.peer.ip(), canonical.as_deref())
         {
+            self.m.counters.login("limited");
             return self.too_many();
         }
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
@@ -358,6 +359,7 @@ impl Request<'_> {
         .unwrap_or(Check::Wrong);
         let member = member.filter(|m| check != Check::Wrong && m.status == Status::Active);
         let Some(member) = member else {
+            self.m.counters.login("failed");
             let query = HashMap::from([("return_to".to_owned(), return_to)]);
             let shown = field("email").chars().take(254).collect::<String>();
             return self.login_page(
@@ -381,6 +383,7 @@ impl Request<'_> {
             });
         }
         let _ = self.m.store.record_login(member.id, now()).await;
+        self.m.counters.login("ok");
         self.start_session(&member, &return_to).await
     }
 
@@ -470,6 +473,7 @@ impl Request<'_> {
             return_to::safe(form.get("return_to").map(String::as_str)),
         )]);
         if !self.can_register() {
+            self.m.counters.registration("refused");
             return self.register_page(&query, None, form);
         }
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
@@ -482,6 +486,7 @@ impl Request<'_> {
             .limits
             .exceeded(Action::Register, self.conn.peer.ip(), Some(&canonical))
         {
+            self.m.counters.registration("limited");
             return self.too_many();
         }
         let (first, last) = match (
@@ -501,6 +506,7 @@ impl Request<'_> {
                     "Registration is open to addresses at {}.",
                     self.config.allowed_domains.join(", ")
                 );
+                self.m.counters.registration("refused");
                 return self.register_page(&query, Some(&text), form);
             }
         }
@@ -528,7 +534,14 @@ impl Request<'_> {
             password_hash: Some(hash),
             status,
         };
-        match self.m.store.create_member(new, now()).await {
+        let created = self.m.store.create_member(new, now()).await;
+        let counted = match &created {
+            Ok(_) => "created",
+            Err(StoreError::Duplicate) => "duplicate",
+            Err(_) => "failed",
+        };
+        self.m.counters.registration(counted);
+        match created {
             Ok(member) if status == Status::Pending => self.send_verification(&member).await,
             Ok(_) => {}
             Err(StoreError::Duplicate) => self.send_already_registered(&canonical).await,
@@ -562,7 +575,7 @@ impl Request<'_> {
             return;
         };
         let link = format!("{}{PREFIX}/verify?token={token}", self.config.public_url);
-        self.m.outbox.send(Message {
+        self.m.mailer.send(Message {
             to: member.email.clone(),
             subject: format!("Confirm your email for {}", self.site_name),
             body: format!("Hello,\n\nopen this link to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
@@ -572,7 +585,7 @@ impl Request<'_> {
 
     async fn send_already_registered(&self, canonical: &str) {
         let link = format!("{}{PREFIX}/reset", self.config.public_url);
-        self.m.outbox.send(Message {
+        self.m.mailer.send(Message {
             to: canonical.to_owned(),
             subject: format!("Someone tried to register your email at {}", self.site_name),
             body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
@@ -697,7 +710,7 @@ impl Request<'_> {
                     .await
             {
                 let link = format!("{}{PREFIX}/reset?token={token}", self.config.public_url);
-                self.m.outbox.send(Message {
+                self.m.mailer.send(Message {
                         to: member.email.clone(),
                         subject: format!("Choose a new password for {}", self.site_name),
                         body: format!("Hello,\n\nopen this link to choose a new password:\n\n{link}\n\nThe link works once and expires in one hour. If you did not ask for it, ignore this message: your password stays as it is.\n"),
@@ -912,21 +925,6 @@ impl Request<'_> {
         self.start_session(&fresh, &format!("{PREFIX}/account?saved=password"))
             .await
     }
-}
-
-/// A display name part: at most 100 characters, no control characters.
-fn clean_name(value: &str) -> Result<String, &'static str> {
-    let value = value.trim();
-    if value.chars().count() > 100 {
-        return Err("Names are at most 100 characters.");
-    }
-    if value
-        .chars()
-        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
-    {
-        return Err("Names cannot contain control characters.");
-    }
-    Ok(value.to_owned())
 }
 
 fn urlencode(value: &str) -> String {

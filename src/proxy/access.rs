@@ -49,10 +49,12 @@ pub async fn authorise(
         None => policy::Visitor::Anonymous,
     };
     let path = &target.path.decoded;
-    let (decision, _) = policy::decide(&site.rules, path, who);
+    let (decision, matched) = policy::decide(&site.rules, path, who);
+    let rule = matched.map(|i| &site.rules.rules[i]);
     let mut refused = match decision {
         Decision::Allow => {
-            let protected = site.rules.is_protected(path);
+            let access = rule.map_or(&site.rules.default, |r| &r.access);
+            let protected = *access != policy::Access::Public && rule.is_none_or(|r| r.private);
             return Ok(Access {
                 visitor,
                 protected,
@@ -60,7 +62,10 @@ pub async fn authorise(
             });
         }
         Decision::Login if target.wants_json => json_unauthorized(),
-        Decision::Login => login_redirect(target),
+        Decision::Login => match rule.and_then(|r| r.teaser.as_deref()) {
+            Some(teaser) => teaser_page(teaser, target),
+            None => login_redirect(target),
+        },
         Decision::Forbidden => forbidden(target.wants_json),
     };
     if clear_cookie {
@@ -157,20 +162,59 @@ fn append_cookie(headers: &mut HeaderMap, cookie: &str) {
     }
 }
 
-fn login_redirect(target: &Target) -> Response<GatewayBody> {
+/// `return_to=<the requested path and query>`, form-encoded.
+fn return_to_query(target: &Target) -> String {
     let wanted = match &target.query {
         Some(q) => format!("{}?{q}", target.path.encoded),
         None => target.path.encoded.clone(),
     };
-    let encoded = serde_urlencoded::to_string([("return_to", wanted.as_str())]).unwrap_or_default();
+    serde_urlencoded::to_string([("return_to", wanted.as_str())]).unwrap_or_default()
+}
+
+fn login_redirect(target: &Target) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::Empty);
     *response.status_mut() = StatusCode::FOUND;
-    if let Ok(location) = HeaderValue::from_str(&format!("{}/login?{encoded}", portal::PREFIX)) {
+    let location = format!("{}/login?{}", portal::PREFIX, return_to_query(target));
+    if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The rule's teaser, rendered with links to log in or register that come
+/// back to the requested page. Served with 200 so the teaser can be read and
+/// shared, but never cached: the same address shows the full page to members.
+fn teaser_page(teaser: &policy::Teaser, target: &Target) -> Response<GatewayBody> {
+    let query = return_to_query(target);
+    let mut env = minijinja::Environment::new();
+    let rendered = env
+        .add_template("teaser.html", &teaser.source)
+        .and_then(|()| env.get_template("teaser.html"))
+        .and_then(|template| {
+            template.render(minijinja::context! {
+                login_url => format!("{}/login?{query}", portal::PREFIX),
+                register_url => format!("{}/register?{query}", portal::PREFIX),
+                path => &target.path.decoded,
+            })
+        });
+    let html = match rendered {
+        Ok(html) => html,
+        Err(e) => {
+            tracing::error!(file = %teaser.file.display(), error = %e, "teaser template failed");
+            return login_redirect(target);
+        }
+    };
+    let mut response = Response::new(GatewayBody::full(html));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("Cookie"));
     response
 }
 

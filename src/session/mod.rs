@@ -15,6 +15,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use crate::config;
@@ -68,6 +69,8 @@ pub struct Sessions {
     pub cookie_secure: bool,
     lifetime: Duration,
     idle: Duration,
+    cache_hits: Counter,
+    cache_misses: Counter,
 }
 
 /// How stale `last_seen` may be in the store before it is written again.
@@ -98,6 +101,8 @@ impl Sessions {
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
             idle: config.session_idle,
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
         }
     }
 
@@ -123,8 +128,10 @@ impl Sessions {
         let id_hash = hash_id(&id);
         let now = now();
         if let Some(visitor) = self.cache.get(&id_hash) {
+            self.cache_hits.inc();
             return self.still_valid(visitor, now);
         }
+        self.cache_misses.inc();
         match self.load(id_hash, now).await {
             Some(visitor) => {
                 self.cache.insert(id_hash, visitor.clone());
@@ -265,8 +272,15 @@ impl Sessions {
         }
     }
 
+    /// The (hits, misses) counters of the cache, for export.
+    pub fn cache_counters(&self) -> (Counter, Counter) {
+        (self.cache_hits.clone(), self.cache_misses.clone())
+    }
+
     /// Number of cached sessions (for metrics).
     pub fn cached(&self) -> u64 {
+        // moka counts lazily; settle pending inserts and evictions first.
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 

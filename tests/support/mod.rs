@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod origins;
+pub mod smtp;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub struct Setup {
     pub routes: Vec<String>,
     pub rules: Vec<String>,
     pub members: String,
+    pub admin: String,
+    pub mail: String,
+    /// Files (relative path, contents) written into the gateway's directory before it starts.
+    pub files: Vec<(String, String)>,
     pub access_log: bool,
 }
 
@@ -47,6 +52,9 @@ impl Setup {
             routes: Vec::new(),
             rules: Vec::new(),
             members: String::new(),
+            admin: String::new(),
+            mail: String::new(),
+            files: Vec::new(),
             access_log: true,
         }
     }
@@ -78,6 +86,34 @@ impl Setup {
         self.rules.push(format!(
             "[[sites.rules]]\npath = {path:?}\npolicy = {policy:?}\ngroups = {groups:?}\n"
         ));
+        self
+    }
+
+    /// An access rule with extra keys (TOML lines), e.g. a teaser.
+    pub fn rule_with(mut self, path: &str, policy: &str, extra: &str) -> Setup {
+        self.rules.push(format!(
+            "[[sites.rules]]\npath = {path:?}\npolicy = {policy:?}\n{extra}\n"
+        ));
+        self
+    }
+
+    /// Lines for the `[admin]` table.
+    pub fn admin(mut self, toml: &str) -> Setup {
+        self.admin.push_str(toml);
+        self.admin.push('\n');
+        self
+    }
+
+    /// Lines for the `[mail]` table.
+    pub fn mail(mut self, toml: &str) -> Setup {
+        self.mail.push_str(toml);
+        self.mail.push('\n');
+        self
+    }
+
+    /// A file written into the gateway's directory (its working directory) before it starts.
+    pub fn file(mut self, path: &str, contents: &str) -> Setup {
+        self.files.push((path.to_owned(), contents.to_owned()));
         self
     }
 
@@ -135,17 +171,20 @@ impl Setup {
             "[server]\nworkers = 2\nhttps_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
              http_mode = {:?}\nshutdown_grace = \"5s\"\n{}\n\
              [limits]\n{}\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\naccess_log = {}\n\
              [tls]\ndev_certificate = true\n{}\n{certs}\n\
              [members]\n{}\n\
+             [mail]\n{}\n\
              [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n{}\n",
             self.http_mode,
             self.server_extra,
             self.limits,
+            self.admin,
             self.access_log,
             self.tls_extra,
             self.members,
+            self.mail,
             self.routes.join("\n"),
             self.rules.join("\n"),
             self.sites.join("\n"),
@@ -173,6 +212,11 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("membergate.toml");
         std::fs::write(&config_path, setup.render(dir.path())).unwrap();
+        for (path, contents) in &setup.files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
         Gateway::start_with_file(dir, config_path).await
     }
 

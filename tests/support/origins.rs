@@ -227,6 +227,12 @@ async fn answer(
         h.insert("x-kept", "yes".parse().unwrap());
         return Ok(response);
     }
+    if path.ends_with("/cacheable") {
+        let mut response = full(200, "text/plain", b"cacheable".to_vec());
+        let h = response.headers_mut();
+        h.insert("cache-control", "public, max-age=60".parse().unwrap());
+        return Ok(response);
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         return Ok(full(code.parse().unwrap_or(500), "text/plain", Vec::new()));
     }

@@ -1,0 +1,301 @@
+//! The admin JSON API on the admin listener, for the operations the CLI offers
+//! (see `operations`). Every request carries `Authorization: Bearer <key>`;
+//! the key comes from `MEMBERGATE_ADMIN_KEY` or `admin.api_key_file`, only its
+//! SHA-256 is kept, and it is compared in constant time. Without a key the API
+//! is off.
+//!
+//! ```text
+//! GET    /api/v1/members                        list
+//! POST   /api/v1/members                        {"email", "password" | "invite": true, ...}
+//! GET    /api/v1/members/{email}                one member
+//! POST   /api/v1/members/{email}/enable|disable|approve
+//! PUT    /api/v1/members/{email}/password       {"password"}
+//! PUT    /api/v1/members/{email}/groups/{group} join
+//! DELETE /api/v1/members/{email}/groups/{group} leave
+//! DELETE /api/v1/members/{email}/sessions       log out everywhere
+//! GET    /api/v1/groups                         names and member counts
+//! GET    /api/v1/policy/check?url=URL[&member=EMAIL]
+//! ```
+//!
+//! Changes take effect on the member's next request: their cached sessions
+//! are dropped at once in this process (other replicas follow the change log).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::operations::{AddMember, Admin, MemberView, Refused};
+use crate::gateway::Gateway;
+use crate::hygiene::path;
+use crate::members::{Member, Status};
+
+/// The environment variable that holds the API key (overrides the file).
+pub const KEY_ENV: &str = "MEMBERGATE_ADMIN_KEY";
+/// The path prefix of the API on the admin listener.
+pub const PREFIX: &str = "/api/v1/";
+const MAX_BODY_BYTES: usize = 64 * 1024;
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_KEY_LENGTH: usize = 32;
+
+/// The SHA-256 of the configured API key, if there is one.
+pub fn load_key(file: Option<&Path>) -> Result<Option<[u8; 32]>, String> {
+    let key = match std::env::var(KEY_ENV) {
+        Ok(key) => key,
+        Err(_) => match file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| format!("admin.api_key_file: cannot read {}: {e}", file.display()))?
+                .trim()
+                .to_owned(),
+            None => return Ok(None),
+        },
+    };
+    if key.len() < MIN_KEY_LENGTH {
+        return Err(format!(
+            "the admin API key must be at least {MIN_KEY_LENGTH} characters"
+        ));
+    }
+    Ok(Some(Sha256::digest(key.as_bytes()).into()))
+}
+
+pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let runtime = gateway.runtime();
+    let Some(key) = runtime.admin_api_key else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("the admin API is off: set {KEY_ENV} or admin.api_key_file"),
+        );
+    };
+    if !authorised(request.headers(), &key) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <admin API key>",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"membergate admin\""),
+        );
+        return response;
+    }
+    let membership = &gateway.membership;
+    let admin = Admin {
+        store: &membership.store,
+        config: &runtime.config,
+        mailer: &membership.mailer,
+    };
+    let (parts, body) = request.into_parts();
+    let result = route(&admin, &parts, body).await;
+    // Whatever changed a member ends their cached sessions now, not in a second.
+    if let Ok(Answer::Changed(member) | Answer::Created(member) | Answer::Ended(member, _)) =
+        &result
+    {
+        membership.sessions.forget_member(member.id);
+    }
+    match result {
+        Ok(answer) => answer.into_response(),
+        Err(Failure::Refused(Refused::Store(e))) => {
+            tracing::error!(error = %e, "admin API: member store failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "the member store failed")
+        }
+        Err(Failure::Refused(refused)) => {
+            let status = match refused {
+                Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refused::NotFound(_) => StatusCode::NOT_FOUND,
+                Refused::Conflict(_) => StatusCode::CONFLICT,
+                Refused::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, &refused.to_string())
+        }
+        Err(Failure::Http(status, message)) => error(status, &message),
+    }
+}
+
+fn authorised(headers: &http::HeaderMap, key: &[u8; 32]) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    given.ct_eq(key).into()
+}
+
+enum Answer {
+    Created(Member),
+    Changed(Member),
+    One(Member),
+    Many(Vec<Member>),
+    Groups(Vec<(String, i64)>),
+    Ended(Member, u64),
+    Json(serde_json::Value),
+}
+
+impl Answer {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, value) = match self {
+            Answer::Created(m) => (StatusCode::CREATED, json!(MemberView::from(&m))),
+            Answer::Changed(m) | Answer::One(m) => (StatusCode::OK, json!(MemberView::from(&m))),
+            Answer::Many(members) => {
+                let views: Vec<MemberView> = members.iter().map(MemberView::from).collect();
+                (StatusCode::OK, json!({ "members": views }))
+            }
+            Answer::Groups(groups) => {
+                let groups: Vec<_> = groups
+                    .into_iter()
+                    .map(|(name, members)| json!({ "name": name, "members": members }))
+                    .collect();
+                (StatusCode::OK, json!({ "groups": groups }))
+            }
+            Answer::Ended(m, ended) => (
+                StatusCode::OK,
+                json!({ "member": MemberView::from(&m), "sessions_ended": ended }),
+            ),
+            Answer::Json(value) => (StatusCode::OK, value),
+        };
+        json_response(status, &value)
+    }
+}
+
+enum Failure {
+    Refused(Refused),
+    Http(StatusCode, String),
+}
+
+impl From<Refused> for Failure {
+    fn from(refused: Refused) -> Failure {
+        Failure::Refused(refused)
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    Failure::Http(StatusCode::BAD_REQUEST, message.into())
+}
+
+async fn route(
+    admin: &Admin<'_>,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Answer, Failure> {
+    let raw = parts.uri.path();
+    let normal = path::normalise(raw).map_err(|e| bad_request(format!("bad path: {e}")))?;
+    let rest = normal
+        .decoded
+        .strip_prefix(PREFIX)
+        .ok_or_else(|| Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into()))?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let method = &parts.method;
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["members"]) => Ok(Answer::Many(admin.list_members().await?)),
+        (&Method::POST, ["members"]) => {
+            let new: AddMember = json_body(body).await?;
+            Ok(Answer::Created(admin.add_member(new).await?))
+        }
+        (&Method::GET, ["members", email]) => Ok(Answer::One(admin.member(email).await?)),
+        (&Method::POST, ["members", email, action]) => {
+            let status = match *action {
+                "enable" | "approve" => Status::Active,
+                "disable" => Status::Disabled,
+                _ => return Err(not_found()),
+            };
+            Ok(Answer::Changed(admin.set_status(email, status).await?))
+        }
+        (&Method::PUT, ["members", email, "password"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct NewPassword {
+                password: String,
+            }
+            let body: NewPassword = json_body(body).await?;
+            Ok(Answer::Changed(
+                admin.set_password(email, &body.password).await?,
+            ))
+        }
+        (&Method::PUT, ["members", email, "groups", group]) => {
+            Ok(Answer::Changed(admin.join_group(email, group).await?))
+        }
+        (&Method::DELETE, ["members", email, "groups", group]) => {
+            Ok(Answer::Changed(admin.leave_group(email, group).await?))
+        }
+        (&Method::DELETE, ["members", email, "sessions"]) => {
+            let (member, ended) = admin.revoke_sessions(email).await?;
+            Ok(Answer::Ended(member, ended))
+        }
+        (&Method::GET, ["groups"]) => Ok(Answer::Groups(admin.list_groups().await?)),
+        (&Method::GET, ["policy", "check"]) => {
+            let query: HashMap<String, String> =
+                serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+                    .map_err(|e| bad_request(format!("bad query: {e}")))?;
+            let url = query
+                .get("url")
+                .ok_or_else(|| bad_request("the query needs url=<address to check>"))?;
+            let report = admin
+                .policy_check(url, query.get("member").map(String::as_str))
+                .await?;
+            Ok(Answer::Json(json!(report)))
+        }
+        (_, ["members"] | ["groups"] | ["policy", "check"] | ["members", _, ..]) => {
+            Err(Failure::Http(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here"),
+            ))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn not_found() -> Failure {
+    Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+/// Reads a JSON body of at most 64 KiB within 10 s.
+async fn json_body<T: DeserializeOwned>(body: Incoming) -> Result<T, Failure> {
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
+            .await
+            .map_err(|_| {
+                Failure::Http(StatusCode::REQUEST_TIMEOUT, "the body was too slow".into())
+            })?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Failure::Http(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    bad_request("the body could not be read")
+                }
+            })?;
+    serde_json::from_slice(&collected.to_bytes())
+        .map_err(|e| bad_request(format!("the body is not the expected JSON: {e}")))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({ "error": { "status": status.as_u16(), "message": message } }),
+    )
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

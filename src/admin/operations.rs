@@ -1,0 +1,336 @@
+//! What an administrator can do to members, groups and sessions, and the
+//! policy check. One implementation behind two front ends: the CLI (which
+//! opens the store itself and prints text) and the admin JSON API (which runs
+//! in the gateway and answers JSON). Both use the same canonical emails,
+//! password rules and policy code as the server.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, validate_group_name};
+use crate::hygiene::path;
+use crate::mail::{Mailer, Message};
+use crate::members::{
+    Member, MemberStore, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now,
+    password,
+};
+use crate::policy::{self, Decision};
+
+/// Why an operation was refused; each kind maps to one HTTP status.
+#[derive(Debug)]
+pub enum Refused {
+    /// The input is malformed (400).
+    Invalid(String),
+    /// No such member, or not in that group (404).
+    NotFound(String),
+    /// The member exists already (409).
+    Conflict(String),
+    /// The store failed (500; details are logged, not shown).
+    Store(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Invalid(m) | Refused::NotFound(m) | Refused::Conflict(m) => f.write_str(m),
+            Refused::Store(m) => write!(f, "member store failed: {m}"),
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> Refused {
+    match e {
+        StoreError::Duplicate => Refused::Conflict("a member with this email exists".into()),
+        StoreError::NotFound => Refused::NotFound("no such member".into()),
+        StoreError::Backend(e) => Refused::Store(e),
+    }
+}
+
+/// A member as administrators see it (never the password hash).
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: i64,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub status: &'static str,
+    pub groups: Vec<String>,
+    pub has_password: bool,
+    pub created_at: i64,
+    pub last_login_at: Option<i64>,
+}
+
+impl From<&Member> for MemberView {
+    fn from(m: &Member) -> MemberView {
+        MemberView {
+            id: m.id,
+            email: m.email.clone(),
+            first_name: m.first_name.clone(),
+            last_name: m.last_name.clone(),
+            status: m.status.as_str(),
+            groups: m.groups.clone(),
+            has_password: m.password_hash.is_some(),
+            created_at: m.created_at,
+            last_login_at: m.last_login_at,
+        }
+    }
+}
+
+/// A new member. Exactly one of `password` and `invite` must be given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub email: String,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub last_name: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Email the member a link to choose a password instead.
+    #[serde(default)]
+    pub invite: bool,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    pub decision: &'static str,
+    pub site: String,
+    pub path: String,
+    /// `sites[NAME].rules[i] (path "...")` or the site's default policy.
+    pub rule: String,
+    pub visitor: String,
+}
+
+/// The administrator's operations on one store.
+pub struct Admin<'a> {
+    pub store: &'a Arc<dyn MemberStore>,
+    pub config: &'a Config,
+    pub mailer: &'a Mailer,
+}
+
+impl Admin<'_> {
+    pub async fn add_member(&self, new: AddMember) -> Result<Member, Refused> {
+        let canonical = canonical(&new.email)?;
+        for group in &new.groups {
+            validate_group_name(group).map_err(Refused::Invalid)?;
+        }
+        let password_hash = match (&new.password, new.invite) {
+            (Some(_), true) | (None, false) => {
+                return Err(Refused::Invalid(
+                    "give either a password or invite, not both or neither".into(),
+                ));
+            }
+            (Some(password), false) => Some(hash(password)?),
+            (None, true) => None,
+        };
+        let status = if new.invite {
+            Status::Pending
+        } else {
+            Status::Active
+        };
+        let at = now();
+        let member = self
+            .store
+            .create_member(
+                NewMember {
+                    email: canonical,
+                    first_name: name(new.first_name)?,
+                    last_name: name(new.last_name)?,
+                    password_hash,
+                    status,
+                },
+                at,
+            )
+            .await
+            .map_err(store_error)?;
+        for group in &new.groups {
+            self.store
+                .add_to_group(member.id, group, at)
+                .await
+                .map_err(store_error)?;
+        }
+        if new.invite {
+            self.send_invitation(&member).await?;
+        }
+        self.member(&member.email).await
+    }
+
+    pub async fn list_members(&self) -> Result<Vec<Member>, Refused> {
+        self.store.list_members().await.map_err(store_error)
+    }
+
+    pub async fn member(&self, address: &str) -> Result<Member, Refused> {
+        let canonical = canonical(address)?;
+        self.store
+            .member_by_email(&canonical)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Refused::NotFound(format!("no member {canonical}")))
+    }
+
+    /// Enables, approves (both: active) or disables a member. Disabling ends
+    /// their sessions.
+    pub async fn set_status(&self, address: &str, status: Status) -> Result<Member, Refused> {
+        let member = self.member(address).await?;
+        self.store
+            .set_status(member.id, status, now())
+            .await
+            .map_err(store_error)?;
+        self.member(address).await
+    }
+
+    /// Sets a new password; the member's sessions end.
+    pub async fn set_password(&self, address: &str, password: &str) -> Result<Member, Refused> {
+        let member = self.member(address).await?;
+        let hash = hash(password)?;
+        self.store
+            .set_password(member.id, &hash, now())
+            .await
+            .map_err(store_error)?;
+        self.member(address).await
+    }
+
+    pub async fn join_group(&self, address: &str, group: &str) -> Result<Member, Refused> {
+        validate_group_name(group).map_err(Refused::Invalid)?;
+        let member = self.member(address).await?;
+        self.store
+            .add_to_group(member.id, group, now())
+            .await
+            .map_err(store_error)?;
+        self.member(address).await
+    }
+
+    /// Removes a member from a group; their sessions end.
+    pub async fn leave_group(&self, address: &str, group: &str) -> Result<Member, Refused> {
+        let member = self.member(address).await?;
+        match self.store.remove_from_group(member.id, group, now()).await {
+            Err(StoreError::NotFound) => Err(Refused::NotFound(format!(
+                "{} is not in group {group:?}",
+                member.email
+            ))),
+            other => other.map_err(store_error),
+        }?;
+        self.member(address).await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<(String, i64)>, Refused> {
+        self.store.list_groups().await.map_err(store_error)
+    }
+
+    /// Ends every session of a member; returns how many there were.
+    pub async fn revoke_sessions(&self, address: &str) -> Result<(Member, u64), Refused> {
+        let member = self.member(address).await?;
+        let ended = self
+            .store
+            .delete_member_sessions(member.id, now())
+            .await
+            .map_err(store_error)?;
+        Ok((member, ended))
+    }
+
+    /// The access decision for `url`, for an anonymous visitor or a member,
+    /// and the rule that made it.
+    pub async fn policy_check(
+        &self,
+        url: &str,
+        member: Option<&str>,
+    ) -> Result<PolicyReport, Refused> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|_| Refused::Invalid(format!("{url:?} is not a URL")))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| Refused::Invalid(format!("{url:?} has no host")))?
+            .to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        let site = self
+            .config
+            .sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|p| p.matches(host)))
+            .ok_or_else(|| Refused::NotFound(format!("no site serves {host}")))?;
+        let path = path::normalise(uri.path())
+            .map_err(|e| Refused::Invalid(format!("the gateway refuses this path (400): {e}")))?;
+        let member = match member {
+            Some(address) => Some(self.member(address).await?),
+            None => None,
+        };
+        let visitor = match &member {
+            Some(m) if m.status == Status::Active => policy::Visitor::Member { groups: &m.groups },
+            _ => policy::Visitor::Anonymous,
+        };
+        let (decision, rule) = policy::decide(&site.rules, &path.decoded, visitor);
+        let rule = match rule {
+            Some(i) => format!(
+                "sites[{}].rules[{i}] (path {:?})",
+                site.name, site.rules.rules[i].path
+            ),
+            None => format!("site {:?} default policy", site.name),
+        };
+        let visitor = match member {
+            Some(m) if m.status != Status::Active => {
+                format!("{} ({}: cannot log in)", m.email, m.status.as_str())
+            }
+            Some(m) => format!("{} (groups: {})", m.email, m.groups.join(",")),
+            None => "anonymous".to_owned(),
+        };
+        Ok(PolicyReport {
+            decision: match decision {
+                Decision::Allow => "allow",
+                Decision::Login => "login required",
+                Decision::Forbidden => "forbidden",
+            },
+            site: site.name.clone(),
+            path: path.decoded,
+            rule,
+            visitor,
+        })
+    }
+
+    /// Emails an invited member a single-use link (7 days) to choose a password.
+    async fn send_invitation(&self, member: &Member) -> Result<(), Refused> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| Refused::Store(e.to_string()))?;
+        let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        self.store
+            .create_token(
+                TokenPurpose::Reset,
+                crate::session::hash_id(token.as_bytes()),
+                member.id,
+                member.epoch,
+                now() + 7 * 86_400,
+            )
+            .await
+            .map_err(store_error)?;
+        let link = format!(
+            "{}{}/reset?token={token}",
+            self.config.members.public_url,
+            crate::portal::PREFIX
+        );
+        self.mailer
+            .send(Message {
+                to: member.email.clone(),
+                subject: "You are invited".into(),
+                body: format!("Hello,\n\nyou have been invited to become a member. Choose your password here:\n\n{link}\n\nThe link works once and expires in 7 days.\n"),
+            })
+            .await;
+        Ok(())
+    }
+}
+
+fn canonical(address: &str) -> Result<String, Refused> {
+    email::canonical(address).map_err(|e| Refused::Invalid(format!("{address:?}: {e}")))
+}
+
+fn hash(password: &str) -> Result<String, Refused> {
+    password::acceptable(password).map_err(|e| Refused::Invalid(e.to_owned()))?;
+    password::hash(password).map_err(Refused::Store)
+}
+
+fn name(text: String) -> Result<String, Refused> {
+    clean_name(&text).map_err(|e| Refused::Invalid(e.to_owned()))
+}

@@ -1,0 +1,558 @@
+//! Administration end to end: the admin JSON API on the admin listener,
+//! membership metrics, SMTP delivery to a real SMTP server, teaser pages, glob
+//! rules and per-rule caching. The real gateway, a real SQLite file, real cookies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::browser::Browser;
+use support::smtp::SmtpSink;
+use support::{EchoOrigin, Gateway, Setup};
+
+const PASSWORD: &str = "correct horse battery";
+const KEY: &str = "test-admin-key-0123456789-abcdefghijklmnop";
+
+async fn start(extra: impl FnOnce(Setup) -> Setup) -> (Gateway, EchoOrigin) {
+    let origin = EchoOrigin::start().await;
+    let setup = Setup::new()
+        .route("/", &origin.url())
+        .rule("/members", "members", &[])
+        .rule("/vip", "groups", &["vip"])
+        .admin("api_key_file = \"admin.key\"")
+        .file("admin.key", &format!("{KEY}\n"));
+    (Gateway::start(extra(setup)).await, origin)
+}
+
+struct Api<'a> {
+    gw: &'a Gateway,
+    client: reqwest::Client,
+    key: &'a str,
+}
+
+impl<'a> Api<'a> {
+    fn new(gw: &'a Gateway) -> Api<'a> {
+        Api {
+            gw,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            key: KEY,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .client
+            .request(method, self.gw.admin_url(path))
+            .bearer_auth(self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
+        (status, value)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
+    let (gw, origin) = start(|s| s).await;
+    let api = Api::new(&gw);
+
+    let (status, grace) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": " Grace@Example.COM", "password": PASSWORD, "first_name": "Grace", "last_name": "Hopper"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{grace}");
+    assert_eq!(grace["email"], "grace@example.com");
+    assert_eq!(grace["status"], "active");
+    assert_eq!(grace["has_password"], true);
+    assert!(grace.get("password_hash").is_none());
+    // The same address in another spelling is the same member.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "GRACE@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/vip/").await.status, 403);
+
+    // Joining a group applies to the very next request (the cached session is dropped).
+    let (status, body) = api
+        .call("PUT", "/api/v1/members/grace@example.com/groups/vip", None)
+        .await;
+    assert_eq!((status, &body["groups"]), (200, &json!(["vip"])), "{body}");
+    let page = b.get("/vip/").await;
+    assert_eq!(page.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-groups"), Some("vip"));
+
+    let (status, report) = api
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/policy/check?url={}&member=grace%40example.com",
+                urlencode(&gw.https_url("/VIP/x/../index.html"))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["decision"], "allow");
+    assert_eq!(report["path"], "/VIP/index.html");
+    assert!(
+        report["rule"].as_str().unwrap().contains("rules[1]"),
+        "{report}"
+    );
+
+    // Leaving a group ends the member's sessions.
+    let (status, _) = api
+        .call(
+            "DELETE",
+            "/api/v1/members/grace%40example.com/groups/vip",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(b.get("/members/").await.status, 302);
+    let (status, body) = api
+        .call(
+            "DELETE",
+            "/api/v1/members/grace@example.com/groups/vip",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // Disabled: the session ends and logging in fails; enabled again: it works.
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 303);
+    let (status, body) = api
+        .call("POST", "/api/v1/members/grace@example.com/disable", None)
+        .await;
+    assert_eq!((status, &body["status"]), (200, &json!("disabled")));
+    assert_eq!(b.get("/members/").await.status, 302);
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 401);
+    let (status, _) = api
+        .call("POST", "/api/v1/members/grace@example.com/enable", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 303);
+
+    // Log out everywhere.
+    let mut other = Browser::new(&gw);
+    assert_eq!(other.login("grace@example.com", PASSWORD).await.status, 303);
+    let (status, body) = api
+        .call("DELETE", "/api/v1/members/grace@example.com/sessions", None)
+        .await;
+    assert_eq!(
+        (status, &body["sessions_ended"]),
+        (200, &json!(2)),
+        "{body}"
+    );
+    assert_eq!(b.get("/members/").await.status, 302);
+    assert_eq!(other.get("/members/").await.status, 302);
+
+    // A new password: the old one stops working.
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/api/v1/members/grace@example.com/password",
+            Some(json!({"password": "a brand new passphrase"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 401);
+    assert_eq!(
+        b.login("grace@example.com", "a brand new passphrase")
+            .await
+            .status,
+        303
+    );
+
+    // Invited members get a link to choose a password.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "linus@example.com", "invite": true, "groups": ["vip"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (201, &json!("pending")),
+        "{body}"
+    );
+    let link = Gateway::link_in(&gw.mail_to("linus@example.com").await);
+    assert!(link.starts_with("/_membergate/reset?token="), "{link}");
+
+    let (status, list) = api.call("GET", "/api/v1/members", None).await;
+    assert_eq!(status, 200);
+    let emails: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails.len(), 2, "{list}");
+    assert!(emails.contains(&"grace@example.com") && emails.contains(&"linus@example.com"));
+    let (status, groups) = api.call("GET", "/api/v1/groups", None).await;
+    assert_eq!(
+        (status, groups),
+        (200, json!({"groups": [{"name": "vip", "members": 1}]}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
+    let (gw, _origin) = start(|s| s).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // No key, a wrong key, a key in the wrong scheme: 401 with a challenge.
+    for auth in [
+        None,
+        Some("Bearer wrong-key"),
+        Some(&*format!("Basic {KEY}")),
+    ] {
+        let mut request = client.get(gw.admin_url("/api/v1/members"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        assert!(response.headers().contains_key("www-authenticate"));
+    }
+
+    let api = Api::new(&gw);
+    let member = |body: &str| {
+        let request = client
+            .post(gw.admin_url("/api/v1/members"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (
+                status,
+                body["error"]["message"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let cases: [(&str, u16, &str); 7] = [
+        ("{\"email\": ", 400, "not the expected JSON"),
+        (
+            "{\"email\": \"a@example.com\", \"pasword\": \"x\"}",
+            400,
+            "unknown field",
+        ),
+        (
+            "{\"email\": \"a@example.com\"}",
+            400,
+            "either a password or invite",
+        ),
+        (
+            "{\"email\": \"a@example.com\", \"password\": \"correct horse battery\", \"invite\": true}",
+            400,
+            "either a password or invite",
+        ),
+        (
+            "{\"email\": \"not-an-address\", \"password\": \"correct horse battery\"}",
+            400,
+            "not-an-address",
+        ),
+        (
+            "{\"email\": \"a@example.com\", \"password\": \"short\"}",
+            400,
+            "at least 10",
+        ),
+        (
+            "{\"email\": \"a@example.com\", \"password\": \"correct horse battery\", \"groups\": [\"no spaces\"]}",
+            400,
+            "not a group name",
+        ),
+    ];
+    for (body, status, message) in cases {
+        let (got, text) = member(body).await;
+        assert_eq!(got, status, "{body}: {text}");
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    let (status, text) = member(&format!("{{\"email\": \"{}\"}}", "x".repeat(70_000))).await;
+    assert_eq!(status, 413, "{text}");
+    // Nothing of the above created a member.
+    let (_, list) = api.call("GET", "/api/v1/members", None).await;
+    assert_eq!(list["members"], json!([]));
+
+    assert_eq!(api.call("GET", "/api/v1/nothing", None).await.0, 404);
+    assert_eq!(api.call("DELETE", "/api/v1/members", None).await.0, 405);
+    assert_eq!(
+        api.call("GET", "/api/v1/members/nobody@example.com", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        api.call("POST", "/api/v1/members/nobody@example.com/promote", None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(api.call("GET", "/api/v1/policy/check", None).await.0, 400);
+    assert_eq!(api.call("GET", "/api/v1/members/a%2fb", None).await.0, 400);
+
+    // The key never appears in the log.
+    assert!(!gw.log().contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_the_admin_api_is_off_and_short_keys_are_refused() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let response = reqwest::Client::new()
+        .get(gw.admin_url("/api/v1/members"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("MEMBERGATE_ADMIN_KEY")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.key"), "too-short").unwrap();
+    let config = dir.path().join("membergate.toml");
+    let setup = Setup::new()
+        .route("/", &origin.url())
+        .admin("api_key_file = \"admin.key\"");
+    std::fs::write(&config, setup.render(dir.path())).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_logins_registrations_and_session_cache_use() {
+    let (gw, _origin) = start(|s| s.members("require_verification = false")).await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(
+        b.register("ada@example.com", PASSWORD, "Ada", "L")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        b.login("ada@example.com", "wrong password!").await.status,
+        401
+    );
+    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 303);
+    for _ in 0..3 {
+        assert_eq!(b.get("/members/").await.status, 200);
+    }
+    let text = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("membergate_logins_total{result=\"ok\"}"), 1.0);
+    assert_eq!(value("membergate_logins_total{result=\"failed\"}"), 1.0);
+    assert_eq!(
+        value("membergate_registrations_total{result=\"created\"}"),
+        1.0
+    );
+    // The session was cached at login: every members page was a hit.
+    assert!(value("membergate_session_cache_hits_total") >= 3.0);
+    assert_eq!(value("membergate_session_cache_entries"), 1.0);
+
+    let ready = reqwest::get(gw.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_out_over_smtp_and_temporary_refusals_are_retried() {
+    // The SMTP server refuses the first recipient with a temporary error.
+    let sink = SmtpSink::start_refusing(1).await;
+    let (gw, _origin) = start(|s| {
+        s.members("require_verification = true\npublic_url = \"https://members.example.com\"")
+            .mail(&format!(
+                "from = \"Lighthouse Club <club@example.com>\"\nsmtp_url = \"{}\"",
+                sink.url()
+            ))
+    })
+    .await;
+    let mut b = Browser::new(&gw);
+    let page = b.register("zoe@example.com", PASSWORD, "Zoë", "Q").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let message = sink
+        .message_to("zoe@example.com", Duration::from_secs(20))
+        .await;
+    assert!(message.from.contains("club@example.com"), "{message:?}");
+    assert!(
+        message
+            .data
+            .contains("From: \"Lighthouse Club\" <club@example.com>")
+            || message
+                .data
+                .contains("From: Lighthouse Club <club@example.com>"),
+        "{}",
+        message.data
+    );
+    // Links start with the configured public URL, never the request's Host.
+    let unfolded = message.data.replace("=\n", "");
+    assert!(
+        unfolded.contains("https://members.example.com/_membergate/verify?token="),
+        "{}",
+        message.data
+    );
+    assert!(!gw.dir.path().join("data/outbox").exists());
+    gw.wait_for_log("retrying").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teaser_rules_show_anonymous_visitors_a_teaser_and_members_the_page() {
+    let teaser = "<h1>Premium</h1><p>{{ path }} is for members.</p>\
+                  <a href=\"{{ login_url }}\">Log in</a> <a href=\"{{ register_url }}\">Join</a>";
+    let (gw, origin) = start(|s| {
+        s.rule_with(
+            "/kb/premium-*.html",
+            "members",
+            "teaser = \"teasers/premium.html\"",
+        )
+        .file("teasers/premium.html", teaser)
+    })
+    .await;
+    let mut b = Browser::new(&gw);
+    let mut page = b.get("/kb/premium-tides.html?ref=<x>").await;
+    assert_eq!(page.status, 200);
+    // minijinja escapes `/` in HTML.
+    page.body = page.body.replace("&#x2f;", "/");
+    assert!(page.body.contains("<h1>Premium</h1>"), "{}", page.body);
+    assert!(
+        page.body.contains(
+            "href=\"/_membergate/login?return_to=%2Fkb%2Fpremium-tides.html%3Fref%3D%253Cx%253E\""
+        ),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("/_membergate/register?return_to="));
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert!(!page.body.contains("<x>"));
+    assert!(origin.requests().is_empty());
+    // API clients still get 401.
+    let json = b
+        .get_with("/kb/premium-tides.html", &[("accept", "application/json")])
+        .await;
+    assert_eq!(json.status, 401);
+    // A glob `*` stays within its segment: this path is public.
+    assert_eq!(b.get("/kb/premium-x/y.html").await.status, 200);
+    assert_eq!(origin.requests().len(), 1);
+
+    let mut m = Browser::new(&gw);
+    let api = Api::new(&gw);
+    api.call(
+        "POST",
+        "/api/v1/members",
+        Some(json!({"email": "ann@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(m.login("ann@example.com", PASSWORD).await.status, 303);
+    let page = m.get("/KB/Premium-Tides.html").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        origin.requests().pop().unwrap().header("x-member-email"),
+        Some("ann@example.com")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_can_keep_the_origins_caching_headers() {
+    let (gw, _origin) = start(|s| s.rule_with("/docs", "members", "private = false")).await;
+    Api::new(&gw)
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "ann@example.com", "password": PASSWORD})),
+        )
+        .await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("ann@example.com", PASSWORD).await.status, 303);
+    let kept = b.get("/docs/cacheable").await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.headers["cache-control"], "public, max-age=60");
+    assert!(!kept.headers.contains_key("x-robots-tag"));
+    let private = b.get("/members/cacheable").await;
+    assert_eq!(private.headers["cache-control"], "private, no-store");
+    assert_eq!(private.headers["x-robots-tag"], "noindex");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_explains_bad_rules_and_mail_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new()
+        .route("/", "http://127.0.0.1:9")
+        .rule_with("/kb/[premium", "members", "")
+        .rule_with("/kb/*/x", "members", "teaser = \"missing.html\"")
+        .rule_with("/open", "public", "teaser = \"missing.html\"")
+        .rule_with("/a/../*.html", "members", "")
+        .mail("smtp_url = \"http://mail.example.com\"\noutbox_dir = \"x\"\nfrom = \"nobody\"");
+    let config = dir.path().join("membergate.toml");
+    std::fs::write(&config, setup.render(dir.path())).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .arg("check-config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "sites[0].rules[0].path: not a valid glob",
+        "sites[0].rules[1].teaser: cannot read missing.html",
+        "sites[0].rules[2].teaser: a teaser replaces the login redirect",
+        "sites[0].rules[3].path: expected a path like",
+        "mail: set either smtp_url or outbox_dir, not both",
+        "mail.from: expected an address",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    serde_urlencoded::to_string([("v", text)]).unwrap()[2..].to_owned()
+}
