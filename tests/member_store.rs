@@ -1,0 +1,400 @@
+//! The member-store conformance suite: what every [`MemberStore`] must do,
+//! written once and run against each implementation (today the embedded
+//! SQLite store on a real file; a shared store adds one `conformance!` line).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use membergate::members::sqlite::SqliteStore;
+use membergate::members::{
+    MemberStore, NewMember, SessionRecord, Status, StoreError, TokenPurpose,
+};
+
+type Store = Arc<dyn MemberStore>;
+
+fn new_member(email: &str) -> NewMember {
+    NewMember {
+        email: email.to_owned(),
+        first_name: "Ada".into(),
+        last_name: "Lovelace".into(),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        status: Status::Active,
+    }
+}
+
+fn session(byte: u8, member_id: i64, epoch: i64, expires_at: i64) -> SessionRecord {
+    SessionRecord {
+        id_hash: [byte; 32],
+        member_id,
+        epoch,
+        created_at: 1_000,
+        expires_at,
+        last_seen_at: 1_000,
+    }
+}
+
+async fn members_are_unique_and_found_by_email_and_id(store: Store) {
+    store.ping().await.unwrap();
+    let ada = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(ada.email, "ada@example.com");
+    assert_eq!((ada.status, ada.created_at), (Status::Active, 1_000));
+    assert!(ada.groups.is_empty() && ada.last_login_at.is_none());
+    assert!(matches!(
+        store
+            .create_member(new_member("ada@example.com"), 1_001)
+            .await,
+        Err(StoreError::Duplicate)
+    ));
+    let by_email = store
+        .member_by_email("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    let by_id = store.member_by_id(ada.id).await.unwrap().unwrap();
+    assert_eq!(by_email, ada);
+    assert_eq!(by_id, ada);
+    assert!(
+        store
+            .member_by_email("eve@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.member_by_id(ada.id + 1000).await.unwrap().is_none());
+    store
+        .create_member(new_member("bob@example.com"), 1_002)
+        .await
+        .unwrap();
+    let all: Vec<String> = store
+        .list_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.email)
+        .collect();
+    assert_eq!(all.len(), 2);
+    assert!(all.contains(&"bob@example.com".to_owned()));
+}
+
+async fn concurrent_registrations_of_one_email_make_one_member(store: Store) {
+    let attempts = (0..16).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_member(new_member("race@example.com"), 1_000 + i)
+                .await
+        })
+    });
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(StoreError::Duplicate) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(store.list_members().await.unwrap().len(), 1);
+}
+
+async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let epoch = |store: Store| async move {
+        store
+            .member_by_email("ada@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch
+    };
+    let start = epoch(store.clone()).await;
+    store.rehash_password(m.id, "$argon2id$new").await.unwrap();
+    store.set_name(m.id, "Ada", "King", 1_001).await.unwrap();
+    store.record_login(m.id, 1_002).await.unwrap();
+    store.add_to_group(m.id, "vip", 1_003).await.unwrap();
+    store.set_status(m.id, Status::Active, 1_004).await.unwrap();
+    assert_eq!(epoch(store.clone()).await, start, "no credential changed");
+    let now = store.member_by_id(m.id).await.unwrap().unwrap();
+    assert_eq!(now.password_hash.as_deref(), Some("$argon2id$new"));
+    assert_eq!(
+        (now.last_name.as_str(), now.last_login_at),
+        ("King", Some(1_002))
+    );
+
+    store
+        .set_password(m.id, "$argon2id$other", 1_005)
+        .await
+        .unwrap();
+    let after_password = epoch(store.clone()).await;
+    assert!(after_password > start);
+    store
+        .set_status(m.id, Status::Disabled, 1_006)
+        .await
+        .unwrap();
+    let after_disable = epoch(store.clone()).await;
+    assert!(after_disable > after_password);
+    store.remove_from_group(m.id, "vip", 1_007).await.unwrap();
+    assert!(epoch(store.clone()).await > after_disable);
+}
+
+async fn groups_are_data_with_counts(store: Store) {
+    let a = store
+        .create_member(new_member("a@example.com"), 1)
+        .await
+        .unwrap();
+    let b = store
+        .create_member(new_member("b@example.com"), 1)
+        .await
+        .unwrap();
+    store.add_to_group(a.id, "vip", 2).await.unwrap();
+    store.add_to_group(a.id, "vip", 3).await.unwrap();
+    store.add_to_group(a.id, "staff", 3).await.unwrap();
+    store.add_to_group(b.id, "vip", 4).await.unwrap();
+    let mut groups = store.member_by_id(a.id).await.unwrap().unwrap().groups;
+    groups.sort();
+    assert_eq!(groups, ["staff", "vip"]);
+    let mut listed = store.list_groups().await.unwrap();
+    listed.sort();
+    assert_eq!(listed, [("staff".into(), 1), ("vip".into(), 2)]);
+    assert!(matches!(
+        store.add_to_group(a.id + 1000, "vip", 5).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.remove_from_group(b.id, "staff", 5).await,
+        Err(StoreError::NotFound)
+    ));
+    store.remove_from_group(b.id, "vip", 6).await.unwrap();
+    assert!(
+        store
+            .member_by_id(b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+}
+
+async fn sessions_are_stored_touched_and_ended(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let other = store
+        .create_member(new_member("bob@example.com"), 1_000)
+        .await
+        .unwrap();
+    store
+        .create_session(session(1, m.id, m.epoch, 5_000))
+        .await
+        .unwrap();
+    store
+        .create_session(session(2, m.id, m.epoch, 2_000))
+        .await
+        .unwrap();
+    store
+        .create_session(session(3, other.id, other.epoch, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session([1; 32]).await.unwrap(),
+        Some(session(1, m.id, m.epoch, 5_000))
+    );
+    assert!(store.session([9; 32]).await.unwrap().is_none());
+    store.touch_session([1; 32], 1_500).await.unwrap();
+    assert_eq!(
+        store.session([1; 32]).await.unwrap().unwrap().last_seen_at,
+        1_500
+    );
+    // Expired sessions are swept; others stay.
+    assert_eq!(store.delete_expired(3_000).await.unwrap(), 1);
+    assert!(store.session([2; 32]).await.unwrap().is_none());
+    store.delete_session([1; 32]).await.unwrap();
+    assert!(store.session([1; 32]).await.unwrap().is_none());
+    store
+        .create_session(session(4, m.id, m.epoch, 5_000))
+        .await
+        .unwrap();
+    store
+        .create_session(session(5, m.id, m.epoch, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_member_sessions(m.id, 3_001).await.unwrap(), 2);
+    assert!(store.session([4; 32]).await.unwrap().is_none());
+    assert!(store.session([3; 32]).await.unwrap().is_some());
+}
+
+async fn tokens_work_once_for_their_purpose_epoch_and_lifetime(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let create = |hash: u8, purpose, expires_at| {
+        let store = store.clone();
+        async move {
+            store
+                .create_token(purpose, [hash; 32], m.id, m.epoch, expires_at)
+                .await
+                .unwrap()
+        }
+    };
+    create(1, TokenPurpose::Reset, 5_000).await;
+    // The wrong purpose does not find it (and does not spend it).
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Verify, [1; 32], 1_100)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Reset, [1; 32], 1_100)
+            .await
+            .unwrap(),
+        Some(m.id)
+    );
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Reset, [1; 32], 1_101)
+            .await
+            .unwrap(),
+        None,
+        "a token works once"
+    );
+    create(2, TokenPurpose::Verify, 1_200).await;
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Verify, [2; 32], 1_200)
+            .await
+            .unwrap(),
+        None,
+        "expired"
+    );
+    create(3, TokenPurpose::Reset, 5_000).await;
+    store
+        .set_password(m.id, "$argon2id$x", 1_300)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Reset, [3; 32], 1_301)
+            .await
+            .unwrap(),
+        None,
+        "issued before the password changed"
+    );
+}
+
+async fn every_member_change_is_in_the_change_log(store: Store) {
+    let (_, start) = store.changes_since(0).await.unwrap();
+    let a = store
+        .create_member(new_member("a@example.com"), 1)
+        .await
+        .unwrap();
+    let b = store
+        .create_member(new_member("b@example.com"), 1)
+        .await
+        .unwrap();
+    let (_, after_create) = store.changes_since(start).await.unwrap();
+    store.add_to_group(a.id, "vip", 2).await.unwrap();
+    store.set_status(b.id, Status::Disabled, 3).await.unwrap();
+    let (changed, newest) = store.changes_since(after_create).await.unwrap();
+    assert!(newest > after_create);
+    assert!(
+        changed.contains(&a.id) && changed.contains(&b.id),
+        "{changed:?}"
+    );
+    let (nothing, same) = store.changes_since(newest).await.unwrap();
+    assert!(nothing.is_empty());
+    assert_eq!(same, newest);
+    store.delete_member_sessions(a.id, 4).await.unwrap();
+    let (changed, _) = store.changes_since(newest).await.unwrap();
+    assert_eq!(changed, [a.id]);
+}
+
+/// Runs each check against a fresh store made by `$open` (an async block).
+macro_rules! conformance {
+    ($module:ident, $open:expr) => {
+        mod $module {
+            use super::*;
+
+            async fn run<F: Future<Output = ()>>(check: impl FnOnce(Store) -> F) {
+                let dir = tempfile::tempdir().unwrap();
+                let store: Store = $open(dir.path().to_owned()).await;
+                check(store).await;
+            }
+
+            #[tokio::test]
+            async fn members_are_unique_and_found_by_email_and_id() {
+                run(super::members_are_unique_and_found_by_email_and_id).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_registrations_of_one_email_make_one_member() {
+                run(super::concurrent_registrations_of_one_email_make_one_member).await
+            }
+            #[tokio::test]
+            async fn credential_changes_bump_the_epoch_and_others_do_not() {
+                run(super::credential_changes_bump_the_epoch_and_others_do_not).await
+            }
+            #[tokio::test]
+            async fn groups_are_data_with_counts() {
+                run(super::groups_are_data_with_counts).await
+            }
+            #[tokio::test]
+            async fn sessions_are_stored_touched_and_ended() {
+                run(super::sessions_are_stored_touched_and_ended).await
+            }
+            #[tokio::test]
+            async fn tokens_work_once_for_their_purpose_epoch_and_lifetime() {
+                run(super::tokens_work_once_for_their_purpose_epoch_and_lifetime).await
+            }
+            #[tokio::test]
+            async fn every_member_change_is_in_the_change_log() {
+                run(super::every_member_change_is_in_the_change_log).await
+            }
+        }
+    };
+}
+
+conformance!(sqlite, |dir: std::path::PathBuf| async move {
+    Arc::new(SqliteStore::open(&dir.join("members.db")).await.unwrap()) as Store
+});
+
+/// Specific to a file-backed store: everything survives closing and reopening.
+#[tokio::test]
+async fn sqlite_keeps_everything_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/members.db");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        let m = store
+            .create_member(new_member("ada@example.com"), 1)
+            .await
+            .unwrap();
+        store.add_to_group(m.id, "vip", 2).await.unwrap();
+        store
+            .create_session(session(7, m.id, m.epoch, 9_999))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let m = store
+        .member_by_email("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.groups, ["vip"]);
+    assert_eq!(
+        store.session([7; 32]).await.unwrap().unwrap().member_id,
+        m.id
+    );
+}
