@@ -527,6 +527,36 @@ async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_never_receive_the_gateway_cookies() {
+    let (gw, origin) = start(|s| s).await;
+    let mut ada = member(&gw, "ada@example.com", "Ada").await;
+    let session = ada.session_cookie().unwrap();
+    ada.cookies.insert("theme".into(), "dark".into());
+    assert_eq!(ada.get("/members/").await.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.all("cookie"), ["theme=dark"]);
+    assert!(!format!("{seen:?}").contains(&session));
+
+    // HTTP/2 clients send one field per cookie (as browsers do): the origin
+    // gets them joined into one header, still without ours.
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let response = client
+        .get(gw.https_url("/members/"))
+        .header("cookie", "a=1")
+        .header("cookie", format!("__Host-membergate={session}"))
+        .header("cookie", "__Host-membergate-csrf=x")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.all("cookie"), ["a=1; b=2"]);
+    assert_eq!(seen.header("x-member-email"), Some("ada@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_replaces_any_earlier_session_id() {
     let (gw, _origin) = start(|s| s).await;
     let mut b = member(&gw, "jo@example.com", "Jo").await;

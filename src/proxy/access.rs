@@ -93,6 +93,51 @@ pub fn set_identity(headers: &mut HeaderMap, runtime: &Runtime, visitor: &Visito
     set(&names.groups, &visitor.groups.join(","));
 }
 
+/// Removes the gateway's own cookies (the session and its CSRF companion)
+/// from the request going to an origin, which must never be able to read or
+/// replay a member's session, and joins the `Cookie` fields an HTTP/2 client
+/// sends one per cookie into the single header HTTP/1.1 expects (RFC 9113,
+/// 8.2.3). A lone header without our cookies is left as it is.
+pub fn withhold_gateway_cookies(headers: &mut HeaderMap, session_cookie: &str) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), second) = (values.next(), values.next()) else {
+        return;
+    };
+    if second.is_none() && !memchr_name(first.as_bytes(), session_cookie.as_bytes()) {
+        return;
+    }
+    let mut kept = String::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let pair = pair.trim();
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+            let ours = name == session_cookie
+                || name
+                    .strip_prefix(session_cookie)
+                    .is_some_and(|rest| rest == "-csrf");
+            if pair.is_empty() || ours {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&kept)
+        && !kept.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Whether `name` occurs in `haystack` (a cheap pre-check before parsing).
+fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
+    !name.is_empty() && haystack.windows(name.len()).any(|w| w == name)
+}
+
 /// Plain printable ASCII as is; anything else as an RFC 8187 ext-value.
 pub fn header_text(value: &str) -> String {
     if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && !value.starts_with("UTF-8''") {
@@ -242,7 +287,36 @@ fn forbidden(json: bool) -> Response<GatewayBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::header_text;
+    use super::{header_text, withhold_gateway_cookies};
+
+    #[test]
+    fn origins_never_see_the_gateway_cookies() {
+        let cases: [(&[&str], Option<&str>); 6] = [
+            (&["theme=dark"], Some("theme=dark")),
+            (&["mg=abc; theme=dark"], Some("theme=dark")),
+            (&["mg-csrf=t; mg=abc"], None),
+            (&["a=1", "mg=abc", "b=2"], Some("a=1; b=2")),
+            (&["a=1", "b=2"], Some("a=1; b=2")),
+            (
+                &["mgx=1; xmg=2; mg-csrfx=3"],
+                Some("mgx=1; xmg=2; mg-csrfx=3"),
+            ),
+        ];
+        for (sent, expected) in cases {
+            let mut headers = http::HeaderMap::new();
+            for value in sent {
+                headers.append("cookie", value.parse().unwrap());
+            }
+            withhold_gateway_cookies(&mut headers, "mg");
+            let all: Vec<_> = headers.get_all("cookie").iter().collect();
+            assert!(all.len() <= 1, "{sent:?}");
+            assert_eq!(
+                all.first().map(|v| v.to_str().unwrap()),
+                expected,
+                "{sent:?}"
+            );
+        }
+    }
 
     #[test]
     fn header_text_never_breaks_a_header() {

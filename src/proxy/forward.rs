@@ -120,6 +120,7 @@ async fn proxy_http(
         }
     };
     parts.headers.insert(header::HOST, host);
+    access::withhold_gateway_cookies(&mut parts.headers, &runtime.config.members.cookie_name);
     if let Some(visitor) = visitor {
         access::set_identity(&mut parts.headers, runtime, visitor);
     }
