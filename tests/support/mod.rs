@@ -10,6 +10,7 @@
 pub mod browser;
 pub mod origins;
 pub mod smtp;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

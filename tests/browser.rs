@@ -1,0 +1,163 @@
+//! A real browser end to end: headless Chromium, driven over WebDriver,
+//! registers, verifies by the emailed link, logs in through the forms and
+//! reads a members-only page. Unlike `support::browser`, nothing here sets
+//! `Origin`, cookies or CSRF fields by hand: Chromium does, as it would for a
+//! visitor, so this catches what only a real browser does differently.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian: `apt-get
+//! install chromium chromium-driver`); fails, rather than skips, without them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::webdriver::WebDriver;
+use support::{EchoOrigin, Gateway, Setup};
+
+const PASSWORD: &str = "correct horse battery";
+const COOKIE: &str = "__Host-membergate";
+
+/// The JSON the echo origin answered, as the page shows it. Chromium wraps a
+/// JSON response in its own viewer page; the raw text is in the first `<pre>`.
+async fn echoed(wd: &WebDriver) -> Value {
+    let text = wd
+        .execute(
+            "const pre = document.querySelector('pre'); \
+             return pre ? pre.textContent : document.body.innerText;",
+            json!([]),
+        )
+        .await;
+    let text = text.as_str().unwrap_or_default();
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("the page is not the echo ({e}): {text}"))
+}
+
+/// The value of header `name` in the echo's `headers` (a list of pairs).
+fn echoed_header<'a>(echo: &'a Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no headers in {echo}"))
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|k| k.eq_ignore_ascii_case(name))
+        })
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_registers_verifies_logs_in_and_reads_a_members_page() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).rule(
+        "/members",
+        "members",
+        &[],
+    ))
+    .await;
+    let wd = WebDriver::start().await;
+    let base = gw.https_url("");
+    let email = "ada.browser@example.com";
+
+    // Anonymous: the members page sends the browser to the login page.
+    wd.goto(&gw.https_url("/members/")).await;
+    let url = wd
+        .wait_for_url("the login page", |u| u.contains("/_membergate/login"))
+        .await;
+    assert_eq!(
+        url,
+        format!("{base}/_membergate/login?return_to=%2Fmembers%2F")
+    );
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|r| !r.target.starts_with("/members")),
+        "the origin saw an anonymous members request"
+    );
+
+    // Follow the page's own link to registration; return_to comes along.
+    let register = wd.find("a[href^='/_membergate/register']").await;
+    wd.click(&register).await;
+    let url = wd
+        .wait_for_url("the registration page", |u| {
+            u.contains("/_membergate/register")
+        })
+        .await;
+    // The link's `urlencode` leaves `/` as is; either spelling means /members/.
+    assert_eq!(
+        url.replace("%2F", "/"),
+        format!("{base}/_membergate/register?return_to=/members/")
+    );
+    wd.fill("#first_name", "Ada").await;
+    wd.fill("#last_name", "Lovelace").await;
+    wd.fill("#email", "Ada.Browser@Example.com").await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd.find("form button[type=submit]").await;
+    wd.click(&submit).await;
+    // The browser's own Origin and the form's CSRF field got the POST through.
+    wd.wait_for_text("Check your email").await;
+
+    // The verification link from the outbox, opened in the browser.
+    let mail = gw.mail_to(email).await;
+    let link = Gateway::link_in(&mail);
+    assert!(link.starts_with("/_membergate/verify?token="), "{link}");
+    wd.goto(&gw.https_url(&link)).await;
+    let url = wd
+        .wait_for_url("the verified notice", |u| u.contains("notice=verified"))
+        .await;
+    assert_eq!(url, format!("{base}/_membergate/login?notice=verified"));
+    wd.wait_for_text("Your email address is verified").await;
+
+    // Back to the members page, and log in through the form it leads to.
+    wd.goto(&gw.https_url("/members/")).await;
+    wd.wait_for_url("the login page", |u| {
+        u.ends_with("/_membergate/login?return_to=%2Fmembers%2F")
+    })
+    .await;
+    wd.fill("#email", email).await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd.find("form button[type=submit]").await;
+    wd.click(&submit).await;
+    let url = wd
+        .wait_for_url("the members page", |u| u.ends_with("/members/"))
+        .await;
+    assert_eq!(url, format!("{base}/members/"));
+
+    // The page is what the origin served, with the member's identity.
+    let echo = echoed(&wd).await;
+    assert_eq!(echo["target"], "/members/", "{echo}");
+    assert_eq!(echoed_header(&echo, "x-member-email"), [email], "{echo}");
+    assert_eq!(
+        echoed_header(&echo, "x-member-name"),
+        ["Ada Lovelace"],
+        "{echo}"
+    );
+    let seen = origin
+        .requests()
+        .into_iter()
+        .rfind(|r| r.target == "/members/")
+        .expect("the origin never saw /members/");
+    assert_eq!(seen.header("x-member-email"), Some(email));
+    // The origin never gets the gateway's cookies (Chromium sends one field per cookie over HTTP/2).
+    assert!(
+        seen.all("cookie").iter().all(|c| !c.contains(COOKIE)),
+        "the origin saw the session cookie: {:?}",
+        seen.all("cookie")
+    );
+
+    // The browser holds the session cookie, but scripts cannot read it.
+    let cookies = wd.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == COOKIE)
+        .unwrap_or_else(|| panic!("no {COOKIE} cookie in the browser: {cookies:?}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    let script_cookies = wd.execute("return document.cookie", json!([])).await;
+    let script_cookies = script_cookies.as_str().unwrap();
+    assert!(
+        !script_cookies.contains(COOKIE),
+        "document.cookie exposes the session: {script_cookies:?}"
+    );
+}
