@@ -64,7 +64,8 @@ pub struct Created {
 pub struct Sessions {
     store: Arc<dyn MemberStore>,
     cache: moka::sync::Cache<[u8; 32], Arc<Visitor>>,
-    key: [u8; 32],
+    /// HMAC keyed once: cloning it skips the two key-pad compressions per cookie.
+    tag_mac: HmacSha256,
     pub cookie_name: String,
     pub cookie_secure: bool,
     lifetime: Duration,
@@ -96,7 +97,7 @@ impl Sessions {
         Sessions {
             store,
             cache,
-            key,
+            tag_mac: HmacSha256::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac()),
             cookie_name: config.cookie_name.clone(),
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
@@ -309,7 +310,7 @@ impl Sessions {
     }
 
     fn tag(&self, id: &[u8; 32]) -> [u8; 16] {
-        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac());
+        let mut mac = self.tag_mac.clone();
         mac.update(id);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; 16];
@@ -325,7 +326,7 @@ impl Sessions {
         let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
         let (id, tag) = raw.split_at(32);
         let id: [u8; 32] = id.try_into().ok()?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
+        let mut mac = self.tag_mac.clone();
         mac.update(&id);
         mac.verify_truncated_left(tag).ok()?;
         Some(id)
