@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::identity::Identifier;
+use crate::identity::token::{Key, Keys};
 use crate::portal::Membership;
 use crate::routing::Router;
 use crate::server::tls;
@@ -24,6 +26,8 @@ pub struct Runtime {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// SHA-256 of the admin API key; `None` turns the API off.
     pub admin_api_key: Option<[u8; 32]>,
+    /// Identification token keys from the configuration (`None`: the default key).
+    pub identity_keys: Option<Keys>,
 }
 
 impl Runtime {
@@ -37,12 +41,24 @@ impl Runtime {
         let router = Router::build(&config)?;
         let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix)?;
         let admin_api_key = crate::admin::api::load_key(config.admin.api_key_file.as_deref())?;
+        let identity_keys = if config.identification.keys.is_empty() {
+            None
+        } else {
+            let keys = config
+                .identification
+                .keys
+                .iter()
+                .map(|(id, secret)| Key::new(id, secret))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Keys::new(keys)?)
+        };
         Ok(Runtime {
             config,
             router,
             identity_headers,
             tls,
             admin_api_key,
+            identity_keys,
         })
     }
 }
@@ -74,22 +90,33 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
     pub membership: Arc<Membership>,
+    pub identifier: Identifier,
     config_path: PathBuf,
     /// The port the HTTPS listener actually bound (differs from the file for port 0).
     https_port: AtomicU16,
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime, config_path: &Path, membership: Membership) -> Gateway {
+    pub fn new(
+        runtime: Runtime,
+        config_path: &Path,
+        membership: Membership,
+    ) -> Result<Gateway, String> {
         let mut metrics = Metrics::new();
         metrics.register_membership(&membership);
-        Gateway {
+        let identifier = Identifier::new(
+            &membership.identity_secret,
+            runtime.config.members.session_cache_capacity,
+        )?;
+        metrics.register_identification(&identifier);
+        Ok(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
+            identifier,
             membership: Arc::new(membership),
             config_path: config_path.to_owned(),
             https_port: AtomicU16::new(0),
-        }
+        })
     }
 
     pub fn set_https_port(&self, port: u16) {

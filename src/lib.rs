@@ -24,6 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod hygiene;
+pub mod identity;
+pub mod inject;
 pub mod mail;
 pub mod members;
 pub mod policy;

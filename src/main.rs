@@ -12,6 +12,11 @@ use membergate::gateway::{Gateway, Runtime};
 use membergate::portal::Membership;
 use membergate::server::{self, Listeners};
 
+/// mimalloc instead of glibc's malloc: proxying allocates and frees many
+/// short-lived buffers across threads (see docs/decisions/0011-allocator.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve(&config.config),
@@ -51,9 +56,15 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     let _log_guard = membergate::telemetry::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, with no work-stealing machinery
+    // between the tasks of a connection and its upstream.
+    let mut runtime = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    if config.server.workers > 0 {
+    if config.server.workers > 1 {
         runtime.worker_threads(config.server.workers);
     }
     let runtime = match runtime.build() {
@@ -66,7 +77,7 @@ fn serve(path: &Path) -> ExitCode {
     let result = runtime.block_on(async {
         let membership = Membership::open(&config).await?;
         let built = Runtime::build(config, true)?;
-        let gateway = Arc::new(Gateway::new(built, path, membership));
+        let gateway = Arc::new(Gateway::new(built, path, membership)?);
         let listeners = Listeners::bind(&gateway).await?;
         if let Some(addr) = listeners.https.as_ref().and_then(|l| l.local_addr().ok()) {
             gateway.set_https_port(addr.port());

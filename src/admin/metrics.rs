@@ -170,6 +170,15 @@ impl Metrics {
         );
     }
 
+    /// Exports identification token outcomes (cached, minted, failed, timeout).
+    pub fn register_identification(&mut self, identifier: &crate::identity::Identifier) {
+        self.registry.register(
+            "identification_tokens",
+            "Identification tokens for page views by result (cached, minted, failed, timeout)",
+            identifier.outcomes(),
+        );
+    }
+
     pub fn set_session_cache_entries(&self, entries: u64) {
         self.session_cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));

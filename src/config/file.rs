@@ -24,6 +24,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub mail: MailSection,
     #[serde(default)]
+    pub identification: IdentificationSection,
+    #[serde(default)]
     pub sites: Vec<SiteSection>,
 }
 
@@ -45,6 +47,49 @@ pub struct MembersSection {
     pub identity_headers: Option<bool>,
     pub max_attempts_per_ip: Option<u32>,
     pub max_attempts_per_account: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentificationSection {
+    pub token_lifetime: Option<String>,
+    pub mint_timeout: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    pub id: Option<String>,
+    pub secret_file: Option<String>,
+    pub secret_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSection {
+    pub provider: Option<String>,
+    pub portal_id: Option<String>,
+    pub api_base: Option<String>,
+    pub access_token_env: Option<String>,
+    pub widget_url: Option<String>,
+    pub show: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub load_immediately: Option<bool>,
+    pub inline_embed_selector: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<ChatRuleSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRuleSection {
+    pub path: Option<String>,
+    pub show: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +180,7 @@ pub struct SiteSection {
     pub default_policy: Option<String>,
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    pub chat: Option<ChatSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

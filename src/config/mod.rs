@@ -37,7 +37,63 @@ pub struct Config {
     pub tls: Tls,
     pub members: Members,
     pub mail: Mail,
+    pub identification: Identification,
     pub sites: Vec<Site>,
+}
+
+/// Visitor identification tokens minted by the gateway itself.
+#[derive(Debug, Clone)]
+pub struct Identification {
+    /// Lifetime of self-minted tokens (HubSpot's are fixed at 12 hours).
+    pub token_lifetime: Duration,
+    /// How long a page waits for a token before it is served without one.
+    pub mint_timeout: Duration,
+    /// Signing and verification keys, the first signs. Empty: one key derived
+    /// from the gateway secret.
+    pub keys: Vec<(String, Vec<u8>)>,
+}
+
+/// The chat widget of a site: who gets it, identified or not.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    pub provider: ChatProvider,
+    /// Who sees the widget where no rule matches.
+    pub default: ChatShow,
+    pub rules: Vec<ChatRule>,
+    pub load_immediately: Option<bool>,
+    pub inline_embed_selector: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChatProvider {
+    /// HubSpot: tokens from its Visitor Identification API, its loader script.
+    HubSpot {
+        portal_id: String,
+        /// Scheme and authority, e.g. `https://api.hubapi.com`.
+        api_base: http::Uri,
+        access_token: String,
+    },
+    /// Tokens minted by membergate; the widget script from `widget_url`.
+    Builtin { widget_url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRule {
+    pub path: String,
+    pub pattern: crate::policy::PathPattern,
+    pub show: ChatShow,
+}
+
+/// Who a chat rule shows the widget to. Members are always identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatShow {
+    Never,
+    /// Everyone; anonymous visitors get the widget without identification.
+    Everyone,
+    /// Logged-in members only.
+    Members,
+    /// Members of any of these groups only.
+    Groups(Vec<String>),
 }
 
 /// Outgoing mail (verification, reset and invitation links).
@@ -168,6 +224,7 @@ pub struct Site {
     pub hosts: Vec<HostPattern>,
     pub routes: Vec<Route>,
     pub rules: crate::policy::Rules,
+    pub chat: Option<Chat>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,12 +8,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::file::{
-    CertificateSection, ConfigFile, MailSection, MembersSection, RouteSection, RuleSection,
-    SiteSection,
+    CertificateSection, ChatSection, ConfigFile, IdentificationSection, MailSection,
+    MembersSection, RouteSection, RuleSection, SiteSection,
 };
 use super::{
-    Admin, Certificate, Config, HttpMode, Limits, Log, LogFormat, Mail, MailTransport, Members,
-    Registration, Route, Server, Site, Tls, Upstream,
+    Admin, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode, Identification,
+    Limits, Log, LogFormat, Mail, MailTransport, Members, Registration, Route, Server, Site, Tls,
+    Upstream,
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
 
@@ -304,6 +305,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
 
     let members = members(&mut p, &file.members, &server);
     let mail = mail(&mut p, &file.mail);
+    let identification = identification(&mut p, &file.identification);
 
     let mut sites = Vec::with_capacity(file.sites.len());
     for (i, section) in file.sites.iter().enumerate() {
@@ -330,6 +332,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             tls,
             members,
             mail,
+            identification,
             sites,
         })
     } else {
@@ -398,11 +401,13 @@ fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
             rules.push(rule);
         }
     }
+    let chat = s.chat.as_ref().map(|c| chat(p, &format!("{key}.chat"), c));
     Site {
         name,
         hosts,
         routes,
         rules: Rules { rules, default },
+        chat,
     }
 }
 
@@ -781,6 +786,208 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         identity_headers: m.identity_headers.unwrap_or(true),
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
         max_attempts_per_account: m.max_attempts_per_account.unwrap_or(10).max(1),
+    }
+}
+
+fn identification(p: &mut Problems, s: &IdentificationSection) -> Identification {
+    let token_lifetime = p.duration(
+        "identification.token_lifetime",
+        s.token_lifetime.as_deref(),
+        Duration::from_secs(12 * 3600),
+    );
+    if token_lifetime < Duration::from_secs(60) {
+        p.add("identification.token_lifetime", "expected at least 1m");
+    }
+    let mint_timeout = p.duration(
+        "identification.mint_timeout",
+        s.mint_timeout.as_deref(),
+        Duration::from_millis(1500),
+    );
+    let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, k) in s.keys.iter().enumerate() {
+        let key = format!("identification.keys[{i}]");
+        let Some(id) = k.id.clone() else {
+            p.add(&format!("{key}.id"), "is required");
+            continue;
+        };
+        let secret = match (&k.secret_file, &k.secret_env) {
+            (Some(file), None) => std::fs::read_to_string(file)
+                .map(|s| s.trim().as_bytes().to_vec())
+                .map_err(|e| format!("cannot read {file}: {e}")),
+            (None, Some(var)) => std::env::var(var)
+                .map(|s| s.trim().as_bytes().to_vec())
+                .map_err(|_| format!("the environment variable {var} is not set")),
+            _ => Err("set exactly one of secret_file and secret_env".to_owned()),
+        };
+        match secret.and_then(|secret| {
+            crate::identity::token::Key::new(&id, &secret)
+                .map(|_| secret)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(_) if keys.iter().any(|(other, _)| *other == id) => {
+                p.add(
+                    &format!("{key}.id"),
+                    format!("{id:?} is used by an earlier key"),
+                );
+            }
+            Ok(secret) => keys.push((id, secret)),
+            Err(message) => p.add(&key, message),
+        }
+    }
+    Identification {
+        token_lifetime,
+        mint_timeout,
+        keys,
+    }
+}
+
+fn chat_show(p: &mut Problems, key: &str, show: Option<&str>, groups: &[String]) -> ChatShow {
+    for (i, group) in groups.iter().enumerate() {
+        if !valid_group_name(group) {
+            p.add(
+                &format!("{key}.groups[{i}]"),
+                format!("expected letters, digits, - or _; got {group:?}"),
+            );
+        }
+    }
+    let text = show.unwrap_or("everyone");
+    let decided = match text {
+        "everyone" => ChatShow::Everyone,
+        "members" => ChatShow::Members,
+        "never" => ChatShow::Never,
+        "groups" if groups.is_empty() => {
+            p.add(
+                &format!("{key}.groups"),
+                "show = \"groups\" needs a non-empty groups list",
+            );
+            ChatShow::Never
+        }
+        "groups" => ChatShow::Groups(groups.to_vec()),
+        other => {
+            p.add(
+                &format!("{key}.show"),
+                format!("expected one of everyone, members, groups, never; got {other:?}"),
+            );
+            ChatShow::Never
+        }
+    };
+    if !groups.is_empty() && text != "groups" {
+        p.add(
+            &format!("{key}.groups"),
+            format!("groups apply only to show = \"groups\"; this is {text:?}"),
+        );
+    }
+    decided
+}
+
+fn chat(p: &mut Problems, key: &str, c: &ChatSection) -> Chat {
+    let provider = match c.provider.as_deref() {
+        Some("hubspot") => {
+            let portal_id = c.portal_id.clone().unwrap_or_default();
+            if portal_id.is_empty() || !portal_id.bytes().all(|b| b.is_ascii_digit()) {
+                p.add(
+                    &format!("{key}.portal_id"),
+                    format!("expected the HubSpot account id (digits); got {portal_id:?}"),
+                );
+            }
+            let api_base_text = c
+                .api_base
+                .clone()
+                .unwrap_or_else(|| "https://api.hubapi.com".into());
+            let api_base = match parse_upstream(&api_base_text) {
+                Ok(Upstream::Http { uri, .. }) => uri,
+                _ => {
+                    p.add(
+                        &format!("{key}.api_base"),
+                        format!("expected an origin like \"https://api.hubapi.com\"; got {api_base_text:?}"),
+                    );
+                    http::Uri::from_static("https://api.hubapi.com")
+                }
+            };
+            let var = c
+                .access_token_env
+                .clone()
+                .unwrap_or_else(|| "MEMBERGATE_HUBSPOT_TOKEN".into());
+            let access_token = std::env::var(&var).unwrap_or_default();
+            if access_token.trim().is_empty() {
+                p.add(
+                    &format!("{key}.access_token_env"),
+                    format!(
+                        "the environment variable {var} (a HubSpot private app token) is not set"
+                    ),
+                );
+            }
+            ChatProvider::HubSpot {
+                portal_id,
+                api_base,
+                access_token: access_token.trim().to_owned(),
+            }
+        }
+        Some("builtin") => {
+            let widget_url = c.widget_url.clone().unwrap_or_default();
+            let ok = widget_url.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some()
+            }) || (widget_url.starts_with('/') && !widget_url.starts_with("//"));
+            if !ok || widget_url.contains(['"', '<', '>', '\'', ' ']) {
+                p.add(
+                    &format!("{key}.widget_url"),
+                    format!("expected the widget script's URL (https://... or /path); got {widget_url:?}"),
+                );
+            }
+            ChatProvider::Builtin { widget_url }
+        }
+        other => {
+            p.add(
+                &format!("{key}.provider"),
+                format!("expected one of hubspot, builtin; got {other:?}"),
+            );
+            ChatProvider::Builtin {
+                widget_url: String::new(),
+            }
+        }
+    };
+    let default = chat_show(p, key, c.show.as_deref(), &c.groups);
+    let mut rules = Vec::new();
+    for (i, r) in c.rules.iter().enumerate() {
+        let rule_key = format!("{key}.rules[{i}]");
+        let show = chat_show(p, &rule_key, r.show.as_deref(), &r.groups);
+        if r.show.is_none() {
+            p.add(
+                &format!("{rule_key}.show"),
+                "is required (everyone, members, groups or never)",
+            );
+        }
+        let Some(path) = r.path.as_deref() else {
+            p.add(&format!("{rule_key}.path"), "is required");
+            continue;
+        };
+        match rule_path(path)
+            .and_then(|path| crate::policy::PathPattern::new(&path).map(|pattern| (path, pattern)))
+        {
+            Ok((path, pattern)) => rules.push(ChatRule {
+                path,
+                pattern,
+                show,
+            }),
+            Err(message) => p.add(&format!("{rule_key}.path"), message),
+        }
+    }
+    let inline_embed_selector = c.inline_embed_selector.clone();
+    if inline_embed_selector
+        .as_deref()
+        .is_some_and(|s| s.is_empty() || s.len() > 200 || s.chars().any(char::is_control))
+    {
+        p.add(
+            &format!("{key}.inline_embed_selector"),
+            "expected a CSS selector such as \"#chat\"",
+        );
+    }
+    Chat {
+        provider,
+        default,
+        rules,
+        load_immediately: c.load_immediately,
+        inline_embed_selector,
     }
 }
 

@@ -24,7 +24,7 @@ pub enum Access {
 pub struct Rule {
     /// The pattern as configured (normalised), for messages.
     pub path: String,
-    pattern: Pattern,
+    pattern: PathPattern,
     pub access: Access,
     /// A page served to anonymous visitors instead of the login redirect.
     pub teaser: Option<Arc<Teaser>>,
@@ -39,30 +39,45 @@ pub struct Teaser {
     pub source: String,
 }
 
+/// A path prefix (whole segments) or a glob, both ignoring ASCII case. Shared
+/// by access rules and chat targeting rules.
 #[derive(Debug, Clone)]
-enum Pattern {
+pub enum PathPattern {
     /// Lower case; no trailing `/` unless it is `/`.
     Prefix(String),
     Glob(globset::GlobMatcher),
 }
 
-impl Rule {
-    /// A rule for `path`: a normalised prefix, or a glob (see the module docs).
-    pub fn new(path: &str, access: Access) -> Result<Rule, String> {
-        let pattern = if is_glob(path) {
+impl PathPattern {
+    /// A normalised prefix, or a glob when `path` holds `*`, `?`, `[` or `{`.
+    pub fn new(path: &str) -> Result<PathPattern, String> {
+        if is_glob(path) {
             let glob = globset::GlobBuilder::new(path)
                 .case_insensitive(true)
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
                 .map_err(|e| format!("not a valid glob: {}", e.kind()))?;
-            Pattern::Glob(glob.compile_matcher())
+            Ok(PathPattern::Glob(glob.compile_matcher()))
         } else {
-            Pattern::Prefix(path.to_ascii_lowercase())
-        };
+            Ok(PathPattern::Prefix(path.to_ascii_lowercase()))
+        }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Prefix(prefix) => crate::routing::prefix_matches(prefix, path),
+            PathPattern::Glob(glob) => glob.is_match(path),
+        }
+    }
+}
+
+impl Rule {
+    /// A rule for `path`: a normalised prefix, or a glob (see the module docs).
+    pub fn new(path: &str, access: Access) -> Result<Rule, String> {
         Ok(Rule {
             path: path.to_owned(),
-            pattern,
+            pattern: PathPattern::new(path)?,
             access,
             teaser: None,
             private: true,
@@ -70,10 +85,7 @@ impl Rule {
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        match &self.pattern {
-            Pattern::Prefix(prefix) => crate::routing::prefix_matches(prefix, path),
-            Pattern::Glob(glob) => glob.is_match(path),
-        }
+        self.pattern.matches(path)
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Membership {
     pub templates: Templates,
     pub limits: RateLimits,
     pub counters: MembershipCounters,
+    /// The key self-minted identification tokens use when none is configured.
+    pub identity_secret: [u8; 32],
 }
 
 impl Membership {
@@ -47,6 +49,7 @@ impl Membership {
             templates: Templates::load(config.templates_dir.as_deref())?,
             limits: RateLimits::new(config.max_attempts_per_ip, config.max_attempts_per_account),
             counters: MembershipCounters::default(),
+            identity_secret: derive(&secret, b"membergate identification v1"),
         })
     }
 }

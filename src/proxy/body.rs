@@ -19,6 +19,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
+use crate::inject::InjectBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why the gateway itself ended a body early.
@@ -210,6 +212,8 @@ pin_project! {
         Full { data: Option<Bytes> },
         Upstream { #[pin] inner: IdleTimeout<Incoming> },
         Dir { #[pin] inner: ServeFileSystemResponseBody },
+        /// An HTML page with the chat widget put in on the way (`inject`).
+        Injected { inner: Pin<Box<InjectBody>> },
     }
 }
 
@@ -243,6 +247,7 @@ impl Body for GatewayBody {
             GatewayBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             GatewayBodyProj::Upstream { inner } => inner.poll_frame(cx),
             GatewayBodyProj::Dir { inner } => inner.poll_frame(cx).map_err(Into::into),
+            GatewayBodyProj::Injected { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
@@ -252,6 +257,7 @@ impl Body for GatewayBody {
             GatewayBody::Full { data } => data.is_none(),
             GatewayBody::Upstream { inner } => inner.is_end_stream(),
             GatewayBody::Dir { inner } => inner.is_end_stream(),
+            GatewayBody::Injected { inner } => inner.is_end_stream(),
         }
     }
 
@@ -263,6 +269,7 @@ impl Body for GatewayBody {
             }
             GatewayBody::Upstream { inner } => inner.size_hint(),
             GatewayBody::Dir { inner } => inner.size_hint(),
+            GatewayBody::Injected { inner } => inner.size_hint(),
         }
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! [`pipeline`] runs the phases in order; [`forward`] talks to origins;
 //! [`respond`] renders everything the gateway answers itself and the access
-//! log; [`body`] holds the streaming body types.
+//! log; [`body`] holds the streaming body types; [`widget`] puts the chat
+//! widget into pages.
 
 pub mod access;
 pub mod body;
 pub mod forward;
 pub mod pipeline;
 pub mod respond;
+pub mod widget;
 
 /// What the server knows about the connection a request arrived on.
 #[derive(Debug, Clone, Copy)]

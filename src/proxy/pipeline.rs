@@ -10,6 +10,8 @@
 //! route      route by path (404)                      -> routing
 //! authorise  session, access policy (302, 401, 403)   -> proxy::access, session, policy
 //! forward    origin or directory, streaming (502/504) -> proxy::forward
+//!            (the member's chat token, meanwhile)     -> proxy::widget, identity
+//! rewrite    chat widget into HTML pages, streaming   -> proxy::widget, inject
 //! respond    private caching, cookies, access log     -> proxy::access, proxy::respond
 //! ```
 
@@ -24,8 +26,8 @@ use hyper::body::Incoming;
 use super::ConnInfo;
 use super::access::{self, Access};
 use super::body::GatewayBody;
-use super::forward;
 use super::respond::{self, AccessRecord, Refusal, ResponseBody};
+use super::{forward, widget};
 use crate::admin::metrics::NO_ROUTE;
 use crate::config::HttpMode;
 use crate::gateway::{Gateway, Runtime};
@@ -123,7 +125,7 @@ async fn phases<'r>(
     route_label: &mut Option<&'r Arc<str>>,
     mut record: Option<&mut AccessRecord>,
 ) -> Response<GatewayBody> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     proceed!(accept(&parts, runtime));
     let target = proceed!(normalise(&parts));
     if let Some(record) = record.as_deref_mut() {
@@ -149,8 +151,18 @@ async fn phases<'r>(
     if let (Some(record), Some(visitor)) = (record, &access.visitor) {
         record.member = Some(visitor.member_id);
     }
-    let response =
-        forward::forward(gateway, runtime, conn, route, &access, target, parts, body).await;
+    let widget = widget::plan(site, &target, &access, &parts.method);
+    if widget.is_some() {
+        // The page is rewritten on its way: ask the origin for it uncompressed.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
+    let method = parts.method.clone();
+    // The member's token is fetched while the origin works on the page.
+    let (response, token) = tokio::join!(
+        forward::forward(gateway, runtime, conn, route, &access, target, parts, body),
+        widget::token(gateway, runtime, site, &access, widget.as_ref()),
+    );
+    let response = widget::rewrite(site, &access, widget, token, &method, response);
     access::finish(gateway, runtime, &access, response)
 }
 

@@ -23,6 +23,8 @@ pub struct Site {
     pub portal_id: Arc<str>,
     /// Who may open which paths of this site.
     pub rules: crate::policy::Rules,
+    /// The chat widget and who sees it, if the site has one.
+    pub chat: Option<config::Chat>,
     hosts: Vec<HostPattern>,
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Route>,
@@ -58,6 +60,7 @@ impl Router {
                 name: site.name.as_str().into(),
                 portal_id: format!("{}:{}", site.name, crate::portal::PREFIX).into(),
                 rules: site.rules.clone(),
+                chat: site.chat.clone(),
                 hosts: site.hosts.clone(),
                 routes,
             });

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod browser;
+pub mod chat;
 pub mod origins;
 pub mod smtp;
 pub mod webdriver;
@@ -36,6 +37,10 @@ pub struct Setup {
     pub members: String,
     pub admin: String,
     pub mail: String,
+    /// The default site's `[sites.chat]` table (lines after the header).
+    pub chat: String,
+    /// Lines for the `[identification]` table.
+    pub identification: String,
     /// Files (relative path, contents) written into the gateway's directory before it starts.
     pub files: Vec<(String, String)>,
     pub access_log: bool,
@@ -55,6 +60,8 @@ impl Setup {
             members: String::new(),
             admin: String::new(),
             mail: String::new(),
+            chat: String::new(),
+            identification: String::new(),
             files: Vec::new(),
             access_log: true,
         }
@@ -102,6 +109,26 @@ impl Setup {
     pub fn admin(mut self, toml: &str) -> Setup {
         self.admin.push_str(toml);
         self.admin.push('\n');
+        self
+    }
+
+    /// The default site's chat widget: lines of its `[sites.chat]` table
+    /// (`[[sites.chat.rules]]` tables may follow).
+    pub fn chat(mut self, toml: &str) -> Setup {
+        self.chat.push_str(toml);
+        self.chat.push('\n');
+        self
+    }
+
+    /// An environment variable for the gateway process (kept across restarts).
+    pub fn env(self, name: &str, value: &str) -> Setup {
+        self.file(ENV_FILE, &format!("{name}={value}"))
+    }
+
+    /// Lines for the `[identification]` table.
+    pub fn identification(mut self, toml: &str) -> Setup {
+        self.identification.push_str(toml);
+        self.identification.push('\n');
         self
     }
 
@@ -177,7 +204,8 @@ impl Setup {
              [tls]\ndev_certificate = true\n{}\n{certs}\n\
              [members]\n{}\n\
              [mail]\n{}\n\
-             [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n{}\n",
+             [identification]\n{}\n\
+             [[sites]]\nname = \"main\"\nhosts = [\"localhost\", \"127.0.0.1\", \"gw.test\"]\n{}\n{}\n{}\n{}\n",
             self.http_mode,
             self.server_extra,
             self.limits,
@@ -186,11 +214,30 @@ impl Setup {
             self.tls_extra,
             self.members,
             self.mail,
+            self.identification,
             self.routes.join("\n"),
             self.rules.join("\n"),
+            if self.chat.is_empty() {
+                String::new()
+            } else {
+                format!("[sites.chat]\n{}", self.chat)
+            },
             self.sites.join("\n"),
         )
     }
+}
+
+/// Environment variables for the gateway, one `NAME=value` per line.
+const ENV_FILE: &str = "gateway.env";
+
+/// The variables of the env file in `dir`.
+fn gateway_env(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join(ENV_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// A running gateway process.
@@ -216,7 +263,13 @@ impl Gateway {
         for (path, contents) in &setup.files {
             let path = dir.path().join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, contents).unwrap();
+            // Several `env` lines go into one file.
+            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(contents);
+            std::fs::write(path, text).unwrap();
         }
         Gateway::start_with_file(dir, config_path).await
     }
@@ -224,10 +277,12 @@ impl Gateway {
     pub async fn start_with_file(dir: tempfile::TempDir, config_path: PathBuf) -> Gateway {
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
+        let env = gateway_env(dir.path());
         let mut child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&config_path)
             .current_dir(dir.path())
+            .envs(env)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -391,6 +446,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(self.dir.path())
+            .envs(gateway_env(self.dir.path()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

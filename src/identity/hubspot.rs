@@ -1,0 +1,105 @@
+//! HubSpot's Visitor Identification API: one POST per token, server side.
+//!
+//! `POST {api_base}/conversations/v3/visitor-identification/tokens/create`
+//! with a private-app bearer token and `{"email","firstName","lastName"}`;
+//! the answer is `{"token": "..."}`, valid for 12 hours.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::token::Identity;
+
+/// HubSpot tokens live 12 hours.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+const PATH: &str = "/conversations/v3/visitor-identification/tokens/create";
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+pub struct HubSpotClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HubSpotClient {
+    pub fn new() -> Result<HubSpotClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HubSpotClient { client })
+    }
+
+    /// Mints a token for `identity`. Errors are short and carry no secret.
+    pub async fn mint(
+        &self,
+        api_base: &http::Uri,
+        access_token: &str,
+        identity: &Identity,
+    ) -> Result<String, String> {
+        let body = serde_json::json!({
+            "email": identity.email,
+            "firstName": identity.first_name,
+            "lastName": identity.last_name,
+        });
+        let uri = format!(
+            "{}://{}{PATH}",
+            api_base.scheme_str().unwrap_or("https"),
+            api_base.authority().map_or("", |a| a.as_str())
+        );
+        let authorization = HeaderValue::from_str(&format!("Bearer {access_token}"))
+            .map_err(|_| "the HubSpot access token is not a valid header value".to_owned())?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::AUTHORIZATION, authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("HubSpot request failed: {e}"))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("HubSpot answer unreadable: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("HubSpot answered {status}"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: String,
+        }
+        let answer: Answer = serde_json::from_slice(&bytes)
+            .map_err(|_| "HubSpot's answer has no token".to_owned())?;
+        if answer.token.is_empty() || answer.token.len() > 4096 {
+            return Err("HubSpot's token is empty or too long".into());
+        }
+        Ok(answer.token)
+    }
+}

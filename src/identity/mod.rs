@@ -1,0 +1,277 @@
+//! Visitor identification for the chat widget: which visitors see it and
+//! identified or not (`decide`, pure), and their identification tokens, from
+//! HubSpot or minted here, cached per member and site so a page view normally
+//! costs no mint at all.
+//!
+//! Concurrent page views of one member share one mint (moka's `try_get_with`
+//! coalesces them). A page never waits longer than `mint_timeout`: a slow or
+//! failing mint is counted and logged, the page goes out without
+//! identification, and the mint that was started keeps going in the
+//! background so the next page has its token.
+
+pub mod hubspot;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::admin::metrics::OutcomeLabels;
+use crate::config::{Chat, ChatProvider, ChatShow, Identification};
+use crate::members::MemberId;
+use crate::session::Visitor;
+use token::{Identity, Key, Keys};
+
+/// What the chat widget does on one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatDecision {
+    /// No widget.
+    Off,
+    /// The widget, without identification.
+    Anonymous,
+    /// The widget, told who the member is.
+    Identified,
+}
+
+/// The decision for `path` and the index of the rule that made it (`None`: the
+/// site's default). `groups` is `None` for anonymous visitors.
+pub fn decide(chat: &Chat, path: &str, groups: Option<&[String]>) -> (ChatDecision, Option<usize>) {
+    let matched = chat.rules.iter().position(|r| r.pattern.matches(path));
+    let show = matched.map_or(&chat.default, |i| &chat.rules[i].show);
+    let decision = match (show, groups) {
+        (ChatShow::Never, _) => ChatDecision::Off,
+        (ChatShow::Everyone, None) => ChatDecision::Anonymous,
+        (ChatShow::Members | ChatShow::Groups(_), None) => ChatDecision::Off,
+        (ChatShow::Everyone | ChatShow::Members, Some(_)) => ChatDecision::Identified,
+        (ChatShow::Groups(wanted), Some(have)) => {
+            if wanted.iter().any(|w| have.contains(w)) {
+                ChatDecision::Identified
+            } else {
+                ChatDecision::Off
+            }
+        }
+    };
+    (decision, matched)
+}
+
+/// A token in the cache, with the identity it was minted for: a member who
+/// changes their name gets a new one.
+#[derive(Debug)]
+struct Minted {
+    identity: Identity,
+    token: Arc<str>,
+    reuse_for: Duration,
+}
+
+struct ReuseFor;
+
+impl moka::Expiry<(MemberId, Arc<str>), Arc<Minted>> for ReuseFor {
+    fn expire_after_create(
+        &self,
+        _key: &(MemberId, Arc<str>),
+        value: &Arc<Minted>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.reuse_for)
+    }
+}
+
+pub struct Identifier {
+    cache: moka::future::Cache<(MemberId, Arc<str>), Arc<Minted>>,
+    hubspot: Arc<hubspot::HubSpotClient>,
+    /// Used when the configuration names no keys: derived from the gateway secret.
+    default_keys: Keys,
+    /// `cached`, `minted`, `failed`, `timeout`.
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl Identifier {
+    pub fn new(default_secret: &[u8; 32], capacity: u64) -> Result<Identifier, String> {
+        Ok(Identifier {
+            cache: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ReuseFor)
+                .support_invalidation_closures()
+                .build(),
+            hubspot: Arc::new(hubspot::HubSpotClient::new()?),
+            default_keys: Keys::new(vec![Key::new("default", default_secret)?])?,
+            outcomes: Family::default(),
+        })
+    }
+
+    /// The per-result counters, for export.
+    pub fn outcomes(&self) -> Family<OutcomeLabels, Counter> {
+        self.outcomes.clone()
+    }
+
+    /// The keys tokens are minted and verified with.
+    pub fn keys(&self, configured: Option<&Keys>) -> Keys {
+        configured.unwrap_or(&self.default_keys).clone()
+    }
+
+    fn count(&self, result: &'static str) {
+        self.outcomes.get_or_create(&OutcomeLabels { result }).inc();
+    }
+
+    /// The member's token for this site's chat provider, within the configured
+    /// timeout, or `None` (logged and counted) so the page goes out without it.
+    pub async fn token_for(
+        &self,
+        chat: &Chat,
+        settings: &Identification,
+        configured_keys: Option<&Keys>,
+        site: &Arc<str>,
+        visitor: &Visitor,
+    ) -> Option<Arc<str>> {
+        let identity = Identity {
+            email: visitor.email.clone(),
+            first_name: visitor.first_name.clone(),
+            last_name: visitor.last_name.clone(),
+        };
+        let key = (visitor.member_id, site.clone());
+        if let Some(found) = self.cache.get(&key).await {
+            if found.identity == identity {
+                self.count("cached");
+                return Some(found.token.clone());
+            }
+            self.cache.invalidate(&key).await;
+        }
+        match &chat.provider {
+            ChatProvider::Builtin { .. } => {
+                let keys = self.keys(configured_keys);
+                let lifetime = settings.token_lifetime;
+                let token: Arc<str> = keys
+                    .mint(
+                        &identity,
+                        site,
+                        crate::members::now(),
+                        lifetime.as_secs() as i64,
+                    )
+                    .into();
+                let minted = Arc::new(Minted {
+                    identity,
+                    token: token.clone(),
+                    reuse_for: lifetime.mul_f64(0.9),
+                });
+                self.cache.insert(key, minted).await;
+                self.count("minted");
+                Some(token)
+            }
+            ChatProvider::HubSpot {
+                api_base,
+                access_token,
+                ..
+            } => {
+                let (cache, hubspot) = (self.cache.clone(), self.hubspot.clone());
+                let (api_base, access_token) = (api_base.clone(), access_token.clone());
+                let outcomes = self.outcomes.clone();
+                // Spawned, so that a page that stops waiting does not cancel the mint.
+                let mint = tokio::spawn(async move {
+                    cache
+                        .try_get_with(key, async move {
+                            let token = hubspot.mint(&api_base, &access_token, &identity).await?;
+                            outcomes
+                                .get_or_create(&OutcomeLabels { result: "minted" })
+                                .inc();
+                            Ok::<_, String>(Arc::new(Minted {
+                                identity,
+                                token: token.into(),
+                                // Reused until an hour before HubSpot's 12 hours run out.
+                                reuse_for: hubspot::TOKEN_LIFETIME - Duration::from_secs(3600),
+                            }))
+                        })
+                        .await
+                });
+                match tokio::time::timeout(settings.mint_timeout, mint).await {
+                    Ok(Ok(Ok(minted))) => Some(minted.token.clone()),
+                    Ok(Ok(Err(error))) => {
+                        self.count("failed");
+                        tracing::warn!(member = visitor.member_id, %error, "no identification token");
+                        None
+                    }
+                    Ok(Err(join)) => {
+                        self.count("failed");
+                        tracing::error!(error = %join, "identification task failed");
+                        None
+                    }
+                    Err(_) => {
+                        self.count("timeout");
+                        tracing::warn!(
+                            member = visitor.member_id,
+                            timeout = ?settings.mint_timeout,
+                            "identification token not ready in time; page served without it"
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops a member's cached tokens (their name or email changed, or they left).
+    pub fn forget_member(&self, member_id: MemberId) {
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |(id, _), _| *id == member_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChatRule;
+    use crate::policy::PathPattern;
+
+    fn chat() -> Chat {
+        let rule = |path: &str, show| ChatRule {
+            path: path.into(),
+            pattern: PathPattern::new(path).unwrap(),
+            show,
+        };
+        Chat {
+            provider: ChatProvider::Builtin {
+                widget_url: "/w.js".into(),
+            },
+            default: ChatShow::Everyone,
+            rules: vec![
+                rule("/checkout", ChatShow::Never),
+                rule("/members", ChatShow::Members),
+                rule("/vip/**/*.html", ChatShow::Groups(vec!["vip".into()])),
+            ],
+            load_immediately: None,
+            inline_embed_selector: None,
+        }
+    }
+
+    #[test]
+    fn targeting_by_path_login_and_group() {
+        let vip = ["vip".to_owned()];
+        let none: [String; 0] = [];
+        type Case<'a> = (&'a str, Option<&'a [String]>, ChatDecision, Option<usize>);
+        let table: [Case; 9] = [
+            ("/", None, ChatDecision::Anonymous, None),
+            ("/", Some(&none), ChatDecision::Identified, None),
+            ("/checkout/pay", Some(&vip), ChatDecision::Off, Some(0)),
+            ("/members/x", None, ChatDecision::Off, Some(1)),
+            ("/MEMBERS/x", Some(&none), ChatDecision::Identified, Some(1)),
+            ("/vip/a/b.html", Some(&none), ChatDecision::Off, Some(2)),
+            (
+                "/vip/a/b.html",
+                Some(&vip),
+                ChatDecision::Identified,
+                Some(2),
+            ),
+            ("/vip/a/b.html", None, ChatDecision::Off, Some(2)),
+            ("/vip/a/b.txt", None, ChatDecision::Anonymous, None),
+        ];
+        for (path, groups, want, rule) in table {
+            assert_eq!(
+                decide(&chat(), path, groups),
+                (want, rule),
+                "{path} {groups:?}"
+            );
+        }
+    }
+}

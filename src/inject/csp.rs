@@ -1,0 +1,187 @@
+//! Content-Security-Policy for the injected script, never weakening the
+//! origin's policy: reuse its nonce when it has one; otherwise, where the
+//! policy restricts inline scripts, allow exactly our script by its SHA-256.
+//!
+//! A policy that allows `'unsafe-inline'` without nonces or hashes is left
+//! alone: adding a hash there would switch `'unsafe-inline'` off for the
+//! site's own inline scripts (CSP Level 2).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::HeaderMap;
+use http::header::{CONTENT_SECURITY_POLICY, HeaderValue};
+use sha2::{Digest, Sha256};
+
+/// The directive that governs `<script>` elements in one policy.
+fn script_directive(policy: &str) -> Option<(usize, &str)> {
+    let directives: Vec<&str> = policy.split(';').collect();
+    for name in ["script-src-elem", "script-src", "default-src"] {
+        if let Some(i) = directives.iter().position(|d| {
+            d.split_ascii_whitespace()
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        }) {
+            return Some((i, directives[i]));
+        }
+    }
+    None
+}
+
+fn nonce_in(directive: &str) -> Option<&str> {
+    directive.split_ascii_whitespace().find_map(|source| {
+        source
+            .strip_prefix("'nonce-")
+            .and_then(|rest| rest.strip_suffix('\''))
+            .filter(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=-_".contains(&b))
+            })
+    })
+}
+
+/// The nonce the origin's enforced policy gives scripts, if any.
+pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(CONTENT_SECURITY_POLICY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|policy| {
+            script_directive(policy)
+                .and_then(|(_, d)| nonce_in(d))
+                .map(str::to_owned)
+        })
+}
+
+/// Makes every enforced policy allow the inline `script` (its text between
+/// the tags), adding its hash only where nothing else already allows it.
+pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<&str>) {
+    if !headers.contains_key(CONTENT_SECURITY_POLICY) {
+        return;
+    }
+    let hash = format!(
+        "'sha256-{}'",
+        STANDARD.encode(Sha256::digest(script.as_bytes()))
+    );
+    let policies: Vec<HeaderValue> = headers
+        .get_all(CONTENT_SECURITY_POLICY)
+        .iter()
+        .cloned()
+        .collect();
+    let mut rewritten = Vec::with_capacity(policies.len());
+    for value in policies {
+        let Ok(policy) = value.to_str() else {
+            rewritten.push(value);
+            continue;
+        };
+        let Some((index, directive)) = script_directive(policy) else {
+            rewritten.push(value);
+            continue;
+        };
+        let sources: Vec<&str> = directive.split_ascii_whitespace().skip(1).collect();
+        let has_nonce_or_hash = sources
+            .iter()
+            .any(|s| s.starts_with("'nonce-") || s.starts_with("'sha"));
+        let allowed = nonce.is_some_and(|n| nonce_in(directive) == Some(n))
+            || (!has_nonce_or_hash
+                && sources
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case("'unsafe-inline'")));
+        if allowed {
+            rewritten.push(value);
+            continue;
+        }
+        let mut directives: Vec<String> = policy.split(';').map(str::to_owned).collect();
+        let name = directive
+            .split_ascii_whitespace()
+            .next()
+            .unwrap_or("script-src");
+        if name.eq_ignore_ascii_case("default-src") {
+            // Keep default-src as is for everything else; scripts get their own directive.
+            directives.push(format!(" script-src {} {hash}", sources.join(" ")));
+        } else {
+            directives[index] = format!("{} {hash}", directive.trim_end());
+        }
+        match HeaderValue::from_str(directives.join(";").trim()) {
+            Ok(v) => rewritten.push(v),
+            Err(_) => rewritten.push(value),
+        }
+    }
+    headers.remove(CONTENT_SECURITY_POLICY);
+    for value in rewritten {
+        headers.append(CONTENT_SECURITY_POLICY, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csp(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(CONTENT_SECURITY_POLICY, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn after(values: &[&str], nonce: Option<&str>) -> Vec<String> {
+        let mut h = csp(values);
+        allow_inline_script(&mut h, "x()", nonce);
+        h.get_all(CONTENT_SECURITY_POLICY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    const HASH: &str = "'sha256-D6IGS8VMvCoyaR/l0h9tERrBTATY01CoPS7l6xDv0kI='";
+
+    #[test]
+    fn nonces_are_found_in_the_directive_that_governs_scripts() {
+        assert_eq!(
+            script_nonce(&csp(&[
+                "default-src 'self'; script-src 'nonce-abc123' 'strict-dynamic'"
+            ])),
+            Some("abc123".into())
+        );
+        assert_eq!(
+            script_nonce(&csp(&["default-src 'nonce-d3f'"])),
+            Some("d3f".into())
+        );
+        assert_eq!(script_nonce(&csp(&["style-src 'nonce-s'"])), None);
+        assert_eq!(script_nonce(&csp(&["script-src 'nonce-\"><x'"])), None);
+        assert_eq!(script_nonce(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn hashes_are_added_only_where_needed_and_nothing_is_loosened() {
+        assert_eq!(Sha256::digest(b"x()").len(), 32);
+        // With the page's nonce on our script: unchanged.
+        assert_eq!(
+            after(&["script-src 'nonce-n1'"], Some("n1")),
+            ["script-src 'nonce-n1'"]
+        );
+        // Hash-based policies get our hash.
+        assert_eq!(
+            after(&["script-src 'sha256-AAAA' 'self'"], None),
+            [format!("script-src 'sha256-AAAA' 'self' {HASH}")]
+        );
+        // 'self' only: our inline script needs its hash.
+        assert_eq!(
+            after(&["default-src 'self'; img-src *"], None),
+            [format!(
+                "default-src 'self'; img-src *; script-src 'self' {HASH}"
+            )]
+        );
+        // 'unsafe-inline' without hashes already allows it; a hash would switch it off.
+        assert_eq!(
+            after(&["script-src 'self' 'unsafe-inline'"], None),
+            ["script-src 'self' 'unsafe-inline'"]
+        );
+        // No script restriction at all: untouched.
+        assert_eq!(
+            after(&["frame-ancestors 'none'"], None),
+            ["frame-ancestors 'none'"]
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The rewrite phase: puts the chat widget into HTML pages on their way to
+//! the visitor, streaming (the page is never buffered whole).
+//!
+//! `rewritable` decides, from the response head alone, whether a response may
+//! be touched: a `200 text/html` in an ASCII-compatible charset, not
+//! compressed, not a range, not for `HEAD`. Everything else passes through
+//! byte for byte. `snippet` builds the HTML that is inserted: the settings
+//! script (`window.hsConversationsSettings`) and the provider's loader, with
+//! every value JSON-encoded and escaped so no member name can end the script.
+
+mod body;
+pub mod csp;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+pub use body::InjectBody;
+
+use crate::config::{Chat, ChatProvider};
+use crate::proxy::body::GatewayBody;
+
+/// Marks the gateway's own script tags, so a page is never injected twice.
+pub const MARKER: &str = "data-membergate";
+
+/// Whether a response may be rewritten, from its head alone.
+pub fn rewritable(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<&'static encoding_rs::Encoding> {
+    if method == Method::HEAD
+        || status != StatusCode::OK
+        || headers.contains_key(header::CONTENT_RANGE)
+    {
+        return None;
+    }
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return None;
+    }
+    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mut parts = content_type.split(';');
+    if !parts.next()?.trim().eq_ignore_ascii_case("text/html") {
+        return None;
+    }
+    let charset = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, v)| v.trim().trim_matches('"'));
+    let encoding = match charset {
+        None => encoding_rs::UTF_8,
+        Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
+    };
+    lol_html::AsciiCompatibleEncoding::new(encoding).map(|_| encoding)
+}
+
+/// Wraps a rewritable response so the snippet is inserted before `</head>` (or
+/// at the start of `<body>` when there is no head), and fixes the headers a
+/// rewritten body invalidates.
+pub fn rewrite(
+    response: Response<GatewayBody>,
+    encoding: &'static encoding_rs::Encoding,
+    snippet: String,
+    personalised: bool,
+) -> Response<GatewayBody> {
+    let (mut parts, inner) = response.into_parts();
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    // The bytes change: a strong validator would lie; a weak one still lets
+    // the origin answer 304 for an unchanged page.
+    if let Some(etag) = headers.get(header::ETAG).cloned()
+        && !etag.as_bytes().starts_with(b"W/")
+    {
+        match HeaderValue::from_bytes(&[b"W/".as_slice(), etag.as_bytes()].concat()) {
+            Ok(weak) => headers.insert(header::ETAG, weak),
+            Err(_) => headers.remove(header::ETAG),
+        };
+    }
+    // What the widget is told depends on who asks.
+    headers.append(header::VARY, HeaderValue::from_static("Cookie"));
+    if personalised {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
+    let body = InjectBody::new(inner, encoding, Bytes::from(snippet));
+    Response::from_parts(
+        parts,
+        GatewayBody::Injected {
+            inner: Box::pin(body),
+        },
+    )
+}
+
+/// What is inserted into a page.
+pub struct Snippet {
+    pub html: String,
+    /// The text of the inline settings script, for a CSP hash.
+    pub inline_script: Option<String>,
+}
+
+/// The HTML inserted into a page: the settings (when there are any) and the
+/// provider's loader. `identified` is `(email, token)`.
+pub fn snippet(chat: &Chat, identified: Option<(&str, &str)>, nonce: Option<&str>) -> Snippet {
+    let mut settings = serde_json::Map::new();
+    if let Some((email, token)) = identified {
+        settings.insert("identificationEmail".into(), email.into());
+        settings.insert("identificationToken".into(), token.into());
+    }
+    if let Some(load) = chat.load_immediately {
+        settings.insert("loadImmediately".into(), load.into());
+    }
+    if let Some(selector) = &chat.inline_embed_selector {
+        settings.insert("inlineEmbedSelector".into(), selector.as_str().into());
+    }
+    let nonce = nonce.map_or(String::new(), |n| format!(" nonce=\"{}\"", attribute(n)));
+    let mut html = String::with_capacity(512);
+    let mut inline_script = None;
+    if !settings.is_empty() {
+        let json = script_safe_json(&serde_json::Value::Object(settings));
+        let script = format!(
+            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{json});"
+        );
+        html.push_str(&format!(
+            "<script {MARKER}=\"settings\"{nonce}>{script}</script>"
+        ));
+        inline_script = Some(script);
+    }
+    match &chat.provider {
+        ChatProvider::HubSpot { portal_id, .. } => html.push_str(&format!(
+            "<script {MARKER}=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/{}.js\"{nonce}></script>",
+            attribute(portal_id)
+        )),
+        ChatProvider::Builtin { widget_url } => html.push_str(&format!(
+            "<script {MARKER}=\"loader\" async defer src=\"{}\"{nonce}></script>",
+            attribute(widget_url)
+        )),
+    }
+    Snippet {
+        html,
+        inline_script,
+    }
+}
+
+/// JSON that is safe inside a `<script>` element in any ASCII-compatible
+/// charset: `<`, `>`, `&`, U+2028, U+2029 and every non-ASCII character are
+/// written as `\uXXXX` escapes, so no value can close the element or break
+/// the script.
+pub fn script_safe_json(value: &serde_json::Value) -> String {
+    let json = value.to_string();
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' | '>' | '&' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Escapes a value for a double-quoted HTML attribute.
+fn attribute(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChatShow;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn only_plain_html_200s_are_rewritten() {
+        let html = [("content-type", "text/html; charset=UTF-8")];
+        let get = Method::GET;
+        assert!(rewritable(&get, StatusCode::OK, &headers(&html)).is_some());
+        assert!(
+            rewritable(
+                &get,
+                StatusCode::OK,
+                &headers(&[("content-type", "TEXT/HTML")])
+            )
+            .is_some()
+        );
+        assert_eq!(
+            rewritable(
+                &get,
+                StatusCode::OK,
+                &headers(&[("content-type", "text/html; charset=iso-8859-1")])
+            ),
+            Some(encoding_rs::WINDOWS_1252)
+        );
+        type Case<'a> = (&'a Method, StatusCode, Vec<(&'a str, &'a str)>);
+        let refused: [Case; 8] = [
+            (&Method::HEAD, StatusCode::OK, html.to_vec()),
+            (&get, StatusCode::PARTIAL_CONTENT, html.to_vec()),
+            (&get, StatusCode::NOT_MODIFIED, html.to_vec()),
+            (&get, StatusCode::NO_CONTENT, html.to_vec()),
+            (
+                &get,
+                StatusCode::OK,
+                vec![("content-type", "application/json")],
+            ),
+            (
+                &get,
+                StatusCode::OK,
+                vec![("content-type", "text/html"), ("content-encoding", "gzip")],
+            ),
+            (
+                &get,
+                StatusCode::OK,
+                vec![("content-type", "text/html; charset=utf-16")],
+            ),
+            (
+                &get,
+                StatusCode::OK,
+                vec![
+                    ("content-type", "text/html"),
+                    ("content-range", "bytes 0-1/2"),
+                ],
+            ),
+        ];
+        for (method, status, pairs) in refused {
+            assert!(
+                rewritable(method, status, &headers(&pairs)).is_none(),
+                "{method} {status} {pairs:?}"
+            );
+        }
+        assert!(rewritable(&get, StatusCode::OK, &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn no_value_can_end_the_script() {
+        let value = serde_json::json!({"n": "</script><script>alert(1)</script> & \u{2028}\u{2029} Zoë 😀"});
+        let safe = script_safe_json(&value);
+        assert!(safe.is_ascii());
+        assert!(!safe.contains('<') && !safe.contains('>') && !safe.contains('&'));
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn snippets_carry_identity_options_and_loader() {
+        let chat = Chat {
+            provider: ChatProvider::HubSpot {
+                portal_id: "123".into(),
+                api_base: http::Uri::from_static("https://api.hubapi.com"),
+                access_token: "x".into(),
+            },
+            default: ChatShow::Everyone,
+            rules: vec![],
+            load_immediately: Some(false),
+            inline_embed_selector: None,
+        };
+        let html = snippet(&chat, Some(("ada@example.com", "tok")), Some("n0nce")).html;
+        assert!(html.contains("\"identificationEmail\":\"ada@example.com\""));
+        assert!(html.contains("\"identificationToken\":\"tok\""));
+        assert!(html.contains("\"loadImmediately\":false"));
+        assert!(html.contains("src=\"//js.hs-scripts.com/123.js\""));
+        assert_eq!(html.matches("nonce=\"n0nce\"").count(), 2);
+        let anonymous = Chat {
+            load_immediately: None,
+            ..chat
+        };
+        let html = snippet(&anonymous, None, None).html;
+        assert!(!html.contains("hsConversationsSettings"));
+        assert!(html.starts_with("<script data-membergate=\"loader\""));
+    }
+}

@@ -1,0 +1,83 @@
+//! The chat widget on the data plane: whether this request's page gets it
+//! (targeting), the member's identification token (fetched while the origin
+//! works), and the rewrite of the page on its way back.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+
+use super::access::Access;
+use super::body::GatewayBody;
+use super::pipeline::Target;
+use crate::gateway::{Gateway, Runtime};
+use crate::identity::{self, ChatDecision};
+use crate::inject;
+use crate::routing::Site;
+
+/// The widget's plan for one page: shown, and identified or not.
+pub struct Plan {
+    pub decision: ChatDecision,
+}
+
+/// Whether this request's page gets the widget. Only GET requests for pages
+/// of a site with a chat configuration are candidates.
+pub fn plan(site: &Site, target: &Target, access: &Access, method: &Method) -> Option<Plan> {
+    let chat = site.chat.as_ref()?;
+    if method != Method::GET || target.websocket {
+        return None;
+    }
+    let groups = access.visitor.as_deref().map(|v| v.groups.as_slice());
+    let (decision, _) = identity::decide(chat, &target.path.decoded, groups);
+    (decision != ChatDecision::Off).then_some(Plan { decision })
+}
+
+/// The member's token when the plan identifies them; `None` otherwise, or
+/// when no token came in time.
+pub async fn token(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    site: &Site,
+    access: &Access,
+    plan: Option<&Plan>,
+) -> Option<Arc<str>> {
+    plan.filter(|p| p.decision == ChatDecision::Identified)?;
+    let (chat, visitor) = (site.chat.as_ref()?, access.visitor.as_deref()?);
+    gateway
+        .identifier
+        .token_for(
+            chat,
+            &runtime.config.identification,
+            runtime.identity_keys.as_ref(),
+            &site.name,
+            visitor,
+        )
+        .await
+}
+
+/// Puts the widget into the page if the response is one that may be rewritten.
+pub fn rewrite(
+    site: &Site,
+    access: &Access,
+    plan: Option<Plan>,
+    token: Option<Arc<str>>,
+    method: &Method,
+    response: Response<GatewayBody>,
+) -> Response<GatewayBody> {
+    let (Some(_plan), Some(chat)) = (plan, site.chat.as_ref()) else {
+        return response;
+    };
+    let Some(encoding) = inject::rewritable(method, response.status(), response.headers()) else {
+        return response;
+    };
+    let identified = match (&token, access.visitor.as_deref()) {
+        (Some(token), Some(visitor)) => Some((visitor.email.as_str(), &**token)),
+        _ => None,
+    };
+    let nonce = inject::csp::script_nonce(response.headers());
+    let snippet = inject::snippet(chat, identified, nonce.as_deref());
+    let mut response = response;
+    if let Some(script) = &snippet.inline_script {
+        inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
+    }
+    inject::rewrite(response, encoding, snippet.html, identified.is_some())
+}

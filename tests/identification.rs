@@ -1,0 +1,421 @@
+//! Visitor identification and chat-widget injection end to end: real pages
+//! from a real origin, rewritten on their way through the real gateway, with
+//! tokens minted here or by a local stand-in for HubSpot's API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use support::browser::Browser;
+use support::chat::{FakeHubSpot, HUBSPOT_TOKEN, HubSpotMode, PAGE, Page, PageOrigin};
+use support::{Gateway, Setup};
+
+const PASSWORD: &str = "correct horse battery";
+const BUILTIN: &str = "provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\"";
+
+async fn start(origin: &PageOrigin, chat: &str, extra: impl FnOnce(Setup) -> Setup) -> Gateway {
+    let setup = Setup::new()
+        .route("/", &origin.url())
+        .rule("/members", "members", &[])
+        .chat(chat);
+    Gateway::start(extra(setup)).await
+}
+
+/// A logged-in browser for a new member (created with the admin CLI).
+async fn member(gw: &Gateway, email: &str, first: &str, groups: &[&str]) -> Browser {
+    let mut args = vec![
+        "member",
+        "add",
+        email,
+        "--first-name",
+        first,
+        "--last-name",
+        "Tester",
+    ];
+    for g in groups {
+        args.extend(["--group", g]);
+    }
+    let (ok, out) = gw.cli(&args, &format!("{PASSWORD}\n"));
+    assert!(ok, "{out}");
+    let mut b = Browser::new(gw);
+    assert_eq!(b.login(email, PASSWORD).await.status, 303);
+    b
+}
+
+/// The JSON object the settings script assigns, parsed.
+fn settings(page: &str) -> Option<serde_json::Value> {
+    let start = page.find("Object.assign(window.hsConversationsSettings||{},")?;
+    let rest = &page[start + "Object.assign(window.hsConversationsSettings||{},".len()..];
+    let end = rest.find(");</script>")?;
+    Some(serde_json::from_str(&rest[..end]).unwrap())
+}
+
+fn claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(2).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(
+        &origin,
+        &format!("{BUILTIN}\nload_immediately = true"),
+        |s| s,
+    )
+    .await;
+
+    let mut anon = Browser::new(&gw);
+    let page = anon.get("/blog/tides").await;
+    assert_eq!(page.status, 200);
+    let loader = "<script data-membergate=\"loader\" async defer src=\"https://chat.example.com/widget.js\"></script>";
+    assert_eq!(
+        page.body,
+        PAGE.replace("</head>", &format!(
+            "<script data-membergate=\"settings\">window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{{\"loadImmediately\":true}});</script>{loader}</head>"
+        ))
+    );
+    assert!(!page.headers.contains_key("content-length"));
+    assert_eq!(page.headers["etag"], "W/\"v1\"");
+    assert!(page.headers.get_all("vary").iter().any(|v| v == "Cookie"));
+    // The origin was asked for the page uncompressed, so it can be rewritten.
+    assert_eq!(
+        origin.accept_encodings.lock().unwrap().last().unwrap(),
+        &None
+    );
+
+    let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;
+    let page = ada.get("/blog/tides").await;
+    let s = settings(&page.body).unwrap();
+    assert_eq!(s["identificationEmail"], "ada@example.com");
+    assert_eq!(s["loadImmediately"], true);
+    let token = s["identificationToken"].as_str().unwrap();
+    let c = claims(token);
+    assert_eq!(
+        (&c["email"], &c["firstName"], &c["lastName"], &c["aud"]),
+        (
+            &"ada@example.com".into(),
+            &"Ada".into(),
+            &"Tester".into(),
+            &"main".into()
+        )
+    );
+    assert_eq!(page.headers["cache-control"], "private, no-store");
+    assert_eq!(page.body.matches("data-membergate=\"settings\"").count(), 1);
+    // The same token on the next page: it comes from the cache.
+    let again = settings(&ada.get("/kb/lamps").await.body).unwrap();
+    assert_eq!(again["identificationToken"], token);
+    let metrics = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("membergate_identification_tokens_total{result=\"cached\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_rules_choose_who_sees_the_widget_where() {
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = format!(
+        "{BUILTIN}\n\
+         [[sites.chat.rules]]\npath = \"/checkout\"\nshow = \"never\"\n\
+         [[sites.chat.rules]]\npath = \"/kb/**/*.html\"\nshow = \"members\"\n\
+         [[sites.chat.rules]]\npath = \"/vip\"\nshow = \"groups\"\ngroups = [\"vip\"]\n"
+    );
+    let gw = start(&origin, &chat, |s| s).await;
+    let mut anon = Browser::new(&gw);
+    let mut plain = member(&gw, "plain@example.com", "Pat", &[]).await;
+    let mut vip = member(&gw, "vip@example.com", "Val", &["vip"]).await;
+    let shown = |body: &str| body.contains("data-membergate=\"loader\"");
+    let identified =
+        |body: &str| settings(body).is_some_and(|s| s.get("identificationToken").is_some());
+
+    for (who, path, want_shown, want_identified) in [
+        ("anon", "/", true, false),
+        ("plain", "/", true, true),
+        ("anon", "/checkout/pay", false, false),
+        ("vip", "/checkout/pay", false, false),
+        ("anon", "/kb/a/b.html", false, false),
+        ("plain", "/kb/a/b.html", true, true),
+        ("plain", "/vip/lounge", false, false),
+        ("vip", "/vip/lounge", true, true),
+        ("anon", "/vip/lounge", false, false),
+    ] {
+        let browser = match who {
+            "anon" => &mut anon,
+            "plain" => &mut plain,
+            _ => &mut vip,
+        };
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 200, "{who} {path}");
+        assert_eq!(shown(&page.body), want_shown, "{who} {path}: {}", page.body);
+        assert_eq!(identified(&page.body), want_identified, "{who} {path}");
+        if !want_shown {
+            assert_eq!(page.body, PAGE, "{who} {path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_plain_html_pages_are_touched() {
+    let gzip = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+    let origin = PageOrigin::start(vec![
+        (
+            "/data.json",
+            Page::html("{\"a\":\"</head>\"}").with("content-type", "application/json"),
+        ),
+        (
+            "/gzip",
+            Page {
+                status: 200,
+                headers: vec![
+                    ("content-type", "text/html".into()),
+                    ("content-encoding", "gzip".into()),
+                ],
+                body: gzip.clone(),
+            },
+        ),
+        ("/gone", Page::html("<head></head>").status(404)),
+        ("/nohead", Page::html("<body><p>x</p></body>")),
+        (
+            "/part",
+            Page::html("<head></head>")
+                .status(206)
+                .with("content-range", "bytes 0-12/100"),
+        ),
+    ])
+    .await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    let mut b = Browser::new(&gw);
+    let page = b.get("/data.json").await;
+    assert_eq!(page.body, "{\"a\":\"</head>\"}");
+    // An origin that compresses anyway: passed through byte for byte.
+    let raw = gw.client().get(gw.https_url("/gzip")).send().await.unwrap();
+    assert_eq!(raw.headers()["content-encoding"], "gzip");
+    assert_eq!(raw.bytes().await.unwrap().to_vec(), gzip);
+    assert_eq!(b.get("/gone").await.body, "<head></head>");
+    assert_eq!(b.get("/part").await.body, "<head></head>");
+    assert!(
+        b.get("/nohead")
+            .await
+            .body
+            .starts_with("<body><script data-membergate=\"loader\"")
+    );
+    let head = gw
+        .client()
+        .head(gw.https_url("/page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["etag"], "\"v1\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_names_cannot_break_out_of_the_script() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    // U+2028 and control characters are refused in names at the door; the
+    // rest must be made harmless by the escaping.
+    let evil = "</script><script>alert(1)</script><!--&amp;";
+    let (ok, out) = gw.cli(
+        &["member", "add", "mallory@example.com", "--first-name", evil],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{out}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("mallory@example.com", PASSWORD).await.status, 303);
+    let page = b.get("/").await;
+    assert_eq!(page.body.matches("<script").count(), 2, "{}", page.body);
+    assert_eq!(page.body.matches("</script>").count(), 2, "{}", page.body);
+    assert!(!page.body.contains("<!--"));
+    let token = settings(&page.body).unwrap()["identificationToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(claims(&token)["firstName"], evil);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_csp_is_honoured_never_loosened() {
+    let origin = PageOrigin::start(vec![
+        (
+            "/nonce",
+            Page::html(PAGE).with(
+                "content-security-policy",
+                "script-src 'nonce-r4nd0m' 'strict-dynamic'; object-src 'none'",
+            ),
+        ),
+        (
+            "/strict",
+            Page::html(PAGE).with("content-security-policy", "default-src 'self'"),
+        ),
+    ])
+    .await;
+    let gw = start(
+        &origin,
+        &format!("{BUILTIN}\nload_immediately = false"),
+        |s| s,
+    )
+    .await;
+    let mut b = Browser::new(&gw);
+    let page = b.get("/nonce").await;
+    assert_eq!(
+        page.body.matches("nonce=\"r4nd0m\"").count(),
+        2,
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        page.headers["content-security-policy"],
+        "script-src 'nonce-r4nd0m' 'strict-dynamic'; object-src 'none'"
+    );
+    let page = b.get("/strict").await;
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let script_start = page
+        .body
+        .find("<script data-membergate=\"settings\">")
+        .unwrap()
+        + "<script data-membergate=\"settings\">".len();
+    let script_end = page.body[script_start..].find("</script>").unwrap() + script_start;
+    let hash = base64::engine::general_purpose::STANDARD.encode(
+        <sha2::Sha256 as sha2::Digest>::digest(&page.body.as_bytes()[script_start..script_end]),
+    );
+    assert_eq!(
+        csp,
+        format!("default-src 'self'; script-src 'self' 'sha256-{hash}'")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_tokens_are_minted_once_per_member_even_under_concurrency() {
+    let hubspot = FakeHubSpot::start(HubSpotMode::Answer).await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"4242\"\napi_base = \"{}\"",
+        hubspot.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let b = member(&gw, "grace@example.com", "Grace", &[]).await;
+    let cookie = format!("__Host-membergate={}", b.session_cookie().unwrap());
+    let client = gw.client();
+    let views = (0..50).map(|i| {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        let url = gw.https_url(&format!("/blog/{i}"));
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    });
+    for view in views {
+        let page = view.await.unwrap();
+        let s = settings(&page).unwrap_or_else(|| panic!("no settings in {page}"));
+        assert_eq!(s["identificationEmail"], "grace@example.com");
+        assert_eq!(s["identificationToken"], "hs-token-1");
+        assert!(page.contains(
+            "<script data-membergate=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/4242.js\"></script>"
+        ));
+    }
+    assert_eq!(hubspot.calls(), 1);
+    assert_eq!(
+        hubspot.bodies.lock().unwrap()[0],
+        serde_json::json!({"email": "grace@example.com", "firstName": "Grace", "lastName": "Tester"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
+    // Failing: the page comes with the widget but without identification.
+    let failing = FakeHubSpot::start(HubSpotMode::Fail).await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat =
+        |url: String| format!("provider = \"hubspot\"\nportal_id = \"1\"\napi_base = \"{url}\"");
+    let gw = start(&origin, &chat(failing.url()), |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut b = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let page = b.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"hs-script-loader\""));
+    assert!(settings(&page.body).is_none());
+    assert!(failing.calls() >= 1);
+
+    // Slow: the page does not wait past mint_timeout; the mint finishes in
+    // the background and the next page has the token.
+    let slow = FakeHubSpot::start(HubSpotMode::Slow(Duration::from_millis(1500))).await;
+    let gw = start(&origin, &chat(slow.url()), |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+            .identification("mint_timeout = \"200ms\"")
+    })
+    .await;
+    let mut b = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let page = b.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(settings(&page.body).is_none(), "{}", page.body);
+    gw.wait_for_log("not ready in time").await;
+    let mut token = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(s) = settings(&b.get("/").await.body) {
+            token = Some(s["identificationToken"].clone());
+            break;
+        }
+    }
+    assert_eq!(token, Some("hs-token-1".into()));
+    assert_eq!(slow.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_explains_chat_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::new()
+        .route("/", "http://127.0.0.1:9")
+        .chat(
+            "provider = \"hubspot\"\nportal_id = \"abc\"\naccess_token_env = \"MG_TEST_UNSET_TOKEN\"\nshow = \"sometimes\"\n\
+             [[sites.chat.rules]]\npath = \"/a\"\nshow = \"groups\"\n",
+        )
+        .identification("token_lifetime = \"10s\"\n[[identification.keys]]\nid = \"k1\"\nsecret_env = \"MG_TEST_UNSET_KEY\"");
+    let config = dir.path().join("membergate.toml");
+    std::fs::write(&config, setup.render(dir.path())).unwrap();
+    let out = std::process::Command::new(support::binary())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "sites[0].chat.portal_id: expected the HubSpot account id",
+        "sites[0].chat.access_token_env: the environment variable MG_TEST_UNSET_TOKEN",
+        "sites[0].chat.show: expected one of everyone, members, groups, never",
+        "sites[0].chat.rules[0].groups: show = \"groups\" needs a non-empty groups list",
+        "identification.token_lifetime: expected at least 1m",
+        "identification.keys[0]: the environment variable MG_TEST_UNSET_KEY is not set",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+}
