@@ -163,6 +163,61 @@ async fn targeting_rules_choose_who_sees_the_widget_where() {
             assert_eq!(page.body, PAGE, "{who} {path}");
         }
     }
+
+    // `policy check` shows the same decision, with the rule that made it.
+    let url = gw.https_url("/kb/a/b.html");
+    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("chat: off (sites[main].chat.rules[1], path \"/kb/**/*.html\")"),
+        "{out}"
+    );
+    let (_, out) = gw.cli(
+        &[
+            "policy",
+            "check",
+            "--url",
+            &url,
+            "--member",
+            "plain@example.com",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("chat: identified (sites[main].chat.rules[1]"),
+        "{out}"
+    );
+    let (_, out) = gw.cli(&["policy", "check", "--url", &gw.https_url("/")], "");
+    assert!(
+        out.contains("chat: anonymous (site \"main\" chat default)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_logout_the_next_widget_page_resets_the_widget_once() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(
+        &origin,
+        &format!("{BUILTIN}\n[[sites.chat.rules]]\npath = \"/private\"\nshow = \"members\""),
+        |s| s,
+    )
+    .await;
+    let mut b = member(&gw, "kim@example.com", "Kim", &[]).await;
+    assert!(settings(&b.get("/").await.body).is_some());
+    let out = b.logout().await;
+    assert_eq!(out.status, 303);
+    assert!(b.cookies.contains_key("__Host-membergate-chat-reset"));
+    // A page without the widget for anonymous visitors keeps the request for later.
+    let page = b.get("/private/x").await;
+    assert_eq!(page.body, PAGE);
+    assert!(b.cookies.contains_key("__Host-membergate-chat-reset"));
+    let reset = "window.HubSpotConversations.clear({resetWidget:true})";
+    let page = b.get("/").await;
+    assert!(page.body.contains(reset), "{}", page.body);
+    assert!(!page.body.contains("identificationEmail"));
+    assert!(!b.cookies.contains_key("__Host-membergate-chat-reset"));
+    assert!(!b.get("/").await.body.contains(reset));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,8 +161,8 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             format!(
-                "{}\nvisitor: {}\npath: {}\nrule: {}",
-                report.decision, report.visitor, report.path, report.rule
+                "{}\nvisitor: {}\npath: {}\nrule: {}\nchat: {}",
+                report.decision, report.visitor, report.path, report.rule, report.chat
             )
         }
     };

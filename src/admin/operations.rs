@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, validate_group_name};
 use crate::hygiene::path;
+use crate::identity::{self, ChatDecision};
 use crate::mail::{Mailer, Message};
 use crate::members::{
     Member, MemberStore, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now,
@@ -103,6 +104,8 @@ pub struct PolicyReport {
     /// `sites[NAME].rules[i] (path "...")` or the site's default policy.
     pub rule: String,
     pub visitor: String,
+    /// The chat widget on this page: `off`, `anonymous` or `identified`, and why.
+    pub chat: String,
 }
 
 /// The administrator's operations on one store.
@@ -264,6 +267,28 @@ impl Admin<'_> {
             _ => policy::Visitor::Anonymous,
         };
         let (decision, rule) = policy::decide(&site.rules, &path.decoded, visitor);
+        let groups = match visitor {
+            policy::Visitor::Member { groups } => Some(groups),
+            policy::Visitor::Anonymous => None,
+        };
+        let chat = match &site.chat {
+            None => "off (the site has no chat widget)".to_owned(),
+            Some(chat) => {
+                let (shown, chat_rule) = identity::decide(chat, &path.decoded, groups);
+                let shown = match shown {
+                    ChatDecision::Off => "off",
+                    ChatDecision::Anonymous => "anonymous",
+                    ChatDecision::Identified => "identified",
+                };
+                match chat_rule {
+                    Some(i) => format!(
+                        "{shown} (sites[{}].chat.rules[{i}], path {:?})",
+                        site.name, chat.rules[i].path
+                    ),
+                    None => format!("{shown} (site {:?} chat default)", site.name),
+                }
+            }
+        };
         let rule = match rule {
             Some(i) => format!(
                 "sites[{}].rules[{i}] (path {:?})",
@@ -288,6 +313,7 @@ impl Admin<'_> {
             path: path.decoded,
             rule,
             visitor,
+            chat,
         })
     }
 

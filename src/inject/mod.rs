@@ -23,6 +23,9 @@ use crate::proxy::body::GatewayBody;
 /// Marks the gateway's own script tags, so a page is never injected twice.
 pub const MARKER: &str = "data-membergate";
 
+/// Clears the widget's cookies and conversation once it is ready.
+const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
+
 /// Whether a response may be rewritten, from its head alone.
 pub fn rewritable(
     method: &Method,
@@ -106,7 +109,14 @@ pub struct Snippet {
 
 /// The HTML inserted into a page: the settings (when there are any) and the
 /// provider's loader. `identified` is `(email, token)`.
-pub fn snippet(chat: &Chat, identified: Option<(&str, &str)>, nonce: Option<&str>) -> Snippet {
+/// With `reset`, the widget is told to forget its visitor and conversation
+/// once it is ready (after a logout).
+pub fn snippet(
+    chat: &Chat,
+    identified: Option<(&str, &str)>,
+    nonce: Option<&str>,
+    reset: bool,
+) -> Snippet {
     let mut settings = serde_json::Map::new();
     if let Some((email, token)) = identified {
         settings.insert("identificationEmail".into(), email.into());
@@ -121,11 +131,14 @@ pub fn snippet(chat: &Chat, identified: Option<(&str, &str)>, nonce: Option<&str
     let nonce = nonce.map_or(String::new(), |n| format!(" nonce=\"{}\"", attribute(n)));
     let mut html = String::with_capacity(512);
     let mut inline_script = None;
-    if !settings.is_empty() {
+    if !settings.is_empty() || reset {
         let json = script_safe_json(&serde_json::Value::Object(settings));
-        let script = format!(
+        let mut script = format!(
             "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{json});"
         );
+        if reset {
+            script.push_str(RESET_SCRIPT);
+        }
         html.push_str(&format!(
             "<script {MARKER}=\"settings\"{nonce}>{script}</script>"
         ));
@@ -277,7 +290,13 @@ mod tests {
             load_immediately: Some(false),
             inline_embed_selector: None,
         };
-        let html = snippet(&chat, Some(("ada@example.com", "tok")), Some("n0nce")).html;
+        let html = snippet(
+            &chat,
+            Some(("ada@example.com", "tok")),
+            Some("n0nce"),
+            false,
+        )
+        .html;
         assert!(html.contains("\"identificationEmail\":\"ada@example.com\""));
         assert!(html.contains("\"identificationToken\":\"tok\""));
         assert!(html.contains("\"loadImmediately\":false"));
@@ -287,8 +306,11 @@ mod tests {
             load_immediately: None,
             ..chat
         };
-        let html = snippet(&anonymous, None, None).html;
+        let html = snippet(&anonymous, None, None, false).html;
         assert!(!html.contains("hsConversationsSettings"));
         assert!(html.starts_with("<script data-membergate=\"loader\""));
+        let reset = snippet(&anonymous, None, None, true).html;
+        assert!(reset.contains("window.HubSpotConversations.clear({resetWidget:true})"));
+        assert!(!reset.contains("identificationEmail"));
     }
 }

@@ -427,6 +427,9 @@ impl Request<'_> {
             }
         }
         self.set_cookies.push(self.m.sessions.clear_cookie());
+        // The next page with the chat widget resets it (see proxy::widget).
+        self.set_cookies
+            .push(self.m.sessions.chat_reset_cookie(true));
         self.lookup = Lookup::Anonymous;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)

@@ -115,7 +115,7 @@ pub fn withhold_gateway_cookies(headers: &mut HeaderMap, session_cookie: &str) {
             let ours = name == session_cookie
                 || name
                     .strip_prefix(session_cookie)
-                    .is_some_and(|rest| rest == "-csrf");
+                    .is_some_and(|rest| rest == "-csrf" || rest == "-chat-reset");
             if pair.is_empty() || ours {
                 continue;
             }
@@ -168,6 +168,7 @@ pub fn finish(
         let own = [
             members.cookie_name.clone(),
             format!("{}-csrf", members.cookie_name),
+            format!("{}-chat-reset", members.cookie_name),
         ];
         let kept: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)

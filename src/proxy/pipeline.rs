@@ -152,6 +152,7 @@ async fn phases<'r>(
         record.member = Some(visitor.member_id);
     }
     let widget = widget::plan(site, &target, &access, &parts.method);
+    let reset = widget.is_some() && widget::wants_reset(gateway, &parts.headers);
     if widget.is_some() {
         // The page is rewritten on its way: ask the origin for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
@@ -162,8 +163,13 @@ async fn phases<'r>(
         forward::forward(gateway, runtime, conn, route, &access, target, parts, body),
         widget::token(gateway, runtime, site, &access, widget.as_ref()),
     );
-    let response = widget::rewrite(site, &access, widget, token, &method, response);
-    access::finish(gateway, runtime, &access, response)
+    let (response, was_reset) =
+        widget::rewrite(site, &access, reset, widget, token, &method, response);
+    let mut response = access::finish(gateway, runtime, &access, response);
+    if was_reset {
+        widget::clear_reset(gateway, &mut response);
+    }
+    response
 }
 
 /// Who the visitor is and whether the policy lets them in.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use http::header::{self, HeaderValue};
 use http::{Method, Response};
 
 use super::access::Access;
@@ -55,29 +56,47 @@ pub async fn token(
 }
 
 /// Puts the widget into the page if the response is one that may be rewritten.
+/// `reset` (the logout cookie was sent) makes the widget forget its visitor;
+/// the returned flag says the reset went out, so the cookie can be cleared.
 pub fn rewrite(
     site: &Site,
     access: &Access,
+    reset: bool,
     plan: Option<Plan>,
     token: Option<Arc<str>>,
     method: &Method,
     response: Response<GatewayBody>,
-) -> Response<GatewayBody> {
+) -> (Response<GatewayBody>, bool) {
     let (Some(_plan), Some(chat)) = (plan, site.chat.as_ref()) else {
-        return response;
+        return (response, false);
     };
     let Some(encoding) = inject::rewritable(method, response.status(), response.headers()) else {
-        return response;
+        return (response, false);
     };
     let identified = match (&token, access.visitor.as_deref()) {
         (Some(token), Some(visitor)) => Some((visitor.email.as_str(), &**token)),
         _ => None,
     };
     let nonce = inject::csp::script_nonce(response.headers());
-    let snippet = inject::snippet(chat, identified, nonce.as_deref());
+    let snippet = inject::snippet(chat, identified, nonce.as_deref(), reset);
     let mut response = response;
     if let Some(script) = &snippet.inline_script {
         inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
     }
-    inject::rewrite(response, encoding, snippet.html, identified.is_some())
+    let response = inject::rewrite(response, encoding, snippet.html, identified.is_some());
+    (response, reset)
+}
+
+/// Clears the chat-reset cookie once a page has carried the reset.
+pub fn clear_reset(gateway: &Gateway, response: &mut Response<GatewayBody>) {
+    let cookie = gateway.membership.sessions.chat_reset_cookie(false);
+    if let Ok(clear) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, clear);
+    }
+}
+
+/// Whether the request carries the logout's chat-reset cookie.
+pub fn wants_reset(gateway: &Gateway, headers: &http::HeaderMap) -> bool {
+    let name = gateway.membership.sessions.chat_reset_name();
+    crate::session::cookie_values(headers, &name).any(|v| v == "1")
 }

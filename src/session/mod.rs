@@ -298,6 +298,25 @@ impl Sessions {
             .to_string()
     }
 
+    /// The name of the cookie that asks the next page with the chat widget to
+    /// reset it (set at logout, so a shared computer forgets the last member).
+    pub fn chat_reset_name(&self) -> String {
+        format!("{}-chat-reset", self.cookie_name)
+    }
+
+    /// Sets (`on`) or clears the chat-reset cookie.
+    pub fn chat_reset_cookie(&self, on: bool) -> String {
+        let (value, age) = if on { ("1", 86_400) } else { ("", 0) };
+        cookie::Cookie::build((self.chat_reset_name(), value))
+            .path("/")
+            .secure(self.cookie_secure)
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(age))
+            .build()
+            .to_string()
+    }
+
     pub fn clear_cookie(&self) -> String {
         cookie::Cookie::build((self.cookie_name.as_str(), ""))
             .path("/")
