@@ -474,3 +474,174 @@ async fn check_config_explains_chat_settings() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 }
+
+const API_KEY: &str = "mgk_backend_0123456789abcdefghijklmnop";
+const VERIFY_KEY: &str = "mgk_verifier_0123456789abcdefghijklmn";
+
+fn sha256_hex(text: &str) -> String {
+    <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn api_setup(keys: &str) -> String {
+    format!(
+        "{keys}\n\
+         [[identification.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{}\"\nscopes = [\"create\", \"verify\"]\n\
+         [[identification.api_keys]]\nname = \"verifier\"\nkey_sha256 = \"{}\"\nscopes = [\"verify\"]\n",
+        sha256_hex(API_KEY),
+        sha256_hex(VERIFY_KEY)
+    )
+}
+
+const CREATE: &str = "/_membergate/api/conversations/v3/visitor-identification/tokens/create";
+const VERIFY: &str = "/_membergate/api/visitor-identification/tokens/verify";
+
+async fn call(gw: &Gateway, path: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut request = gw
+        .client()
+        .post(gw.https_url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_api_mints_and_verifies_with_scoped_keys() {
+    let origin = PageOrigin::start(vec![]).await;
+    let keys = "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"";
+    let gw = start(&origin, BUILTIN, |s| {
+        s.identification(&api_setup(keys))
+            .file("k1.key", "k1-secret-0123456789-0123456789-0123456789")
+            .file("k2.key", "k2-secret-0123456789-0123456789-0123456789")
+    })
+    .await;
+    let ada = r#"{"email": " Ada@Example.com", "firstName": "Ada", "lastName": "Lovelace"}"#;
+
+    let (status, body) = call(&gw, CREATE, None, ada).await;
+    assert_eq!(
+        (status, &body["category"]),
+        (401, &"INVALID_AUTHENTICATION".into())
+    );
+    assert_eq!(call(&gw, CREATE, Some("mgk_wrong"), ada).await.0, 401);
+    let (status, body) = call(&gw, CREATE, Some(VERIFY_KEY), ada).await;
+    assert_eq!((status, &body["category"]), (403, &"MISSING_SCOPES".into()));
+
+    let (status, body) = call(&gw, CREATE, Some(API_KEY), ada).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("mgv1.k1."), "{token}");
+    let (status, claims) = call(
+        &gw,
+        VERIFY,
+        Some(VERIFY_KEY),
+        &serde_json::json!({ "token": token }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{claims}");
+    assert_eq!(
+        (&claims["email"], &claims["firstName"], &claims["aud"]),
+        (&"ada@example.com".into(), &"Ada".into(), &"main".into())
+    );
+
+    // Tampered: refused with the reason.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let (status, body) = call(
+        &gw,
+        VERIFY,
+        Some(API_KEY),
+        &serde_json::json!({ "token": forged }).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["category"]),
+        (401, &"INVALID_TOKEN".into()),
+        "{body}"
+    );
+
+    // Malformed input: a 4xx JSON error that says what is wrong.
+    for (body, status, needle) in [
+        ("{\"email\": ", 400, "not the expected JSON"),
+        ("[]", 400, "not the expected JSON"),
+        ("{\"firstName\": \"x\"}", 400, "missing field `email`"),
+        (
+            "{\"email\": \"a@example.com\", \"role\": \"admin\"}",
+            400,
+            "unknown field",
+        ),
+        ("{\"email\": \"not an address\"}", 400, "email:"),
+        (
+            "{\"email\": \"a@example.com\", \"firstName\": \"a\\u0000b\"}",
+            400,
+            "control characters",
+        ),
+    ] {
+        let (got, answer) = call(&gw, CREATE, Some(API_KEY), body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(needle),
+            "{body}: {answer}"
+        );
+    }
+    let big = format!("{{\"email\": \"{}@example.com\"}}", "a".repeat(20_000));
+    assert_eq!(call(&gw, CREATE, Some(API_KEY), &big).await.0, 413);
+    let get = gw.client().get(gw.https_url(CREATE)).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+
+    // Rotation: a new signing key first, the old one still verifies; then retired.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let rotated = config.replace(
+        keys,
+        "[[identification.keys]]\nid = \"k2\"\nsecret_file = \"k2.key\"\n[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"",
+    );
+    std::fs::write(&gw.config_path, &rotated).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    let verify_old = serde_json::json!({ "token": token }).to_string();
+    assert_eq!(call(&gw, VERIFY, Some(API_KEY), &verify_old).await.0, 200);
+    let (_, body) = call(&gw, CREATE, Some(API_KEY), ada).await;
+    assert!(body["token"].as_str().unwrap().starts_with("mgv1.k2."));
+    let retired = rotated.replace(
+        "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"",
+        "",
+    );
+    std::fs::write(&gw.config_path, &retired).unwrap();
+    gw.signal("HUP");
+    for _ in 0..100 {
+        if call(&gw, VERIFY, Some(API_KEY), &verify_old).await.0 == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = call(&gw, VERIFY, Some(API_KEY), &verify_old).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("unknown key"),
+        "{body}"
+    );
+
+    // Guessing keys is limited per client address.
+    let mut limited = false;
+    for _ in 0..30 {
+        if call(&gw, CREATE, Some("mgk_guess"), ada).await.0 == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "no rate limit on failed authentication");
+    // The keys never reach the log.
+    let log = gw.log();
+    assert!(!log.contains(API_KEY) && !log.contains(VERIFY_KEY));
+}

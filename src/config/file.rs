@@ -56,6 +56,17 @@ pub struct IdentificationSection {
     pub mint_timeout: Option<String>,
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    pub name: Option<String>,
+    pub key_sha256: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,18 @@ pub struct Identification {
     /// Signing and verification keys, the first signs. Empty: one key derived
     /// from the gateway secret.
     pub keys: Vec<(String, Vec<u8>)>,
+    /// Keys for the token API, stored as SHA-256 digests.
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// May mint tokens (`create`).
+    pub create: bool,
+    /// May check tokens (`verify`).
+    pub verify: bool,
 }
 
 /// The chat widget of a site: who gets it, identified or not.

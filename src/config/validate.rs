@@ -12,9 +12,9 @@ use super::file::{
     MembersSection, RouteSection, RuleSection, SiteSection,
 };
 use super::{
-    Admin, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode, Identification,
-    Limits, Log, LogFormat, Mail, MailTransport, Members, Registration, Route, Server, Site, Tls,
-    Upstream,
+    Admin, ApiKey, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode,
+    Identification, Limits, Log, LogFormat, Mail, MailTransport, Members, Registration, Route,
+    Server, Site, Tls, Upstream,
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
 
@@ -834,10 +834,65 @@ fn identification(p: &mut Problems, s: &IdentificationSection) -> Identification
             Err(message) => p.add(&key, message),
         }
     }
+    let mut api_keys: Vec<ApiKey> = Vec::new();
+    for (i, k) in s.api_keys.iter().enumerate() {
+        let key = format!("identification.api_keys[{i}]");
+        let name = k.name.clone().unwrap_or_default();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            p.add(
+                &format!("{key}.name"),
+                "expected a name of 1 to 64 characters",
+            );
+        } else if api_keys.iter().any(|other| other.name == name) {
+            p.add(
+                &format!("{key}.name"),
+                format!("{name:?} is used by an earlier key"),
+            );
+        }
+        let hex = k.key_sha256.clone().unwrap_or_default();
+        let mut sha256 = [0u8; 32];
+        let decoded = hex.len() == 64
+            && hex.is_ascii()
+            && (0..32).all(|j| {
+                u8::from_str_radix(&hex[2 * j..2 * j + 2], 16)
+                    .map(|b| sha256[j] = b)
+                    .is_ok()
+            });
+        if !decoded {
+            p.add(
+                &format!("{key}.key_sha256"),
+                "expected the key's SHA-256 as 64 hex digits (printf %s \"$KEY\" | sha256sum)",
+            );
+        }
+        let (mut create, mut verify) = (false, false);
+        for (j, scope) in k.scopes.iter().enumerate() {
+            match scope.as_str() {
+                "create" => create = true,
+                "verify" => verify = true,
+                other => p.add(
+                    &format!("{key}.scopes[{j}]"),
+                    format!("expected create or verify; got {other:?}"),
+                ),
+            }
+        }
+        if k.scopes.is_empty() {
+            p.add(
+                &format!("{key}.scopes"),
+                "expected at least one of create, verify",
+            );
+        }
+        api_keys.push(ApiKey {
+            name,
+            sha256,
+            create,
+            verify,
+        });
+    }
     Identification {
         token_lifetime,
         mint_timeout,
         keys,
+        api_keys,
     }
 }
 

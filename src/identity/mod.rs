@@ -9,6 +9,7 @@
 //! identification, and the mint that was started keeps going in the
 //! background so the next page has its token.
 
+pub mod api;
 pub mod hubspot;
 pub mod token;
 

@@ -7,6 +7,7 @@
 //! normalise  one host, one path (400, 421)            -> hygiene::{host, path}
 //! site       site by host, HTTPS redirect (308)       -> routing
 //!            /_membergate/ pages                      -> portal
+//!            /_membergate/api/ token API              -> identity::api
 //! route      route by path (404)                      -> routing
 //! authorise  session, access policy (302, 401, 403)   -> proxy::access, session, policy
 //! forward    origin or directory, streaming (502/504) -> proxy::forward
@@ -33,6 +34,7 @@ use crate::config::HttpMode;
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::host::{self, HostError, RequestHost};
 use crate::hygiene::path::{self, NormalPath};
+use crate::identity;
 use crate::portal;
 use crate::routing::{Route, Site};
 
@@ -133,6 +135,12 @@ async fn phases<'r>(
         record.path = Some(target.path.encoded.clone());
     }
     let site = proceed!(site(gateway, runtime, conn, &target));
+    if identity::api::is_api_path(&target.path.decoded) {
+        *route_label = Some(&site.portal_id);
+        let (client, path) = (conn.peer.ip(), &target.path.decoded);
+        return identity::api::handle(gateway, runtime, &site.name, client, path, parts, body)
+            .await;
+    }
     if portal::is_portal_path(&target.path.decoded) {
         *route_label = Some(&site.portal_id);
         if let Some(record) = record {
