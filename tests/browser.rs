@@ -161,3 +161,77 @@ async fn chromium_registers_verifies_logs_in_and_reads_a_members_page() {
         "document.cookie exposes the session: {script_cookies:?}"
     );
 }
+
+/// A member whose name is a script injection attempt: in a real browser the
+/// page holds exactly the page's nodes plus our two scripts, nothing of the
+/// name runs, and the widget settings hold the exact email and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_runs_nothing_from_a_hostile_member_name() {
+    use support::chat::{PAGE, PageOrigin};
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\""),
+    )
+    .await;
+    let evil = "</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>";
+    let email = "mallory@example.com";
+    let (ok, out) = gw.cli(
+        &[
+            "member",
+            "add",
+            email,
+            "--first-name",
+            evil,
+            "--last-name",
+            "\"'`${x}",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{out}");
+
+    let wd = WebDriver::start().await;
+    wd.goto(&gw.https_url("/_membergate/login")).await;
+    wd.fill("#email", email).await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd.find("form button[type=submit]").await;
+    wd.click(&submit).await;
+    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
+        .await;
+    wd.goto(&gw.https_url("/tides")).await;
+    wd.wait_for_text("High water at noon.").await;
+
+    let seen = wd
+        .execute(
+            "return {
+               scripts: Array.from(document.scripts).map(s => s.getAttribute('data-membergate')),
+               images: document.images.length,
+               pwned: window.__pwned === undefined ? null : window.__pwned,
+               email: window.hsConversationsSettings.identificationEmail,
+               token: window.hsConversationsSettings.identificationToken,
+               body: document.body.innerHTML
+             };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(seen["scripts"], json!(["settings", "loader"]), "{seen}");
+    assert_eq!(seen["images"], 0, "{seen}");
+    assert_eq!(seen["pwned"], Value::Null, "{seen}");
+    assert_eq!(seen["email"], email);
+    // The token names the member exactly, hostile name and all.
+    let token = seen["token"].as_str().unwrap();
+    let payload = token.split('.').nth(2).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["firstName"], evil);
+    assert_eq!(claims["email"], email);
+    // The page's own content is untouched.
+    assert!(
+        PAGE.contains(seen["body"].as_str().unwrap().trim()),
+        "{seen}"
+    );
+}

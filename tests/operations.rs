@@ -343,6 +343,8 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
         ("/_membergate/register", "Create an account"),
         // A teaser instead of the login redirect for this members-only article.
         ("/kb/keeper-logbook-access.html", "become a member"),
+        // The demo chat widget, put into pages on their way.
+        ("/blog/", "src=\"/assets/chat-widget.js\""),
     ] {
         let response = client
             .get(format!("https://localhost:{}{path}", https.port()))
