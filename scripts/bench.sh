@@ -68,6 +68,9 @@ import os
 open(f"{root}/page.html", "w").write(page(20 * 1024))
 os.makedirs(f"{root}/members", exist_ok=True)
 open(f"{root}/members/page.html", "w").write(page(20 * 1024))
+os.makedirs(f"{root}/inject", exist_ok=True)
+open(f"{root}/inject/page.html", "w").write(page(20 * 1024))
+open(f"{root}/inject/page-1mb.html", "w").write(page(1024 * 1024))
 open(f"{root}/page-1mb.html", "w").write(page(1024 * 1024))
 PY
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -123,7 +126,7 @@ http {
       proxy_set_header X-Forwarded-For \$remote_addr;
     }
     location /inject/ {
-      proxy_pass http://origin/;
+      proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Accept-Encoding "";
@@ -171,6 +174,14 @@ hosts = ["localhost", "127.0.0.1"]
   [[sites.rules]]
   path = "/members/"
   policy = "members"
+  # The widget only under /inject/, for members (identified, token cached).
+  [sites.chat]
+  provider = "builtin"
+  widget_url = "/chat.js"
+  show = "never"
+    [[sites.chat.rules]]
+    path = "/inject"
+    show = "members"
 TOML
 echo "bench-password-1" | "$MEMBERGATE_BIN" member --config "$work/membergate.toml" \
   add bench@example.com --first-name Bench >/dev/null
@@ -242,6 +253,38 @@ check=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: membergate=$session" 
 [ "$check" = 200 ] || { echo "membergate answered $check for /members$page with a session" >&2; exit 1; }
 check=$(curl -s -o /dev/null -w '%{http_code}' "$mg/members$page")
 [ "$check" = 302 ] || { echo "membergate answered $check for /members$page without a session" >&2; exit 1; }
+curl -s -H "Cookie: membergate=$session" "$mg/inject$page" | grep -q identificationToken \
+  || { echo "membergate did not inject the widget into /inject$page" >&2; exit 1; }
+curl -s "http://127.0.0.1:$NGX_PLAIN/inject$page" | grep -q hsConversationsSettings \
+  || { echo "nginx sub_filter did not inject into /inject$page" >&2; exit 1; }
+mg_pid=$(pgrep -f "membergate serve --config $work/membergate.toml" | head -1)
+
+# Largest resident set of membergate while a command runs (sampled every 0.1 s).
+peak_rss_during() {
+  local out=$work/rss.$$ max=0 kb
+  ( while true; do
+      kb=$(awk '/^VmRSS/ {print $2}' "/proc/$mg_pid/status" 2>/dev/null || echo 0)
+      echo "$kb"; sleep 0.1
+    done ) >"$out" &
+  local sampler=$!
+  "$@"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  max=$(sort -n "$out" | tail -1)
+  echo "${max:-0}"
+}
+run_injected() { # scenario target url [wrk args...]
+  local scenario=$1 target=$2 url=$3; shift 3
+  if [ "$target" = membergate ]; then
+    local rss line
+    rss=$(peak_rss_during run_wrk "$scenario" "$target" "$url" "$@" | tail -1)
+    # run_wrk appended its line; add the peak RSS to it.
+    line=$(tail -1 "$results")
+    sed -i '$d' "$results"
+    echo "$line rss_kb=$rss" | tee -a "$results"
+  else
+    run_wrk "$scenario" "$target" "$url" "$@"
+  fi
+}
 for round in $(seq 1 "$ROUNDS"); do
   echo "--- round $round of $ROUNDS" >&2
   run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
@@ -249,6 +292,12 @@ for round in $(seq 1 "$ROUNDS"); do
   run_wrk plain-http membergate "http://127.0.0.1:$MG_PLAIN$page"
   run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
     -H "Cookie: theme=dark; membergate=$session"
+  run_injected injected-20k nginx "http://127.0.0.1:$NGX_PLAIN/inject$page"
+  run_injected injected-20k membergate "http://127.0.0.1:$MG_PLAIN/inject$page" \
+    -H "Cookie: membergate=$session"
+  run_injected injected-1mb nginx "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html"
+  run_injected injected-1mb membergate "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" \
+    -H "Cookie: membergate=$session"
   run_wrk https-h1-keepalive nginx "https://localhost:$NGX_TLS$page"
   run_wrk https-h1-keepalive membergate "https://localhost:$MG_TLS$page"
   run_h2load https-h2 nginx "https://localhost:$NGX_TLS$page"
@@ -293,6 +342,11 @@ public, member = med("plain-http", "membergate", "rps"), med("members-only-with-
 if public and member:
     print(f"Members-only page with a cached session vs the public page, both through membergate: "
           f"{member / public:.3f}x.")
+    print()
+rss = {s: med(s, "membergate", "rss_kb") for s in ("injected-20k", "injected-1mb")}
+if all(rss.values()):
+    print(f"membergate peak RSS while injecting: 20 KB pages {rss['injected-20k'] / 1024:.1f} MiB, "
+          f"1 MB pages {rss['injected-1mb'] / 1024:.1f} MiB ({int(conns)} connections).")
     print()
 print("h2load reports no percentiles: its rows show mean / max instead of p50 / p99.")
 PY

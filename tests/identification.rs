@@ -222,22 +222,14 @@ async fn after_logout_the_next_widget_page_resets_the_widget_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_plain_html_pages_are_touched() {
-    let gzip = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
     let origin = PageOrigin::start(vec![
         (
             "/data.json",
             Page::html("{\"a\":\"</head>\"}").with("content-type", "application/json"),
         ),
         (
-            "/gzip",
-            Page {
-                status: 200,
-                headers: vec![
-                    ("content-type", "text/html".into()),
-                    ("content-encoding", "gzip".into()),
-                ],
-                body: gzip.clone(),
-            },
+            "/compress",
+            Page::html("<head></head>").with("content-encoding", "compress"),
         ),
         ("/gone", Page::html("<head></head>").status(404)),
         ("/nohead", Page::html("<body><p>x</p></body>")),
@@ -253,10 +245,15 @@ async fn only_plain_html_pages_are_touched() {
     let mut b = Browser::new(&gw);
     let page = b.get("/data.json").await;
     assert_eq!(page.body, "{\"a\":\"</head>\"}");
-    // An origin that compresses anyway: passed through byte for byte.
-    let raw = gw.client().get(gw.https_url("/gzip")).send().await.unwrap();
-    assert_eq!(raw.headers()["content-encoding"], "gzip");
-    assert_eq!(raw.bytes().await.unwrap().to_vec(), gzip);
+    // A coding the gateway does not decode: passed through byte for byte.
+    let raw = gw
+        .client()
+        .get(gw.https_url("/compress"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["content-encoding"], "compress");
+    assert_eq!(raw.text().await.unwrap(), "<head></head>");
     assert_eq!(b.get("/gone").await.body, "<head></head>");
     assert_eq!(b.get("/part").await.body, "<head></head>");
     assert!(
@@ -273,6 +270,151 @@ async fn only_plain_html_pages_are_touched() {
         .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["etag"], "\"v1\"");
+}
+
+fn compressed(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut e = brotli::CompressorWriter::new(&mut out, 4096, 5, 20);
+                e.write_all(data).unwrap();
+            }
+            out
+        }
+        "zstd" => zstd::encode_all(data, 3).unwrap(),
+        other => panic!("{other}"),
+    }
+}
+
+fn decompressed(coding: &str, data: &[u8]) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(data)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "br" => {
+            brotli::BrotliDecompress(&mut &data[..], &mut out).unwrap();
+        }
+        "identity" => out = data.to_vec(),
+        other => panic!("{other}"),
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() {
+    let long_page = format!(
+        "<!doctype html><html><head><title>Tides</title></head><body>{}</body></html>",
+        "<p>High water at noon.</p>".repeat(2000)
+    );
+    let mut pages = Vec::new();
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let path: &'static str = Box::leak(format!("/{coding}").into_boxed_str());
+        pages.push((
+            path,
+            Page {
+                status: 200,
+                headers: vec![
+                    ("content-type", "text/html; charset=utf-8".into()),
+                    ("content-encoding", coding.into()),
+                ],
+                body: compressed(coding, long_page.as_bytes()),
+            },
+        ));
+    }
+    // 32 MiB of spaces in 32 KiB of gzip, and a stream that is not gzip at all.
+    pages.push(("/bomb", Page::html("").with("content-encoding", "gzip")));
+    let mut bomb_page = b"<html><head>".to_vec();
+    bomb_page.extend(std::iter::repeat_n(b' ', 32 << 20));
+    pages.last_mut().unwrap().1.body = compressed("gzip", &bomb_page);
+    let mut corrupt = compressed("gzip", long_page.as_bytes());
+    corrupt[40] ^= 0x55;
+    pages.push((
+        "/corrupt",
+        Page {
+            status: 200,
+            headers: vec![
+                ("content-type", "text/html".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            body: corrupt,
+        },
+    ));
+    let origin = PageOrigin::start(pages).await;
+    let gw = start(&origin, BUILTIN, |s| {
+        s.limits("max_rewrite_bytes = 1048576")
+    })
+    .await;
+    let expected_marker = "<script data-membergate=\"loader\"";
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        for (accept, sent) in [
+            (None, "identity"),
+            (Some("gzip, deflate"), "gzip"),
+            (Some("gzip, br"), "br"),
+        ] {
+            let mut request = gw.client().get(gw.https_url(&format!("/{coding}")));
+            if let Some(accept) = accept {
+                request = request.header("accept-encoding", accept);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let got = response
+                .headers()
+                .get("content-encoding")
+                .map_or("identity", |v| v.to_str().unwrap())
+                .to_owned();
+            assert_eq!(got, sent, "{coding} {accept:?}");
+            let vary: Vec<_> = response.headers().get_all("vary").iter().collect();
+            assert!(vary.iter().any(|v| *v == "Accept-Encoding"), "{vary:?}");
+            let body = decompressed(sent, &response.bytes().await.unwrap());
+            let expected = long_page.replacen("</head>", expected_marker, 1);
+            assert!(body.starts_with(&expected[..expected.find(expected_marker).unwrap()]));
+            assert_eq!(
+                body.matches(expected_marker).count(),
+                1,
+                "{coding} {accept:?}"
+            );
+            assert!(body.ends_with("</body></html>"), "{coding} {accept:?}");
+            assert_eq!(
+                body.len() - long_page.len(),
+                body.find("</head>").unwrap() - long_page.find("</head>").unwrap()
+            );
+        }
+    }
+    // The origin was never asked to compress; the client's wish is kept for the way back.
+    assert!(
+        origin
+            .accept_encodings
+            .lock()
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+    // A bomb stops at the cap, a corrupt stream where it breaks: the response
+    // is cut short, nothing is buffered past the cap, and the gateway lives on.
+    for path in ["/bomb", "/corrupt"] {
+        let response = gw.client().get(gw.https_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.is_err(), "{path} was not cut short");
+    }
+    let after = gw.client().get(gw.https_url("/gzip")).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+    gw.wait_for_log("response cut short").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

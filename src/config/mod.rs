@@ -193,6 +193,9 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// The largest page, after decompression, the gateway rewrites; a
+    /// compressed page that decodes to more is cut off (decompression bombs).
+    pub max_rewrite_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -231,6 +231,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             Duration::from_secs(30),
         ),
         http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(128),
+        max_rewrite_bytes: l.max_rewrite_bytes.unwrap_or(32 << 20),
     };
     if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
         p.add(
@@ -249,6 +250,9 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             "limits.max_uri_bytes",
             format!("expected 64 to 65000; got {}", limits.max_uri_bytes),
         );
+    }
+    if limits.max_rewrite_bytes < 4096 {
+        p.add("limits.max_rewrite_bytes", "expected at least 4096");
     }
     if limits.http2_max_concurrent_streams == 0 {
         p.add("limits.http2_max_concurrent_streams", "expected at least 1");

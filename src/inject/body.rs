@@ -1,33 +1,62 @@
 //! A response body rewritten on the fly by lol_html: each chunk from the
-//! origin goes through the rewriter and whatever it has ready goes on to the
-//! visitor, so the page streams and memory stays bounded.
+//! origin is decoded (if the origin compressed it), goes through the rewriter,
+//! and whatever is ready is encoded for the client and sent on. The page
+//! streams and memory stays bounded by the chunk size, not the page size.
+//!
+//! Only the start of a page is parsed: the rewriter is fed in small slices
+//! until the snippet is in, then ended, and the rest of the page passes
+//! through untouched (the snippet goes in once, so nothing later matters).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use lol_html::html_content::ContentType;
-use lol_html::send::{EndTagHandler, HtmlRewriter, Settings};
-use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, element};
+use lol_html::send::{Element, ElementContentHandlers, EndTagHandler, HtmlRewriter, Settings};
+use lol_html::{AsciiCompatibleEncoding, HandlerResult, MemorySettings, OutputSink, Selector};
 
-use crate::proxy::body::{BoxError, GatewayBody};
+use super::codec::{Capped, Coding, Encoder};
+use crate::proxy::body::BoxError;
 
 /// The most memory the rewriter may hold for one page (its buffers for an
 /// unfinished tag); pages within it are rewritten, a pathological one fails.
 const MAX_REWRITER_MEMORY: usize = 1024 * 1024;
+/// Bytes fed to the rewriter at a time until the snippet is in: the head of a
+/// page is usually within the first few slices, and the rest is not parsed.
+const SLICE: usize = 1024;
 
-/// Collects the rewriter's output between polls.
+/// The selectors, parsed once per process.
+struct Selectors {
+    existing: Selector,
+    template: Selector,
+    head: Selector,
+    body: Selector,
+}
+
+static SELECTORS: LazyLock<Option<Selectors>> = LazyLock::new(|| {
+    Some(Selectors {
+        existing: "script[data-membergate], script#hs-script-loader"
+            .parse()
+            .ok()?,
+        template: "template".parse().ok()?,
+        head: "head".parse().ok()?,
+        body: "body".parse().ok()?,
+    })
+});
+
+/// Collects the rewriter's output between writes.
 #[derive(Clone, Default)]
 struct Collected(Arc<Mutex<Vec<u8>>>);
 
 impl Collected {
-    fn take(&self) -> Bytes {
+    fn take(&self) -> Vec<u8> {
         match self.0.lock() {
-            Ok(mut buffer) => Bytes::from(std::mem::take(&mut *buffer)),
-            Err(poisoned) => Bytes::from(std::mem::take(&mut *poisoned.into_inner())),
+            Ok(mut buffer) => std::mem::take(&mut *buffer),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         }
     }
 }
@@ -41,93 +70,208 @@ impl OutputSink for Collected {
     }
 }
 
-pub struct InjectBody<B = GatewayBody> {
-    inner: Pin<Box<B>>,
-    rewriter: Option<HtmlRewriter<'static, Collected>>,
+fn handler<'h>(
+    selector: &'h Selector,
+    f: impl FnMut(&mut Element<'_, '_>) -> HandlerResult + Send + 'h,
+) -> (Cow<'h, Selector>, ElementContentHandlers<'h>) {
+    (
+        Cow::Borrowed(selector),
+        ElementContentHandlers::default().element(f),
+    )
+}
+
+/// A rewriter that puts `snippet` before `</head>`, or at the start of `<body>`
+/// when the head has no end tag; `injected` turns true once it is in.
+fn rewriter(
+    selectors: &'static Selectors,
+    encoding: &'static encoding_rs::Encoding,
+    snippet: Arc<str>,
+    injected: Arc<AtomicBool>,
     output: Collected,
+) -> HtmlRewriter<'static, Collected> {
+    // Shared by the handlers below, which run in document order.
+    let present = Arc::new(AtomicBool::new(false));
+    let in_template = Arc::new(AtomicUsize::new(0));
+    let mut settings = Settings::new_send()
+        .with_strict(false)
+        .with_memory_settings(
+            MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
+        );
+    if let Some(encoding) = AsciiCompatibleEncoding::new(encoding) {
+        settings = settings.with_encoding(encoding);
+    }
+    // A page that already loads the widget (or was injected upstream) is left alone.
+    let seen = present.clone();
+    settings = settings.append_element_content_handler(handler(&selectors.existing, move |_| {
+        seen.store(true, Ordering::Relaxed);
+        Ok(())
+    }));
+    // Nothing goes into a <template>: its head and body are inert.
+    let depth = in_template.clone();
+    settings = settings.append_element_content_handler(handler(&selectors.template, move |el| {
+        depth.fetch_add(1, Ordering::Relaxed);
+        let depth = depth.clone();
+        let leave: EndTagHandler<'static> = Box::new(move |_end| {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            Ok(())
+        });
+        el.on_end_tag(leave)
+    }));
+    let (head_snippet, head_injected, head_present, head_depth) = (
+        snippet.clone(),
+        injected.clone(),
+        present.clone(),
+        in_template.clone(),
+    );
+    settings = settings.append_element_content_handler(handler(&selectors.head, move |el| {
+        if head_depth.load(Ordering::Relaxed) > 0 {
+            return Ok(());
+        }
+        let (snippet, injected, present) = (
+            head_snippet.clone(),
+            head_injected.clone(),
+            head_present.clone(),
+        );
+        // An implied </head> never fires this; <body> below covers that case.
+        let insert: EndTagHandler<'static> = Box::new(move |end| {
+            if !present.load(Ordering::Relaxed) && !injected.swap(true, Ordering::Relaxed) {
+                end.before(&snippet, ContentType::Html);
+            }
+            Ok(())
+        });
+        let _ = el.on_end_tag(insert);
+        Ok(())
+    }));
+    settings = settings.append_element_content_handler(handler(&selectors.body, move |el| {
+        if in_template.load(Ordering::Relaxed) == 0
+            && !present.load(Ordering::Relaxed)
+            && !injected.swap(true, Ordering::Relaxed)
+        {
+            el.prepend(&snippet, ContentType::Html);
+        }
+        Ok(())
+    }));
+    HtmlRewriter::new(settings, output)
+}
+
+pub struct InjectBody<B> {
+    inner: Pin<Box<B>>,
+    decoder: Option<Capped>,
+    rewriter: Option<HtmlRewriter<'static, Collected>>,
+    injected: Arc<AtomicBool>,
+    output: Collected,
+    encoder: Option<Encoder>,
     finished: bool,
 }
 
 impl<B> InjectBody<B> {
+    /// `from`: the origin's coding; `to`: the client's; `max_decoded`: the cap
+    /// on a compressed page's decoded size.
     pub fn new(
         inner: B,
         encoding: &'static encoding_rs::Encoding,
-        snippet: Bytes,
-    ) -> InjectBody<B> {
+        snippet: &str,
+        from: Coding,
+        to: Coding,
+        max_decoded: usize,
+    ) -> Result<InjectBody<B>, (B, BoxError)> {
+        let Some(selectors) = SELECTORS.as_ref() else {
+            return Err((inner, "the injection selectors did not parse".into()));
+        };
         let output = Collected::default();
-        let snippet: Arc<str> = String::from_utf8_lossy(&snippet).into();
-        // Shared by the handlers below, which run in document order.
         let injected = Arc::new(AtomicBool::new(false));
-        let present = Arc::new(AtomicBool::new(false));
-        let in_template = Arc::new(AtomicUsize::new(0));
-        let mut settings = Settings::new_send()
-            .with_strict(false)
-            .with_memory_settings(
-                MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
-            );
-        if let Some(encoding) = AsciiCompatibleEncoding::new(encoding) {
-            settings = settings.with_encoding(encoding);
-        }
-        // A page that already loads the widget (or was injected upstream) is left alone.
-        let seen = present.clone();
-        settings = settings.append_element_content_handler(element!(
-            "script[data-membergate], script#hs-script-loader",
-            move |_el| {
-                seen.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-        ));
-        // Nothing goes into a <template>: its head and body are inert.
-        let depth = in_template.clone();
-        settings = settings.append_element_content_handler(element!("template", move |el| {
-            depth.fetch_add(1, Ordering::Relaxed);
-            let depth = depth.clone();
-            let leave: EndTagHandler<'static> = Box::new(move |_end| {
-                depth.fetch_sub(1, Ordering::Relaxed);
-                Ok(())
-            });
-            el.on_end_tag(leave)
-        }));
-        let (head_snippet, head_injected, head_present, head_depth) = (
-            snippet.clone(),
-            injected.clone(),
-            present.clone(),
-            in_template.clone(),
-        );
-        settings = settings.append_element_content_handler(element!("head", move |el| {
-            if head_depth.load(Ordering::Relaxed) > 0 {
-                return Ok(());
-            }
-            let (snippet, injected, present) = (
-                head_snippet.clone(),
-                head_injected.clone(),
-                head_present.clone(),
-            );
-            // An implied </head> never fires this; <body> below covers that case.
-            let insert: EndTagHandler<'static> = Box::new(move |end| {
-                if !present.load(Ordering::Relaxed) && !injected.swap(true, Ordering::Relaxed) {
-                    end.before(&snippet, ContentType::Html);
-                }
-                Ok(())
-            });
-            let _ = el.on_end_tag(insert);
-            Ok(())
-        }));
-        settings = settings.append_element_content_handler(element!("body", move |el| {
-            if in_template.load(Ordering::Relaxed) == 0
-                && !present.load(Ordering::Relaxed)
-                && !injected.swap(true, Ordering::Relaxed)
-            {
-                el.prepend(&snippet, ContentType::Html);
-            }
-            Ok(())
-        }));
-        InjectBody {
+        let decoder = match from {
+            Coding::Identity => None,
+            coding => match Capped::new(coding, max_decoded) {
+                Ok(decoder) => Some(decoder),
+                Err(e) => return Err((inner, e.into())),
+            },
+        };
+        let encoder = match to {
+            Coding::Identity => None,
+            coding => Some(Encoder::new(coding)),
+        };
+        Ok(InjectBody {
             inner: Box::pin(inner),
-            rewriter: Some(HtmlRewriter::new(settings, output.clone())),
+            decoder,
+            rewriter: Some(rewriter(
+                selectors,
+                encoding,
+                snippet.into(),
+                injected.clone(),
+                output.clone(),
+            )),
+            injected,
             output,
+            encoder,
             finished: false,
+        })
+    }
+
+    /// Runs decoded bytes through the rewriter while the snippet is not in;
+    /// afterwards they pass as they are.
+    fn rewrite(&mut self, decoded: Bytes) -> Result<Bytes, BoxError> {
+        let Some(rewriter) = self.rewriter.as_mut() else {
+            return Ok(decoded);
+        };
+        let mut offset = 0;
+        while offset < decoded.len() && !self.injected.load(Ordering::Relaxed) {
+            let end = (offset + SLICE).min(decoded.len());
+            rewriter.write(&decoded[offset..end])?;
+            offset = end;
         }
+        let mut ready = self.output.take();
+        if self.injected.load(Ordering::Relaxed) {
+            // In: flush what the rewriter holds, and stop parsing.
+            if let Some(rewriter) = self.rewriter.take() {
+                rewriter.end()?;
+            }
+            ready.extend_from_slice(&self.output.take());
+            if ready.is_empty() {
+                return Ok(decoded.slice(offset..));
+            }
+            let mut joined = BytesMut::with_capacity(ready.len() + decoded.len() - offset);
+            joined.extend_from_slice(&ready);
+            joined.extend_from_slice(&decoded[offset..]);
+            return Ok(joined.freeze());
+        }
+        Ok(Bytes::from(ready))
+    }
+
+    fn encode(&mut self, bytes: Bytes) -> Result<Bytes, BoxError> {
+        match self.encoder.as_mut() {
+            None => Ok(bytes),
+            Some(encoder) => Ok(Bytes::from(encoder.encode(&bytes)?)),
+        }
+    }
+
+    /// One chunk from the origin, all the way to what the client gets.
+    fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        let decoded = match self.decoder.as_mut() {
+            None => data,
+            Some(decoder) => Bytes::from(decoder.decode(&data)?),
+        };
+        let rewritten = self.rewrite(decoded)?;
+        self.encode(rewritten)
+    }
+
+    /// The end of the page: the last decoded bytes, the rewriter's and the
+    /// encoder's remainders.
+    fn last(&mut self) -> Result<Bytes, BoxError> {
+        let rest = match self.decoder.take() {
+            None => Bytes::new(),
+            Some(decoder) => Bytes::from(decoder.finish()?),
+        };
+        let mut out = BytesMut::from(&self.rewrite(rest)?[..]);
+        if let Some(rewriter) = self.rewriter.take() {
+            rewriter.end()?;
+            out.extend_from_slice(&self.output.take());
+        }
+        let mut last = BytesMut::from(&self.encode(out.freeze())?[..]);
+        if let Some(encoder) = self.encoder.take() {
+            last.extend_from_slice(&encoder.finish()?);
+        }
+        Ok(last.freeze())
     }
 }
 
@@ -147,40 +291,26 @@ where
             if this.finished {
                 return Poll::Ready(None);
             }
-            match this.inner.as_mut().poll_frame(cx) {
+            let result = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        // Trailers cannot follow a rewritten body; drop them.
-                        continue;
-                    };
-                    let Some(rewriter) = this.rewriter.as_mut() else {
-                        continue;
-                    };
-                    if let Err(e) = rewriter.write(&data) {
-                        tracing::warn!(error = %e, "HTML rewriting failed; response cut short");
-                        this.finished = true;
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                    let ready = this.output.take();
-                    if !ready.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(ready))));
-                    }
-                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.chunk(data),
+                    // Trailers cannot follow a rewritten body; drop them.
+                    Err(_) => continue,
+                },
                 Poll::Ready(None) => {
                     this.finished = true;
-                    if let Some(rewriter) = this.rewriter.take()
-                        && let Err(e) = rewriter.end()
-                    {
-                        tracing::warn!(error = %e, "HTML rewriting failed at the end of the page");
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                    let rest = this.output.take();
-                    if !rest.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
+                    this.last()
+                }
+            };
+            match result {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "page rewriting failed; response cut short");
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
         }
@@ -200,27 +330,30 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn rewrite_in_chunks(page: &[u8], split: &[usize]) -> String {
-        let snippet = Bytes::from_static(b"<script data-membergate=\"x\"></script>");
+    const S: &str = "<script data-membergate=\"x\"></script>";
+
+    fn run(chunks: Vec<Bytes>, from: Coding, to: Coding) -> Result<Vec<u8>, BoxError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(Frame::data(c)));
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let body =
+            InjectBody::new(inner, encoding_rs::UTF_8, S, from, to, 1 << 20).map_err(|(_, e)| e)?;
+        Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
+    }
+
+    fn rewrite_in_chunks(page: &[u8], split: &[usize]) -> String {
         let mut chunks = Vec::new();
         let mut start = 0;
         for &at in split.iter().chain(std::iter::once(&page.len())) {
             chunks.push(Bytes::copy_from_slice(&page[start..at]));
             start = at;
         }
-        let frames = chunks
-            .into_iter()
-            .map(|c| Ok::<_, BoxError>(Frame::data(c)));
-        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let body = InjectBody::new(inner, encoding_rs::UTF_8, snippet);
-        let collected = runtime.block_on(body.collect()).unwrap().to_bytes();
-        String::from_utf8(collected.to_vec()).unwrap()
+        String::from_utf8(run(chunks, Coding::Identity, Coding::Identity).unwrap()).unwrap()
     }
-
-    const S: &str = "<script data-membergate=\"x\"></script>";
 
     #[test]
     fn inserts_once_before_the_end_of_head_at_every_chunk_boundary() {
@@ -245,6 +378,22 @@ mod tests {
     }
 
     #[test]
+    fn long_pages_pass_through_after_the_head_unchanged() {
+        let tail: String = (0..5000)
+            .map(|i| format!("<p id=p{i}>x</p><head></head>"))
+            .collect();
+        let page = format!("<html><head><meta charset=utf-8></head><body>{tail}</body></html>");
+        let expected = page.replacen("</head>", &format!("{S}</head>"), 1);
+        for split in [vec![], vec![10], vec![3000, 70_000], vec![40, 41, 42, 43]] {
+            assert_eq!(
+                rewrite_in_chunks(page.as_bytes(), &split),
+                expected,
+                "{split:?}"
+            );
+        }
+    }
+
+    #[test]
     fn pages_without_head_get_it_at_the_start_of_body() {
         assert_eq!(
             rewrite_in_chunks(b"<body class=a><p>x</p></body>", &[]),
@@ -255,7 +404,6 @@ mod tests {
     #[test]
     fn never_twice_nor_in_comments_templates_or_scripts() {
         let cases = [
-            // Already there: left alone.
             (
                 "<head><script data-membergate=\"settings\"></script></head><body></body>",
                 "<head><script data-membergate=\"settings\"></script></head><body></body>"
@@ -282,5 +430,31 @@ mod tests {
         for (page, expected) in cases {
             assert_eq!(rewrite_in_chunks(page.as_bytes(), &[]), expected, "{page}");
         }
+    }
+
+    #[test]
+    fn compressed_pages_are_decoded_rewritten_and_encoded_again() {
+        use std::io::Write;
+        let page = format!(
+            "<html><head></head><body>{}</body></html>",
+            "<p>tide</p>".repeat(5000)
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(page.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let chunks: Vec<Bytes> = gz.chunks(777).map(Bytes::copy_from_slice).collect();
+        let plain = run(chunks.clone(), Coding::Gzip, Coding::Identity).unwrap();
+        let expected = page.replacen("</head>", &format!("{S}</head>"), 1);
+        assert_eq!(String::from_utf8(plain).unwrap(), expected);
+        let br = run(chunks, Coding::Gzip, Coding::Br).unwrap();
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+        // A bomb is cut off at the cap.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(b"<html><head>").unwrap();
+        bomb.write_all(&vec![b' '; 8 << 20]).unwrap();
+        let bomb = bomb.finish().unwrap();
+        assert!(run(vec![Bytes::from(bomb)], Coding::Gzip, Coding::Identity).is_err());
     }
 }

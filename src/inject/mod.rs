@@ -9,13 +9,14 @@
 //! every value JSON-encoded and escaped so no member name can end the script.
 
 mod body;
+pub mod codec;
 pub mod csp;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 pub use body::InjectBody;
+pub use codec::Coding;
 
 use crate::config::{Chat, ChatProvider};
 use crate::proxy::body::GatewayBody;
@@ -26,25 +27,27 @@ pub const MARKER: &str = "data-membergate";
 /// Clears the widget's cookies and conversation once it is ready.
 const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
 
+/// A response that may be rewritten: its charset and content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritable {
+    pub charset: &'static encoding_rs::Encoding,
+    pub coding: Coding,
+}
+
 /// Whether a response may be rewritten, from its head alone.
-pub fn rewritable(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Option<&'static encoding_rs::Encoding> {
+pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> Option<Rewritable> {
     if method == Method::HEAD
         || status != StatusCode::OK
         || headers.contains_key(header::CONTENT_RANGE)
     {
         return None;
     }
-    let encoded = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return None;
-    }
+    let mut codings = headers.get_all(header::CONTENT_ENCODING).iter();
+    let coding = match (codings.next(), codings.next()) {
+        (None, _) => Coding::Identity,
+        (Some(value), None) => Coding::from_header(value.to_str().ok()?)?,
+        (Some(_), Some(_)) => return None,
+    };
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let mut parts = content_type.split(';');
     if !parts.next()?.trim().eq_ignore_ascii_case("text/html") {
@@ -54,25 +57,44 @@ pub fn rewritable(
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
         .map(|(_, v)| v.trim().trim_matches('"'));
-    let encoding = match charset {
+    let charset = match charset {
         None => encoding_rs::UTF_8,
         Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
     };
-    lol_html::AsciiCompatibleEncoding::new(encoding).map(|_| encoding)
+    lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable { charset, coding })
 }
 
 /// Wraps a rewritable response so the snippet is inserted before `</head>` (or
-/// at the start of `<body>` when there is no head), and fixes the headers a
-/// rewritten body invalidates.
+/// at the start of `<body>` when there is no head), sent in `to` (the
+/// client's best accepted coding), and fixes the headers a rewritten body
+/// invalidates. `max_decoded` caps a compressed page's decoded size.
 pub fn rewrite(
     response: Response<GatewayBody>,
-    encoding: &'static encoding_rs::Encoding,
-    snippet: String,
+    page: Rewritable,
+    snippet: &str,
     personalised: bool,
+    to: Coding,
+    max_decoded: usize,
 ) -> Response<GatewayBody> {
     let (mut parts, inner) = response.into_parts();
+    let body = match InjectBody::new(inner, page.charset, snippet, page.coding, to, max_decoded) {
+        Ok(body) => body,
+        Err((inner, e)) => {
+            // The page goes out as the origin sent it.
+            tracing::error!(error = %e, "cannot rewrite this page");
+            return Response::from_parts(parts, inner);
+        }
+    };
     let headers = &mut parts.headers;
     headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_ENCODING);
+    if to != Coding::Identity {
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(to.as_str()),
+        );
+    }
+    headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     // The bytes change: a strong validator would lie; a weak one still lets
     // the origin answer 304 for an unchanged page.
     if let Some(etag) = headers.get(header::ETAG).cloned()
@@ -91,7 +113,6 @@ pub fn rewrite(
             HeaderValue::from_static("private, no-store"),
         );
     }
-    let body = InjectBody::new(inner, encoding, Bytes::from(snippet));
     Response::from_parts(
         parts,
         GatewayBody::Injected {
@@ -226,7 +247,15 @@ mod tests {
                 StatusCode::OK,
                 &headers(&[("content-type", "text/html; charset=iso-8859-1")])
             ),
-            Some(encoding_rs::WINDOWS_1252)
+            Some(Rewritable {
+                charset: encoding_rs::WINDOWS_1252,
+                coding: Coding::Identity
+            })
+        );
+        let br = [("content-type", "text/html"), ("content-encoding", "br")];
+        assert_eq!(
+            rewritable(&get, StatusCode::OK, &headers(&br)).map(|r| r.coding),
+            Some(Coding::Br)
         );
         type Case<'a> = (&'a Method, StatusCode, Vec<(&'a str, &'a str)>);
         let refused: [Case; 8] = [
@@ -242,7 +271,10 @@ mod tests {
             (
                 &get,
                 StatusCode::OK,
-                vec![("content-type", "text/html"), ("content-encoding", "gzip")],
+                vec![
+                    ("content-type", "text/html"),
+                    ("content-encoding", "compress"),
+                ],
             ),
             (
                 &get,

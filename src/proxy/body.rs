@@ -213,7 +213,7 @@ pin_project! {
         Upstream { #[pin] inner: IdleTimeout<Incoming> },
         Dir { #[pin] inner: ServeFileSystemResponseBody },
         /// An HTML page with the chat widget put in on the way (`inject`).
-        Injected { inner: Pin<Box<InjectBody>> },
+        Injected { inner: Pin<Box<InjectBody<GatewayBody>>> },
     }
 }
 

@@ -159,20 +159,27 @@ async fn phases<'r>(
     if let (Some(record), Some(visitor)) = (record, &access.visitor) {
         record.member = Some(visitor.member_id);
     }
-    let widget = widget::plan(site, &target, &access, &parts.method);
-    let reset = widget.is_some() && widget::wants_reset(gateway, &parts.headers);
+    let widget = widget::plan(
+        gateway,
+        site,
+        &target,
+        &access,
+        &parts.method,
+        &parts.headers,
+    );
     if widget.is_some() {
         // The page is rewritten on its way: ask the origin for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let method = parts.method.clone();
+    let max_rewrite = runtime.config.limits.max_rewrite_bytes;
     // The member's token is fetched while the origin works on the page.
     let (response, token) = tokio::join!(
         forward::forward(gateway, runtime, conn, route, &access, target, parts, body),
         widget::token(gateway, runtime, site, &access, widget.as_ref()),
     );
     let (response, was_reset) =
-        widget::rewrite(site, &access, reset, widget, token, &method, response);
+        widget::rewrite(site, &access, max_rewrite, widget, token, &method, response);
     let mut response = access::finish(gateway, runtime, &access, response);
     if was_reset {
         widget::clear_reset(gateway, &mut response);

@@ -18,18 +18,42 @@ use crate::routing::Site;
 /// The widget's plan for one page: shown, and identified or not.
 pub struct Plan {
     pub decision: ChatDecision,
+    /// The coding the rewritten page is sent in (from the client's `Accept-Encoding`).
+    pub client_coding: inject::Coding,
+    /// The logout's chat-reset cookie came with the request.
+    pub reset: bool,
 }
 
 /// Whether this request's page gets the widget. Only GET requests for pages
 /// of a site with a chat configuration are candidates.
-pub fn plan(site: &Site, target: &Target, access: &Access, method: &Method) -> Option<Plan> {
+pub fn plan(
+    gateway: &Gateway,
+    site: &Site,
+    target: &Target,
+    access: &Access,
+    method: &Method,
+    headers: &http::HeaderMap,
+) -> Option<Plan> {
     let chat = site.chat.as_ref()?;
     if method != Method::GET || target.websocket {
         return None;
     }
     let groups = access.visitor.as_deref().map(|v| v.groups.as_slice());
     let (decision, _) = identity::decide(chat, &target.path.decoded, groups);
-    (decision != ChatDecision::Off).then_some(Plan { decision })
+    if decision == ChatDecision::Off {
+        return None;
+    }
+    let accepted: Vec<&str> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let reset_cookie = gateway.membership.sessions.chat_reset_name();
+    Some(Plan {
+        decision,
+        client_coding: inject::codec::preferred(&accepted),
+        reset: crate::session::cookie_values(headers, &reset_cookie).any(|v| v == "1"),
+    })
 }
 
 /// The member's token when the plan identifies them; `None` otherwise, or
@@ -56,21 +80,22 @@ pub async fn token(
 }
 
 /// Puts the widget into the page if the response is one that may be rewritten.
-/// `reset` (the logout cookie was sent) makes the widget forget its visitor;
-/// the returned flag says the reset went out, so the cookie can be cleared.
+/// A plan with `reset` (the logout cookie was sent) makes the widget forget
+/// its visitor; the returned flag says the reset went out, so the cookie can
+/// be cleared.
 pub fn rewrite(
     site: &Site,
     access: &Access,
-    reset: bool,
+    max_decoded: usize,
     plan: Option<Plan>,
     token: Option<Arc<str>>,
     method: &Method,
     response: Response<GatewayBody>,
 ) -> (Response<GatewayBody>, bool) {
-    let (Some(_plan), Some(chat)) = (plan, site.chat.as_ref()) else {
+    let (Some(plan), Some(chat)) = (plan, site.chat.as_ref()) else {
         return (response, false);
     };
-    let Some(encoding) = inject::rewritable(method, response.status(), response.headers()) else {
+    let Some(page) = inject::rewritable(method, response.status(), response.headers()) else {
         return (response, false);
     };
     let identified = match (&token, access.visitor.as_deref()) {
@@ -78,12 +103,15 @@ pub fn rewrite(
         _ => None,
     };
     let nonce = inject::csp::script_nonce(response.headers());
+    let reset = plan.reset;
     let snippet = inject::snippet(chat, identified, nonce.as_deref(), reset);
     let mut response = response;
     if let Some(script) = &snippet.inline_script {
         inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
     }
-    let response = inject::rewrite(response, encoding, snippet.html, identified.is_some());
+    let to = plan.client_coding;
+    let personalised = identified.is_some();
+    let response = inject::rewrite(response, page, &snippet.html, personalised, to, max_decoded);
     (response, reset)
 }
 
@@ -93,10 +121,4 @@ pub fn clear_reset(gateway: &Gateway, response: &mut Response<GatewayBody>) {
     if let Ok(clear) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, clear);
     }
-}
-
-/// Whether the request carries the logout's chat-reset cookie.
-pub fn wants_reset(gateway: &Gateway, headers: &http::HeaderMap) -> bool {
-    let name = gateway.membership.sessions.chat_reset_name();
-    crate::session::cookie_values(headers, &name).any(|v| v == "1")
 }
