@@ -522,7 +522,6 @@ async fn rules_can_keep_the_origins_caching_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_explains_bad_rules_and_mail_settings() {
-    let dir = tempfile::tempdir().unwrap();
     let setup = Setup::new()
         .route("/", "http://127.0.0.1:9")
         .rule_with("/kb/[premium", "members", "")
@@ -530,17 +529,8 @@ async fn check_config_explains_bad_rules_and_mail_settings() {
         .rule_with("/open", "public", "teaser = \"missing.html\"")
         .rule_with("/a/../*.html", "members", "")
         .mail("smtp_url = \"http://mail.example.com\"\noutbox_dir = \"x\"\nfrom = \"nobody\"");
-    let config = dir.path().join("membergate.toml");
-    std::fs::write(&config, setup.render(dir.path())).unwrap();
-    let out = std::process::Command::new(support::binary())
-        .arg("check-config")
-        .arg(&config)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let (code, text) = support::check_config(&setup);
+    assert_eq!(code, Some(2), "{text}");
     for expected in [
         "sites[0].rules[0].path: not a valid glob",
         "sites[0].rules[1].teaser: cannot read missing.html",

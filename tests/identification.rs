@@ -587,7 +587,6 @@ async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_explains_chat_settings() {
-    let dir = tempfile::tempdir().unwrap();
     let setup = Setup::new()
         .route("/", "http://127.0.0.1:9")
         .chat(
@@ -595,16 +594,8 @@ async fn check_config_explains_chat_settings() {
              [[sites.chat.rules]]\npath = \"/a\"\nshow = \"groups\"\n",
         )
         .identification("token_lifetime = \"10s\"\n[[identification.keys]]\nid = \"k1\"\nsecret_env = \"MG_TEST_UNSET_KEY\"");
-    let config = dir.path().join("membergate.toml");
-    std::fs::write(&config, setup.render(dir.path())).unwrap();
-    let out = std::process::Command::new(support::binary())
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let (code, text) = support::check_config(&setup);
+    assert_eq!(code, Some(2), "{text}");
     for expected in [
         "sites[0].chat.portal_id: expected the HubSpot account id",
         "sites[0].chat.access_token_env: the environment variable MG_TEST_UNSET_TOKEN",

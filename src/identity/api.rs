@@ -267,13 +267,5 @@ fn error(status: StatusCode, category: &str, message: &str) -> Response<GatewayB
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<GatewayBody> {
-    let mut response = Response::new(GatewayBody::full(value.to_string()));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::proxy::respond::own(status, "application/json", value.to_string())
 }

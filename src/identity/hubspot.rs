@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::token::Identity;
+use crate::routing::upstream;
 
 /// HubSpot tokens live 12 hours.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -28,20 +29,8 @@ pub struct HubSpotClient {
 
 impl HubSpotClient {
     pub fn new() -> Result<HubSpotClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let roots = upstream::trust_roots(None)?;
+        let connector = upstream::connector(roots, Duration::from_secs(5));
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

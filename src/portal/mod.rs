@@ -949,19 +949,9 @@ fn see_other(location: &str) -> Response<GatewayBody> {
 }
 
 fn html_response(status: StatusCode, html: String) -> Response<GatewayBody> {
-    let mut response = Response::new(GatewayBody::full(html));
-    *response.status_mut() = status;
+    let mut response = crate::proxy::respond::own(status, "text/html; charset=utf-8", html);
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,

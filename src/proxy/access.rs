@@ -253,29 +253,19 @@ fn teaser_page(teaser: &policy::Teaser, target: &Target) -> Response<GatewayBody
             return login_redirect(target);
         }
     };
-    let mut response = Response::new(GatewayBody::full(html));
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::VARY, HeaderValue::from_static("Cookie"));
+    let mut response = respond::own(StatusCode::OK, "text/html; charset=utf-8", html);
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Cookie"));
     response
 }
 
 fn json_unauthorized() -> Response<GatewayBody> {
-    let mut response = Response::new(GatewayBody::full(
+    respond::own(
+        StatusCode::UNAUTHORIZED,
+        "application/json",
         "{\"error\":{\"status\":401,\"reason\":\"Unauthorized\",\"message\":\"Log in to open this address.\"}}",
-    ));
-    *response.status_mut() = StatusCode::UNAUTHORIZED;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    )
 }
 
 fn forbidden(json: bool) -> Response<GatewayBody> {

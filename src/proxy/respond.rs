@@ -97,6 +97,16 @@ pub fn refusal(refusal: Refusal, wants_json: bool) -> Response<GatewayBody> {
             ),
         )
     };
+    own(status, content_type, body)
+}
+
+/// A response of the gateway's own: status, content type, body, never
+/// stored by caches and never sniffed into another type.
+pub fn own(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<bytes::Bytes>,
+) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -64,25 +64,13 @@ impl Origin {
                 } else {
                     RootCertStore::empty()
                 };
-                let tls_config = rustls::ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                let mut tcp = HttpConnector::new();
-                tcp.enforce_http(false);
-                tcp.set_nodelay(true);
-                tcp.set_connect_timeout(Some(route.connect_timeout));
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(tcp);
                 let client = Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(512)
                     .set_host(false)
-                    .build(connector);
+                    .build(connector(roots, route.connect_timeout));
                 Ok(Origin::Http(HttpOrigin {
                     client,
                     scheme: scheme.clone(),
@@ -134,8 +122,25 @@ impl Origin {
     }
 }
 
+/// An HTTP/1.1 connector for `http://` and `https://` (rustls, `roots`),
+/// with TCP_NODELAY and a connect timeout.
+pub fn connector(roots: RootCertStore, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
+    let tls_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp)
+}
+
 /// The system's trust roots (read once per process) plus an optional PEM bundle.
-fn trust_roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
+pub fn trust_roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
     static SYSTEM: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     let system = SYSTEM.get_or_init(|| rustls_native_certs::load_native_certs().certs);
     let mut roots = RootCertStore::empty();

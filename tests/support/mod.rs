@@ -230,6 +230,23 @@ impl Setup {
 /// Environment variables for the gateway, one `NAME=value` per line.
 const ENV_FILE: &str = "gateway.env";
 
+/// Runs `membergate check-config` on the setup's file (in a scratch folder);
+/// returns the exit code and everything it printed.
+pub fn check_config(setup: &Setup) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("membergate.toml");
+    std::fs::write(&config, setup.render(dir.path())).unwrap();
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 /// The variables of the env file in `dir`.
 fn gateway_env(dir: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(dir.join(ENV_FILE))
