@@ -126,19 +126,23 @@ impl Identifier {
         site: &Arc<str>,
         visitor: &Visitor,
     ) -> Option<Arc<str>> {
-        let identity = Identity {
-            email: visitor.email.clone(),
-            first_name: visitor.first_name.clone(),
-            last_name: visitor.last_name.clone(),
-        };
         let key = (visitor.member_id, site.clone());
         if let Some(found) = self.cache.get(&key).await {
-            if found.identity == identity {
+            let same = &found.identity;
+            if same.email == visitor.email
+                && same.first_name == visitor.first_name
+                && same.last_name == visitor.last_name
+            {
                 self.count("cached");
                 return Some(found.token.clone());
             }
             self.cache.invalidate(&key).await;
         }
+        let identity = Identity {
+            email: visitor.email.clone(),
+            first_name: visitor.first_name.clone(),
+            last_name: visitor.last_name.clone(),
+        };
         match &chat.provider {
             ChatProvider::Builtin { .. } => {
                 let keys = self.keys(configured_keys);

@@ -161,6 +161,9 @@ pub struct InjectBody<B> {
     injected: Arc<AtomicBool>,
     output: Collected,
     encoder: Option<Encoder>,
+    /// The rest of a chunk, sent as a frame of its own after the rewritten
+    /// start (the origin's bytes, not copied).
+    pending: Option<Bytes>,
     finished: bool,
 }
 
@@ -204,15 +207,17 @@ impl<B> InjectBody<B> {
             injected,
             output,
             encoder,
+            pending: None,
             finished: false,
         })
     }
 
     /// Runs decoded bytes through the rewriter while the snippet is not in;
-    /// afterwards they pass as they are.
-    fn rewrite(&mut self, decoded: Bytes) -> Result<Bytes, BoxError> {
+    /// afterwards they pass as they are. Returns the rewritten start and the
+    /// untouched rest of the chunk.
+    fn rewrite(&mut self, decoded: Bytes) -> Result<(Bytes, Bytes), BoxError> {
         let Some(rewriter) = self.rewriter.as_mut() else {
-            return Ok(decoded);
+            return Ok((decoded, Bytes::new()));
         };
         let mut offset = 0;
         while offset < decoded.len() && !self.injected.load(Ordering::Relaxed) {
@@ -227,15 +232,9 @@ impl<B> InjectBody<B> {
                 rewriter.end()?;
             }
             ready.extend_from_slice(&self.output.take());
-            if ready.is_empty() {
-                return Ok(decoded.slice(offset..));
-            }
-            let mut joined = BytesMut::with_capacity(ready.len() + decoded.len() - offset);
-            joined.extend_from_slice(&ready);
-            joined.extend_from_slice(&decoded[offset..]);
-            return Ok(joined.freeze());
+            return Ok((Bytes::from(ready), decoded.slice(offset..)));
         }
-        Ok(Bytes::from(ready))
+        Ok((Bytes::from(ready), Bytes::new()))
     }
 
     fn encode(&mut self, bytes: Bytes) -> Result<Bytes, BoxError> {
@@ -245,14 +244,24 @@ impl<B> InjectBody<B> {
         }
     }
 
-    /// One chunk from the origin, all the way to what the client gets.
+    /// One chunk from the origin, all the way to what the client gets: the
+    /// rewritten start now, the untouched rest as `pending`.
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
         let decoded = match self.decoder.as_mut() {
             None => data,
             Some(decoder) => Bytes::from(decoder.decode(&data)?),
         };
-        let rewritten = self.rewrite(decoded)?;
-        self.encode(rewritten)
+        let (start, rest) = self.rewrite(decoded)?;
+        if self.encoder.is_some() {
+            // The encoder takes both parts in order; one output.
+            let mut out = BytesMut::from(&self.encode(start)?[..]);
+            out.extend_from_slice(&self.encode(rest)?);
+            return Ok(out.freeze());
+        }
+        if !rest.is_empty() {
+            self.pending = Some(rest);
+        }
+        Ok(start)
     }
 
     /// The end of the page: the last decoded bytes, the rewriter's and the
@@ -262,7 +271,9 @@ impl<B> InjectBody<B> {
             None => Bytes::new(),
             Some(decoder) => Bytes::from(decoder.finish()?),
         };
-        let mut out = BytesMut::from(&self.rewrite(rest)?[..]);
+        let (start, tail) = self.rewrite(rest)?;
+        let mut out = BytesMut::from(&start[..]);
+        out.extend_from_slice(&tail);
         if let Some(rewriter) = self.rewriter.take() {
             rewriter.end()?;
             out.extend_from_slice(&self.output.take());
@@ -288,6 +299,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(rest) = this.pending.take() {
+                return Poll::Ready(Some(Ok(Frame::data(rest))));
+            }
             if this.finished {
                 return Poll::Ready(None);
             }
@@ -317,7 +331,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished
+        self.finished && self.pending.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -12,6 +12,8 @@ mod body;
 pub mod codec;
 pub mod csp;
 
+use std::fmt::Write;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -138,22 +140,38 @@ pub fn snippet(
     nonce: Option<&str>,
     reset: bool,
 ) -> Snippet {
-    let mut settings = serde_json::Map::new();
+    // Built by hand rather than through serde_json::Value: this runs for every
+    // page with the widget, and the fields are few and fixed.
+    let mut json = String::with_capacity(256);
+    let mut field = |name: &str, value: &dyn Fn(&mut String)| {
+        json.push(if json.is_empty() { '{' } else { ',' });
+        push_json_string(&mut json, name);
+        json.push(':');
+        value(&mut json);
+    };
     if let Some((email, token)) = identified {
-        settings.insert("identificationEmail".into(), email.into());
-        settings.insert("identificationToken".into(), token.into());
+        field("identificationEmail", &|out| push_json_string(out, email));
+        field("identificationToken", &|out| push_json_string(out, token));
     }
     if let Some(load) = chat.load_immediately {
-        settings.insert("loadImmediately".into(), load.into());
+        field("loadImmediately", &|out| {
+            out.push_str(if load { "true" } else { "false" })
+        });
     }
     if let Some(selector) = &chat.inline_embed_selector {
-        settings.insert("inlineEmbedSelector".into(), selector.as_str().into());
+        field("inlineEmbedSelector", &|out| {
+            push_json_string(out, selector)
+        });
     }
+    if json.is_empty() {
+        json.push('{');
+    }
+    json.push('}');
+    let has_settings = json.len() > 2;
     let nonce = nonce.map_or(String::new(), |n| format!(" nonce=\"{}\"", attribute(n)));
     let mut html = String::with_capacity(512);
     let mut inline_script = None;
-    if !settings.is_empty() || reset {
-        let json = script_safe_json(&serde_json::Value::Object(settings));
+    if has_settings || reset {
         let mut script = format!(
             "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{json});"
         );
@@ -181,26 +199,35 @@ pub fn snippet(
     }
 }
 
-/// JSON that is safe inside a `<script>` element in any ASCII-compatible
-/// charset: `<`, `>`, `&`, U+2028, U+2029 and every non-ASCII character are
-/// written as `\uXXXX` escapes, so no value can close the element or break
-/// the script.
-pub fn script_safe_json(value: &serde_json::Value) -> String {
-    let json = value.to_string();
-    let mut out = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
+/// Appends `text` as a JSON string that is safe inside a `<script>` element
+/// in any ASCII-compatible charset: `<`, `>`, `&`, control characters and
+/// every non-ASCII character (U+2028 and U+2029 among them) are written as
+/// `\uXXXX` escapes, so no value can close the element or break the script.
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let plain = |b: u8| b.is_ascii() && !b.is_ascii_control() && !b"\"\\<>&".contains(&b);
+    if text.bytes().all(plain) {
+        // The common case (emails, tokens): nothing to escape.
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
+    for c in text.chars() {
         match c {
-            '<' | '>' | '&' => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c if c.is_ascii() => out.push(c),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii() && !c.is_ascii_control() && !matches!(c, '<' | '>' | '&') => {
+                out.push(c)
+            }
             c => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
+                    let _ = write!(out, "\\u{unit:04x}");
                 }
             }
         }
     }
-    out
+    out.push('"');
 }
 
 /// Escapes a value for a double-quoted HTML attribute.
@@ -301,12 +328,19 @@ mod tests {
 
     #[test]
     fn no_value_can_end_the_script() {
-        let value = serde_json::json!({"n": "</script><script>alert(1)</script> & \u{2028}\u{2029} Zoë 😀"});
-        let safe = script_safe_json(&value);
-        assert!(safe.is_ascii());
-        assert!(!safe.contains('<') && !safe.contains('>') && !safe.contains('&'));
-        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
-        assert_eq!(back, value);
+        for text in [
+            "</script><script>alert(1)</script> & \u{2028}\u{2029} Zoë 😀",
+            "quote \" backslash \\ tab \t nul \0 <!-- -->",
+            "",
+        ] {
+            let mut safe = String::new();
+            push_json_string(&mut safe, text);
+            assert!(safe.is_ascii(), "{safe}");
+            assert!(!safe.contains('<') && !safe.contains('>') && !safe.contains('&'));
+            assert!(!safe.bytes().any(|b| b.is_ascii_control()));
+            let back: String = serde_json::from_str(&safe).unwrap();
+            assert_eq!(back, text);
+        }
     }
 
     #[test]

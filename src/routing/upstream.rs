@@ -69,6 +69,10 @@ impl Origin {
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_max_idle_per_host(512)
+                    // Bounds the read buffer per upstream connection (hyper's
+                    // default grows to ~400 KB on large bodies): memory per
+                    // in-flight response stays independent of the page size.
+                    .http1_max_buf_size(64 * 1024)
                     .set_host(false)
                     .build(connector(roots, route.connect_timeout));
                 Ok(Origin::Http(HttpOrigin {
