@@ -408,9 +408,12 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() 
     // A bomb stops at the cap, a corrupt stream where it breaks: the response
     // is cut short, nothing is buffered past the cap, and the gateway lives on.
     for path in ["/bomb", "/corrupt"] {
-        let response = gw.client().get(gw.https_url(path)).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(response.bytes().await.is_err(), "{path} was not cut short");
+        // Over HTTP/2 the stream is reset, before or after the head went out.
+        let cut = match gw.client().get(gw.https_url(path)).send().await {
+            Err(_) => true,
+            Ok(response) => response.bytes().await.is_err(),
+        };
+        assert!(cut, "{path} was not cut short");
     }
     let after = gw.client().get(gw.https_url("/gzip")).send().await.unwrap();
     assert_eq!(after.status(), 200);

@@ -152,6 +152,22 @@ fn set_forwarding(headers: &mut HeaderMap, trusted: bool, facts: ClientFacts<'_>
     }
 }
 
+/// Plain printable ASCII as is; anything else as an RFC 8187 ext-value.
+pub fn header_text(value: &str) -> String {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && !value.starts_with("UTF-8''") {
+        return value.to_owned();
+    }
+    let mut out = String::from("UTF-8''");
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Removes the headers named by `Connection` and every hop-by-hop header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {

@@ -81,16 +81,12 @@ pub fn set_identity(headers: &mut HeaderMap, runtime: &Runtime, visitor: &Visito
     if !runtime.config.members.identity_headers {
         return;
     }
-    let names = &runtime.identity_headers;
-    let mut set = |name: &http::HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(&header_text(value)) {
-            headers.insert(name.clone(), value);
-        }
-    };
-    set(&names.id, &visitor.member_id.to_string());
-    set(&names.email, &visitor.email);
-    set(&names.name, &visitor.display_name());
-    set(&names.groups, &visitor.groups.join(","));
+    // The values were encoded once, when the session was cached.
+    let (names, values) = (&runtime.identity_headers, &visitor.identity);
+    headers.insert(names.id.clone(), values.id.clone());
+    headers.insert(names.email.clone(), values.email.clone());
+    headers.insert(names.name.clone(), values.name.clone());
+    headers.insert(names.groups.clone(), values.groups.clone());
 }
 
 /// Removes the gateway's own cookies (the session and its CSRF companion)
@@ -136,22 +132,6 @@ pub fn withhold_gateway_cookies(headers: &mut HeaderMap, session_cookie: &str) {
 /// Whether `name` occurs in `haystack` (a cheap pre-check before parsing).
 fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
     !name.is_empty() && haystack.windows(name.len()).any(|w| w == name)
-}
-
-/// Plain printable ASCII as is; anything else as an RFC 8187 ext-value.
-pub fn header_text(value: &str) -> String {
-    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && !value.starts_with("UTF-8''") {
-        return value.to_owned();
-    }
-    let mut out = String::from("UTF-8''");
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// After the origin answered: private caching for protected paths, no origin
@@ -278,7 +258,8 @@ fn forbidden(json: bool) -> Response<GatewayBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::{header_text, withhold_gateway_cookies};
+    use super::withhold_gateway_cookies;
+    use crate::hygiene::headers::header_text;
 
     #[test]
     fn origins_never_see_the_gateway_cookies() {

@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use crate::config;
+use crate::hygiene::headers::header_text;
 use crate::members::{Member, MemberId, MemberStore, SessionRecord, Status, now};
 
 /// What the gateway knows about a logged-in visitor; shared by cached requests.
@@ -31,7 +32,34 @@ pub struct Visitor {
     pub last_name: String,
     pub groups: Vec<String>,
     pub expires_at: i64,
+    /// The identity headers' values for origins, encoded once per session.
+    pub identity: IdentityValues,
     last_seen: AtomicI64,
+}
+
+/// `X-Member-Id`, `-Email`, `-Name`, `-Groups` values (RFC 8187 when not ASCII).
+#[derive(Debug)]
+pub struct IdentityValues {
+    pub id: http::HeaderValue,
+    pub email: http::HeaderValue,
+    pub name: http::HeaderValue,
+    pub groups: http::HeaderValue,
+}
+
+impl IdentityValues {
+    fn of(member: &Member) -> IdentityValues {
+        let value = |text: &str| {
+            // header_text leaves only printable ASCII, which is always a valid value.
+            http::HeaderValue::from_str(&header_text(text))
+                .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+        };
+        IdentityValues {
+            id: http::HeaderValue::from(member.id),
+            email: value(&member.email),
+            name: value(&member.display_name()),
+            groups: value(&member.groups.join(",")),
+        }
+    }
 }
 
 impl Visitor {
@@ -367,6 +395,7 @@ fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) 
         last_name: member.last_name.clone(),
         groups: member.groups.clone(),
         expires_at,
+        identity: IdentityValues::of(member),
         last_seen: AtomicI64::new(last_seen),
     }
 }
