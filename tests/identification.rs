@@ -129,7 +129,8 @@ async fn targeting_rules_choose_who_sees_the_widget_where() {
         "{BUILTIN}\n\
          [[sites.chat.rules]]\npath = \"/checkout\"\nshow = \"never\"\n\
          [[sites.chat.rules]]\npath = \"/kb/**/*.html\"\nshow = \"members\"\n\
-         [[sites.chat.rules]]\npath = \"/vip\"\nshow = \"groups\"\ngroups = [\"vip\"]\n"
+         [[sites.chat.rules]]\npath = \"/vip\"\nshow = \"groups\"\ngroups = [\"vip\"]\n\
+         [[sites.chat.rules]]\npath = \"/blog\"\nquery = \"chat=off\"\nshow = \"never\"\n"
     );
     let gw = start(&origin, &chat, |s| s).await;
     let mut anon = Browser::new(&gw);
@@ -149,6 +150,9 @@ async fn targeting_rules_choose_who_sees_the_widget_where() {
         ("plain", "/vip/lounge", false, false),
         ("vip", "/vip/lounge", true, true),
         ("anon", "/vip/lounge", false, false),
+        ("anon", "/blog/tides?chat=off", false, false),
+        ("plain", "/blog/tides?x=1&chat=off", false, false),
+        ("plain", "/blog/tides?chat=on", true, true),
     ] {
         let browser = match who {
             "anon" => &mut anon,
@@ -232,6 +236,10 @@ async fn only_plain_html_pages_are_touched() {
             Page::html("<head></head>").with("content-encoding", "compress"),
         ),
         ("/gone", Page::html("<head></head>").status(404)),
+        (
+            "/unchanged",
+            Page::html("").status(304).with("etag", "\"v1\""),
+        ),
         ("/nohead", Page::html("<body><p>x</p></body>")),
         (
             "/part",
@@ -255,6 +263,11 @@ async fn only_plain_html_pages_are_touched() {
     assert_eq!(raw.headers()["content-encoding"], "compress");
     assert_eq!(raw.text().await.unwrap(), "<head></head>");
     assert_eq!(b.get("/gone").await.body, "<head></head>");
+    let unchanged = b
+        .get_with("/unchanged", &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!((unchanged.status, unchanged.body.as_str()), (304, ""));
+    assert_eq!(unchanged.headers["etag"], "\"v1\"");
     assert_eq!(b.get("/part").await.body, "<head></head>");
     assert!(
         b.get("/nohead")

@@ -274,7 +274,7 @@ impl Admin<'_> {
         let chat = match &site.chat {
             None => "off (the site has no chat widget)".to_owned(),
             Some(chat) => {
-                let (shown, chat_rule) = identity::decide(chat, &path.decoded, groups);
+                let (shown, chat_rule) = identity::decide(chat, &path.decoded, uri.query(), groups);
                 let shown = match shown {
                     ChatDecision::Off => "off",
                     ChatDecision::Anonymous => "anonymous",

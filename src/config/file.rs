@@ -98,6 +98,7 @@ pub struct ChatSection {
 #[serde(deny_unknown_fields)]
 pub struct ChatRuleSection {
     pub path: Option<String>,
+    pub query: Option<String>,
     pub show: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,

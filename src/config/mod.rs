@@ -93,6 +93,9 @@ pub enum ChatProvider {
 pub struct ChatRule {
     pub path: String,
     pub pattern: crate::policy::PathPattern,
+    /// Also required: a query parameter, by name (`chat`) or name and value
+    /// (`chat=off`).
+    pub query: Option<(String, Option<String>)>,
     pub show: ChatShow,
 }
 

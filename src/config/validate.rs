@@ -1020,12 +1020,27 @@ fn chat(p: &mut Problems, key: &str, c: &ChatSection) -> Chat {
             p.add(&format!("{rule_key}.path"), "is required");
             continue;
         };
+        let query = r.query.as_deref().and_then(|q| {
+            let (name, value) = match q.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (q, None),
+            };
+            if name.is_empty() || q.contains(['&', '#', ' ']) {
+                p.add(
+                    &format!("{rule_key}.query"),
+                    format!("expected a parameter like \"chat\" or \"chat=off\"; got {q:?}"),
+                );
+                return None;
+            }
+            Some((name.to_owned(), value))
+        });
         match rule_path(path)
             .and_then(|path| crate::policy::PathPattern::new(&path).map(|pattern| (path, pattern)))
         {
             Ok((path, pattern)) => rules.push(ChatRule {
                 path,
                 pattern,
+                query,
                 show,
             }),
             Err(message) => p.add(&format!("{rule_key}.path"), message),

@@ -36,10 +36,19 @@ pub enum ChatDecision {
     Identified,
 }
 
-/// The decision for `path` and the index of the rule that made it (`None`: the
-/// site's default). `groups` is `None` for anonymous visitors.
-pub fn decide(chat: &Chat, path: &str, groups: Option<&[String]>) -> (ChatDecision, Option<usize>) {
-    let matched = chat.rules.iter().position(|r| r.pattern.matches(path));
+/// The decision for `path` (and its `query`) and the index of the rule that
+/// made it (`None`: the site's default). `groups` is `None` for anonymous
+/// visitors.
+pub fn decide(
+    chat: &Chat,
+    path: &str,
+    query: Option<&str>,
+    groups: Option<&[String]>,
+) -> (ChatDecision, Option<usize>) {
+    let matched = chat
+        .rules
+        .iter()
+        .position(|r| r.pattern.matches(path) && query_matches(r.query.as_ref(), query));
     let show = matched.map_or(&chat.default, |i| &chat.rules[i].show);
     let decision = match (show, groups) {
         (ChatShow::Never, _) => ChatDecision::Off,
@@ -55,6 +64,20 @@ pub fn decide(chat: &Chat, path: &str, groups: Option<&[String]>) -> (ChatDecisi
         }
     };
     (decision, matched)
+}
+
+/// Whether a rule's query condition holds for a request's query string.
+fn query_matches(wanted: Option<&(String, Option<String>)>, query: Option<&str>) -> bool {
+    let Some((name, value)) = wanted else {
+        return true;
+    };
+    let Some(query) = query else {
+        return false;
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .iter()
+        .any(|(n, v)| n == name && value.as_ref().is_none_or(|want| want == v))
 }
 
 /// A token in the cache, with the identity it was minted for: a member who
@@ -233,6 +256,7 @@ mod tests {
         let rule = |path: &str, show| ChatRule {
             path: path.into(),
             pattern: PathPattern::new(path).unwrap(),
+            query: None,
             show,
         };
         Chat {
@@ -241,6 +265,10 @@ mod tests {
             },
             default: ChatShow::Everyone,
             rules: vec![
+                ChatRule {
+                    query: Some(("chat".into(), Some("off".into()))),
+                    ..rule("/", ChatShow::Never)
+                },
                 rule("/checkout", ChatShow::Never),
                 rule("/members", ChatShow::Members),
                 rule("/vip/**/*.html", ChatShow::Groups(vec!["vip".into()])),
@@ -255,28 +283,39 @@ mod tests {
         let vip = ["vip".to_owned()];
         let none: [String; 0] = [];
         type Case<'a> = (&'a str, Option<&'a [String]>, ChatDecision, Option<usize>);
-        let table: [Case; 9] = [
+        let table: [Case; 13] = [
             ("/", None, ChatDecision::Anonymous, None),
             ("/", Some(&none), ChatDecision::Identified, None),
-            ("/checkout/pay", Some(&vip), ChatDecision::Off, Some(0)),
-            ("/members/x", None, ChatDecision::Off, Some(1)),
-            ("/MEMBERS/x", Some(&none), ChatDecision::Identified, Some(1)),
-            ("/vip/a/b.html", Some(&none), ChatDecision::Off, Some(2)),
+            ("/checkout/pay", Some(&vip), ChatDecision::Off, Some(1)),
+            ("/members/x", None, ChatDecision::Off, Some(2)),
+            ("/MEMBERS/x", Some(&none), ChatDecision::Identified, Some(2)),
+            ("/vip/a/b.html", Some(&none), ChatDecision::Off, Some(3)),
             (
                 "/vip/a/b.html",
                 Some(&vip),
                 ChatDecision::Identified,
-                Some(2),
+                Some(3),
             ),
-            ("/vip/a/b.html", None, ChatDecision::Off, Some(2)),
+            ("/vip/a/b.html", None, ChatDecision::Off, Some(3)),
             ("/vip/a/b.txt", None, ChatDecision::Anonymous, None),
+            // Query conditions: ?chat=off switches the widget off anywhere.
+            (
+                "/vip/a/b.html?chat=off",
+                Some(&vip),
+                ChatDecision::Off,
+                Some(0),
+            ),
+            ("/?x=1&chat=off", None, ChatDecision::Off, Some(0)),
+            ("/?chat=on", None, ChatDecision::Anonymous, None),
+            ("/?chat", None, ChatDecision::Anonymous, None),
         ];
-        for (path, groups, want, rule) in table {
-            assert_eq!(
-                decide(&chat(), path, groups),
-                (want, rule),
-                "{path} {groups:?}"
-            );
+        for (target, groups, want, rule) in table {
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target, None),
+            };
+            let got = decide(&chat(), path, query, groups);
+            assert_eq!(got, (want, rule), "{target} {groups:?}");
         }
     }
 }

@@ -39,7 +39,8 @@ pub fn plan(
         return None;
     }
     let groups = access.visitor.as_deref().map(|v| v.groups.as_slice());
-    let (decision, _) = identity::decide(chat, &target.path.decoded, groups);
+    let query = target.query.as_deref();
+    let (decision, _) = identity::decide(chat, &target.path.decoded, query, groups);
     if decision == ChatDecision::Off {
         return None;
     }
