@@ -219,8 +219,10 @@ def us(v):
     return 0
 m, x = sys.stdin.read().split()
 print(us(m), us(x))')
-  # Anything but a 2xx is an error, like wrk's status errors.
-  errors=$(awk '/^requests:/ {done=$8} /^status codes:/ {ok=$3} END {print done-ok}' <<<"$out")
+  # Failed, errored and timed-out requests, and 4xx/5xx answers (like wrk's errors):
+  # "requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout"
+  # "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
+  errors=$(awk '/^requests:/ {e += $10 + $12 + $14} /^status codes:/ {e += $7 + $9} END {print e + 0}' <<<"$out")
   echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0}" | tee -a "$results"
 }
 
