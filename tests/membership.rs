@@ -71,6 +71,8 @@ async fn register_verify_login_read_and_log_out() {
     let mail = gw.mail_to("ada@example.com").await;
     let link = Gateway::link_in(&mail);
     assert!(link.starts_with("/_membergate/verify?token="), "{link}");
+    // A return_to slipped into the mailed link is checked again: not off-site.
+    let link = format!("{link}&return_to=%2F%2Fevil.example%2Fx");
     let verified = b.get(&link).await;
     assert_eq!(
         (verified.status, verified.location()),

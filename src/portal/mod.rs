@@ -545,7 +545,9 @@ impl Request<'_> {
         };
         self.m.counters.registration(counted);
         match created {
-            Ok(member) if status == Status::Pending => self.send_verification(&member).await,
+            Ok(member) if status == Status::Pending => {
+                self.send_verification(&member, &query["return_to"]).await
+            }
             Ok(_) => {}
             Err(StoreError::Duplicate) => self.send_already_registered(&canonical).await,
             Err(e) => {
@@ -570,14 +572,25 @@ impl Request<'_> {
         }
     }
 
-    async fn send_verification(&self, member: &Member) {
+    /// Mails the verification link; it carries `return_to` (already checked
+    /// to be a local path, and checked again when the link is opened) so the
+    /// new member lands where they started.
+    async fn send_verification(&self, member: &Member, return_to: &str) {
         let Some(token) = self
             .new_token(TokenPurpose::Verify, member, VERIFY_LIFETIME)
             .await
         else {
             return;
         };
-        let link = format!("{}{PREFIX}/verify?token={token}", self.config.public_url);
+        let back = if return_to == "/" {
+            String::new()
+        } else {
+            format!("&return_to={}", urlencode(return_to))
+        };
+        let link = format!(
+            "{}{PREFIX}/verify?token={token}{back}",
+            self.config.public_url
+        );
         self.m.mailer.send(Message {
             to: member.email.clone(),
             subject: format!("Confirm your email for {}", self.site_name),
@@ -664,7 +677,14 @@ impl Request<'_> {
                 None,
             );
         }
-        see_other(&format!("{PREFIX}/login?notice=verified"))
+        let return_to = return_to::safe(query.get("return_to").map(String::as_str));
+        if return_to == "/" {
+            return see_other(&format!("{PREFIX}/login?notice=verified"));
+        }
+        see_other(&format!(
+            "{PREFIX}/login?notice=verified&return_to={}",
+            urlencode(&return_to)
+        ))
     }
 
     // --- reset ------------------------------------------------------------------
