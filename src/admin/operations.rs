@@ -127,7 +127,7 @@ impl Admin<'_> {
                     "give either a password or invite, not both or neither".into(),
                 ));
             }
-            (Some(password), false) => Some(hash(password)?),
+            (Some(password), false) => Some(hash(password).await?),
             (None, true) => None,
         };
         let status = if new.invite {
@@ -189,7 +189,7 @@ impl Admin<'_> {
     /// Sets a new password; the member's sessions end.
     pub async fn set_password(&self, address: &str, password: &str) -> Result<Member, Refused> {
         let member = self.member(address).await?;
-        let hash = hash(password)?;
+        let hash = hash(password).await?;
         self.store
             .set_password(member.id, &hash, now())
             .await
@@ -352,9 +352,14 @@ fn canonical(address: &str) -> Result<String, Refused> {
     email::canonical(address).map_err(|e| Refused::Invalid(format!("{address:?}: {e}")))
 }
 
-fn hash(password: &str) -> Result<String, Refused> {
+/// Checks and hashes a password off the async threads (the admin API runs in the gateway).
+async fn hash(password: &str) -> Result<String, Refused> {
     password::acceptable(password).map_err(|e| Refused::Invalid(e.to_owned()))?;
-    password::hash(password).map_err(Refused::Store)
+    let password = password.to_owned();
+    password::off_thread(move || password::hash(&password))
+        .await
+        .ok_or_else(|| Refused::Store("password hashing failed".into()))?
+        .map_err(Refused::Store)
 }
 
 fn name(text: String) -> Result<String, Refused> {

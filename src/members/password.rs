@@ -1,10 +1,26 @@
 //! Password hashing: argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane).
-//! Hashing is CPU-heavy, so callers run it on the blocking pool.
+//! Hashing is CPU-heavy and each hash holds 19 MiB, so it runs on the
+//! blocking pool through [`off_thread`], a few at a time: a flood of login
+//! attempts queues instead of growing memory by 19 MiB per attempt.
 
 use std::sync::LazyLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Hashes running at once: enough to keep the cores busy, few enough that
+/// their memory stays small.
+static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores.clamp(2, 8))
+});
+
+/// Runs password work on the blocking pool once a hashing slot is free;
+/// `None` if the work panicked.
+pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _slot = HASHING.acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
 
 /// Shortest and longest password accepted (long ones only cost hashing time).
 pub const MIN_LENGTH: usize = 10;

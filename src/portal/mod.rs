@@ -348,7 +348,7 @@ impl Request<'_> {
         };
         let password = field("password").to_owned();
         let stored = member.as_ref().and_then(|m| m.password_hash.clone());
-        let check = tokio::task::spawn_blocking(move || match stored {
+        let check = password::off_thread(move || match stored {
             Some(hash) => password::verify(&password, &hash),
             None => {
                 password::verify_dummy(&password);
@@ -375,8 +375,8 @@ impl Request<'_> {
                 field("password").to_owned(),
             );
             tokio::spawn(async move {
-                if let Ok(Ok(hash)) =
-                    tokio::task::spawn_blocking(move || password::hash(&password)).await
+                if let Some(Ok(hash)) =
+                    password::off_thread(move || password::hash(&password)).await
                 {
                     let _ = store.rehash_password(id, &hash).await;
                 }
@@ -514,8 +514,7 @@ impl Request<'_> {
             }
         }
         let password = field("password").to_owned();
-        let Ok(Ok(hash)) = tokio::task::spawn_blocking(move || password::hash(&password)).await
-        else {
+        let Some(Ok(hash)) = password::off_thread(move || password::hash(&password)).await else {
             return self.message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Try again",
@@ -773,7 +772,7 @@ impl Request<'_> {
                 Some(("/_membergate/reset", "Reset your password")),
             );
         };
-        let Ok(Ok(hash)) = tokio::task::spawn_blocking(move || password::hash(&new_password)).await
+        let Some(Ok(hash)) = password::off_thread(move || password::hash(&new_password)).await
         else {
             return self.message(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -904,14 +903,14 @@ impl Request<'_> {
             return see_other(&format!("{PREFIX}/login"));
         };
         let stored = member.password_hash.clone().unwrap_or_default();
-        let work = tokio::task::spawn_blocking(move || {
+        let work = password::off_thread(move || {
             (password::verify(&current, &stored) != Check::Wrong)
                 .then(|| password::hash(&new_password))
         })
         .await;
         let hash = match work {
-            Ok(Some(Ok(hash))) => hash,
-            Ok(None) => {
+            Some(Some(Ok(hash))) => hash,
+            Some(None) => {
                 return self
                     .account_page(&HashMap::new(), Some("The current password is not right."))
                     .await;
