@@ -373,12 +373,7 @@ async fn metrics_count_logins_registrations_and_session_cache_use() {
     for _ in 0..3 {
         assert_eq!(b.get("/members/").await.status, 200);
     }
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let value = |line_start: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(line_start))

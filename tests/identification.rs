@@ -110,12 +110,7 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     // The same token on the next page: it comes from the cache.
     let again = settings(&ada.get("/kb/lamps").await.body).unwrap();
     assert_eq!(again["identificationToken"], token);
-    let metrics = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("membergate_identification_tokens_total{result=\"cached\"} 1"),
         "{metrics}"

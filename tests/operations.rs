@@ -88,15 +88,7 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     );
     assert_eq!(second.requests().len(), 2);
     assert_eq!(first.requests().len(), 1);
-    let admin = reqwest::Client::builder().no_proxy().build().unwrap();
-    let metrics = admin
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("membergate_config_reloads_total{result=\"ok\"} 1"),
         "{metrics}"

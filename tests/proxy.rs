@@ -487,14 +487,7 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
         .send()
         .await
         .unwrap();
-    let metrics = client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("membergate_requests_total{route=\"main:/\",status=\"200\"} 1"),
         "{metrics}"

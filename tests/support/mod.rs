@@ -376,6 +376,21 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.admin.port())
     }
 
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
