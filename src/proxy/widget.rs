@@ -53,7 +53,7 @@ pub fn plan(
     Some(Plan {
         decision,
         client_coding: inject::codec::preferred(&accepted),
-        reset: crate::session::cookie_values(headers, &reset_cookie).any(|v| v == "1"),
+        reset: crate::session::cookie_values(headers, reset_cookie).any(|v| v == "1"),
     })
 }
 

@@ -95,6 +95,8 @@ pub struct Sessions {
     /// HMAC keyed once: cloning it skips the two key-pad compressions per cookie.
     tag_mac: HmacSha256,
     pub cookie_name: String,
+    /// `<cookie_name>-chat-reset`, built once.
+    chat_reset_name: String,
     pub cookie_secure: bool,
     lifetime: Duration,
     idle: Duration,
@@ -127,6 +129,7 @@ impl Sessions {
             cache,
             tag_mac: HmacSha256::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac()),
             cookie_name: config.cookie_name.clone(),
+            chat_reset_name: format!("{}-chat-reset", config.cookie_name),
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
             idle: config.session_idle,
@@ -313,47 +316,37 @@ impl Sessions {
         self.cache.entry_count()
     }
 
-    pub fn set_cookie(&self, value: &str) -> String {
-        cookie::Cookie::build((self.cookie_name.as_str(), value))
+    /// One of the gateway's cookies: HttpOnly, SameSite=Lax, Path=/, Secure
+    /// unless configured for plain HTTP; a zero `max_age` deletes it.
+    fn cookie(&self, name: &str, value: &str, max_age: i64) -> String {
+        cookie::Cookie::build((name, value))
             .path("/")
             .secure(self.cookie_secure)
             .http_only(true)
             .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::seconds(
-                self.lifetime.as_secs() as i64
-            ))
+            .max_age(cookie::time::Duration::seconds(max_age))
             .build()
             .to_string()
     }
 
+    pub fn set_cookie(&self, value: &str) -> String {
+        self.cookie(&self.cookie_name, value, self.lifetime.as_secs() as i64)
+    }
+
     /// The name of the cookie that asks the next page with the chat widget to
     /// reset it (set at logout, so a shared computer forgets the last member).
-    pub fn chat_reset_name(&self) -> String {
-        format!("{}-chat-reset", self.cookie_name)
+    pub fn chat_reset_name(&self) -> &str {
+        &self.chat_reset_name
     }
 
     /// Sets (`on`) or clears the chat-reset cookie.
     pub fn chat_reset_cookie(&self, on: bool) -> String {
         let (value, age) = if on { ("1", 86_400) } else { ("", 0) };
-        cookie::Cookie::build((self.chat_reset_name(), value))
-            .path("/")
-            .secure(self.cookie_secure)
-            .http_only(true)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::seconds(age))
-            .build()
-            .to_string()
+        self.cookie(&self.chat_reset_name, value, age)
     }
 
     pub fn clear_cookie(&self) -> String {
-        cookie::Cookie::build((self.cookie_name.as_str(), ""))
-            .path("/")
-            .secure(self.cookie_secure)
-            .http_only(true)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::ZERO)
-            .build()
-            .to_string()
+        self.cookie(&self.cookie_name, "", 0)
     }
 
     fn tag(&self, id: &[u8; 32]) -> [u8; 16] {
