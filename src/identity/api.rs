@@ -17,7 +17,6 @@
 //! JSON error that says what is wrong.
 
 use std::net::IpAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -46,9 +45,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILURES_PER_IP: isize = 20;
 /// Calls allowed per API key per minute.
 const CALLS_PER_KEY: isize = 6000;
-
-static RATE: LazyLock<pingora_limits::rate::Rate> =
-    LazyLock::new(|| pingora_limits::rate::Rate::new(Duration::from_secs(60)));
 
 /// Whether a normalised path belongs to the token API.
 pub fn is_api_path(path: &str) -> bool {
@@ -86,12 +82,13 @@ pub async fn handle(
         return response;
     }
     // Counted without adding: only failures add to this budget.
-    if RATE.observe(&("api-fail", client), 0) >= FAILURES_PER_IP {
+    let rate = &gateway.identifier.api_rate;
+    if rate.observe(&("api-fail", client), 0) >= FAILURES_PER_IP {
         return too_many();
     }
     let settings = &runtime.config.identification;
     let Some(key) = authenticate(&settings.api_keys, &parts.headers) else {
-        RATE.observe(&("api-fail", client), 1);
+        rate.observe(&("api-fail", client), 1);
         let mut response = error(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
@@ -114,7 +111,7 @@ pub async fn handle(
             "this API key does not have the scope for this endpoint",
         );
     }
-    if RATE.observe(&("api-key", key.name.as_str()), 1) > CALLS_PER_KEY {
+    if rate.observe(&("api-key", key.name.as_str()), 1) > CALLS_PER_KEY {
         return too_many();
     }
     let bytes = match read_body(body).await {

@@ -109,6 +109,9 @@ pub struct Identifier {
     default_keys: Keys,
     /// `cached`, `minted`, `failed`, `timeout`.
     outcomes: Family<OutcomeLabels, Counter>,
+    /// Token API calls per key and failed authentications per client, per
+    /// minute, in bounded memory.
+    pub api_rate: pingora_limits::rate::Rate,
 }
 
 impl Identifier {
@@ -122,6 +125,7 @@ impl Identifier {
             hubspot: Arc::new(hubspot::HubSpotClient::new()?),
             default_keys: Keys::new(vec![Key::new("default", default_secret)?])?,
             outcomes: Family::default(),
+            api_rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
         })
     }
 
