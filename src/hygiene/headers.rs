@@ -168,6 +168,20 @@ pub fn header_text(value: &str) -> String {
     out
 }
 
+/// Adds `field` to the response's `Vary` unless a `Vary` value already names
+/// it (or is `*`), so no field is listed twice.
+pub fn add_vary(headers: &mut HeaderMap, field: &'static str) {
+    let listed = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case(field));
+    if !listed {
+        headers.append(header::VARY, HeaderValue::from_static(field));
+    }
+}
+
 /// Removes the headers named by `Connection` and every hop-by-hop header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -190,6 +204,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vary_lists_each_field_once() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Language, cookie"),
+        );
+        add_vary(&mut h, "Cookie");
+        add_vary(&mut h, "Accept-Encoding");
+        add_vary(&mut h, "Accept-Encoding");
+        let all: Vec<_> = h.get_all(header::VARY).iter().collect();
+        assert_eq!(all, ["Accept-Language, cookie", "Accept-Encoding"]);
+    }
 
     fn facts() -> ClientFacts<'static> {
         ClientFacts {

@@ -21,6 +21,7 @@ pub use body::InjectBody;
 pub use codec::Coding;
 
 use crate::config::{Chat, ChatProvider};
+use crate::hygiene::headers::add_vary;
 use crate::proxy::body::GatewayBody;
 
 /// Marks the gateway's own script tags, so a page is never injected twice.
@@ -96,7 +97,7 @@ pub fn rewrite(
             HeaderValue::from_static(to.as_str()),
         );
     }
-    headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    add_vary(headers, "Accept-Encoding");
     // The bytes change: a strong validator would lie; a weak one still lets
     // the origin answer 304 for an unchanged page.
     if let Some(etag) = headers.get(header::ETAG).cloned()
@@ -108,7 +109,7 @@ pub fn rewrite(
         };
     }
     // What the widget is told depends on who asks.
-    headers.append(header::VARY, HeaderValue::from_static("Cookie"));
+    add_vary(headers, "Cookie");
     if personalised {
         headers.insert(
             header::CACHE_CONTROL,

@@ -11,6 +11,7 @@ use super::body::GatewayBody;
 use super::pipeline::Target;
 use super::respond::{self, Refusal};
 use crate::gateway::{Gateway, Runtime};
+use crate::hygiene::headers::add_vary;
 use crate::policy::{self, Decision};
 use crate::portal;
 use crate::routing::Site;
@@ -174,7 +175,7 @@ pub fn finish(
             HeaderValue::from_static("private, no-store"),
         );
         headers.insert("x-robots-tag", HeaderValue::from_static("noindex"));
-        headers.append(header::VARY, HeaderValue::from_static("Cookie"));
+        add_vary(headers, "Cookie");
     }
     if access.clear_cookie {
         append_cookie(headers, &gateway.membership.sessions.clear_cookie());
