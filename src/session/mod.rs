@@ -2,25 +2,26 @@
 //! bounded in-memory cache in front of it so an authenticated request normally
 //! costs no store round trip.
 //!
-//! The cookie carries the 256-bit id plus a 128-bit HMAC tag, so a forged or
-//! tampered cookie is refused without touching the store. The store keeps only
+//! The cookie carries the 256-bit id plus a 128-bit HMAC tag ([`seal::Seal`]),
+//! so a forged or tampered cookie is refused without touching the store. The store keeps only
 //! the SHA-256 of the id. A cached session is re-checked on every hit (absolute
 //! and idle expiry); every change to a member drops that member's cached
 //! sessions, whether made here or by another process (see [`Sessions::follow_changes`]).
+
+pub mod seal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use crate::config;
 use crate::hygiene::headers::header_text;
 use crate::members::{Member, MemberId, MemberStore, SessionRecord, Status, now};
+
+pub use seal::{Seal, cookie_values};
 
 /// What the gateway knows about a logged-in visitor; shared by cached requests.
 #[derive(Debug)]
@@ -92,8 +93,7 @@ pub struct Created {
 pub struct Sessions {
     store: Arc<dyn MemberStore>,
     cache: moka::sync::Cache<[u8; 32], Arc<Visitor>>,
-    /// HMAC keyed once: cloning it skips the two key-pad compressions per cookie.
-    tag_mac: HmacSha256,
+    seal: Seal,
     pub cookie_name: String,
     /// `<cookie_name>-chat-reset`, built once.
     chat_reset_name: String,
@@ -107,18 +107,12 @@ pub struct Sessions {
 /// How stale `last_seen` may be in the store before it is written again.
 const TOUCH_INTERVAL: i64 = 60;
 
-type HmacSha256 = Hmac<Sha256>;
-
 impl Sessions {
     pub fn new(
         store: Arc<dyn MemberStore>,
         secret: &[u8; 32],
         config: &config::Members,
     ) -> Sessions {
-        // A key of its own, derived from the gateway secret.
-        let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable_hmac());
-        mac.update(b"membergate session cookie v1");
-        let key: [u8; 32] = mac.finalize().into_bytes().into();
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.session_cache_capacity)
             .time_to_idle(config.session_idle)
@@ -127,7 +121,7 @@ impl Sessions {
         Sessions {
             store,
             cache,
-            tag_mac: HmacSha256::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac()),
+            seal: Seal::new(secret),
             cookie_name: config.cookie_name.clone(),
             chat_reset_name: format!("{}-chat-reset", config.cookie_name),
             cookie_secure: config.cookie_secure,
@@ -154,7 +148,7 @@ impl Sessions {
         let Some(value) = found else {
             return Lookup::Anonymous;
         };
-        let Some(id) = self.verify_cookie(value) else {
+        let Some(id) = self.seal.open(value) else {
             return Lookup::Invalid;
         };
         let id_hash = hash_id(&id);
@@ -252,11 +246,8 @@ impl Sessions {
             .map_err(|e| e.to_string())?;
         let visitor = Arc::new(visitor(id_hash, member, record.expires_at, now));
         self.cache.insert(id_hash, visitor.clone());
-        let mut raw = [0u8; 48];
-        raw[..32].copy_from_slice(&id);
-        raw[32..].copy_from_slice(&self.tag(&id));
         Ok(Created {
-            cookie_value: URL_SAFE_NO_PAD.encode(raw),
+            cookie_value: self.seal.seal(&id),
             visitor,
         })
     }
@@ -348,35 +339,6 @@ impl Sessions {
     pub fn clear_cookie(&self) -> String {
         self.cookie(&self.cookie_name, "", 0)
     }
-
-    fn tag(&self, id: &[u8; 32]) -> [u8; 16] {
-        let mut mac = self.tag_mac.clone();
-        mac.update(id);
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; 16];
-        tag.copy_from_slice(&full[..16]);
-        tag
-    }
-
-    /// The id inside a cookie value, if its tag is right (compared in constant time).
-    fn verify_cookie(&self, value: &str) -> Option<[u8; 32]> {
-        if value.len() != 64 {
-            return None;
-        }
-        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
-        let (id, tag) = raw.split_at(32);
-        let id: [u8; 32] = id.try_into().ok()?;
-        let mut mac = self.tag_mac.clone();
-        mac.update(&id);
-        mac.verify_truncated_left(tag).ok()?;
-        Some(id)
-    }
-}
-
-/// HMAC-SHA256 takes keys of any length; this cannot happen.
-fn unreachable_hmac() -> HmacSha256 {
-    #[allow(clippy::unwrap_used)]
-    HmacSha256::new_from_slice(&[0u8; 32]).unwrap()
 }
 
 fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) -> Visitor {
@@ -395,20 +357,4 @@ fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) 
 
 pub fn hash_id(id: &[u8]) -> [u8; 32] {
     Sha256::digest(id).into()
-}
-
-/// Every value of cookie `name` across all `Cookie` headers.
-pub fn cookie_values<'a>(
-    headers: &'a http::HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim())
-        })
 }
