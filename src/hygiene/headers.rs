@@ -182,6 +182,13 @@ pub fn add_vary(headers: &mut HeaderMap, field: &'static str) {
     }
 }
 
+/// A message framed two ways at once (`Content-Length` beside
+/// `Transfer-Encoding`): RFC 9112 §6.1 calls it a likely smuggling or
+/// splitting attempt, so an origin that sends one gets no benefit of the doubt.
+pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+}
+
 /// Removes the headers named by `Connection` and every hop-by-hop header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {

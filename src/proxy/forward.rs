@@ -193,6 +193,12 @@ async fn proxy_http(
     gateway
         .metrics
         .upstream_latency(&origin.label, sent.elapsed().as_secs_f64());
+    if headers::has_conflicting_framing(response.headers()) {
+        // Dropping the unread response closes that upstream connection too.
+        gateway.metrics.upstream_error(&origin.label);
+        tracing::warn!(upstream = %origin.label, "upstream response framed by both Content-Length and Transfer-Encoding");
+        return respond::refusal(Refusal::BadGateway, json);
+    }
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
