@@ -344,6 +344,21 @@ impl Gateway {
         Gateway::start_with_file(dir, config_path).await
     }
 
+    /// Kills the gateway with SIGKILL (no shutdown code runs, nothing is
+    /// flushed) and starts it again on the same files. Panics if the process
+    /// had already died by itself: that is a crash, not our kill.
+    pub async fn kill_and_restart(mut self) -> Gateway {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("gateway exited by itself ({status}):\n{}", self.log());
+        }
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.wait_exit(Duration::from_secs(10)).await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let config_path = self.config_path.clone();
+        drop(self);
+        Gateway::start_with_file(dir, config_path).await
+    }
+
     pub fn dev_cert_pem(&self) -> Vec<u8> {
         std::fs::read(self.dir.path().join("certs/dev.crt")).unwrap()
     }
@@ -398,6 +413,16 @@ impl Gateway {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The gateway process's resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
     }
 
     pub fn log(&self) -> String {

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -301,21 +302,40 @@ pub enum Fault {
     HugeHeaders,
     /// Sends a valid response followed by a second, unrequested one.
     ExtraBytes,
+    /// Reads the request, then closes without a word.
+    CloseWithoutAnswer,
+    /// Sends a chunked head and one chunk, then resets the connection (RST).
+    ResetAfterHead,
+    /// Answers with both `Content-Length` and `Transfer-Encoding: chunked`.
+    LengthAndChunked,
+    /// Answers with two different `Content-Length` headers.
+    TwoLengths,
+    /// Answers properly, then writes a forged response while the connection idles.
+    IdleJunk,
+    /// Streams a 64 MiB HTML page.
+    HugeHtml,
 }
+
+/// The size of the [`Fault::HugeHtml`] page.
+pub const HUGE_HTML_BYTES: usize = 64 << 20;
 
 pub struct FaultyOrigin {
     pub addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
 }
 
 impl FaultyOrigin {
     pub async fn start(fault: Fault) -> FaultyOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let mut served = 0;
                     loop {
@@ -328,6 +348,7 @@ impl FaultyOrigin {
                             }
                         }
                         served += 1;
+                        counter.fetch_add(1, Ordering::SeqCst);
                         let reply: Vec<u8> = match fault {
                             Fault::Hang => {
                                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -360,6 +381,47 @@ impl FaultyOrigin {
                                 )
                                 .into_bytes()
                             }
+                            Fault::CloseWithoutAnswer => return,
+                            Fault::ResetAfterHead => {
+                                let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                                let _ = stream.write_all(head).await;
+                                let _ = stream.flush().await;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                // Linger 0: close() sends RST instead of FIN.
+                                #[allow(deprecated)]
+                                let _ = stream.set_linger(Some(Duration::ZERO));
+                                return;
+                            }
+                            Fault::LengthAndChunked => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                            Fault::TwoLengths => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!".to_vec(),
+                            Fault::IdleJunk => {
+                                let body = format!("response-{served}");
+                                let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                                if stream.write_all(reply.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!".to_vec()
+                            }
+                            Fault::HugeHtml => {
+                                let start = b"<!doctype html><html><head><title>Huge</title></head><body>";
+                                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {HUGE_HTML_BYTES}\r\n\r\n");
+                                let mut chunk = start.to_vec();
+                                let filler = b"<p>The tide came in, and went out again.</p>\n".repeat(1500);
+                                if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&chunk).await.is_err() {
+                                    return;
+                                }
+                                let mut left = HUGE_HTML_BYTES - chunk.len();
+                                while left > 0 {
+                                    chunk.clear();
+                                    chunk.extend_from_slice(&filler[..filler.len().min(left)]);
+                                    left -= chunk.len();
+                                    if stream.write_all(&chunk).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
                         };
                         if stream.write_all(&reply).await.is_err() {
                             return;
@@ -368,11 +430,16 @@ impl FaultyOrigin {
                 });
             }
         });
-        FaultyOrigin { addr }
+        FaultyOrigin { addr, requests }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many request heads the origin has read, over all connections.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 

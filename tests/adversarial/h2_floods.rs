@@ -1,0 +1,212 @@
+//! Catalogue H1: HTTP/2 floods, frame by frame. Each attack runs on one
+//! connection; the gateway must end it (GOAWAY) or shrug it off with bounded
+//! work for the origin and bounded memory, and keep serving everyone else.
+
+use std::time::Duration;
+
+use super::h2_wire::*;
+use crate::support::{EchoOrigin, Gateway, Setup};
+
+async fn start() -> (Gateway, EchoOrigin) {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    (gw, origin)
+}
+
+/// A fresh client still gets an ordinary answer over HTTP/2.
+async fn assert_still_serving(gw: &Gateway) {
+    let response = gw
+        .client_builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .get(gw.https_url("/after-the-flood"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_rapid_reset_ends_the_connection() {
+    let (gw, origin) = start().await;
+    let mut h2 = H2::connect(&gw, &[]).await;
+    let block = request_block("GET", "/rapid-reset");
+    let attempts = 10_000u32;
+    let mut sent = 0;
+    for batch in 0..attempts / 100 {
+        let mut bytes = Vec::new();
+        for i in 0..100 {
+            let stream = 2 * (batch * 100 + i) + 1;
+            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &block));
+            bytes.extend(frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()));
+        }
+        if !h2.send(&bytes).await {
+            break;
+        }
+        sent += 100;
+    }
+    let seen = h2.finish(Duration::from_secs(10)).await;
+    let reached = origin.requests().len();
+    println!("rapid reset: sent {sent} of {attempts}, origin saw {reached}, gateway sent {seen:?}");
+    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    assert!(seen.closed);
+    assert!(
+        reached < 1000,
+        "{reached} reset requests reached the origin"
+    );
+    assert_still_serving(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_made_you_reset_ends_the_connection() {
+    // MadeYouReset: requests the server must reset itself (a connection-
+    // specific header makes a request malformed, a stream error), so no reset
+    // from the client is there to count.
+    let (gw, origin) = start().await;
+    let mut h2 = H2::connect(&gw, &[]).await;
+    let mut block = request_block("GET", "/made-you-reset");
+    block.extend(hpack_field("connection", "keep-alive"));
+    let attempts = 5_000u32;
+    let mut sent = 0;
+    for batch in 0..attempts / 100 {
+        let mut bytes = Vec::new();
+        for i in 0..100 {
+            let stream = 2 * (batch * 100 + i) + 1;
+            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &block));
+        }
+        if !h2.send(&bytes).await {
+            break;
+        }
+        sent += 100;
+    }
+    let seen = h2.finish(Duration::from_secs(10)).await;
+    let reached = origin.requests().len();
+    println!(
+        "made you reset: sent {sent} of {attempts}, origin saw {reached}, gateway sent {seen:?}"
+    );
+    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    assert!(seen.closed);
+    // It reset streams until its limit (1024), then gave up on the client.
+    assert!(seen.count(RST_STREAM) <= 1024, "{seen:?}");
+    assert_eq!(reached, 0, "malformed requests reached the origin");
+    assert_still_serving(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_endless_continuation_is_cut_off() {
+    let (gw, origin) = start().await;
+    let mut h2 = H2::connect(&gw, &[]).await;
+    let field = hpack_field("x-flood", &"a".repeat(1000));
+    let mut sent_bytes = 0usize;
+    let mut cut_off = !h2
+        .send(&frame(
+            HEADERS,
+            0,
+            1,
+            &request_block("GET", "/continuation"),
+        ))
+        .await;
+    // 16 MiB of header fields, if the gateway let it go on that long.
+    while !cut_off && sent_bytes < 16 << 20 {
+        let mut bytes = Vec::new();
+        for _ in 0..16 {
+            bytes.extend(frame(CONTINUATION, 0, 1, &field));
+        }
+        sent_bytes += bytes.len();
+        cut_off = !h2.send(&bytes).await;
+    }
+    let seen = h2.finish(Duration::from_secs(10)).await;
+    println!("continuation: sent {sent_bytes} bytes, gateway sent {seen:?}");
+    assert!(seen.closed, "{seen:?}");
+    assert!(seen.goaway.is_some(), "{seen:?}");
+    assert!(
+        sent_bytes < 16 << 20,
+        "the gateway read 16 MiB of one header block"
+    );
+    assert!(origin.requests().is_empty());
+    assert_still_serving(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_empty_data_frames_do_not_hold_the_gateway() {
+    let (gw, origin) = start().await;
+    let mut h2 = H2::connect(&gw, &[]).await;
+    let mut open = h2
+        .send(&frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &request_block("POST", "/empty-data"),
+        ))
+        .await;
+    let empty = frame(DATA, 0, 1, &[]);
+    let mut sent = 0;
+    while open && sent < 100_000 {
+        open = h2.send(&empty.repeat(1000)).await;
+        sent += 1000;
+    }
+    if open {
+        h2.send(&frame(DATA, END_STREAM, 1, b"end")).await;
+    }
+    let during = tokio::spawn({
+        let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+        let url = gw.https_url("/meanwhile");
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let seen = h2.finish(Duration::from_secs(5)).await;
+    let reached = origin.requests().len();
+    println!("empty data: sent {sent}, origin saw {reached}, gateway sent {seen:?}");
+    assert_eq!(during.await.unwrap().unwrap(), 200);
+    // Either the flood ended the connection or the one request went through,
+    // with its three bytes: never more than one request for one stream.
+    let posts: Vec<_> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/empty-data")
+        .collect();
+    assert!(posts.len() <= 1);
+    if let Some(post) = posts.first() {
+        assert_eq!(post.body, b"end");
+    } else {
+        assert!(seen.goaway.is_some() || seen.closed, "{seen:?}");
+    }
+    assert_still_serving(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_a_window_held_at_zero_keeps_memory_flat() {
+    // 100 streams ask for 1 MiB each and never open their window: the gateway
+    // must hold back the origin, not buffer 100 MiB for the client.
+    let (gw, origin) = start().await;
+    let before = gw.rss_kib();
+    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let block = request_block("GET", "/big");
+    let mut bytes = Vec::new();
+    for i in 0..100u32 {
+        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block));
+    }
+    assert!(h2.send(&bytes).await);
+    for _ in 0..100 {
+        if origin.requests().len() == 100 && h2.seen().count(HEADERS) == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = gw.rss_kib();
+    let seen = h2.seen();
+    println!(
+        "zero window: origin saw {}, gateway sent {seen:?}, RSS {before} -> {during} KiB",
+        origin.requests().len()
+    );
+    assert_eq!(seen.count(HEADERS), 100, "{seen:?}");
+    assert_eq!(seen.count(DATA), 0, "{seen:?}");
+    assert!(
+        during.saturating_sub(before) < 40 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    drop(h2);
+    assert_still_serving(&gw).await;
+}

@@ -1,0 +1,11 @@
+//! The adversarial suite: attacks and faults from the catalogue
+//! (`shared/reference/attack-catalogue.md`) that the other suites do not
+//! already cover, against the real binary. Each test names its row.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod h2_floods;
+mod h2_wire;
+mod upstream_faults;

@@ -1,0 +1,140 @@
+//! Catalogue I1, I2, I4 and G8: origins that fail, lie about framing, poison
+//! idle connections or send pages far larger than any buffer. Each is a raw
+//! TCP origin (`Fault`), so the bytes are exactly the bad ones.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::origins::HUGE_HTML_BYTES;
+use crate::support::{Fault, FaultyOrigin, Gateway, Setup, status_of};
+
+async fn gateway_for(fault: Fault) -> (Gateway, FaultyOrigin) {
+    let origin = FaultyOrigin::start(fault).await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    (gw, origin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i1_a_post_is_never_retried_when_the_origin_drops_it() {
+    let (gw, origin) = gateway_for(Fault::CloseWithoutAnswer).await;
+    let response = gw
+        .client()
+        .post(gw.https_url("/order"))
+        .body("buy one lighthouse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        origin.requests(),
+        1,
+        "the POST was sent to the origin again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i1_a_reset_after_the_head_is_not_passed_off_as_a_complete_response() {
+    let (gw, _origin) = gateway_for(Fault::ResetAfterHead).await;
+    // Keep-alive on purpose: a truncated body must end the connection, never
+    // leave it open as if the response were complete.
+    let answer = gw
+        .raw(b"GET /stream HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.contains("hello"), "{answer}");
+    assert!(
+        !answer.ends_with("0\r\n\r\n"),
+        "the truncated body was terminated as complete: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i2_responses_with_ambiguous_framing_get_502() {
+    for fault in [Fault::LengthAndChunked, Fault::TwoLengths] {
+        let (gw, _origin) = gateway_for(fault).await;
+        let response = gw.client().get(gw.https_url("/x")).send().await.unwrap();
+        assert_eq!(response.status(), 502, "{fault:?}");
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("hello") && !body.contains("ok!"),
+            "{fault:?}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g8_bytes_an_origin_sends_while_idle_never_answer_a_later_request() {
+    let (gw, origin) = gateway_for(Fault::IdleJunk).await;
+    let client = gw.client();
+    for _ in 0..3 {
+        let text = client
+            .get(gw.https_url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.starts_with("response-"),
+            "a poisoned connection answered: {text}"
+        );
+        // Let the origin write its junk onto the idle pooled connection.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(origin.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i4_a_huge_html_page_streams_through_the_rewriter_in_bounded_memory() {
+    let origin = FaultyOrigin::start(Fault::HugeHtml).await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\""),
+    )
+    .await;
+    let before = gw.rss_kib();
+    let mut stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET /huge HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Read slowly enough to see the gateway's memory while the page flows.
+    let mut received = Vec::with_capacity(HUGE_HTML_BYTES + (1 << 20));
+    let mut buf = vec![0u8; 1 << 16];
+    let mut peak = before;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+        if received.len() % (8 << 20) < n {
+            peak = peak.max(gw.rss_kib());
+        }
+    }
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let body = &received[head_end + 4..];
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let snippet_at = body
+        .windows(b"data-membergate=\"loader\"".len())
+        .position(|w| w == b"data-membergate=\"loader\"")
+        .expect("the widget was injected");
+    assert!(
+        snippet_at < 4096,
+        "the snippet went in at byte {snippet_at}"
+    );
+    // Chunked framing adds a few bytes per chunk; the page itself is all there.
+    assert!(body.len() > HUGE_HTML_BYTES, "{} bytes arrived", body.len());
+    println!(
+        "huge page: {} body bytes, RSS {before} KiB before, {peak} KiB at the peak",
+        body.len()
+    );
+    assert!(
+        peak.saturating_sub(before) < 32 * 1024,
+        "memory grew with the page: {before} -> {peak} KiB"
+    );
+}
