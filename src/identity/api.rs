@@ -190,13 +190,14 @@ pub async fn handle(
 /// The configured key whose digest matches the bearer token, compared in
 /// constant time against every key.
 fn authenticate<'k>(keys: &'k [ApiKey], headers: &http::HeaderMap) -> Option<&'k ApiKey> {
-    let given = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?
-        .trim();
-    if given.is_empty() {
+    // Exactly one credential, spelled exactly: two Authorization fields, or a
+    // key with anything around it, is no key (catalogue J1, B6).
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let given = value.to_str().ok()?.strip_prefix("Bearer ")?;
+    if given.is_empty() || given.bytes().any(|b| b.is_ascii_whitespace()) {
         return None;
     }
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
