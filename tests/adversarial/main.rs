@@ -6,6 +6,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod exhaustion;
 mod h2_floods;
 mod h2_wire;
+mod token_api_keys;
 mod upstream_faults;

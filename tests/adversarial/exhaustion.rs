@@ -1,0 +1,127 @@
+//! Catalogue H2, H3 and H4 beyond the hygiene suite: a head made of huge
+//! cookies, a body that never comes, a TLS handshake that stops halfway, and
+//! endless bodies aimed at the gateway's own forms and token API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{EchoOrigin, Gateway, Setup, status_of};
+
+async fn start() -> (Gateway, EchoOrigin) {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("body_idle_timeout = \"1s\"\ntls_handshake_timeout = \"1s\""),
+    )
+    .await;
+    (gw, origin)
+}
+
+/// Reads until the peer closes or `limit` passes; true if it closed.
+async fn closes_within(stream: &mut TcpStream, limit: Duration) -> (bool, Vec<u8>) {
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, stream.read_to_end(&mut got))
+        .await
+        .is_ok();
+    (closed, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_fifty_cookies_of_8_kb_get_431() {
+    let (gw, origin) = start().await;
+    let mut raw = String::from("GET / HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n");
+    for i in 0..50 {
+        raw.push_str(&format!("Cookie: c{i}={}\r\n", "v".repeat(8 * 1024)));
+    }
+    raw.push_str("\r\n");
+    assert_eq!(status_of(&gw.raw(raw.as_bytes()).await), 431);
+    assert!(origin.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_body_that_never_comes_is_given_up_on() {
+    let (gw, _origin) = start().await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, got) = closes_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "the gateway waited for the body forever");
+    let answer = String::from_utf8_lossy(&got);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_half_sent_client_hello_is_cut_off() {
+    let (gw, _origin) = start().await;
+    let mut stream = TcpStream::connect(gw.https).await.unwrap();
+    // A TLS record header announcing a 512-byte handshake message, then 5 bytes of it.
+    stream
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+        .await
+        .unwrap();
+    let (closed, got) = closes_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "a stalled handshake held its connection");
+    assert!(got.is_empty(), "{got:?}");
+}
+
+/// Sends `head` then an endless chunked body; returns the gateway's answer
+/// and how many body bytes went out before it answered.
+async fn endless_body(addr: std::net::SocketAddr, head: String) -> (String, usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("2000\r\n{}\r\n", "a".repeat(0x2000));
+        // Bounded: 256 MiB, far past any limit the gateway should have.
+        while counter.load(Ordering::SeqCst) < 256 << 20 {
+            if writer.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+            counter.fetch_add(0x2000, Ordering::SeqCst);
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    // The answer is in; whatever the sender managed by now is the measure.
+    sender.abort();
+    let sent = sent.load(Ordering::SeqCst);
+    (String::from_utf8_lossy(&got).into_owned(), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h4_endless_bodies_to_the_gateway_forms_and_api_get_413_early() {
+    let (gw, _origin) = start().await;
+    for path in [
+        "/_membergate/login",
+        "/_membergate/register",
+        "/_membergate/api/conversations/v3/visitor-identification/tokens/create",
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: gw.test\r\nOrigin: http://gw.test\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let (answer, sent) = endless_body(gw.http, head).await;
+        let status = status_of(&answer);
+        // The token API checks the key first: without one it answers 401 at once.
+        assert!(status == 413 || status == 401, "{path}: {answer}");
+        assert!(
+            sent < 64 << 20,
+            "{path}: {sent} bytes were read before the answer"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Catalogue J1 and B6: every near miss of an API key, and duplicate
+//! credentials, get the same 401 as no key at all.
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{EchoOrigin, Gateway, Setup};
+
+const KEY: &str = "mgk_live_0123456789abcdef0123456789abcdef";
+const CREATE: &str = "/_membergate/api/conversations/v3/visitor-identification/tokens/create";
+const BODY: &str = r#"{"email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace"}"#;
+
+async fn start() -> Gateway {
+    let digest: String = Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let origin = EchoOrigin::start().await;
+    Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\"")
+            .identification(&format!(
+                "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"\n\
+                 [[identification.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{digest}\"\nscopes = [\"create\"]"
+            ))
+            .file("k1.key", "k1-secret-0123456789-0123456789-0123456789"),
+    )
+    .await
+}
+
+/// POSTs a mint request with exactly these `Authorization` values (over
+/// HTTP/1.1, so duplicates stay separate header lines) and returns the status.
+async fn mint(gw: &Gateway, path: &str, authorizations: &[&str]) -> u16 {
+    mint_over(gw, gw.client_builder().http1_only(), path, authorizations).await
+}
+
+async fn mint_over(
+    gw: &Gateway,
+    client: reqwest::ClientBuilder,
+    path: &str,
+    authorizations: &[&str],
+) -> u16 {
+    let client = client.build().unwrap();
+    let mut request = client
+        .post(gw.https_url(path))
+        .header("content-type", "application/json")
+        .body(BODY);
+    for value in authorizations {
+        request = request.header("authorization", *value);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j1_b6_near_misses_and_duplicate_keys_get_a_uniform_401() {
+    let gw = start().await;
+    let right = format!("Bearer {KEY}");
+    assert_eq!(
+        mint(&gw, CREATE, &[&right]).await,
+        200,
+        "the real key works"
+    );
+    let prefix = format!("Bearer {}", &KEY[..KEY.len() - 1]);
+    let upper = format!("Bearer {}", KEY.to_uppercase());
+    let padded = format!("Bearer  {KEY}");
+    let basic = format!("Basic {KEY}");
+    let bare = KEY.to_owned();
+    for value in [
+        "", "Bearer", "Bearer ", &prefix, &upper, &padded, &basic, &bare,
+    ] {
+        assert_eq!(mint(&gw, CREATE, &[value]).await, 401, "{value:?}");
+    }
+    // HTTP/1.1 drops whitespace around a field value (RFC 9110 §5.5), so a
+    // trailing space only survives over HTTP/2, where it must not pass.
+    for value in [format!("Bearer {KEY} "), format!("Bearer {KEY}\t")] {
+        let h2 = gw.client_builder().http2_prior_knowledge();
+        assert_eq!(
+            mint_over(&gw, h2, CREATE, &[&value]).await,
+            401,
+            "{value:?}"
+        );
+    }
+    // Two credentials, whichever comes first: refused, not a guess.
+    assert_eq!(mint(&gw, CREATE, &[&right, "Bearer nope"]).await, 401);
+    assert_eq!(mint(&gw, CREATE, &["Bearer nope", &right]).await, 401);
+    assert_eq!(mint(&gw, CREATE, &[&right, &right]).await, 401);
+    // A key in the query string is not a credential.
+    let in_query = format!("{CREATE}?api_key={KEY}");
+    assert_eq!(mint(&gw, &in_query, &[]).await, 401);
+    assert!(!gw.log().contains(KEY), "the key was logged");
+}
