@@ -37,7 +37,7 @@ pub async fn serve_connection(
     let connection = http1_builder(&limits)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    drive(connection, shutdown).await;
+    drive(connection, shutdown, None).await;
 }
 
 async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<Bytes>> {

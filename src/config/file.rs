@@ -146,6 +146,7 @@ pub struct LimitsSection {
     pub tls_handshake_timeout: Option<String>,
     pub body_idle_timeout: Option<String>,
     pub http2_max_concurrent_streams: Option<u32>,
+    pub http2_idle_timeout: Option<String>,
     pub max_rewrite_bytes: Option<usize>,
 }
 

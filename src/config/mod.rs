@@ -196,6 +196,9 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// An HTTP/2 connection that starts no request for this long is sent
+    /// GOAWAY; it closes once the streams still running finish.
+    pub http2_idle_timeout: Duration,
     /// The largest page, after decompression, the gateway rewrites; a
     /// compressed page that decodes to more is cut off (decompression bombs).
     pub max_rewrite_bytes: usize,

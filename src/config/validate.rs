@@ -231,6 +231,11 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             Duration::from_secs(30),
         ),
         http2_max_concurrent_streams: l.http2_max_concurrent_streams.unwrap_or(128),
+        http2_idle_timeout: p.duration(
+            "limits.http2_idle_timeout",
+            l.http2_idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
         max_rewrite_bytes: l.max_rewrite_bytes.unwrap_or(32 << 20),
     };
     if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {

@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -11,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Kind;
 use crate::admin;
@@ -28,6 +31,52 @@ macro_rules! pipeline_service {
             async move { pipeline::handle(&gateway, conn, request).await }
         })
     }};
+    ($gateway:expr, $conn:expr, $idle:expr) => {{
+        let gateway = $gateway;
+        let conn = $conn;
+        let idle: Arc<IdleWatch> = $idle;
+        service_fn(move |request| {
+            idle.request_started();
+            let gateway = gateway.clone();
+            async move { pipeline::handle(&gateway, conn, request).await }
+        })
+    }};
+}
+
+/// When an HTTP/2 connection last started a request. hyper closes idle
+/// HTTP/1.1 connections through its header timeout, but an HTTP/2 connection
+/// only answers keep-alive pings, so without this an idle client would hold
+/// its connection (and a file descriptor) for ever.
+pub struct IdleWatch {
+    opened: Instant,
+    /// Milliseconds from `opened` to the start of the latest request.
+    last_request_ms: AtomicU64,
+}
+
+impl IdleWatch {
+    pub fn new() -> IdleWatch {
+        IdleWatch {
+            opened: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn request_started(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no request has started for `limit`.
+    async fn expired(&self, limit: Duration) {
+        loop {
+            let last = self.last_request_ms.load(Ordering::Relaxed);
+            let deadline = self.opened + Duration::from_millis(last) + limit;
+            tokio::time::sleep_until(deadline).await;
+            if self.last_request_ms.load(Ordering::Relaxed) == last {
+                return;
+            }
+        }
+    }
 }
 
 pub async fn accept_loop(
@@ -99,9 +148,15 @@ async fn serve_tls(
     let h2 = session.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     if h2 {
-        let service = pipeline_service!(gateway.clone(), conn);
+        let idle = Arc::new(IdleWatch::new());
+        let service = pipeline_service!(gateway.clone(), conn, idle.clone());
         let connection = http2_builder(limits).serve_connection(io, service);
-        drive(connection, shutdown).await;
+        drive(
+            connection,
+            shutdown,
+            Some((idle, limits.http2_idle_timeout)),
+        )
+        .await;
     } else {
         drop(runtime);
         serve_http1(io, conn, gateway, shutdown).await;
@@ -120,7 +175,7 @@ async fn serve_http1<I>(
     let connection = http1_builder(&limits)
         .serve_connection(io, pipeline_service!(gateway, conn))
         .with_upgrades();
-    drive(connection, shutdown).await;
+    drive(connection, shutdown, None).await;
 }
 
 pub fn http1_builder(limits: &Limits) -> http1::Builder {
@@ -178,18 +233,33 @@ where
     }
 }
 
-/// Runs a connection to its end; on shutdown, asks it to close after the
-/// requests in flight. The watch receiver is held until the connection ends,
-/// which is what the server's drain waits on.
-pub async fn drive<C>(connection: C, mut shutdown: watch::Receiver<bool>)
-where
+/// Runs a connection to its end; on shutdown, or once `idle` says no request
+/// has started for its limit, asks it to close after the requests in flight.
+/// The watch receiver is held until the connection ends, which is what the
+/// server's drain waits on.
+pub async fn drive<C>(
+    connection: C,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Option<(Arc<IdleWatch>, Duration)>,
+) where
     C: GracefulConnection,
     C::Output: Into<Result<(), hyper::Error>>,
 {
     let mut connection = std::pin::pin!(connection);
+    let idle_expired = async {
+        match &idle {
+            Some((watch, limit)) => watch.expired(*limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = shutdown.changed() => {
+            connection.as_mut().begin_graceful_shutdown();
+            connection.as_mut().await
+        }
+        _ = idle_expired => {
+            tracing::debug!("closing an idle HTTP/2 connection");
             connection.as_mut().begin_graceful_shutdown();
             connection.as_mut().await
         }

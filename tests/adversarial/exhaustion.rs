@@ -125,3 +125,37 @@ async fn h4_endless_bodies_to_the_gateway_forms_and_api_get_413_early() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_idle_http2_connections_are_closed_and_busy_ones_kept() {
+    use crate::h2_wire::{END_HEADERS, END_STREAM, H2, HEADERS, frame, request_block};
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("http2_idle_timeout = \"1s\""),
+    )
+    .await;
+    let block = request_block("GET", "/idle");
+    // Busy: a request every 400 ms for 3 s keeps the connection.
+    let mut busy = H2::connect(&gw, &[]).await;
+    for i in 0..8u32 {
+        assert!(
+            busy.send(&frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block))
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let seen = busy.seen();
+    assert_eq!(seen.goaway, None, "a busy connection was closed: {seen:?}");
+    assert!(!seen.closed);
+    // Idle from now on: GOAWAY with NO_ERROR, then the close.
+    let seen = busy.finish(Duration::from_secs(10)).await;
+    assert_eq!(seen.goaway, Some(0), "{seen:?}");
+    assert!(seen.closed, "{seen:?}");
+    assert_eq!(
+        seen.count(HEADERS),
+        8,
+        "every request was answered: {seen:?}"
+    );
+}

@@ -1,7 +1,8 @@
 //! A raw HTTP/2 client over TLS: it writes exactly the frames a test asks for,
 //! in any order a real client never would, while a reader task records what
-//! the gateway sends back. A flood cannot deadlock on a full socket because
-//! reading never waits on writing.
+//! the gateway sends back (and answers its PINGs, as every client must). A
+//! flood cannot deadlock on a full socket because reading never waits on
+//! writing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,7 @@ pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 
@@ -102,8 +104,10 @@ impl Seen {
     }
 }
 
+type Writer = Arc<tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>>;
+
 pub struct H2 {
-    writer: WriteHalf<TlsStream<TcpStream>>,
+    writer: Writer,
     seen: Arc<Mutex<Seen>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -126,8 +130,9 @@ impl H2 {
         let tls = connector.connect(name, tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (reader, writer) = tokio::io::split(tls);
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let reader = tokio::spawn(read_frames(reader, seen.clone()));
+        let reader = tokio::spawn(read_frames(reader, writer.clone(), seen.clone()));
         let mut h2 = H2 {
             writer,
             seen,
@@ -148,7 +153,8 @@ impl H2 {
 
     /// Writes bytes; false once the gateway has closed the connection.
     pub async fn send(&mut self, bytes: &[u8]) -> bool {
-        self.writer.write_all(bytes).await.is_ok() && self.writer.flush().await.is_ok()
+        let mut writer = self.writer.lock().await;
+        writer.write_all(bytes).await.is_ok() && writer.flush().await.is_ok()
     }
 
     pub fn seen(&self) -> Seen {
@@ -169,7 +175,7 @@ impl H2 {
     }
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(mut reader: R, seen: Arc<Mutex<Seen>>) {
+async fn read_frames<R: AsyncRead + Unpin>(mut reader: R, writer: Writer, seen: Arc<Mutex<Seen>>) {
     let mut head = [0u8; 9];
     loop {
         if reader.read_exact(&mut head).await.is_err() {
@@ -180,14 +186,21 @@ async fn read_frames<R: AsyncRead + Unpin>(mut reader: R, seen: Arc<Mutex<Seen>>
         if reader.read_exact(&mut payload).await.is_err() {
             break;
         }
-        let mut seen = seen.lock().unwrap();
-        if let Some(count) = seen.frames_by_kind.get_mut(usize::from(head[3])) {
-            *count += 1;
+        {
+            let mut seen = seen.lock().unwrap();
+            if let Some(count) = seen.frames_by_kind.get_mut(usize::from(head[3])) {
+                *count += 1;
+            }
+            if head[3] == GOAWAY && seen.goaway.is_none() && payload.len() >= 8 {
+                seen.goaway = Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
         }
-        if head[3] == GOAWAY && seen.goaway.is_none() && payload.len() >= 8 {
-            seen.goaway = Some(u32::from_be_bytes([
-                payload[4], payload[5], payload[6], payload[7],
-            ]));
+        if head[3] == PING && head[4] & ACK == 0 {
+            let mut writer = writer.lock().await;
+            let _ = writer.write_all(&frame(PING, ACK, 0, &payload)).await;
+            let _ = writer.flush().await;
         }
     }
     seen.lock().unwrap().closed = true;
