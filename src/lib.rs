@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod gateway;
 pub mod hygiene;
 pub mod identity;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::pages::Templates;
 use crate::admin::metrics::MembershipCounters;
 use crate::config::Config;
+use crate::files::{self, IfExists};
 use crate::mail::Mailer;
 use crate::members::MemberStore;
 use crate::members::sqlite::SqliteStore;
@@ -64,23 +65,15 @@ fn load_secret(path: &Path) -> Result<[u8; 32], String> {
         return Ok(Sha256::digest(text.as_bytes()).into());
     }
     if !path.exists() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .and_then(|mut f| f.write_all(hex.as_bytes()).and_then(|()| f.sync_all()))
+        // Whole or not at all; if another process won the race, its secret stands.
+        let created = files::write_whole(path, hex.as_bytes(), 0o600, IfExists::Keep)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        tracing::info!(file = %path.display(), "generated the gateway secret");
+        if created {
+            tracing::info!(file = %path.display(), "generated the gateway secret");
+        }
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;

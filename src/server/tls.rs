@@ -2,9 +2,6 @@
 //! generated dev certificate), chosen per connection by SNI.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +11,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{self, HostPattern};
+use crate::files::{self, IfExists};
 
 /// Builds the rustls server configuration: ALPN `h2` then `http/1.1`, a session
 /// cache and (optionally) stateless tickets so returning clients resume cheaply.
@@ -142,21 +140,11 @@ fn write_dev_certificate(cert_file: &Path, key_file: &Path) -> Result<(), String
     ];
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| format!("cannot generate a dev certificate: {e}"))?;
-    for path in [cert_file, key_file] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-    }
+    // Each file whole or not at all, the key first: a crash leaves no
+    // truncated certificate for the next start to trip over.
     let write = |path: &Path, mode: u32, contents: &str| -> Result<(), String> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        file.write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
+        files::write_whole(path, contents.as_bytes(), mode, IfExists::Replace)
+            .map(|_| ())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     write(key_file, 0o600, &generated.signing_key.serialize_pem())?;
