@@ -1,0 +1,34 @@
+//! Path normalisation: whatever a client sends, an accepted path is in normal
+//! form, and the path the origin is sent normalises to exactly the path that
+//! was checked (no second interpretation downstream).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use membergate::hygiene::path::normalise;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(path) = normalise(raw) else {
+        return;
+    };
+    let decoded = &path.decoded;
+    assert!(decoded.starts_with('/'), "{decoded:?}");
+    assert!(!decoded.contains("//"), "{decoded:?}");
+    assert!(
+        decoded.split('/').all(|segment| segment != "." && segment != ".."),
+        "dot segment left in {decoded:?}"
+    );
+    assert!(
+        !decoded.contains(['\\', ';', '?', '#']) && !decoded.chars().any(char::is_control),
+        "separator or control character in {decoded:?}"
+    );
+    assert!(
+        path.encoded.bytes().all(|b| b.is_ascii_graphic()),
+        "unencoded byte in {:?}",
+        path.encoded
+    );
+    let again = normalise(&path.encoded);
+    assert_eq!(again.as_ref(), Ok(&path), "the origin would see another path");
+});
