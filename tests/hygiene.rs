@@ -120,6 +120,9 @@ async fn a5_invalid_utf8_is_refused_and_unicode_is_not_folded() {
     let w = World::start().await;
     assert_eq!(w.get("/%C0%AE%C0%AE/members/x").await, 400);
     assert_eq!(w.get("/members/%FF").await, 400);
+    // C1 controls (NEL here), escaped or raw, are refused like ASCII ones.
+    assert_eq!(w.get("/kb/%C2%85x").await, 400);
+    assert_eq!(w.get("/kb//\u{85}x").await, 400);
     assert_eq!(w.get("/members%EF%BC%8Fx").await, 200);
     assert_eq!(w.get("/%E2%80%AEmembers").await, 200);
     assert!(

@@ -5,7 +5,8 @@
 //! - `//` collapses to `/`; `.` and `..` segments are resolved, never above the root;
 //! - `%XX` escapes are decoded once; an escape that decodes to `/`, `\`, `.`, `?`,
 //!   `#`, `;` or a control byte is refused, as is a literal `\` or `;`, a broken
-//!   escape, and anything that is not valid UTF-8 after decoding;
+//!   escape, anything that is not valid UTF-8 after decoding, and a C1 control
+//!   character (U+0080..U+009F), raw or escaped;
 //! - the origin is sent a canonical re-encoding of exactly the decoded path.
 //!
 //! `http::Uri` has already dropped any `#fragment` from the request target, so a
@@ -81,6 +82,11 @@ pub fn normalise(raw: &str) -> Result<NormalPath, PathError> {
         out.push(b'/');
     }
     let decoded = String::from_utf8(out).map_err(|_| PathError::InvalidUtf8)?;
+    // C1 controls (U+0080..U+009F, NEL among them) are line breaks or worse to
+    // some software, raw or escaped; ASCII controls were refused above.
+    if decoded.chars().any(char::is_control) {
+        return Err(PathError::ForbiddenEscape);
+    }
     let encoded = encode(&decoded);
     Ok(NormalPath { decoded, encoded })
 }
@@ -214,6 +220,9 @@ mod tests {
             ("/members%5Cx", PathError::ForbiddenEscape),
             ("/members%00.css", PathError::ForbiddenEscape),
             ("/members%3B.css", PathError::ForbiddenEscape),
+            ("/kb/%C2%85x", PathError::ForbiddenEscape),
+            ("/kb/\u{85}x", PathError::ForbiddenEscape),
+            ("/kb//\u{9d}", PathError::ForbiddenEscape),
             ("/public%23/../members", PathError::ForbiddenEscape),
             ("/public%3F/../members", PathError::ForbiddenEscape),
             ("/api%2e/admin", PathError::ForbiddenEscape),
