@@ -1,16 +1,18 @@
 //! Path normalisation: whatever a client sends, an accepted path is in normal
 //! form, and the path the origin is sent normalises to exactly the path that
-//! was checked (no second interpretation downstream).
+//! was checked (no second interpretation downstream). The input goes through
+//! `http`'s request-target parser first, as every request does, so the path
+//! is what `Uri::path()` hands the pipeline (no query, no fragment).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use membergate::hygiene::path::normalise;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(raw) = std::str::from_utf8(data) else {
+    let Ok(target) = http::uri::PathAndQuery::try_from(data) else {
         return;
     };
-    let Ok(path) = normalise(raw) else {
+    let Ok(path) = normalise(target.path()) else {
         return;
     };
     let decoded = &path.decoded;
