@@ -6,8 +6,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chunk_framing;
 mod exhaustion;
 mod h2_floods;
 mod h2_wire;
+mod membership_attacks;
 mod token_api_keys;
 mod upstream_faults;
