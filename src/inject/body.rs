@@ -29,6 +29,32 @@ const MAX_REWRITER_MEMORY: usize = 1024 * 1024;
 /// page is usually within the first few slices, and the rest is not parsed.
 const SLICE: usize = 1024;
 
+/// Where the next slice fed to the rewriter should end: just after the first
+/// `</head ...>` or `<body ...>` tag within a slice's reach, so that the parse
+/// stops at the likely insertion point instead of running on through the
+/// page; else a whole slice. Only a guess to save work: lol_html decides
+/// where the snippet goes (a tag inside a comment or script is not one), and
+/// any cut is correct, since it parses across writes.
+fn slice_end(bytes: &[u8], from: usize) -> usize {
+    let window_end = (from + SLICE).min(bytes.len());
+    let window = &bytes[from..window_end];
+    let tag = memchr::memchr_iter(b'<', window).find(|&i| {
+        let rest = &window[i + 1..];
+        rest.get(..5)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"/head"))
+            || rest
+                .get(..4)
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"body"))
+    });
+    let Some(tag) = tag else {
+        return window_end;
+    };
+    match memchr::memchr(b'>', &bytes[from + tag..]) {
+        Some(close) => from + tag + close + 1,
+        None => window_end,
+    }
+}
+
 /// The selectors, parsed once per process.
 struct Selectors {
     existing: Selector,
@@ -221,7 +247,7 @@ impl<B> InjectBody<B> {
         };
         let mut offset = 0;
         while offset < decoded.len() && !self.injected.load(Ordering::Relaxed) {
-            let end = (offset + SLICE).min(decoded.len());
+            let end = slice_end(&decoded, offset);
             rewriter.write(&decoded[offset..end])?;
             offset = end;
         }
@@ -405,6 +431,21 @@ mod tests {
                 "{split:?}"
             );
         }
+    }
+
+    #[test]
+    fn slices_end_after_the_likely_insertion_tag() {
+        let page = b"<html><head><title>x</title></HEAD ><body><p>";
+        let after_head = page.windows(7).position(|w| w == b"</HEAD ").unwrap() + 8;
+        assert_eq!(slice_end(page, 0), after_head);
+        let body_end = page.len() - 3;
+        assert_eq!(slice_end(page, after_head), body_end);
+        assert_eq!(slice_end(page, body_end), page.len());
+        let long = vec![b'a'; 3000];
+        assert_eq!(slice_end(&long, 0), SLICE);
+        assert_eq!(slice_end(&long, 2500), 3000);
+        // A tag whose '>' has not arrived yet: the whole window.
+        assert_eq!(slice_end(b"<p></head", 0), 9);
     }
 
     #[test]

@@ -24,9 +24,6 @@ use crate::config::{Chat, ChatProvider};
 use crate::hygiene::headers::add_vary;
 use crate::proxy::body::GatewayBody;
 
-/// Marks the gateway's own script tags, so a page is never injected twice.
-pub const MARKER: &str = "data-membergate";
-
 /// Clears the widget's cookies and conversation once it is ready.
 const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
 
@@ -169,31 +166,49 @@ pub fn snippet(
     }
     json.push('}');
     let has_settings = json.len() > 2;
-    let nonce = nonce.map_or(String::new(), |n| format!(" nonce=\"{}\"", attribute(n)));
+    // Appended piece by piece: this runs for every page with the widget. The
+    // `data-membergate` attribute marks our tags, so a page is never injected
+    // twice (see `body`'s selectors).
+    let push_nonce = |out: &mut String| {
+        if let Some(nonce) = nonce {
+            out.push_str(" nonce=\"");
+            push_attribute(out, nonce);
+            out.push('"');
+        }
+    };
     let mut html = String::with_capacity(512);
     let mut inline_script = None;
     if has_settings || reset {
-        let mut script = format!(
-            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{json});"
+        let mut script = String::with_capacity(96 + json.len());
+        script.push_str(
+            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
         );
+        script.push_str(&json);
+        script.push_str(");");
         if reset {
             script.push_str(RESET_SCRIPT);
         }
-        html.push_str(&format!(
-            "<script {MARKER}=\"settings\"{nonce}>{script}</script>"
-        ));
+        html.push_str("<script data-membergate=\"settings\"");
+        push_nonce(&mut html);
+        html.push('>');
+        html.push_str(&script);
+        html.push_str("</script>");
         inline_script = Some(script);
     }
     match &chat.provider {
-        ChatProvider::HubSpot { portal_id, .. } => html.push_str(&format!(
-            "<script {MARKER}=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/{}.js\"{nonce}></script>",
-            attribute(portal_id)
-        )),
-        ChatProvider::Builtin { widget_url } => html.push_str(&format!(
-            "<script {MARKER}=\"loader\" async defer src=\"{}\"{nonce}></script>",
-            attribute(widget_url)
-        )),
+        ChatProvider::HubSpot { portal_id, .. } => {
+            html.push_str("<script data-membergate=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/");
+            push_attribute(&mut html, portal_id);
+            html.push_str(".js\"");
+        }
+        ChatProvider::Builtin { widget_url } => {
+            html.push_str("<script data-membergate=\"loader\" async defer src=\"");
+            push_attribute(&mut html, widget_url);
+            html.push('"');
+        }
     }
+    push_nonce(&mut html);
+    html.push_str("></script>");
     Snippet {
         html,
         inline_script,
@@ -231,13 +246,17 @@ pub fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// Escapes a value for a double-quoted HTML attribute.
-fn attribute(value: &str) -> String {
-    value
-        .replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// Appends `value` escaped for a double-quoted HTML attribute.
+fn push_attribute(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
