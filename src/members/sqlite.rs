@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use super::{
     BoxFuture, Member, MemberId, MemberStore, NewMember, SessionRecord, Status, StoreError,
@@ -14,6 +14,44 @@ use super::{
 
 pub struct SqliteStore {
     pool: SqlitePool,
+}
+
+/// A pooled connection for one write, closed instead of reused unless the
+/// write went through. After some failures (a full disk among them) SQLite
+/// can leave the transaction open on that connection, and a connection
+/// returned to the pool in that state would hold the write lock for ever:
+/// every later write would wait out the busy timeout and fail.
+struct WriteConnection {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    done: bool,
+}
+
+impl WriteConnection {
+    /// The write went through: the connection may serve again.
+    fn done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for WriteConnection {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteConnection {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &sqlx::SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConnection {
+    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -64,6 +102,11 @@ fn session_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SessionRecord> {
 }
 
 impl SqliteStore {
+    async fn write_connection(&self) -> StoreResult<WriteConnection> {
+        let conn = self.pool.acquire().await.map_err(backend)?;
+        Ok(WriteConnection { conn, done: false })
+    }
+
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -132,7 +175,8 @@ impl SqliteStore {
         bump_epoch: bool,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut conn = self.write_connection().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         let mut query = sqlx::query(statement);
         for value in binds {
             query = query.bind(value);
@@ -142,7 +186,9 @@ impl SqliteStore {
             return Err(StoreError::NotFound);
         }
         SqliteStore::changed(&mut tx, id, bump_epoch, now).await?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        conn.done();
+        Ok(())
     }
 }
 
@@ -159,7 +205,8 @@ impl MemberStore for SqliteStore {
 
     fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO members (email, first_name, last_name, password_hash, status, created_at) \
                  VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -175,6 +222,7 @@ impl MemberStore for SqliteStore {
             .map_err(backend)?;
             SqliteStore::changed(&mut tx, id, false, now).await?;
             tx.commit().await.map_err(backend)?;
+            conn.done();
             Ok(Member {
                 id,
                 email: new.email,
@@ -293,7 +341,8 @@ impl MemberStore for SqliteStore {
     fn add_to_group(&self, id: MemberId, group: &str, now: i64) -> BoxFuture<'_, StoreResult<()>> {
         let group = group.to_owned();
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM members WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -311,7 +360,9 @@ impl MemberStore for SqliteStore {
             .await
             .map_err(backend)?;
             SqliteStore::changed(&mut tx, id, false, now).await?;
-            tx.commit().await.map_err(backend)
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(())
         })
     }
 
@@ -323,7 +374,8 @@ impl MemberStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         let group = group.to_owned();
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
             let done =
                 sqlx::query("DELETE FROM member_groups WHERE member_id = ? AND group_name = ?")
                     .bind(id)
@@ -335,7 +387,9 @@ impl MemberStore for SqliteStore {
                 return Err(StoreError::NotFound);
             }
             SqliteStore::changed(&mut tx, id, true, now).await?;
-            tx.commit().await.map_err(backend)
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(())
         })
     }
 
@@ -413,7 +467,8 @@ impl MemberStore for SqliteStore {
 
     fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(backend)?;
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
             let done = sqlx::query("DELETE FROM sessions WHERE member_id = ?")
                 .bind(id)
                 .execute(&mut *tx)
@@ -421,6 +476,7 @@ impl MemberStore for SqliteStore {
                 .map_err(backend)?;
             SqliteStore::changed(&mut tx, id, false, now).await?;
             tx.commit().await.map_err(backend)?;
+            conn.done();
             Ok(done.rows_affected())
         })
     }
