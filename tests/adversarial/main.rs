@@ -13,3 +13,4 @@ mod h2_wire;
 mod membership_attacks;
 mod token_api_keys;
 mod upstream_faults;
+mod full_disk;
