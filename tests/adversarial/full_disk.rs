@@ -112,7 +112,12 @@ async fn k1_a_full_disk_refuses_registrations_and_loses_none() {
     );
     assert_eq!(refused, 5, "the disk never filled up");
     // The proxy still serves (a login, which writes a session, may not).
-    let page = gw.client().get(gw.https_url("/still-up")).send().await.unwrap();
+    let page = gw
+        .client()
+        .get(gw.https_url("/still-up"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
 
     // Space comes back: registrations work again, without a restart.
@@ -123,7 +128,10 @@ async fn k1_a_full_disk_refuses_registrations_and_loses_none() {
 
     let gw = gw.restart().await;
     for email in &acknowledged {
-        assert!(logs_in(&gw, email).await, "{email} was acknowledged but is gone");
+        assert!(
+            logs_in(&gw, email).await,
+            "{email} was acknowledged but is gone"
+        );
     }
     let mut db = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&database)

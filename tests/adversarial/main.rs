@@ -8,9 +8,9 @@ mod support;
 
 mod chunk_framing;
 mod exhaustion;
+mod full_disk;
 mod h2_floods;
 mod h2_wire;
 mod membership_attacks;
 mod token_api_keys;
 mod upstream_faults;
-mod full_disk;
