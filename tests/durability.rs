@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{Connection, Row};
 use tokio::sync::watch;
 
 use support::{EchoOrigin, Gateway, Setup};
@@ -558,15 +558,8 @@ async fn acknowledged_members_and_sessions_survive_sigkill_at_random_moments() {
     // K1: no record is corrupt. SQLite's own checks first (WAL mode lets us
     // read while the gateway runs), then every row against what was sent.
     let path = gw.dir.path().join(DATABASE);
-    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .connect()
-        .await
-        .unwrap();
-    let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+    let mut db = support::store_connection(&path).await;
+    let integrity = support::integrity_check(&mut db).await;
     let dangling = sqlx::query("PRAGMA foreign_key_check")
         .fetch_all(&mut db)
         .await

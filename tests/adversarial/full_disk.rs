@@ -10,10 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 use crate::support::browser::Browser;
-use crate::support::{EchoOrigin, Gateway, Setup};
+use crate::support::{self, EchoOrigin, Gateway, Setup};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -133,16 +133,8 @@ async fn k1_a_full_disk_refuses_registrations_and_loses_none() {
             "{email} was acknowledged but is gone"
         );
     }
-    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&database)
-        .connect()
-        .await
-        .unwrap();
-    let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-    assert_eq!(integrity, ["ok"]);
+    let mut db = support::store_connection(&database).await;
+    assert_eq!(support::integrity_check(&mut db).await, ["ok"]);
     db.close().await.unwrap();
     assert!(!gw.log().contains("panicked"), "{}", gw.log());
     drop(gw);

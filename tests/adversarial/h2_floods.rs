@@ -13,6 +13,23 @@ async fn start() -> (Gateway, EchoOrigin) {
     (gw, origin)
 }
 
+/// Sends `per_stream(id)` for `streams` new client streams (ids 1, 3, 5, ...),
+/// a hundred streams per write, until done or the gateway closes; returns
+/// how many streams went out.
+async fn flood_streams(h2: &mut H2, streams: u32, per_stream: impl Fn(u32) -> Vec<u8>) -> u32 {
+    let mut sent = 0;
+    while sent < streams {
+        let batch: Vec<u8> = (sent..(sent + 100).min(streams))
+            .flat_map(|i| per_stream(2 * i + 1))
+            .collect();
+        if !h2.send(&batch).await {
+            break;
+        }
+        sent = (sent + 100).min(streams);
+    }
+    sent
+}
+
 /// A fresh client still gets an ordinary answer over HTTP/2.
 async fn assert_still_serving(gw: &Gateway) {
     let response = gw
@@ -33,20 +50,13 @@ async fn h1_rapid_reset_ends_the_connection() {
     let (gw, origin) = start().await;
     let mut h2 = H2::connect(&gw, &[]).await;
     let block = request_block("GET", "/rapid-reset");
-    let attempts = 10_000u32;
-    let mut sent = 0;
-    for batch in 0..attempts / 100 {
-        let mut bytes = Vec::new();
-        for i in 0..100 {
-            let stream = 2 * (batch * 100 + i) + 1;
-            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &block));
-            bytes.extend(frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()));
-        }
-        if !h2.send(&bytes).await {
-            break;
-        }
-        sent += 100;
-    }
+    let attempts = 10_000;
+    let sent = flood_streams(&mut h2, attempts, |stream| {
+        let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, stream, &block);
+        bytes.extend(frame(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()));
+        bytes
+    })
+    .await;
     let seen = h2.finish(Duration::from_secs(10)).await;
     let reached = origin.requests().len();
     println!("rapid reset: sent {sent} of {attempts}, origin saw {reached}, gateway sent {seen:?}");
@@ -68,19 +78,11 @@ async fn h1_made_you_reset_ends_the_connection() {
     let mut h2 = H2::connect(&gw, &[]).await;
     let mut block = request_block("GET", "/made-you-reset");
     block.extend(hpack_field("connection", "keep-alive"));
-    let attempts = 5_000u32;
-    let mut sent = 0;
-    for batch in 0..attempts / 100 {
-        let mut bytes = Vec::new();
-        for i in 0..100 {
-            let stream = 2 * (batch * 100 + i) + 1;
-            bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &block));
-        }
-        if !h2.send(&bytes).await {
-            break;
-        }
-        sent += 100;
-    }
+    let attempts = 5_000;
+    let sent = flood_streams(&mut h2, attempts, |stream| {
+        frame(HEADERS, END_STREAM | END_HEADERS, stream, &block)
+    })
+    .await;
     let seen = h2.finish(Duration::from_secs(10)).await;
     let reached = origin.requests().len();
     println!(

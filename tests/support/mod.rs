@@ -552,6 +552,25 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A direct connection to a gateway's SQLite store file (WAL mode lets it
+/// read while the gateway runs).
+pub async fn store_connection(path: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// SQLite's own consistency check of the store: `["ok"]` when intact.
+pub async fn integrity_check(db: &mut sqlx::SqliteConnection) -> Vec<String> {
+    sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
 /// The status code of the first response in a raw exchange.
 pub fn status_of(raw: &str) -> u16 {
     raw.split_whitespace()
