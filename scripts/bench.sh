@@ -186,6 +186,7 @@ TOML
 echo "bench-password-1" | "$MEMBERGATE_BIN" member --config "$work/membergate.toml" \
   add bench@example.com --first-name Bench >/dev/null
 "$MEMBERGATE_BIN" serve --config "$work/membergate.toml" >"$work/membergate.out" 2>"$work/membergate.err" & pids+=($!)
+mg_pid=$!
 for port in $ORIGIN $NGX_PLAIN $NGX_TLS $MG_PLAIN $MG_TLS; do wait_port "$port"; done
 
 # --- measurement -----------------------------------------------------------------
@@ -259,7 +260,6 @@ curl -s -H "Cookie: membergate=$session" "$mg/inject$page" | grep -q identificat
   || { echo "membergate did not inject the widget into /inject$page" >&2; exit 1; }
 curl -s "http://127.0.0.1:$NGX_PLAIN/inject$page" | grep -q hsConversationsSettings \
   || { echo "nginx sub_filter did not inject into /inject$page" >&2; exit 1; }
-mg_pid=$(pgrep -f "membergate serve --config $work/membergate.toml" | head -1)
 
 # Largest resident set of membergate while a command runs (sampled every 0.1 s).
 peak_rss_during() {
