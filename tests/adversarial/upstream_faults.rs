@@ -1,8 +1,7 @@
-//! Catalogue I1, I2, I4 and G8: origins that fail, lie about framing, poison
-//! idle connections or send pages far larger than any buffer. Each is a raw
-//! TCP origin (`Fault`), so the bytes are exactly the bad ones.
-
-use std::time::Duration;
+//! Catalogue I1, I2 and I4: origins that fail, lie about framing or send
+//! pages far larger than any buffer. Each is a raw TCP origin (`Fault`), so
+//! the bytes are exactly the bad ones. (G8, poisoned connections, is in
+//! `tests/proxy.rs`.)
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,29 +60,6 @@ async fn i2_responses_with_ambiguous_framing_get_502() {
             "{fault:?}: {body}"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn g8_bytes_an_origin_sends_while_idle_never_answer_a_later_request() {
-    let (gw, origin) = gateway_for(Fault::IdleJunk).await;
-    let client = gw.client();
-    for _ in 0..3 {
-        let text = client
-            .get(gw.https_url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(
-            text.starts_with("response-"),
-            "a poisoned connection answered: {text}"
-        );
-        // Let the origin write its junk onto the idle pooled connection.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    assert_eq!(origin.requests(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
