@@ -45,7 +45,7 @@ fn rewrite(chunks: VecDeque<Bytes>, snippet: &str) -> Vec<u8> {
     let body = InjectBody::new(
         Chunks(chunks),
         encoding_rs::UTF_8,
-        snippet,
+        snippet.to_owned(),
         Coding::Identity,
         Coding::Identity,
         1 << 20,

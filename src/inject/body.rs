@@ -57,7 +57,7 @@ fn slice_end(bytes: &[u8], from: usize) -> usize {
 
 /// The selectors, parsed once per process.
 struct Selectors {
-    existing: Selector,
+    script: Selector,
     template: Selector,
     head: Selector,
     body: Selector,
@@ -65,9 +65,7 @@ struct Selectors {
 
 static SELECTORS: LazyLock<Option<Selectors>> = LazyLock::new(|| {
     Some(Selectors {
-        existing: "script[data-membergate], script#hs-script-loader"
-            .parse()
-            .ok()?,
+        script: "script".parse().ok()?,
         template: "template".parse().ok()?,
         head: "head".parse().ok()?,
         body: "body".parse().ok()?,
@@ -75,10 +73,16 @@ static SELECTORS: LazyLock<Option<Selectors>> = LazyLock::new(|| {
 });
 
 /// Collects the rewriter's output between writes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Collected(Arc<Mutex<Vec<u8>>>);
 
 impl Collected {
+    /// Room for a slice and the snippet, so collecting one slice's output
+    /// does not grow the buffer piece by piece.
+    fn with_capacity(capacity: usize) -> Collected {
+        Collected(Arc::new(Mutex::new(Vec::with_capacity(capacity))))
+    }
+
     fn take(&self) -> Vec<u8> {
         match self.0.lock() {
             Ok(mut buffer) => std::mem::take(&mut *buffer),
@@ -96,6 +100,28 @@ impl OutputSink for Collected {
     }
 }
 
+/// What the handlers of one page share (they run in document order): one
+/// allocation per page, not one per flag.
+struct Page {
+    snippet: String,
+    /// The snippet is in.
+    injected: AtomicBool,
+    /// The page already loads the widget (or was injected upstream).
+    present: AtomicBool,
+    /// How many `<template>` elements the parser is inside.
+    template_depth: AtomicUsize,
+}
+
+impl Page {
+    /// Whether the snippet may go in here, and if so, claims it: once only,
+    /// never inside a template, never into a page that already has the widget.
+    fn claim(&self) -> bool {
+        self.template_depth.load(Ordering::Relaxed) == 0
+            && !self.present.load(Ordering::Relaxed)
+            && !self.injected.swap(true, Ordering::Relaxed)
+    }
+}
+
 fn handler<'h>(
     selector: &'h Selector,
     f: impl FnMut(&mut Element<'_, '_>) -> HandlerResult + Send + 'h,
@@ -106,18 +132,14 @@ fn handler<'h>(
     )
 }
 
-/// A rewriter that puts `snippet` before `</head>`, or at the start of `<body>`
-/// when the head has no end tag; `injected` turns true once it is in.
+/// A rewriter that puts the page's snippet before `</head>`, or at the start
+/// of `<body>` when the head has no end tag.
 fn rewriter(
     selectors: &'static Selectors,
     encoding: &'static encoding_rs::Encoding,
-    snippet: Arc<str>,
-    injected: Arc<AtomicBool>,
+    page: &Arc<Page>,
     output: Collected,
 ) -> HtmlRewriter<'static, Collected> {
-    // Shared by the handlers below, which run in document order.
-    let present = Arc::new(AtomicBool::new(false));
-    let in_template = Arc::new(AtomicUsize::new(0));
     let mut settings = Settings::new_send()
         .with_strict(false)
         .with_memory_settings(
@@ -126,54 +148,52 @@ fn rewriter(
     if let Some(encoding) = AsciiCompatibleEncoding::new(encoding) {
         settings = settings.with_encoding(encoding);
     }
-    // A page that already loads the widget (or was injected upstream) is left alone.
-    let seen = present.clone();
-    settings = settings.append_element_content_handler(handler(&selectors.existing, move |_| {
-        seen.store(true, Ordering::Relaxed);
+    // Matched by tag name alone and checked here: an attribute selector
+    // costs more to compile (for every page) than this costs to run for the
+    // few scripts before `</head>`.
+    let seen = page.clone();
+    settings = settings.append_element_content_handler(handler(&selectors.script, move |el| {
+        if el.has_attribute("data-membergate")
+            || el
+                .get_attribute("id")
+                .is_some_and(|id| id == "hs-script-loader")
+        {
+            seen.present.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }));
     // Nothing goes into a <template>: its head and body are inert.
-    let depth = in_template.clone();
+    let template = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.template, move |el| {
-        depth.fetch_add(1, Ordering::Relaxed);
-        let depth = depth.clone();
+        template.template_depth.fetch_add(1, Ordering::Relaxed);
+        let template = template.clone();
         let leave: EndTagHandler<'static> = Box::new(move |_end| {
-            depth.fetch_sub(1, Ordering::Relaxed);
+            template.template_depth.fetch_sub(1, Ordering::Relaxed);
             Ok(())
         });
         el.on_end_tag(leave)
     }));
-    let (head_snippet, head_injected, head_present, head_depth) = (
-        snippet.clone(),
-        injected.clone(),
-        present.clone(),
-        in_template.clone(),
-    );
+    let head = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.head, move |el| {
-        if head_depth.load(Ordering::Relaxed) > 0 {
+        if head.template_depth.load(Ordering::Relaxed) > 0 {
             return Ok(());
         }
-        let (snippet, injected, present) = (
-            head_snippet.clone(),
-            head_injected.clone(),
-            head_present.clone(),
-        );
+        let head = head.clone();
         // An implied </head> never fires this; <body> below covers that case.
         let insert: EndTagHandler<'static> = Box::new(move |end| {
-            if !present.load(Ordering::Relaxed) && !injected.swap(true, Ordering::Relaxed) {
-                end.before(&snippet, ContentType::Html);
+            // Scripts in the head have been seen by now, templates closed.
+            if head.claim() {
+                end.before(&head.snippet, ContentType::Html);
             }
             Ok(())
         });
         let _ = el.on_end_tag(insert);
         Ok(())
     }));
+    let body = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.body, move |el| {
-        if in_template.load(Ordering::Relaxed) == 0
-            && !present.load(Ordering::Relaxed)
-            && !injected.swap(true, Ordering::Relaxed)
-        {
-            el.prepend(&snippet, ContentType::Html);
+        if body.claim() {
+            el.prepend(&body.snippet, ContentType::Html);
         }
         Ok(())
     }));
@@ -184,7 +204,7 @@ pub struct InjectBody<B> {
     inner: Pin<Box<B>>,
     decoder: Option<Capped>,
     rewriter: Option<HtmlRewriter<'static, Collected>>,
-    injected: Arc<AtomicBool>,
+    page: Arc<Page>,
     output: Collected,
     encoder: Option<Encoder>,
     /// The rest of a chunk, sent as a frame of its own after the rewritten
@@ -199,7 +219,7 @@ impl<B> InjectBody<B> {
     pub fn new(
         inner: B,
         encoding: &'static encoding_rs::Encoding,
-        snippet: &str,
+        snippet: String,
         from: Coding,
         to: Coding,
         max_decoded: usize,
@@ -207,8 +227,13 @@ impl<B> InjectBody<B> {
         let Some(selectors) = SELECTORS.as_ref() else {
             return Err((inner, "the injection selectors did not parse".into()));
         };
-        let output = Collected::default();
-        let injected = Arc::new(AtomicBool::new(false));
+        let output = Collected::with_capacity(SLICE + snippet.len());
+        let page = Arc::new(Page {
+            snippet,
+            injected: AtomicBool::new(false),
+            present: AtomicBool::new(false),
+            template_depth: AtomicUsize::new(0),
+        });
         let decoder = match from {
             Coding::Identity => None,
             coding => match Capped::new(coding, max_decoded) {
@@ -223,14 +248,8 @@ impl<B> InjectBody<B> {
         Ok(InjectBody {
             inner: Box::pin(inner),
             decoder,
-            rewriter: Some(rewriter(
-                selectors,
-                encoding,
-                snippet.into(),
-                injected.clone(),
-                output.clone(),
-            )),
-            injected,
+            rewriter: Some(rewriter(selectors, encoding, &page, output.clone())),
+            page,
             output,
             encoder,
             pending: None,
@@ -246,13 +265,13 @@ impl<B> InjectBody<B> {
             return Ok((decoded, Bytes::new()));
         };
         let mut offset = 0;
-        while offset < decoded.len() && !self.injected.load(Ordering::Relaxed) {
+        while offset < decoded.len() && !self.page.injected.load(Ordering::Relaxed) {
             let end = slice_end(&decoded, offset);
             rewriter.write(&decoded[offset..end])?;
             offset = end;
         }
         let mut ready = self.output.take();
-        if self.injected.load(Ordering::Relaxed) {
+        if self.page.injected.load(Ordering::Relaxed) {
             // In: flush what the rewriter holds, and stop parsing.
             if let Some(rewriter) = self.rewriter.take() {
                 rewriter.end()?;
@@ -380,8 +399,8 @@ mod tests {
             .into_iter()
             .map(|c| Ok::<_, BoxError>(Frame::data(c)));
         let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let body =
-            InjectBody::new(inner, encoding_rs::UTF_8, S, from, to, 1 << 20).map_err(|(_, e)| e)?;
+        let body = InjectBody::new(inner, encoding_rs::UTF_8, S.to_owned(), from, to, 1 << 20)
+            .map_err(|(_, e)| e)?;
         Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
     }
 

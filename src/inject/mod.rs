@@ -59,6 +59,8 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         .map(|(_, v)| v.trim().trim_matches('"'));
     let charset = match charset {
         None => encoding_rs::UTF_8,
+        // The usual label, without the general lookup.
+        Some(label) if label.eq_ignore_ascii_case("utf-8") => encoding_rs::UTF_8,
         Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
     };
     lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable { charset, coding })
@@ -71,7 +73,7 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
 pub fn rewrite(
     response: Response<GatewayBody>,
     page: Rewritable,
-    snippet: &str,
+    snippet: String,
     personalised: bool,
     to: Coding,
     max_decoded: usize,
@@ -124,8 +126,15 @@ pub fn rewrite(
 /// What is inserted into a page.
 pub struct Snippet {
     pub html: String,
+    /// Where the text of the inline settings script lies in `html`.
+    inline_script: Option<std::ops::Range<usize>>,
+}
+
+impl Snippet {
     /// The text of the inline settings script, for a CSP hash.
-    pub inline_script: Option<String>,
+    pub fn inline_script(&self) -> Option<&str> {
+        self.html.get(self.inline_script.clone()?)
+    }
 }
 
 /// The HTML inserted into a page: the settings (when there are any) and the
@@ -179,21 +188,20 @@ pub fn snippet(
     let mut html = String::with_capacity(512);
     let mut inline_script = None;
     if has_settings || reset {
-        let mut script = String::with_capacity(96 + json.len());
-        script.push_str(
-            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
-        );
-        script.push_str(&json);
-        script.push_str(");");
-        if reset {
-            script.push_str(RESET_SCRIPT);
-        }
         html.push_str("<script data-membergate=\"settings\"");
         push_nonce(&mut html);
         html.push('>');
-        html.push_str(&script);
+        let script_start = html.len();
+        html.push_str(
+            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
+        );
+        html.push_str(&json);
+        html.push_str(");");
+        if reset {
+            html.push_str(RESET_SCRIPT);
+        }
+        inline_script = Some(script_start..html.len());
         html.push_str("</script>");
-        inline_script = Some(script);
     }
     match &chat.provider {
         ChatProvider::HubSpot { portal_id, .. } => {
@@ -215,14 +223,26 @@ pub fn snippet(
     }
 }
 
+/// The bytes `push_json_string` writes as they are: printable ASCII but for
+/// the quote, the backslash and `<`, `>`, `&`. A table, since every byte of
+/// every email and token goes through it.
+const PLAIN_IN_SCRIPT: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        plain[b] = !matches!(b as u8, b'"' | b'\\' | b'<' | b'>' | b'&');
+        b += 1;
+    }
+    plain
+};
+
 /// Appends `text` as a JSON string that is safe inside a `<script>` element
 /// in any ASCII-compatible charset: `<`, `>`, `&`, control characters and
 /// every non-ASCII character (U+2028 and U+2029 among them) are written as
 /// `\uXXXX` escapes, so no value can close the element or break the script.
 pub fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    let plain = |b: u8| b.is_ascii() && !b.is_ascii_control() && !b"\"\\<>&".contains(&b);
-    if text.bytes().all(plain) {
+    if text.bytes().all(|b| PLAIN_IN_SCRIPT[usize::from(b)]) {
         // The common case (emails, tokens): nothing to escape.
         out.push_str(text);
         out.push('"');
@@ -395,8 +415,23 @@ mod tests {
         let html = snippet(&anonymous, None, None, false).html;
         assert!(!html.contains("hsConversationsSettings"));
         assert!(html.starts_with("<script data-membergate=\"loader\""));
-        let reset = snippet(&anonymous, None, None, true).html;
-        assert!(reset.contains("window.HubSpotConversations.clear({resetWidget:true})"));
-        assert!(!reset.contains("identificationEmail"));
+        let reset = snippet(&anonymous, None, None, true);
+        assert!(
+            reset
+                .html
+                .contains("window.HubSpotConversations.clear({resetWidget:true})")
+        );
+        assert!(!reset.html.contains("identificationEmail"));
+        // The script text for a CSP hash is exactly the settings element's content.
+        let script = reset.inline_script().unwrap();
+        assert!(script.starts_with("window.hsConversationsSettings=") && script.ends_with(";"));
+        assert!(reset.html.starts_with(&format!(
+            "<script data-membergate=\"settings\">{script}</script>"
+        )));
+        assert!(
+            snippet(&anonymous, None, None, false)
+                .inline_script()
+                .is_none()
+        );
     }
 }

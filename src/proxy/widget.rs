@@ -107,12 +107,12 @@ pub fn rewrite(
     let reset = plan.reset;
     let snippet = inject::snippet(chat, identified, nonce.as_deref(), reset);
     let mut response = response;
-    if let Some(script) = &snippet.inline_script {
+    if let Some(script) = snippet.inline_script() {
         inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
     }
     let to = plan.client_coding;
     let personalised = identified.is_some();
-    let response = inject::rewrite(response, page, &snippet.html, personalised, to, max_decoded);
+    let response = inject::rewrite(response, page, snippet.html, personalised, to, max_decoded);
     (response, reset)
 }
 
