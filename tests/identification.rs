@@ -62,7 +62,13 @@ fn claims(token: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
-    let origin = PageOrigin::start(vec![]).await;
+    let origin = PageOrigin::start(vec![(
+        "/cached",
+        Page::html(PAGE)
+            .with("cache-control", "public, max-age=3600")
+            .with("etag", "\"v2\""),
+    )])
+    .await;
     let gw = start(
         &origin,
         &format!("{BUILTIN}\nload_immediately = true"),
@@ -107,12 +113,20 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     );
     assert_eq!(page.headers["cache-control"], "private, no-store");
     assert_eq!(page.body.matches("data-membergate=\"settings\"").count(), 1);
-    // The same token on the next page: it comes from the cache.
+    // F5: a page the origin calls public is private once it names the member,
+    // and carries no validator.
+    let cached = ada.get("/cached").await;
+    assert!(settings(&cached.body).is_some());
+    let cache_control: Vec<_> = cached.headers.get_all("cache-control").iter().collect();
+    assert_eq!(cache_control, ["private, no-store"]);
+    assert!(!cached.headers.contains_key("etag"));
+    assert!(cached.headers.get_all("vary").iter().any(|v| v == "Cookie"));
+    // The same token on the next pages: it comes from the cache.
     let again = settings(&ada.get("/kb/lamps").await.body).unwrap();
     assert_eq!(again["identificationToken"], token);
     let metrics = gw.metrics().await;
     assert!(
-        metrics.contains("membergate_identification_tokens_total{result=\"cached\"} 1"),
+        metrics.contains("membergate_identification_tokens_total{result=\"cached\"} 2"),
         "{metrics}"
     );
 }
@@ -221,7 +235,7 @@ async fn after_logout_the_next_widget_page_resets_the_widget_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_plain_html_pages_are_touched() {
-    let origin = PageOrigin::start(vec![
+    let pages = vec![
         (
             "/data.json",
             Page::html("{\"a\":\"</head>\"}").with("content-type", "application/json"),
@@ -242,8 +256,60 @@ async fn only_plain_html_pages_are_touched() {
                 .status(206)
                 .with("content-range", "bytes 0-12/100"),
         ),
-    ])
-    .await;
+    ];
+    // F2: not an HTML document to show; F3: not an ASCII-compatible charset.
+    let untouched: Vec<(&'static str, Page)> = vec![
+        ("/plain", typed("text/plain", b"<head></head>")),
+        ("/svg", typed("image/svg+xml", b"<svg><head></head></svg>")),
+        (
+            "/xhtml",
+            typed("application/xhtml+xml", b"<html><head></head></html>"),
+        ),
+        (
+            "/untyped",
+            Page {
+                headers: vec![],
+                ..Page::html("<head></head>")
+            },
+        ),
+        (
+            "/download",
+            Page::html("<head></head>").with("content-disposition", "attachment; filename=a.html"),
+        ),
+        (
+            "/iso-2022-jp",
+            typed(
+                "text/html; charset=ISO-2022-JP",
+                b"<head></head>\x1b$B$3\x1b(B",
+            ),
+        ),
+        (
+            "/utf-7",
+            typed("text/html; charset=UTF-7", b"<head></head>+ZeVnLIqe-"),
+        ),
+        (
+            "/utf-16",
+            typed("text/html; charset=utf-16le", &utf16le("<head></head>")),
+        ),
+        (
+            "/bom",
+            typed(
+                "text/html",
+                &[&[0xFF, 0xFE][..], &utf16le(SPELLS_HEAD)].concat(),
+            ),
+        ),
+    ];
+    let mut pages = pages;
+    pages.extend(untouched.iter().cloned());
+    pages.push(("/fragment", Page::html("<tr><td>x</td></tr>")));
+    pages.push((
+        "/latin",
+        typed(
+            "text/html",
+            b"<head><meta charset=windows-1252><title>Caf\xE9</title></head>",
+        ),
+    ));
+    let origin = PageOrigin::start(pages).await;
     let gw = start(&origin, BUILTIN, |s| s).await;
     let mut b = Browser::new(&gw);
     let page = b.get("/data.json").await;
@@ -278,6 +344,39 @@ async fn only_plain_html_pages_are_touched() {
         .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["etag"], "\"v1\"");
+    for (path, page) in &untouched {
+        let got = gw.client().get(gw.https_url(path)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "{path}");
+        assert_eq!(got.bytes().await.unwrap(), page.body, "{path} was changed");
+    }
+    // An htmx-style fragment has no head or body to take the widget.
+    assert_eq!(b.get("/fragment").await.body, "<tr><td>x</td></tr>");
+    // A page labelled only by its <meta>: injected, its other bytes kept.
+    let latin = gw
+        .client()
+        .get(gw.https_url("/latin"))
+        .send()
+        .await
+        .unwrap();
+    let latin = latin.bytes().await.unwrap();
+    assert!(latin.starts_with(b"<head><meta charset=windows-1252><title>Caf\xE9</title><script data-membergate=\"loader\""));
+    assert!(latin.ends_with(b"</script></head>"));
+}
+
+/// A page of the given type and bytes.
+fn typed(content_type: &str, body: &[u8]) -> Page {
+    Page {
+        headers: vec![("content-type", content_type.to_owned())],
+        body: body.to_vec(),
+        ..Page::html("")
+    }
+}
+
+/// Characters whose UTF-16LE bytes, read as ASCII, spell `<head></head> `.
+const SPELLS_HEAD: &str = "\u{683C}\u{6165}\u{3E64}\u{2F3C}\u{6568}\u{6461}\u{203E}";
+
+fn utf16le(text: &str) -> Vec<u8> {
+    text.encode_utf16().flat_map(u16::to_le_bytes).collect()
 }
 
 fn compressed(coding: &str, data: &[u8]) -> Vec<u8> {

@@ -200,6 +200,14 @@ fn rewriter(
     HtmlRewriter::new(settings, output)
 }
 
+/// The look at a page's first two bytes for a byte order mark.
+#[derive(Clone, Copy)]
+enum Sniff {
+    Start,
+    One(u8),
+    Done,
+}
+
 pub struct InjectBody<B> {
     inner: Pin<Box<B>>,
     decoder: Option<Capped>,
@@ -210,6 +218,8 @@ pub struct InjectBody<B> {
     /// The rest of a chunk, sent as a frame of its own after the rewritten
     /// start (the origin's bytes, not copied).
     pending: Option<Bytes>,
+    /// How far the look for a byte order mark has got.
+    sniff: Sniff,
     finished: bool,
 }
 
@@ -253,14 +263,42 @@ impl<B> InjectBody<B> {
             output,
             encoder,
             pending: None,
+            sniff: Sniff::Start,
             finished: false,
         })
+    }
+
+    /// Whether the page starts with a UTF-16 byte order mark, which outranks
+    /// the header's charset, as in browsers: such a page is not in an
+    /// ASCII-compatible encoding, and its bytes may still happen to spell
+    /// tags, so it is left as it is. Looks at the first two bytes once, even
+    /// when they come in two chunks.
+    fn utf16_bom(&mut self, decoded: &[u8]) -> bool {
+        let first_two = match (self.sniff, decoded) {
+            (_, []) | (Sniff::Done, _) => return false,
+            (Sniff::Start, [only]) => {
+                self.sniff = Sniff::One(*only);
+                return false;
+            }
+            (Sniff::Start, [a, b, ..]) => [*a, *b],
+            (Sniff::One(a), [b, ..]) => [a, *b],
+        };
+        self.sniff = Sniff::Done;
+        first_two == [0xFE, 0xFF] || first_two == [0xFF, 0xFE]
     }
 
     /// Runs decoded bytes through the rewriter while the snippet is not in;
     /// afterwards they pass as they are. Returns the rewritten start and the
     /// untouched rest of the chunk.
     fn rewrite(&mut self, decoded: Bytes) -> Result<(Bytes, Bytes), BoxError> {
+        if self.utf16_bom(&decoded) {
+            // Nothing went in yet (the rewriter saw one byte at most): flush
+            // it and pass the page on as it is.
+            if let Some(rewriter) = self.rewriter.take() {
+                rewriter.end()?;
+            }
+            return Ok((Bytes::from(self.output.take()), decoded));
+        }
         let Some(rewriter) = self.rewriter.as_mut() else {
             return Ok((decoded, Bytes::new()));
         };
@@ -404,13 +442,18 @@ mod tests {
         Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
     }
 
-    fn rewrite_in_chunks(page: &[u8], split: &[usize]) -> String {
+    fn split_at(page: &[u8], split: &[usize]) -> Vec<Bytes> {
         let mut chunks = Vec::new();
         let mut start = 0;
         for &at in split.iter().chain(std::iter::once(&page.len())) {
             chunks.push(Bytes::copy_from_slice(&page[start..at]));
             start = at;
         }
+        chunks
+    }
+
+    fn rewrite_in_chunks(page: &[u8], split: &[usize]) -> String {
+        let chunks = split_at(page, split);
         String::from_utf8(run(chunks, Coding::Identity, Coding::Identity).unwrap()).unwrap()
     }
 
@@ -465,6 +508,42 @@ mod tests {
         assert_eq!(slice_end(&long, 2500), 3000);
         // A tag whose '>' has not arrived yet: the whole window.
         assert_eq!(slice_end(b"<p></head", 0), 9);
+    }
+
+    #[test]
+    fn utf16_pages_and_bytes_of_other_charsets_pass_untouched() {
+        let utf16le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                // Read as ASCII, these characters' bytes spell `<head></head> `.
+                "\u{683C}\u{6165}\u{3E64}\u{2F3C}\u{6568}\u{6461}\u{203E}"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        let utf16be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain("<head></head>".encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        assert!(utf16le.windows(13).any(|w| w == b"<head></head>"));
+        for page in [&utf16le, &utf16be] {
+            for split in [vec![], vec![1], vec![2], vec![3, 9]] {
+                let out = run(split_at(page, &split), Coding::Identity, Coding::Identity).unwrap();
+                assert_eq!(&out, page, "{split:?}");
+            }
+        }
+        // A windows-1252 page labelled only by its <meta>: its bytes are kept.
+        let latin = b"<head><meta charset=windows-1252><title>Caf\xE9</title></head>".to_vec();
+        let out = run(
+            vec![Bytes::from(latin.clone())],
+            Coding::Identity,
+            Coding::Identity,
+        )
+        .unwrap();
+        let mut expected = latin[..latin.len() - 7].to_vec();
+        expected.extend_from_slice(S.as_bytes());
+        expected.extend_from_slice(b"</head>");
+        assert_eq!(out, expected);
     }
 
     #[test]

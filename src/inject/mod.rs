@@ -48,6 +48,15 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         (Some(value), None) => Coding::from_header(value.to_str().ok()?)?,
         (Some(_), Some(_)) => return None,
     };
+    // A page sent to be saved, not shown: the file must be the origin's.
+    if headers
+        .get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("attachment"))
+    {
+        return None;
+    }
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let mut parts = content_type.split(';');
     if !parts.next()?.trim().eq_ignore_ascii_case("text/html") {
@@ -98,8 +107,13 @@ pub fn rewrite(
     }
     add_vary(headers, "Accept-Encoding");
     // The bytes change: a strong validator would lie; a weak one still lets
-    // the origin answer 304 for an unchanged page.
-    if let Some(etag) = headers.get(header::ETAG).cloned()
+    // the origin answer 304 for an unchanged page. A personalised page has
+    // none: it is `no-store`, so there is no copy a validator could keep
+    // fresh, and the origin's validator describes the page before we added
+    // who the visitor is.
+    if personalised {
+        headers.remove(header::ETAG);
+    } else if let Some(etag) = headers.get(header::ETAG).cloned()
         && !etag.as_bytes().starts_with(b"W/")
     {
         match HeaderValue::from_bytes(&[b"W/".as_slice(), etag.as_bytes()].concat()) {
@@ -324,8 +338,13 @@ mod tests {
             rewritable(&get, StatusCode::OK, &headers(&br)).map(|r| r.coding),
             Some(Coding::Br)
         );
+        let inline = [
+            ("content-type", "text/html"),
+            ("content-disposition", "inline"),
+        ];
+        assert!(rewritable(&get, StatusCode::OK, &headers(&inline)).is_some());
         type Case<'a> = (&'a Method, StatusCode, Vec<(&'a str, &'a str)>);
-        let refused: [Case; 8] = [
+        let refused: [Case; 9] = [
             (&Method::HEAD, StatusCode::OK, html.to_vec()),
             (&get, StatusCode::PARTIAL_CONTENT, html.to_vec()),
             (&get, StatusCode::NOT_MODIFIED, html.to_vec()),
@@ -354,6 +373,14 @@ mod tests {
                 vec![
                     ("content-type", "text/html"),
                     ("content-range", "bytes 0-1/2"),
+                ],
+            ),
+            (
+                &get,
+                StatusCode::OK,
+                vec![
+                    ("content-type", "text/html"),
+                    ("content-disposition", "Attachment; filename=\"page.html\""),
                 ],
             ),
         ];
