@@ -796,6 +796,18 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
         (&claims["email"], &claims["firstName"], &claims["aud"]),
         (&"ada@example.com".into(), &"Ada".into(), &"main".into())
     );
+    // J3: a hostile name is data: minted and verified back exactly.
+    let hostile = "</script><script>alert(1)</script>";
+    let mint = serde_json::json!({ "email": "eve@example.com", "firstName": hostile }).to_string();
+    let (status, body) = call(&gw, CREATE, Some(API_KEY), &mint).await;
+    assert_eq!(status, 200, "{body}");
+    let verify = serde_json::json!({ "token": body["token"] }).to_string();
+    let (status, claims) = call(&gw, VERIFY, Some(VERIFY_KEY), &verify).await;
+    assert_eq!(
+        (status, &claims["firstName"]),
+        (200, &hostile.into()),
+        "{claims}"
+    );
 
     // Tampered: refused with the reason. (A character inside the signature:
     // the last one also carries padding bits, and changing it can make the
@@ -818,6 +830,7 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
     );
 
     // Malformed input: a 4xx JSON error that says what is wrong.
+    let long_email = format!("{{\"email\": \"{}@example.com\"}}", "a".repeat(10_000));
     for (body, status, needle) in [
         ("{\"email\": ", 400, "not the expected JSON"),
         ("[]", 400, "not the expected JSON"),
@@ -833,6 +846,15 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
             400,
             "control characters",
         ),
+        // J3: the wrong type, two @s, and an address too long to be one
+        // (under the body cap, so the validator and not the cap answers).
+        (
+            "{\"email\": [\"a@example.com\"]}",
+            400,
+            "not the expected JSON",
+        ),
+        ("{\"email\": \"a@b@example.com\"}", 400, "email:"),
+        (long_email.as_str(), 400, "email:"),
     ] {
         let (got, answer) = call(&gw, CREATE, Some(API_KEY), body).await;
         assert_eq!(got, status, "{body}: {answer}");

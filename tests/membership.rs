@@ -373,6 +373,121 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
     assert_eq!(forced.status, 403);
 }
 
+/// D7: every form, not just logout, refuses a cross-site post even with a
+/// valid token, and the refused post changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_refuses_cross_site_posts_and_changes_nothing() {
+    let (gw, _origin) = start(|s| s.members(GENEROUS_LIMITS)).await;
+    let mut victim = member(&gw, "gia@example.com", "Gia").await;
+    let session = victim.session_cookie().unwrap();
+    let csrf = victim.get("/_membergate/account").await.csrf();
+    let new_password = "an entirely new passphrase";
+    let forms: [(&str, Vec<(&str, &str)>); 6] = [
+        (
+            "/_membergate/account/password",
+            vec![("current", PASSWORD), ("password", new_password)],
+        ),
+        (
+            "/_membergate/account/name",
+            vec![("first_name", "Mallory"), ("last_name", "M")],
+        ),
+        ("/_membergate/logout", vec![]),
+        ("/_membergate/reset", vec![("email", "gia@example.com")]),
+        (
+            "/_membergate/register",
+            vec![
+                ("email", "planted@example.com"),
+                ("password", PASSWORD),
+                ("first_name", "P"),
+                ("last_name", "P"),
+            ],
+        ),
+        (
+            "/_membergate/login",
+            vec![("email", "gia@example.com"), ("password", PASSWORD)],
+        ),
+    ];
+    let cross_site: [&[(&str, &str)]; 3] = [
+        &[("origin", "https://evil.com")],
+        &[],
+        &[("sec-fetch-site", "cross-site")],
+    ];
+    for (action, fields) in &forms {
+        for headers in cross_site {
+            let mut all = fields.clone();
+            all.push(("csrf", &csrf));
+            let page = victim.post_with(action, &all, headers).await;
+            assert_eq!(page.status, 403, "{action} {headers:?}");
+            assert!(
+                page.set_cookies().is_empty(),
+                "{action} {headers:?} set a cookie"
+            );
+        }
+    }
+    // Nothing happened: the session lives, the password and name are the
+    // old ones, no reset mail went out, nobody was registered.
+    assert_eq!(victim.session_cookie().unwrap(), session);
+    let account = victim.get("/_membergate/account").await;
+    assert_eq!(account.status, 200);
+    assert!(account.body.contains("Gia") && !account.body.contains("Mallory"));
+    let mut again = Browser::new(&gw);
+    assert_eq!(again.login("gia@example.com", PASSWORD).await.status, 303);
+    assert_eq!(
+        gw.mail_count("gia@example.com"),
+        1,
+        "only the verification mail"
+    );
+    assert_eq!(gw.mail_count("planted@example.com"), 0);
+}
+
+/// B6: two `Cookie` fields that both carry the session, in either order and
+/// over either protocol, are refused like two in one field; a session cookie
+/// beside other cookies in its own field (HTTP/2 sends one field per cookie)
+/// is fine, and the origin gets only the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cookie_fields_with_a_session_are_refused_in_either_order() {
+    let (gw, origin) = start(|s| s).await;
+    let b = member(&gw, "hal@example.com", "Hal").await;
+    let good = format!("__Host-membergate={}", b.session_cookie().unwrap());
+    let before = origin.requests().len();
+    let h1 = gw.client_builder().http1_only().build().unwrap();
+    let h2 = gw.client();
+    for (protocol, client) in [("HTTP/1.1", &h1), ("HTTP/2", &h2)] {
+        for (first, second) in [
+            (&*good, "__Host-membergate=x"),
+            ("__Host-membergate=x", &*good),
+        ] {
+            let response = client
+                .get(gw.https_url("/members/"))
+                .header("cookie", first)
+                .header("cookie", second)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{protocol}: {first} / {second}");
+        }
+        let response = client
+            .get(gw.https_url("/members/"))
+            .header("cookie", "theme=dark")
+            .header("cookie", &good)
+            .header("cookie", "lang=en")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{protocol}");
+    }
+    let seen = origin.requests();
+    assert_eq!(
+        seen.len(),
+        before + 2,
+        "only the two good requests reached the origin"
+    );
+    for request in &seen[before..] {
+        assert_eq!(request.header("cookie"), Some("theme=dark; lang=en"));
+        assert_eq!(request.header("x-member-email"), Some("hal@example.com"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn return_to_only_goes_to_paths_on_this_site() {
     let (gw, _origin) = start(|s| s.members(GENEROUS_LIMITS)).await;
