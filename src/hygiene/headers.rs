@@ -189,6 +189,22 @@ pub fn has_conflicting_framing(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
 }
 
+/// A request `Transfer-Encoding` other than one field saying `chunked`, the
+/// only coding a request may have (RFC 9112 6.1). hyper refuses most others
+/// but reads two `chunked` fields as one; a gateway that believes a framing
+/// its peers may read otherwise invites smuggling, so it is refused outright.
+pub fn has_odd_transfer_coding(headers: &HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(only), None) => !only
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
 /// Removes the headers named by `Connection` and every hop-by-hop header.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -211,6 +227,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_one_chunked_field_is_a_request_coding() {
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            has_odd_transfer_coding(&h)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&["chunked"]));
+        assert!(!with(&["Chunked "]));
+        assert!(with(&["chunked", "chunked"]));
+        assert!(with(&["gzip, chunked"]));
+        assert!(with(&["identity"]));
+    }
 
     #[test]
     fn vary_lists_each_field_once() {

@@ -3,7 +3,7 @@
 //! finishes the request with a response ([`Flow`]).
 //!
 //! ```text
-//! accept     method and target sanity (405, 414)
+//! accept     method, framing, target sanity (405, 400, 414)
 //! normalise  one host, one path (400, 421)            -> hygiene::{host, path}
 //! site       site by host, HTTPS redirect (308)       -> routing
 //!            /_membergate/ pages                      -> portal
@@ -200,11 +200,18 @@ async fn authorise(
     }
 }
 
-/// Refuses methods that have no business at a gateway, and over-long targets.
+/// Refuses methods that have no business at a gateway, request framings a
+/// peer could read otherwise, and over-long targets.
 fn accept(parts: &http::request::Parts, runtime: &Runtime) -> Flow<()> {
     let json = respond::wants_json(&parts.headers);
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Flow::Respond(respond::refusal(Refusal::MethodNotAllowed, json));
+    }
+    if crate::hygiene::headers::has_odd_transfer_coding(&parts.headers) {
+        return Flow::Respond(respond::refusal(
+            Refusal::BadRequest("The request's Transfer-Encoding must be one field: chunked."),
+            json,
+        ));
     }
     let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > runtime.config.limits.max_uri_bytes {
