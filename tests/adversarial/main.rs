@@ -11,6 +11,7 @@ mod exhaustion;
 mod full_disk;
 mod h2_floods;
 mod h2_wire;
+mod local_replies;
 mod membership_attacks;
 mod token_api_keys;
 mod upstream_faults;

@@ -314,7 +314,18 @@ pub enum Fault {
     IdleJunk,
     /// Streams a 64 MiB HTML page.
     HugeHtml,
+    /// Sends `103 Early Hints` (a `Link` preload) before a `200 text/html`
+    /// page, [`SMALL_HTML`], framed by `Content-Length`. A `HEAD` gets the
+    /// same heads and no body.
+    EarlyHintsHtml,
+    /// Sends [`SMALL_HTML`] chunked, announcing a trailer (`Trailer: X-T`)
+    /// and sending it (`X-T: 1`) after the last chunk. A `HEAD` gets the
+    /// head and no body.
+    ChunkedHtmlTrailer,
 }
+
+/// The page of [`Fault::EarlyHintsHtml`] and [`Fault::ChunkedHtmlTrailer`].
+pub const SMALL_HTML: &str = "<head></head>";
 
 /// The size of the [`Fault::HugeHtml`] page.
 pub const HUGE_HTML_BYTES: usize = 64 << 20;
@@ -322,6 +333,8 @@ pub const HUGE_HTML_BYTES: usize = 64 << 20;
 pub struct FaultyOrigin {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    /// The request line of every request head read, in order.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultyOrigin {
@@ -330,12 +343,15 @@ impl FaultyOrigin {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let recorder = lines.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
                 let counter = counter.clone();
+                let recorder = recorder.clone();
                 tokio::spawn(async move {
                     let mut served = 0;
                     loop {
@@ -348,6 +364,12 @@ impl FaultyOrigin {
                             }
                         }
                         served += 1;
+                        let line = got.split(|&b| b == b'\r').next().unwrap_or_default();
+                        let head_only = line.starts_with(b"HEAD ");
+                        recorder
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(line).into_owned());
                         counter.fetch_add(1, Ordering::SeqCst);
                         let reply: Vec<u8> = match fault {
                             Fault::Hang => {
@@ -422,6 +444,33 @@ impl FaultyOrigin {
                                 }
                                 continue;
                             }
+                            Fault::EarlyHintsHtml => {
+                                let mut r = format!(
+                                    "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+                                     HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+                                    SMALL_HTML.len()
+                                );
+                                if !head_only {
+                                    r.push_str(SMALL_HTML);
+                                }
+                                r.into_bytes()
+                            }
+                            Fault::ChunkedHtmlTrailer => {
+                                let mut r = String::from(
+                                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                                     Transfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n",
+                                );
+                                if !head_only {
+                                    // The page in two chunks, then the trailer.
+                                    let (a, b) = SMALL_HTML.split_at(6);
+                                    r.push_str(&format!(
+                                        "{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-T: 1\r\n\r\n",
+                                        a.len(),
+                                        b.len()
+                                    ));
+                                }
+                                r.into_bytes()
+                            }
                         };
                         if stream.write_all(&reply).await.is_err() {
                             return;
@@ -430,7 +479,11 @@ impl FaultyOrigin {
                 });
             }
         });
-        FaultyOrigin { addr, requests }
+        FaultyOrigin {
+            addr,
+            requests,
+            lines,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -440,6 +493,11 @@ impl FaultyOrigin {
     /// How many request heads the origin has read, over all connections.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The request line (`GET /x HTTP/1.1`) of every request head read, in order.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 }
 
