@@ -137,7 +137,9 @@ http {
 }
 NGX
 "$NGINX" -c "$work/origin.conf" -p "$work" & pids+=($!)
+origin_pid=$!
 "$NGINX" -c "$work/proxy.conf" -p "$work" & pids+=($!)
+proxy_pid=$!
 
 # --- membergate ----------------------------------------------------------------
 cat >"$work/membergate.toml" <<TOML
@@ -194,22 +196,53 @@ cat >"$work/report.lua" <<'LUA'
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT rps=%.1f p50=%d p99=%d errors=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), errors))
+  io.write(string.format("RESULT rps=%.1f p50=%d p99=%d errors=%d requests=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), errors,
+    summary.requests))
 end
 LUA
 results="$work/results.txt"
 : >"$results"
 
+# CPU time (user + system, in clock ticks) used so far by the processes
+# that serve a target: membergate, nginx's proxy workers, or the origin's.
+# Throughput on a small shared VM swings with where the scheduler puts the
+# three busy processes; the serving process's CPU per request does not, so
+# each row reports both.
+clock_ticks=$(getconf CLK_TCK)
+serving_pids() {
+  case $1 in
+    membergate) echo "$mg_pid" ;;
+    nginx) pgrep -P "$proxy_pid" ;;
+    direct) pgrep -P "$origin_pid" ;;
+  esac
+}
+cpu_ticks() { # target
+  local pid total=0
+  for pid in $(serving_pids "$1"); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+cpu_per_request() { # ticks requests -> microseconds of CPU per request
+  python3 -c "print(round($1 * 1e6 / $clock_ticks / max($2, 1), 1))"
+}
+
 run_wrk() { # scenario target url [extra wrk args...]
   local scenario=$1 target=$2 url=$3; shift 3
-  local line
+  local line before requests
+  before=$(cpu_ticks "$target")
   line=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/report.lua" "$@" "$url" | grep '^RESULT')
-  echo "$scenario $target ${line#RESULT }" | tee -a "$results"
+  requests=${line##*requests=}
+  line=${line% requests=*}
+  echo "$scenario $target ${line#RESULT } cpu_us=$(cpu_per_request $(($(cpu_ticks "$target") - before)) "$requests")" \
+    | tee -a "$results"
 }
 run_h2load() { # scenario target url
-  local scenario=$1 target=$2 url=$3 out rps mean max
+  local scenario=$1 target=$2 url=$3 out rps mean max before answered
+  before=$(cpu_ticks "$target")
   out=$(h2load -c "$CONNS" -m 10 -D "${DURATION%s}" -t 1 "$url" 2>&1)
+  answered=$(awk '/^requests:/ {print $6}' <<<"$out")
   rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
   # "time for request:  min  max  mean  sd  +/- sd" with units (us/ms/s).
   read -r mean max < <(awk '/^time for request:/ {print $6, $5}' <<<"$out" | python3 -c '
@@ -224,7 +257,8 @@ print(us(m), us(x))')
   # "requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout"
   # "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
   errors=$(awk '/^requests:/ {e += $10 + $12 + $14} /^status codes:/ {e += $7 + $9} END {print e + 0}' <<<"$out")
-  echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0}" | tee -a "$results"
+  echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0} cpu_us=$(cpu_per_request $(($(cpu_ticks "$target") - before)) "${answered:-0}")" \
+    | tee -a "$results"
 }
 
 # Full handshakes, one connection at a time (wrk resumes sessions, so its
@@ -256,23 +290,21 @@ check=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: membergate=$session" 
 [ "$check" = 200 ] || { echo "membergate answered $check for /members$page with a session" >&2; exit 1; }
 check=$(curl -s -o /dev/null -w '%{http_code}' "$mg/members$page")
 [ "$check" = 302 ] || { echo "membergate answered $check for /members$page without a session" >&2; exit 1; }
-curl -s -H "Cookie: membergate=$session" "$mg/inject$page" | grep -q identificationToken \
+# grep reads all of the page: grep -q would stop early, curl would die of
+# SIGPIPE, and pipefail would call the check failed.
+curl -s -H "Cookie: membergate=$session" "$mg/inject$page" | grep identificationToken >/dev/null \
   || { echo "membergate did not inject the widget into /inject$page" >&2; exit 1; }
-curl -s "http://127.0.0.1:$NGX_PLAIN/inject$page" | grep -q hsConversationsSettings \
+curl -s "http://127.0.0.1:$NGX_PLAIN/inject$page" | grep hsConversationsSettings >/dev/null \
   || { echo "nginx sub_filter did not inject into /inject$page" >&2; exit 1; }
 
-# Largest resident set of membergate while a command runs (sampled every 0.1 s).
+# Largest resident set of membergate while a command runs: the kernel's
+# high-water mark (VmHWM), reset first (clear_refs 5). Sampling VmRSS from a
+# shell loop instead forked a process ten times a second during membergate's
+# rows only, which cost it 2-9% of its throughput in those rows.
 peak_rss_during() {
-  local out=$work/rss.$$ max=0 kb
-  ( while true; do
-      kb=$(awk '/^VmRSS/ {print $2}' "/proc/$mg_pid/status" 2>/dev/null || echo 0)
-      echo "$kb"; sleep 0.1
-    done ) >"$out" &
-  local sampler=$!
+  echo 5 >"/proc/$mg_pid/clear_refs"
   "$@"
-  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
-  max=$(sort -n "$out" | tail -1)
-  echo "${max:-0}"
+  awk '/^VmHWM/ {print $2}' "/proc/$mg_pid/status"
 }
 run_injected() { # scenario target url [wrk args...]
   local scenario=$1 target=$2 url=$3; shift 3
@@ -328,8 +360,8 @@ print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{c
       f"h2load -c{conns} -m10, {rounds} interleaved rounds, medians")
 print()
 print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/direct "
-      "| mg p50/p99 µs | nginx p50/p99 µs | errors mg/nginx |")
-print("|---|---|---|---|---|---|---|---|---|")
+      "| mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx | errors mg/nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for scenario in dict.fromkeys(s for s, _ in runs):
     mg, ng, di = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct"))
     fmt = lambda v: f"{v:,.0f}" if v else "-"
@@ -337,8 +369,11 @@ for scenario in dict.fromkeys(s for s, _ in runs):
     lat = lambda t: (f"{med(scenario, t, 'p50'):,.0f} / {med(scenario, t, 'p99'):,.0f}"
                      if (scenario, t) in runs and "p50" in runs[(scenario, t)][0] else "-")
     err = lambda t: f"{med(scenario, t, 'errors'):.0f}" if med(scenario, t, "errors") is not None else "-"
+    cpu = lambda t: (f"{med(scenario, t, 'cpu_us'):.1f}"
+                     if (scenario, t) in runs and "cpu_us" in runs[(scenario, t)][0] else "-")
     print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {ratio(mg, di)} "
-          f"| {lat('membergate')} | {lat('nginx')} | {err('membergate')}/{err('nginx')} |")
+          f"| {lat('membergate')} | {lat('nginx')} | {cpu('membergate')} / {cpu('nginx')} "
+          f"| {err('membergate')}/{err('nginx')} |")
 print()
 public, member = med("plain-http", "membergate", "rps"), med("members-only-with-session", "membergate", "rps")
 if public and member:
