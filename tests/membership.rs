@@ -36,6 +36,25 @@ async fn member(gw: &Gateway, email: &str, first: &str) -> Browser {
     b
 }
 
+/// Logs an existing member in from a fresh browser; returns the session cookie.
+async fn member_login(gw: &Gateway, email: &str) -> String {
+    let mut b = Browser::new(gw);
+    assert_eq!(b.login(email, PASSWORD).await.status, 303);
+    b.session_cookie().unwrap()
+}
+
+fn query_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Polls until `path` answers `status` (admin CLI changes arrive within ~1 s).
 async fn eventually(b: &mut Browser, path: &str, status: u16) {
     for _ in 0..60 {
@@ -207,6 +226,7 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     let (gw, _origin) = start(|s| s).await;
     let mut m = member(&gw, "dan@example.com", "Dan").await;
     let mut other = Browser::new(&gw);
+    let seen = gw.mail_count("dan@example.com");
     let asked = other
         .submit(
             "/_membergate/reset",
@@ -215,7 +235,7 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
         )
         .await;
     assert_eq!(asked.status, 200);
-    let first = Gateway::link_in(&gw.mail_to("dan@example.com").await);
+    let first = Gateway::link_in(&gw.next_mail_to("dan@example.com", seen).await);
     assert!(first.starts_with("/_membergate/reset?token="));
     tokio::time::sleep(Duration::from_millis(5)).await;
     other
@@ -225,7 +245,7 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
             &[("email", "dan@example.com")],
         )
         .await;
-    let second = Gateway::link_in(&gw.mail_to("dan@example.com").await);
+    let second = Gateway::link_in(&gw.next_mail_to("dan@example.com", seen + 1).await);
     assert_ne!(first, second);
     let token = first.split("token=").nth(1).unwrap().to_owned();
     let page = other.get(&first).await;
@@ -300,9 +320,23 @@ async fn tampered_and_duplicate_cookies_mean_anonymous_never_an_error() {
         x.cookies.insert("__Host-membergate".into(), value.clone());
         let page = x.get("/members/").await;
         assert_eq!(page.status, 302, "{value:?}");
-        let public = x.get("/").await;
+        // D2: a bad cookie is cleared, not left to be sent again.
+        assert!(
+            page.set_cookies()
+                .iter()
+                .any(|c| c.starts_with("__Host-membergate=;") && c.contains("Max-Age=0")),
+            "{value:?}: {:?}",
+            page.set_cookies()
+        );
+        let mut y = Browser::new(&gw);
+        y.cookies.insert("__Host-membergate".into(), value.clone());
+        let public = y.get("/").await;
         assert_eq!(public.status, 200, "{value:?}");
     }
+    // Ids are random and long: two logins of one member share nothing.
+    let again = member_login(&gw, "erin@example.com").await;
+    assert_ne!(again, good);
+    assert!(good.len() >= 43 && again.len() >= 43, "{good} {again}");
     // Two session cookies: refused rather than guessed (D3, B6).
     let mut x = Browser::new(&gw);
     let page = x
@@ -510,6 +544,30 @@ async fn return_to_only_goes_to_paths_on_this_site() {
         let mut b = Browser::new(&gw);
         let page = b.login_to("gus@example.com", PASSWORD, payload).await;
         assert_eq!((page.status, page.location()), (303, "/"), "{payload:?}");
+        // Logout and the register form take return_to through the same check.
+        let out = b
+            .submit(
+                "/_membergate/account",
+                "/_membergate/logout",
+                &[("return_to", payload)],
+            )
+            .await;
+        assert_eq!(
+            (out.status, out.location()),
+            (303, "/"),
+            "logout {payload:?}"
+        );
+        let form = Browser::new(&gw)
+            .get(&format!(
+                "/_membergate/register?return_to={}",
+                query_encode(payload)
+            ))
+            .await;
+        assert!(
+            form.body.contains("name=\"return_to\" value=\"&#x2f;\""),
+            "register {payload:?}: {}",
+            form.body
+        );
     }
     // Percent-encoded in the query of the login page, decoded once: still refused.
     let mut b = Browser::new(&gw);

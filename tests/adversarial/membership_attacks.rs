@@ -1,5 +1,6 @@
-//! Catalogue C2 and E2: reset links an attacker tries to point at their own
-//! host, and login timing that would tell registered addresses from others.
+//! Catalogue C2, E2 and E3: reset links an attacker tries to point at their
+//! own host, and login, registration and reset timing that would tell
+//! registered addresses from others.
 
 use std::time::{Duration, Instant};
 
@@ -101,4 +102,88 @@ async fn e2_failed_logins_take_as_long_for_unknown_addresses() {
         (0.5..2.0).contains(&ratio),
         "unknown {unknown:?} against known {known:?}: timing tells them apart"
     );
+}
+
+/// The median time of `n` posts of the form on `page` to `action`, with
+/// `fields(i)` for the i-th post (each from a fresh browser).
+async fn median_post(
+    gw: &Gateway,
+    page: &str,
+    action: &str,
+    n: usize,
+    fields: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> Duration {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut b = Browser::new(gw);
+        let csrf = b.get(page).await.csrf();
+        let mut all: Vec<(&str, String)> = fields(i);
+        all.push(("csrf", csrf));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
+        let answer = b.post(action, &all).await;
+        times.push(started.elapsed());
+        assert_eq!(answer.status, 200, "{action}: {}", answer.body);
+    }
+    times.sort();
+    times[n / 2]
+}
+
+/// Interleaved medians of two kinds of post; returns (a, b).
+async fn interleaved(
+    gw: &Gateway,
+    page: &str,
+    action: &str,
+    a: impl Fn(usize) -> Vec<(&'static str, String)> + Copy,
+    b: impl Fn(usize) -> Vec<(&'static str, String)> + Copy,
+) -> (Duration, Duration) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        first.push(median_post(gw, page, action, 7, move |i| a(round * 7 + i)).await);
+        second.push(median_post(gw, page, action, 7, move |i| b(round * 7 + i)).await);
+    }
+    first.sort();
+    second.sort();
+    (first[1], second[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e3_registration_and_reset_take_as_long_for_either_kind_of_address() {
+    let (gw, _origin) = start().await;
+    registered(&gw, "taken@example.com").await;
+    let register = |email: String| {
+        vec![
+            ("email", email),
+            ("password", PASSWORD.to_owned()),
+            ("first_name", "Eve".to_owned()),
+            ("last_name", "E".to_owned()),
+        ]
+    };
+    let (taken, fresh) = interleaved(
+        &gw,
+        "/_membergate/register",
+        "/_membergate/register",
+        move |_| register("taken@example.com".to_owned()),
+        move |i| register(format!("fresh{i}@example.com")),
+    )
+    .await;
+    let reset = |email: &str| vec![("email", email.to_owned())];
+    let (known, unknown) = interleaved(
+        &gw,
+        "/_membergate/reset",
+        "/_membergate/reset",
+        move |_| reset("taken@example.com"),
+        move |i| reset(&format!("nobody{i}@example.com")),
+    )
+    .await;
+    println!(
+        "register medians: taken {taken:?}, new {fresh:?}; reset medians: known {known:?}, unknown {unknown:?}"
+    );
+    for (what, a, b) in [("register", taken, fresh), ("reset", known, unknown)] {
+        let ratio = a.as_secs_f64() / b.as_secs_f64();
+        assert!(
+            (0.5..2.0).contains(&ratio),
+            "{what}: {a:?} against {b:?}: timing tells registered addresses apart"
+        );
+    }
 }

@@ -474,6 +474,19 @@ impl Gateway {
         panic!("no mail to {to} in {}", dir.display());
     }
 
+    /// The newest mail to `to` once there are more than `seen` of them,
+    /// waiting up to 5 s: for mail the gateway sends after it has answered
+    /// (a reset link), where `mail_to` could return an older one.
+    pub async fn next_mail_to(&self, to: &str, seen: usize) -> String {
+        for _ in 0..100 {
+            if self.mail_count(to) > seen {
+                return self.mail_to(to).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new mail to {to} after {seen}");
+    }
+
     /// Number of mails to `to` in the outbox.
     pub fn mail_count(&self, to: &str) -> usize {
         let dir = self.dir.path().join("data/outbox");
