@@ -73,7 +73,7 @@ async fn h3_a_half_sent_client_hello_is_cut_off() {
 
 /// Sends `head` then an endless chunked body; returns the gateway's answer
 /// and how many body bytes went out before it answered.
-async fn endless_body(addr: std::net::SocketAddr, head: String) -> (String, usize) {
+pub(crate) async fn endless_body(addr: std::net::SocketAddr, head: String) -> (String, usize) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let sent = Arc::new(AtomicUsize::new(0));

@@ -89,3 +89,18 @@ async fn j1_b6_near_misses_and_duplicate_keys_get_a_uniform_401() {
     assert_eq!(mint(&gw, &in_query, &[]).await, 401);
     assert!(!gw.log().contains(KEY), "the key was logged");
 }
+
+/// H4 with a key that is right: the body cap, not the key check, ends an
+/// endless body, long before much of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h4_an_endless_body_with_a_valid_key_is_cut_off_at_the_cap() {
+    let gw = start().await;
+    let head = format!(
+        "POST {CREATE} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let (answer, sent) = crate::exhaustion::endless_body(gw.http, head).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // What sits in socket buffers counts as sent; the cap itself is 16 KiB.
+    assert!(sent < 16 << 20, "{sent} bytes were sent before the answer");
+}
