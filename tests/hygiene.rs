@@ -6,55 +6,21 @@
 
 mod support;
 
-use support::{EchoOrigin, Gateway, Setup, status_of};
+use support::{Setup, ThreeOrigins, status_of};
 
-struct World {
-    gw: Gateway,
-    members: EchoOrigin,
-    public: EchoOrigin,
-    rest: EchoOrigin,
+/// The three-origin site with this suite's limits: a short header timeout
+/// and a small target limit.
+async fn world() -> ThreeOrigins {
+    world_with(Setup::new()).await
 }
 
-impl World {
-    async fn start() -> World {
-        World::start_with(Setup::new()).await
-    }
-
-    async fn start_with(setup: Setup) -> World {
-        let members = EchoOrigin::start().await;
-        let public = EchoOrigin::start().await;
-        let rest = EchoOrigin::start().await;
-        let gw = Gateway::start(
-            setup
-                .route("/members", &members.url())
-                .route("/public", &public.url())
-                .route("/", &rest.url())
-                .limits("header_timeout = \"1s\"\nmax_uri_bytes = 4096"),
-        )
-        .await;
-        World {
-            gw,
-            members,
-            public,
-            rest,
-        }
-    }
-
-    /// Sends `GET {target}` with `Host: gw.test` and returns the status.
-    async fn get(&self, target: &str) -> u16 {
-        let request =
-            format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
-        status_of(&self.gw.raw(request.as_bytes()).await)
-    }
-
-    fn total_requests(&self) -> usize {
-        self.members.requests().len() + self.public.requests().len() + self.rest.requests().len()
-    }
+async fn world_with(setup: Setup) -> ThreeOrigins {
+    ThreeOrigins::start(setup.limits("header_timeout = \"1s\"\nmax_uri_bytes = 4096")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a1_a3_dot_and_empty_segments_are_resolved_before_routing() {
-    let w = World::start().await;
+    let w = world().await;
     for target in [
         "/public/../members/x",
         "//members/x",
@@ -72,7 +38,7 @@ async fn a1_a3_dot_and_empty_segments_are_resolved_before_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a1_a2_encoded_separators_and_dots_are_refused() {
-    let w = World::start().await;
+    let w = world().await;
     let attacks = [
         "/public/%2e%2e/members/x",
         "/public/%2e%2e%2fmembers/x",
@@ -97,7 +63,7 @@ async fn a1_a2_encoded_separators_and_dots_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a4_case_trailing_characters_and_parameters() {
-    let w = World::start().await;
+    let w = world().await;
     assert_eq!(w.get("/MEMBERS/x").await, 200);
     assert_eq!(w.get("/Members").await, 200);
     assert_eq!(
@@ -117,7 +83,7 @@ async fn a4_case_trailing_characters_and_parameters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a5_invalid_utf8_is_refused_and_unicode_is_not_folded() {
-    let w = World::start().await;
+    let w = world().await;
     assert_eq!(w.get("/%C0%AE%C0%AE/members/x").await, 400);
     assert_eq!(w.get("/members/%FF").await, 400);
     // C1 controls (NEL here), escaped or raw, are refused like ASCII ones.
@@ -135,7 +101,7 @@ async fn a5_invalid_utf8_is_refused_and_unicode_is_not_folded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a6_the_query_and_fragment_never_take_part_in_routing() {
-    let w = World::start().await;
+    let w = world().await;
     assert_eq!(w.get("/members/x?y=.css").await, 200);
     assert_eq!(w.get("/members/x?/public/").await, 200);
     assert_eq!(
@@ -155,7 +121,7 @@ async fn a6_the_query_and_fragment_never_take_part_in_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a7_absolute_form_and_host_games() {
-    let w = World::start().await;
+    let w = world().await;
     let send = |raw: &'static str| {
         let gw = &w.gw;
         async move { status_of(&gw.raw(raw.as_bytes()).await) }
@@ -208,7 +174,7 @@ async fn a7_absolute_form_and_host_games() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a8_malformed_targets_and_methods_are_never_proxied() {
-    let w = World::start().await;
+    let w = world().await;
     let cases: [(&[u8], &[u16]); 6] = [
         (b"GET /members/ x HTTP/1.1\r\nHost: gw.test\r\n\r\n", &[400]),
         (
@@ -239,7 +205,7 @@ async fn a8_malformed_targets_and_methods_are_never_proxied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a9_b4_side_channel_and_forwarding_headers_are_not_believed() {
-    let w = World::start().await;
+    let w = world().await;
     let raw = b"GET /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
         User-Agent: kube-probe/1.0\r\nX-Original-URI: /members/\r\nX-Original-URL: /members/\r\n\
         X-Forwarded-Uri: /members/\r\nX-Rewrite-URL: /members/\r\nX-Forwarded-Proto: https\r\n\
@@ -268,7 +234,7 @@ async fn a9_b4_side_channel_and_forwarding_headers_are_not_believed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b4_trusted_proxies_extend_the_chain() {
-    let w = World::start_with(Setup::new().server("trusted_proxies = [\"127.0.0.0/8\"]")).await;
+    let w = world_with(Setup::new().server("trusted_proxies = [\"127.0.0.0/8\"]")).await;
     let raw = b"GET /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
         X-Forwarded-For: 198.51.100.4\r\nX-Forwarded-Proto: https\r\nX_Forwarded_For: 10.9.9.9\r\n\r\n";
     assert_eq!(status_of(&w.gw.raw(raw).await), 200);
@@ -280,7 +246,7 @@ async fn b4_trusted_proxies_extend_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b1_b2_b3_reserved_identity_headers_never_reach_the_origin() {
-    let w = World::start().await;
+    let w = world().await;
     let raw = b"POST /public/x HTTP/1.1\r\nHost: gw.test\r\n\
         Connection: keep-alive, X-Member-Email, x-member-groups, X-Forwarded-For\r\n\
         X-Member-Email: admin@x\r\nx-member-email: alice@x\r\nX_Member_Email: u@x\r\nX.Member.Email: d@x\r\n\
@@ -305,7 +271,7 @@ async fn b1_b2_b3_reserved_identity_headers_never_reach_the_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g1_g3_conflicting_or_odd_framing_is_refused() {
-    let w = World::start().await;
+    let w = world().await;
     let smuggle = "POST /public/ HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n\
         0\r\n\r\nGET /members/x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     let answer = w.gw.raw(smuggle.as_bytes()).await;
@@ -334,7 +300,7 @@ async fn g1_g3_conflicting_or_odd_framing_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g5_obs_fold_and_bad_header_bytes_are_refused() {
-    let w = World::start().await;
+    let w = world().await;
     let cases: [&[u8]; 4] = [
         b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\nX-A: a\r\n b\r\n\r\n",
         b"GET /public/ HTTP/1.1\r\nHost : gw.test\r\n\r\n",
@@ -354,7 +320,7 @@ async fn g5_obs_fold_and_bad_header_bytes_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_refused_request_with_a_body_closes_the_connection() {
-    let w = World::start().await;
+    let w = world().await;
     // Refused locally (421: unknown host) with a body that is itself a request.
     let inner = "GET /members/smuggled HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     let raw = format!(
@@ -369,7 +335,7 @@ async fn g6_a_refused_request_with_a_body_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g7_h2c_upgrades_are_refused() {
-    let w = World::start().await;
+    let w = world().await;
     let raw = b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\nUpgrade: h2c\r\n\
         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\r\n";
     let answer = w.gw.raw(raw).await;
@@ -385,7 +351,7 @@ async fn g7_h2c_upgrades_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_oversized_heads_and_targets_are_refused() {
-    let w = World::start().await;
+    let w = world().await;
     let mut many = String::from("GET /public/ HTTP/1.1\r\nHost: gw.test\r\n");
     for i in 0..10_000 {
         many.push_str(&format!("X-{i}: a\r\n"));
@@ -408,7 +374,7 @@ async fn h2_oversized_heads_and_targets_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let w = World::start().await;
+    let w = world().await;
     let mut stream = tokio::net::TcpStream::connect(w.gw.http).await.unwrap();
     stream
         .write_all(b"GET /public/ HTTP/1.1\r\nHost: gw")
@@ -431,7 +397,7 @@ async fn h3_slow_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h4_declared_huge_bodies_are_refused_early() {
-    let w = World::start().await;
+    let w = world().await;
     let raw = b"POST /public/upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10737418240\r\n\r\npartial";
     let answer = w.gw.raw(raw).await;
     assert_eq!(status_of(&answer), 413, "{answer}");
@@ -440,7 +406,7 @@ async fn h4_declared_huge_bodies_are_refused_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i5_head_and_bodiless_statuses_carry_no_body() {
-    let w = World::start().await;
+    let w = world().await;
     let answer =
         w.gw.raw(b"HEAD /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
             .await;
@@ -461,7 +427,7 @@ async fn i5_head_and_bodiless_statuses_carry_no_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let w = World::start().await;
+    let w = world().await;
     let mut stream = tokio::net::TcpStream::connect(w.gw.http).await.unwrap();
     stream
         .write_all(b"GET /public/ HTTP/1.1\r\nHost: gw.test\r\n\r\n")

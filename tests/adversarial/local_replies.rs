@@ -16,57 +16,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::support::origins::SMALL_HTML;
-use crate::support::{EchoOrigin, Fault, FaultyOrigin, Gateway, Setup};
+use crate::support::{EchoOrigin, Fault, FaultyOrigin, Gateway, Setup, ThreeOrigins};
 
 /// How long any single wait on the gateway may take before the test says so.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-struct World {
-    gw: Gateway,
-    members: EchoOrigin,
-    public: EchoOrigin,
-    rest: EchoOrigin,
-}
-
-impl World {
-    /// The default site with `/members` = members; `setup` may add more.
-    async fn start(setup: Setup) -> World {
-        let members = EchoOrigin::start().await;
-        let public = EchoOrigin::start().await;
-        let rest = EchoOrigin::start().await;
-        let gw = Gateway::start(
-            setup
-                .route("/members", &members.url())
-                .route("/public", &public.url())
-                .route("/", &rest.url())
-                .rule("/members", "members", &[])
-                .limits("header_timeout = \"2s\""),
-        )
-        .await;
-        World {
-            gw,
-            members,
-            public,
-            rest,
-        }
-    }
-
-    /// Every request any of the three origins received, as `METHOD target`.
-    fn seen(&self) -> Vec<String> {
-        [&self.members, &self.public, &self.rest]
-            .iter()
-            .flat_map(|o| o.requests())
-            .map(|r| format!("{} {}", r.method, r.target))
-            .collect()
-    }
-
-    fn nobody_saw(&self, needle: &str) {
-        let seen = self.seen();
-        assert!(
-            seen.iter().all(|r| !r.contains(needle)),
-            "an origin received {needle}: {seen:?}"
-        );
-    }
+/// The three-origin site with `/members` = members; `setup` may add more.
+async fn world(setup: Setup) -> ThreeOrigins {
+    ThreeOrigins::start(
+        setup
+            .rule("/members", "members", &[])
+            .limits("header_timeout = \"2s\""),
+    )
+    .await
 }
 
 /// Where the login redirect for `return_to` (already form-encoded) points.
@@ -386,7 +348,7 @@ async fn a1_a4_a9_path_tricks_meet_the_access_rule() {
          [[sites.rules]]\npath = \"/public\"\npolicy = \"public\"\n",
         strict.url()
     );
-    let w = World::start(Setup::new().site(&strict_site)).await;
+    let w = world(Setup::new().site(&strict_site)).await;
 
     let members_x = "%2Fmembers%2Fx";
     let cases: [(&str, &str, &str); 10] = [
@@ -442,7 +404,7 @@ async fn a1_a4_a9_path_tricks_meet_the_access_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g1_smuggling_bytes_get_one_answer_and_a_closed_connection() {
-    let w = World::start(Setup::new()).await;
+    let w = world(Setup::new()).await;
     let smuggled = "GET /members/x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     let request = format!(
         "POST /public/ HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -485,7 +447,7 @@ enum Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g2_g3_duplicate_lengths_and_odd_codings_never_forward_a_body() {
-    let w = World::start(Setup::new()).await;
+    let w = world(Setup::new()).await;
     // Each request is the whole of what is sent; a request hidden in it
     // (`/public/smuggled`, which would be forwarded if it were ever read as
     // one) must never run.
@@ -583,7 +545,7 @@ async fn g2_g3_duplicate_lengths_and_odd_codings_never_forward_a_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g6_a_local_reply_never_runs_the_body_as_a_request() {
-    let w = World::start(Setup::new()).await;
+    let w = world(Setup::new()).await;
     let inner = "GET /admin/ HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     let length = format!(
         "Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{inner}",
@@ -645,7 +607,7 @@ async fn g6_a_local_reply_never_runs_the_body_as_a_request() {
 async fn g7_an_upgrade_that_is_refused_does_not_tunnel_the_next_request() {
     // `/ws` on the catch-all origin really is a WebSocket endpoint (it
     // answers 101 and echoes); here it needs a member.
-    let w = World::start(Setup::new().rule("/ws", "members", &[])).await;
+    let w = world(Setup::new().rule("/ws", "members", &[])).await;
     let handshake = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
                      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 

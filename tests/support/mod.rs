@@ -551,6 +551,66 @@ impl Drop for Gateway {
     }
 }
 
+/// A gateway whose `/members` and `/public` routes go to origins of their own
+/// and everything else to a third, so a request that goes astray is visible.
+/// `setup` may add rules, sites and limits.
+pub struct ThreeOrigins {
+    pub gw: Gateway,
+    pub members: EchoOrigin,
+    pub public: EchoOrigin,
+    pub rest: EchoOrigin,
+}
+
+impl ThreeOrigins {
+    pub async fn start(setup: Setup) -> ThreeOrigins {
+        let members = EchoOrigin::start().await;
+        let public = EchoOrigin::start().await;
+        let rest = EchoOrigin::start().await;
+        let gw = Gateway::start(
+            setup
+                .route("/members", &members.url())
+                .route("/public", &public.url())
+                .route("/", &rest.url()),
+        )
+        .await;
+        ThreeOrigins {
+            gw,
+            members,
+            public,
+            rest,
+        }
+    }
+
+    /// Sends `GET {target}` with `Host: gw.test` and returns the status.
+    pub async fn get(&self, target: &str) -> u16 {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+        status_of(&self.gw.raw(request.as_bytes()).await)
+    }
+
+    /// Every request any of the three origins received, as `METHOD target`.
+    pub fn seen(&self) -> Vec<String> {
+        [&self.members, &self.public, &self.rest]
+            .iter()
+            .flat_map(|o| o.requests())
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect()
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.seen().len()
+    }
+
+    /// Asserts that no origin received a request whose target contains `needle`.
+    pub fn nobody_saw(&self, needle: &str) {
+        let seen = self.seen();
+        assert!(
+            seen.iter().all(|r| !r.contains(needle)),
+            "an origin received {needle}: {seen:?}"
+        );
+    }
+}
+
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The gateway may answer an oversized request and close before all of it
