@@ -129,6 +129,17 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
         metrics.contains("membergate_identification_tokens_total{result=\"cached\"} 2"),
         "{metrics}"
     );
+    // J2: two members taking turns each get only their own identity and token.
+    let mut bob = member(&gw, "bob@example.com", "Bob", &[]).await;
+    for round in 0..5 {
+        for (browser, email) in [(&mut ada, "ada@example.com"), (&mut bob, "bob@example.com")] {
+            let page = browser.get(&format!("/blog/turn-{round}")).await;
+            let s = settings(&page.body).unwrap();
+            assert_eq!(s["identificationEmail"], email);
+            let token = s["identificationToken"].as_str().unwrap();
+            assert_eq!(claims(token)["email"], email, "round {round}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,7 +891,27 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
     let verify_old = serde_json::json!({ "token": token }).to_string();
     assert_eq!(call(&gw, VERIFY, Some(API_KEY), &verify_old).await.0, 200);
     let (_, body) = call(&gw, CREATE, Some(API_KEY), ada).await;
-    assert!(body["token"].as_str().unwrap().starts_with("mgv1.k2."));
+    let new_token = body["token"].as_str().unwrap().to_owned();
+    assert!(new_token.starts_with("mgv1.k2."));
+    // J2: with both keys known, a token relabelled with the other key id, an
+    // empty signature or a signature moved from another token is refused.
+    let verify = |token: &str| serde_json::json!({ "token": token }).to_string();
+    let relabelled = new_token.replacen("mgv1.k2.", "mgv1.k1.", 1);
+    let unsigned = format!("{}.", new_token.rsplit_once('.').unwrap().0);
+    let (old_body, old_sig) = token.rsplit_once('.').unwrap();
+    let (new_body, new_sig) = new_token.rsplit_once('.').unwrap();
+    let swapped = [
+        format!("{old_body}.{new_sig}"),
+        format!("{new_body}.{old_sig}"),
+    ];
+    for forged in [&relabelled, &unsigned, &swapped[0], &swapped[1]] {
+        let (status, body) = call(&gw, VERIFY, Some(API_KEY), &verify(forged)).await;
+        assert_eq!(
+            (status, &body["category"]),
+            (401, &"INVALID_TOKEN".into()),
+            "{forged}: {body}"
+        );
+    }
     let retired = rotated.replace(
         "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"",
         "",
