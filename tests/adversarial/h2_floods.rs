@@ -161,19 +161,15 @@ async fn h1_empty_data_frames_do_not_hold_the_gateway() {
     let reached = origin.requests().len();
     println!("empty data: sent {sent}, origin saw {reached}, gateway sent {seen:?}");
     assert_eq!(during.await.unwrap().unwrap(), 200);
-    // Either the flood ended the connection or the one request went through,
-    // with its three bytes: never more than one request for one stream.
-    let posts: Vec<_> = origin
-        .requests()
-        .into_iter()
-        .filter(|r| r.target == "/empty-data")
-        .collect();
-    assert!(posts.len() <= 1);
-    if let Some(post) = posts.first() {
-        assert_eq!(post.body, b"end");
-    } else {
-        assert!(seen.goaway.is_some() || seen.closed, "{seen:?}");
-    }
+    // The flood ends the connection with ENHANCE_YOUR_CALM (h2 0.4.20 allows
+    // 100 empty DATA frames, MAX_RECV_EMPTY_DATA_FRAMES) before the request
+    // can complete. This fails if a dependency update drops that guard.
+    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    assert!(seen.closed, "{seen:?}");
+    assert!(
+        origin.requests().iter().all(|r| r.target != "/empty-data"),
+        "the flooded stream reached the origin"
+    );
     assert_still_serving(&gw).await;
 }
 
