@@ -654,6 +654,61 @@ async fn login_attempts_are_rate_limited_per_account_in_any_spelling() {
     assert_eq!(page.headers["retry-after"], "60");
 }
 
+/// E1: the account limit holds when every guess comes from another address,
+/// and the address limit holds when every guess names another account, even
+/// with forwarding headers the gateway does not trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_limits_hold_across_addresses_and_across_accounts() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "jon@example.com", "Jon").await;
+    let mut limited = None;
+    for i in 0..14u8 {
+        let from = std::net::IpAddr::from([127, 0, 0, 10 + i]);
+        let client = gw.client_builder().local_address(from).build().unwrap();
+        let page = Browser::with_client(&gw, client)
+            .login("jon@example.com", "wrong password!")
+            .await;
+        if page.status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(page.status, 401, "from {from}");
+    }
+    let attempt = limited.expect("guesses from many addresses were never limited");
+    assert!(attempt >= 9, "limited too early, at attempt {attempt}");
+
+    // One address, a new account each time, a new X-Forwarded-For each time.
+    let mut limited = None;
+    for i in 0..40 {
+        let mut b = Browser::new(&gw);
+        let csrf = b.get("/_membergate/login").await.csrf();
+        let email = format!("ghost{i}@example.com");
+        let forwarded = format!("10.0.0.{i}");
+        let origin = b.origin.clone();
+        let page = b
+            .post_with(
+                "/_membergate/login",
+                &[("csrf", &csrf), ("email", &email), ("password", "guess")],
+                &[
+                    ("origin", &origin),
+                    ("x-forwarded-for", &forwarded),
+                    ("x-real-ip", &forwarded),
+                ],
+            )
+            .await;
+        if page.status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(page.status, 401, "{email}");
+    }
+    let attempt = limited.expect("guesses at many accounts from one address were never limited");
+    assert!(
+        (29..=31).contains(&attempt),
+        "limited at attempt {attempt}, not at the default 30"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
     let (gw, origin) = start(|s| s).await;

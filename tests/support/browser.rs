@@ -50,9 +50,15 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(gw: &Gateway) -> Browser {
+        Browser::with_client(gw, gw.client())
+    }
+
+    /// A browser on its own client (from `gw.client_builder()`), for example
+    /// one bound to another loopback address.
+    pub fn with_client(gw: &Gateway, client: reqwest::Client) -> Browser {
         let base = gw.https_url("");
         Browser {
-            client: gw.client(),
+            client,
             origin: base.clone(),
             base,
             cookies: BTreeMap::new(),
