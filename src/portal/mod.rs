@@ -575,9 +575,13 @@ impl Request<'_> {
     /// to be a local path, and checked again when the link is opened) so the
     /// new member lands where they started.
     async fn send_verification(&self, member: &Member, return_to: &str) {
-        let Some(token) = self
-            .new_token(TokenPurpose::Verify, member, VERIFY_LIFETIME)
-            .await
+        let Some(token) = new_token(
+            self.m.store.as_ref(),
+            TokenPurpose::Verify,
+            member,
+            VERIFY_LIFETIME,
+        )
+        .await
         else {
             return;
         };
@@ -606,15 +610,6 @@ impl Request<'_> {
             body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
         })
         .await;
-    }
-
-    async fn new_token(
-        &self,
-        purpose: TokenPurpose,
-        member: &Member,
-        lifetime: i64,
-    ) -> Option<String> {
-        new_token(self.m.store.as_ref(), purpose, member, lifetime).await
     }
 
     async fn verify(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
