@@ -347,14 +347,33 @@ async fn only_plain_html_pages_are_touched() {
             .body
             .starts_with("<body><script data-membergate=\"loader\"")
     );
+    // HEAD: no body, and the headers the GET gets (RFC 9110, 9.3.2).
     let head = gw
         .client()
         .head(gw.https_url("/page"))
         .send()
         .await
         .unwrap();
+    let get = gw.client().get(gw.https_url("/page")).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(head.headers()["etag"], "\"v1\"");
+    for name in [
+        "etag",
+        "vary",
+        "cache-control",
+        "content-length",
+        "content-encoding",
+    ] {
+        let values = |r: &reqwest::Response| -> Vec<String> {
+            r.headers()
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(values(&head), values(&get), "{name}");
+    }
+    assert_eq!(head.headers()["etag"], "W/\"v1\"");
+    assert!(head.bytes().await.unwrap().is_empty());
     for (path, page) in &untouched {
         let got = gw.client().get(gw.https_url(path)).send().await.unwrap();
         assert_eq!(got.status(), 200, "{path}");
@@ -598,6 +617,17 @@ async fn the_page_csp_is_honoured_never_loosened() {
         "script-src 'nonce-r4nd0m' 'strict-dynamic'; object-src 'none'"
     );
     let page = b.get("/strict").await;
+    // HEAD gets the policy the GET gets, our script's hash and all.
+    let head = gw
+        .client()
+        .head(gw.https_url("/strict"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers()["content-security-policy"],
+        page.headers["content-security-policy"]
+    );
     let csp = page.headers["content-security-policy"]
         .to_str()
         .unwrap()

@@ -96,7 +96,19 @@ pub fn rewrite(
             return Response::from_parts(parts, inner);
         }
     };
-    let headers = &mut parts.headers;
+    fix_headers(&mut parts.headers, personalised, to);
+    Response::from_parts(
+        parts,
+        GatewayBody::Injected {
+            inner: Box::pin(body),
+        },
+    )
+}
+
+/// The header edits a rewritten page needs, for its GET or its HEAD: no
+/// length or coding of the origin's, the client's coding, `Vary`, a weak
+/// ETag (none on a personalised page), and private caching when personalised.
+pub fn fix_headers(headers: &mut HeaderMap, personalised: bool, to: Coding) {
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::CONTENT_ENCODING);
     if to != Coding::Identity {
@@ -129,12 +141,6 @@ pub fn rewrite(
             HeaderValue::from_static("private, no-store"),
         );
     }
-    Response::from_parts(
-        parts,
-        GatewayBody::Injected {
-            inner: Box::pin(body),
-        },
-    )
 }
 
 /// What is inserted into a page.

@@ -35,7 +35,8 @@ pub fn plan(
     headers: &http::HeaderMap,
 ) -> Option<Plan> {
     let chat = site.chat.as_ref()?;
-    if method != Method::GET || target.websocket {
+    // HEAD too: its answer carries the headers the GET's would.
+    if !(method == Method::GET || method == Method::HEAD) || target.websocket {
         return None;
     }
     let groups = access.visitor.as_deref().map(|v| v.groups.as_slice());
@@ -96,7 +97,11 @@ pub fn rewrite(
     let (Some(plan), Some(chat)) = (plan, site.chat.as_ref()) else {
         return (response, false);
     };
-    let Some(page) = inject::rewritable(method, response.status(), response.headers()) else {
+    // A HEAD answer has the headers a GET would get (RFC 9110, 9.3.2): the
+    // same rewritable test, the same header edits, no body to rewrite.
+    let head = method == Method::HEAD;
+    let as_get = if head { &Method::GET } else { method };
+    let Some(page) = inject::rewritable(as_get, response.status(), response.headers()) else {
         return (response, false);
     };
     let identified = match (&token, access.visitor.as_deref()) {
@@ -112,6 +117,12 @@ pub fn rewrite(
     }
     let to = plan.client_coding;
     let personalised = identified.is_some();
+    if head {
+        let (mut parts, body) = response.into_parts();
+        inject::fix_headers(&mut parts.headers, personalised, to);
+        // No page carried the reset: it stays for the next GET.
+        return (Response::from_parts(parts, body), false);
+    }
     let response = inject::rewrite(response, page, snippet.html, personalised, to, max_decoded);
     (response, reset)
 }
