@@ -92,9 +92,11 @@ fn parse(text: &str) -> Result<(String, String), HostError> {
     if !valid {
         return Err(HostError::Malformed);
     }
-    let name = host.to_ascii_lowercase();
-    let authority = format!("{name}{port}");
-    Ok((name, authority))
+    let mut authority = String::with_capacity(host.len() + port.len());
+    authority.push_str(host);
+    authority.make_ascii_lowercase();
+    authority.push_str(port);
+    Ok((authority[..host.len()].to_owned(), authority))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use crate::portal;
 use crate::routing::Site;
 use crate::session::{Lookup, Visitor};
 
+static X_ROBOTS_TAG: header::HeaderName = header::HeaderName::from_static("x-robots-tag");
+
 /// The outcome of the authorise phase for a request that may proceed.
 pub struct Access {
     pub visitor: Option<Arc<Visitor>>,
@@ -132,7 +134,7 @@ pub fn withhold_gateway_cookies(headers: &mut HeaderMap, session_cookie: &str) {
 
 /// Whether `name` occurs in `haystack` (a cheap pre-check before parsing).
 fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
-    !name.is_empty() && haystack.windows(name.len()).any(|w| w == name)
+    !name.is_empty() && memchr::memmem::find(haystack, name).is_some()
 }
 
 /// After the origin answered: private caching for protected paths, no origin
@@ -174,7 +176,7 @@ pub fn finish(
             header::CACHE_CONTROL,
             HeaderValue::from_static("private, no-store"),
         );
-        headers.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+        headers.insert(X_ROBOTS_TAG.clone(), HeaderValue::from_static("noindex"));
         add_vary(headers, "Cookie");
     }
     if access.clear_cookie {
@@ -253,7 +255,7 @@ fn forbidden(json: bool) -> Response<GatewayBody> {
     let mut response = respond::refusal(Refusal::Forbidden, json);
     response
         .headers_mut()
-        .insert("x-robots-tag", HeaderValue::from_static("noindex"));
+        .insert(X_ROBOTS_TAG.clone(), HeaderValue::from_static("noindex"));
     response
 }
 
