@@ -490,7 +490,10 @@ async fn acknowledged_members_and_sessions_survive_sigkill_at_random_moments() {
         .members(&format!("database = {DATABASE:?}"))
         .members("registration = \"open\"\nrequire_verification = false")
         // Every request comes from 127.0.0.1, and lost attempts are retried.
-        .members("max_attempts_per_ip = 1000000\nmax_attempts_per_account = 1000000");
+        .members(
+            "max_attempts_per_ip = 1000000\nmax_attempts_per_account = 1000000\n\
+             max_attempts_per_account_per_ip = 1000000",
+        );
     let gw = Gateway::start(setup).await;
 
     let run = Arc::new(Run::default());

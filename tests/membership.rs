@@ -12,7 +12,7 @@ use support::{EchoOrigin, Gateway, Setup};
 
 const PASSWORD: &str = "correct horse battery";
 /// For tests that make many attempts from one address on purpose.
-const GENEROUS_LIMITS: &str = "max_attempts_per_ip = 1000\nmax_attempts_per_account = 1000";
+const GENEROUS_LIMITS: &str = "max_attempts_per_ip = 1000\nmax_attempts_per_account = 1000\nmax_attempts_per_account_per_ip = 1000";
 
 async fn start(extra: impl FnOnce(Setup) -> Setup) -> (Gateway, EchoOrigin) {
     let origin = EchoOrigin::start().await;
@@ -654,12 +654,14 @@ async fn login_attempts_are_rate_limited_per_account_in_any_spelling() {
     assert_eq!(page.headers["retry-after"], "60");
 }
 
-/// E1: the account limit holds when every guess comes from another address,
-/// and the address limit holds when every guess names another account, even
-/// with forwarding headers the gateway does not trust.
+/// E1: the account-wide limit holds when every guess comes from another
+/// address, and the address limit holds when every guess names another
+/// account, even with forwarding headers the gateway does not trust.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_limits_hold_across_addresses_and_across_accounts() {
-    let (gw, _origin) = start(|s| s).await;
+    // The account-wide ceiling lowered to the per-(account, IP) default, so
+    // 14 addresses are enough to reach it.
+    let (gw, _origin) = start(|s| s.members("max_attempts_per_account = 10")).await;
     member(&gw, "jon@example.com", "Jon").await;
     let mut limited = None;
     for i in 0..14u8 {
@@ -706,6 +708,47 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
     assert!(
         (29..=31).contains(&attempt),
         "limited at attempt {attempt}, not at the default 30"
+    );
+}
+
+/// E1, lockout as a denial of service: guesses at an account from one
+/// address meet the per-(account, IP) limit, and the account's owner, at
+/// another address, still logs in while the guesser is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_from_one_address_does_not_lock_the_owner_out() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "kim@example.com", "Kim").await;
+    let from = |last: u8| {
+        let address = std::net::IpAddr::from([127, 0, 0, last]);
+        let client = gw.client_builder().local_address(address).build().unwrap();
+        Browser::with_client(&gw, client)
+    };
+    let mut limited = None;
+    for i in 0..14 {
+        let page = from(66).login("kim@example.com", "wrong password!").await;
+        if page.status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(page.status, 401);
+    }
+    let attempt = limited.expect("guesses from one address were never limited");
+    assert!(
+        (9..=10).contains(&attempt),
+        "limited at attempt {attempt}, not at the default 10"
+    );
+    let mut owner = from(77);
+    let login = owner.login("kim@example.com", PASSWORD).await;
+    assert_eq!(
+        login.status, 303,
+        "the owner was locked out: {}",
+        login.body
+    );
+    assert!(owner.session_cookie().is_some());
+    let held = from(66).login("kim@example.com", PASSWORD).await;
+    assert_eq!(
+        held.status, 429,
+        "the guesser's address is held for the minute"
     );
 }
 

@@ -47,6 +47,7 @@ pub struct MembersSection {
     pub identity_headers: Option<bool>,
     pub max_attempts_per_ip: Option<u32>,
     pub max_attempts_per_account: Option<u32>,
+    pub max_attempts_per_account_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

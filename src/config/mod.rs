@@ -148,8 +148,12 @@ pub struct Members {
     pub identity_headers: bool,
     /// Login, registration and reset attempts allowed per minute from one IP.
     pub max_attempts_per_ip: u32,
-    /// The same, per canonical account.
+    /// The same, per canonical account, from all IPs together: the ceiling
+    /// for guessing spread over many addresses.
     pub max_attempts_per_account: u32,
+    /// The same, per canonical account from one IP: the limit a single
+    /// guesser meets, and which leaves the owner, elsewhere, free to log in.
+    pub max_attempts_per_account_per_ip: u32,
 }
 
 /// Who may create an account.

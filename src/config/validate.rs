@@ -794,7 +794,8 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         templates_dir: m.templates_dir.as_deref().map(PathBuf::from),
         identity_headers: m.identity_headers.unwrap_or(true),
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
-        max_attempts_per_account: m.max_attempts_per_account.unwrap_or(10).max(1),
+        max_attempts_per_account: m.max_attempts_per_account.unwrap_or(100).max(1),
+        max_attempts_per_account_per_ip: m.max_attempts_per_account_per_ip.unwrap_or(10).max(1),
     }
 }
 

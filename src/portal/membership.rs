@@ -48,7 +48,11 @@ impl Membership {
             csrf_key: derive(&secret, b"membergate csrf v1"),
             mailer,
             templates: Templates::load(config.templates_dir.as_deref())?,
-            limits: RateLimits::new(config.max_attempts_per_ip, config.max_attempts_per_account),
+            limits: RateLimits::new(
+                config.max_attempts_per_ip,
+                config.max_attempts_per_account,
+                config.max_attempts_per_account_per_ip,
+            ),
             counters: MembershipCounters::default(),
             identity_secret: derive(&secret, b"membergate identification v1"),
         })
@@ -96,11 +100,13 @@ fn derive(secret: &[u8; 32], label: &[u8]) -> [u8; 32] {
 }
 
 /// Attempts per minute, estimated in bounded memory (pingora-limits' count-min
-/// sketch), per client IP and per canonical account.
+/// sketch), per client IP, per canonical account from one IP, and per
+/// account from all IPs (decision 0009).
 pub struct RateLimits {
     rate: pingora_limits::rate::Rate,
     per_ip: isize,
     per_account: isize,
+    per_account_per_ip: isize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,19 +117,32 @@ pub enum Action {
 }
 
 impl RateLimits {
-    pub fn new(per_ip: u32, per_account: u32) -> RateLimits {
+    pub fn new(per_ip: u32, per_account: u32, per_account_per_ip: u32) -> RateLimits {
         RateLimits {
             rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
             per_ip: per_ip as isize,
             per_account: per_account as isize,
+            per_account_per_ip: per_account_per_ip as isize,
         }
     }
 
-    /// Counts an attempt; true when it is over either limit. Each action has
+    /// Counts an attempt; true when it is over any limit. Each action has
     /// its own counters, so failed logins cannot block a password reset.
+    ///
+    /// A guesser at one address meets the per-(account, IP) limit long before
+    /// the account's own, so guessing at an account from one place does not
+    /// lock its owner out (attack catalogue E1); only guesses from many
+    /// addresses at once reach the account-wide ceiling.
     pub fn exceeded(&self, action: Action, ip: std::net::IpAddr, account: Option<&str>) -> bool {
-        let ip_count = self.rate.observe(&(action as u8, 0u8, ip), 1);
-        let account_count = account.map_or(0, |a| self.rate.observe(&(action as u8, 1u8, a), 1));
-        ip_count > self.per_ip || account_count > self.per_account
+        let action = action as u8;
+        let ip_count = self.rate.observe(&(action, 0u8, ip), 1);
+        let Some(account) = account else {
+            return ip_count > self.per_ip;
+        };
+        let account_count = self.rate.observe(&(action, 1u8, account), 1);
+        let pair_count = self.rate.observe(&(action, 2u8, account, ip), 1);
+        ip_count > self.per_ip
+            || account_count > self.per_account
+            || pair_count > self.per_account_per_ip
     }
 }

@@ -85,7 +85,8 @@ async fn k1_a_full_disk_refuses_registrations_and_loses_none() {
     let origin = EchoOrigin::start().await;
     let gw = Gateway::start(Setup::new().route("/", &origin.url()).members(&format!(
         "database = {:?}\nrequire_verification = false\n\
-         max_attempts_per_ip = 100000\nmax_attempts_per_account = 100000",
+         max_attempts_per_ip = 100000\nmax_attempts_per_account = 100000\n\
+         max_attempts_per_account_per_ip = 100000",
         database.display().to_string()
     )))
     .await;

@@ -15,7 +15,8 @@ async fn start() -> (Gateway, EchoOrigin) {
     let origin = EchoOrigin::start().await;
     let gw = Gateway::start(Setup::new().route("/", &origin.url()).members(&format!(
         "require_verification = false\npublic_url = \"{PUBLIC_URL}\"\n\
-                 max_attempts_per_ip = 100000\nmax_attempts_per_account = 100000"
+                 max_attempts_per_ip = 100000\nmax_attempts_per_account = 100000\n\
+                 max_attempts_per_account_per_ip = 100000"
     )))
     .await;
     (gw, origin)
