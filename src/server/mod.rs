@@ -92,12 +92,15 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), Stri
     follower.abort();
 
     let grace = gateway.runtime().config.server.shutdown_grace;
+    let _ = shutdown_tx.send(true);
+    // The listeners close as their loops end; only then is it true that no
+    // new connection gets in (the kernel completes handshakes for an open
+    // listener whether or not anyone accepts).
+    while accept_loops.join_next().await.is_some() {}
     tracing::info!(
         ?grace,
         "shutting down: no new connections, draining in-flight requests"
     );
-    let _ = shutdown_tx.send(true);
-    while accept_loops.join_next().await.is_some() {}
     // Every open connection holds a receiver; `closed` resolves when the last one ends.
     if tokio::time::timeout(grace, shutdown_tx.closed())
         .await
