@@ -74,6 +74,7 @@ pub struct Metrics {
     tls_handshake_failures: Counter,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     session_cache_entries: Gauge,
+    connections_over_ip_cap: Counter,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -131,8 +132,15 @@ impl Metrics {
             "Sessions held in the in-memory cache",
             session_cache_entries.clone(),
         );
+        let connections_over_ip_cap = Counter::default();
+        registry.register(
+            "connections_over_ip_cap",
+            "Connections closed on arrival: their IP had limits.max_connections_per_ip open",
+            connections_over_ip_cap.clone(),
+        );
         Metrics {
             registry,
+            connections_over_ip_cap,
             session_cache_entries,
             tls_handshakes,
             requests,
@@ -223,6 +231,10 @@ impl Metrics {
 
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.inc();
+    }
+
+    pub fn connection_over_ip_cap(&self) {
+        self.connections_over_ip_cap.inc();
     }
 
     /// Counts a connection as open until the returned guard is dropped.

@@ -149,6 +149,8 @@ pub struct LimitsSection {
     pub http2_max_concurrent_streams: Option<u32>,
     pub http2_idle_timeout: Option<String>,
     pub max_rewrite_bytes: Option<usize>,
+    pub send_timeout: Option<String>,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

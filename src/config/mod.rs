@@ -206,6 +206,12 @@ pub struct Limits {
     /// The largest page, after decompression, the gateway rewrites; a
     /// compressed page that decodes to more is cut off (decompression bombs).
     pub max_rewrite_bytes: usize,
+    /// A write to a client that makes no progress for this long closes the
+    /// connection: a client that stops reading cannot hold it open.
+    pub send_timeout: Duration,
+    /// Connections open at once from one client IP (trusted proxies are not
+    /// counted); 0 turns the cap off.
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]

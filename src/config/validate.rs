@@ -237,6 +237,12 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             Duration::from_secs(60),
         ),
         max_rewrite_bytes: l.max_rewrite_bytes.unwrap_or(32 << 20),
+        send_timeout: p.duration(
+            "limits.send_timeout",
+            l.send_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
     };
     if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
         p.add(

@@ -14,8 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_io_timeout::TimeoutWriter;
 
 use super::Kind;
+use super::per_ip::PerIpConnections;
 use crate::admin;
 use crate::config::Limits;
 use crate::gateway::Gateway;
@@ -83,6 +85,7 @@ pub async fn accept_loop(
     kind: Kind,
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    per_ip: Arc<PerIpConnections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -100,25 +103,58 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if kind == Kind::Admin {
+            tokio::spawn(admin::serve_connection(
+                stream,
+                gateway.clone(),
+                shutdown.clone(),
+            ));
+            continue;
+        }
+        let runtime = gateway.runtime();
+        let (limits, server) = (&runtime.config.limits, &runtime.config.server);
+        let Some(counted) = per_ip.admit(
+            peer.ip(),
+            limits.max_connections_per_ip,
+            &server.trusted_proxies,
+        ) else {
+            gateway.metrics.connection_over_ip_cap();
+            tracing::debug!(%peer, "connection closed: its IP is at max_connections_per_ip");
+            continue;
+        };
+        let stream = client_stream(stream, limits.send_timeout);
+        drop(runtime);
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _open = (kind != Kind::Admin).then(|| gateway.metrics.connection_opened());
+            let _counted = counted;
+            let _open = gateway.metrics.connection_opened();
             let conn = ConnInfo {
                 peer,
                 tls: kind == Kind::Https,
             };
             match kind {
                 Kind::Https => serve_tls(stream, conn, gateway, shutdown).await,
-                Kind::Http => serve_http1(TokioIo::new(stream), conn, gateway, shutdown).await,
-                Kind::Admin => admin::serve_connection(stream, gateway, shutdown).await,
+                _ => serve_http1(TokioIo::new(stream), conn, gateway, shutdown).await,
             }
         });
     }
 }
 
+/// A client's connection as the protocols see it: a write that makes no
+/// progress for `send_timeout` fails, and hyper closes the connection, so a
+/// client that stops reading cannot hold it (attack catalogue H3). Under TLS,
+/// so the handshake's writes are covered too.
+type ClientStream = Pin<Box<TimeoutWriter<TcpStream>>>;
+
+fn client_stream(stream: TcpStream, send_timeout: Duration) -> ClientStream {
+    let mut stream = TimeoutWriter::new(stream);
+    stream.set_timeout(Some(send_timeout));
+    Box::pin(stream)
+}
+
 async fn serve_tls(
-    stream: TcpStream,
+    stream: ClientStream,
     conn: ConnInfo,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,

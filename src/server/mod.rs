@@ -2,6 +2,7 @@
 //! shutdown on SIGTERM and configuration reload on SIGHUP.
 
 pub(crate) mod conn;
+mod per_ip;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub enum Kind {
 pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), String> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut accept_loops = tokio::task::JoinSet::new();
+    // One count per IP for every client listener together.
+    let per_ip = Arc::new(per_ip::PerIpConnections::new());
     for (kind, listener) in [
         (Kind::Https, listeners.https),
         (Kind::Http, listeners.http),
@@ -81,6 +84,7 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), Stri
                 kind,
                 listener,
                 gateway.clone(),
+                per_ip.clone(),
                 shutdown_rx.clone(),
             ));
         }

@@ -1,5 +1,6 @@
 //! Catalogue H2, H3 and H4 beyond the hygiene suite: a head made of huge
-//! cookies, a body that never comes, a TLS handshake that stops halfway, and
+//! cookies, a body that never comes, a TLS handshake that stops halfway, a
+//! client that stops reading, many connections from one address, and
 //! endless bodies aimed at the gateway's own forms and token API.
 
 use std::sync::Arc;
@@ -158,4 +159,118 @@ async fn h3_idle_http2_connections_are_closed_and_busy_ones_kept() {
         8,
         "every request was answered: {seen:?}"
     );
+}
+
+/// H3, slow reads (`slowhttptest -X`): a client that asks for a large
+/// response and stops reading is cut off once the gateway's writes have made
+/// no progress for `send_timeout`, instead of holding the connection (and the
+/// origin's) for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_client_that_stops_reading_is_cut_off() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("send_timeout = \"1s\""),
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window, so the gateway's writes stall at once.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET /huge HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the connection stayed open after {got} bytes"
+    );
+    assert!(
+        got < 64 << 20,
+        "the whole 64 MiB came: the stalled writes were waited out"
+    );
+}
+
+/// H3, per-IP caps: with `max_connections_per_ip = 3`, a fourth connection
+/// from the same address is closed on arrival, unanswered, and counted;
+/// another address is served meanwhile, and a closed connection frees its
+/// place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_connections_from_one_address_are_capped() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("max_connections_per_ip = 3"),
+    )
+    .await;
+    let request = b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    // Served and kept open: a keep-alive exchange on each proves it counted.
+    let served = |mut stream: TcpStream| async move {
+        stream.write_all(request).await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head))
+            .await
+            .expect("no answer")
+            .unwrap();
+        (stream, String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (stream, answer) = served(TcpStream::connect(gw.http).await.unwrap()).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        held.push(stream);
+    }
+    let mut fourth = TcpStream::connect(gw.http).await.unwrap();
+    let _ = fourth.write_all(request).await;
+    let (closed, got) = closes_within(&mut fourth, Duration::from_secs(5)).await;
+    assert!(closed, "a fourth connection from one address was kept");
+    assert!(
+        got.is_empty(),
+        "it was answered: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        gw.metrics()
+            .await
+            .contains("membergate_connections_over_ip_cap_total 1"),
+        "{}",
+        gw.metrics().await
+    );
+
+    let elsewhere = tokio::net::TcpSocket::new_v4().unwrap();
+    elsewhere.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let (_other, answer) = served(elsewhere.connect(gw.http).await.unwrap()).await;
+    assert_eq!(status_of(&answer), 200, "another address was held too");
+
+    drop(held.pop());
+    let mut freed = None;
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(gw.http).await.unwrap();
+        let _ = stream.write_all(request).await;
+        let mut head = vec![0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut head)).await
+            && n > 0
+        {
+            freed = Some(String::from_utf8_lossy(&head[..n]).into_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = freed.expect("a closed connection never freed its place");
+    assert_eq!(status_of(&answer), 200, "{answer}");
 }

@@ -63,6 +63,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// An origin that answers by path:
 /// - `/stream/N`: N chunks of 1 KiB, 20 ms apart;
 /// - `/big`: 1 MiB;
+/// - `/huge`: 64 MiB, streamed in 1 MiB chunks;
 /// - `/slow`: answers after 3 s;
 /// - `/hop`: a response carrying hop-by-hop headers;
 /// - `/ws`: accepts a WebSocket handshake and echoes bytes;
@@ -210,6 +211,22 @@ async fn answer(
         return Ok(Response::builder()
             .header("content-type", "application/octet-stream")
             .body(StreamBody::new(stream).boxed())
+            .unwrap());
+    }
+    if path == "/huge" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+            for _ in 0..64 {
+                if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("content-length", (64u64 << 20).to_string())
+            .body(StreamBody::new(tokio_stream_from(rx)).boxed())
             .unwrap());
     }
     if path == "/big" {

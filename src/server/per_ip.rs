@@ -1,0 +1,74 @@
+//! The cap on connections open at once from one client IP (attack catalogue
+//! H3): a client that opens connections and then stalls can only hold its
+//! share. Counted in bounded memory (pingora-limits' in-flight estimator: a
+//! count-min sketch), so a spray of addresses cannot grow it.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use pingora_limits::inflight::{Guard, Inflight};
+
+use crate::hygiene::headers::is_trusted;
+
+pub struct PerIpConnections {
+    open: Inflight,
+}
+
+/// Held for as long as its connection is open; dropping it counts it closed.
+pub struct OpenConnection(#[allow(dead_code)] Option<Guard>);
+
+impl PerIpConnections {
+    pub fn new() -> PerIpConnections {
+        PerIpConnections {
+            open: Inflight::new(),
+        }
+    }
+
+    /// Counts a new connection from `ip`, or `None` when `ip` already has
+    /// `cap` open. Trusted proxies carry many clients and are not counted;
+    /// a `cap` of 0 counts nothing.
+    pub fn admit(&self, ip: IpAddr, cap: u32, trusted: &[IpNet]) -> Option<OpenConnection> {
+        if cap == 0 || is_trusted(ip, trusted) {
+            return Some(OpenConnection(None));
+        }
+        let (guard, open) = self.open.incr(ip, 1);
+        // The estimate never undercounts; over the cap, the guard's drop
+        // takes this connection back out.
+        (open <= isize::try_from(cap).unwrap_or(isize::MAX)).then_some(OpenConnection(Some(guard)))
+    }
+}
+
+impl Default for PerIpConnections {
+    fn default() -> Self {
+        PerIpConnections::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_each_address_and_counts_closed_connections_out() {
+        let caps = PerIpConnections::new();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = caps.admit(a, 2, &[]);
+        let second = caps.admit(a, 2, &[]);
+        assert!(first.is_some() && second.is_some());
+        assert!(caps.admit(a, 2, &[]).is_none(), "a third connection from a");
+        assert!(caps.admit(b, 2, &[]).is_some(), "b has its own count");
+        drop(first);
+        assert!(
+            caps.admit(a, 2, &[]).is_some(),
+            "a closed connection frees its place"
+        );
+        let proxy: IpNet = "192.0.2.0/24".parse().unwrap();
+        let through_proxy: Vec<_> = (0..10).map(|_| caps.admit(a, 2, &[proxy])).collect();
+        assert!(
+            through_proxy.iter().all(Option::is_some),
+            "a trusted proxy is not capped"
+        );
+        let uncapped: Vec<_> = (0..10).map(|_| caps.admit(b, 0, &[])).collect();
+        assert!(uncapped.iter().all(Option::is_some), "0 is no cap");
+    }
+}
