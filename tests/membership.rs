@@ -752,6 +752,72 @@ async fn guessing_from_one_address_does_not_lock_the_owner_out() {
     );
 }
 
+/// E1, guesses from many addresses: they reach the account-wide ceiling,
+/// which then holds a browser that never logged in to the account, but not
+/// the owner's, which carries the device cookie of an earlier login. The
+/// cookie never reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_logged_in_before_is_outside_the_account_wide_limit() {
+    let (gw, origin) = start(|s| s.members("max_attempts_per_account = 4")).await;
+    let mut owner = member(&gw, "lea@example.com", "Lea").await;
+    let device = "__Host-membergate-device";
+    assert!(owner.cookies.contains_key(device), "{:?}", owner.cookies);
+    assert_eq!(owner.logout().await.status, 303);
+    let from = |last: u8| {
+        let address = std::net::IpAddr::from([127, 0, 0, last]);
+        let client = gw.client_builder().local_address(address).build().unwrap();
+        Browser::with_client(&gw, client)
+    };
+    let mut limited = false;
+    for i in 0..8 {
+        let page = from(100 + i)
+            .login("lea@example.com", "wrong password!")
+            .await;
+        if page.status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(page.status, 401);
+    }
+    assert!(
+        limited,
+        "guesses from eight addresses never met the ceiling"
+    );
+    let stranger = from(120).login("lea@example.com", PASSWORD).await;
+    assert_eq!(
+        stranger.status, 429,
+        "a browser unknown to the account passed"
+    );
+    let login = owner.login("lea@example.com", PASSWORD).await;
+    assert_eq!(
+        login.status, 303,
+        "the owner was locked out: {}",
+        login.body
+    );
+    // Another account's device cookie, or a forged one, is no pass.
+    let max = member(&gw, "max@example.com", "Max").await;
+    for value in [
+        max.cookies[device].clone(),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+    ] {
+        let mut other = from(121);
+        other.cookies.insert(device.into(), value);
+        let page = other.login("lea@example.com", PASSWORD).await;
+        assert_eq!(page.status, 429, "{:?} passed", other.cookies);
+    }
+    owner.get("/members/x").await;
+    let sent = origin
+        .requests()
+        .last()
+        .unwrap()
+        .header("cookie")
+        .map(str::to_owned);
+    assert!(
+        !sent.as_deref().unwrap_or("").contains("device"),
+        "the origin saw {sent:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
     let (gw, origin) = start(|s| s).await;

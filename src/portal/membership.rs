@@ -19,6 +19,8 @@ use crate::members::MemberStore;
 use crate::members::sqlite::SqliteStore;
 use crate::session::Sessions;
 
+use super::device::DeviceCookies;
+
 pub struct Membership {
     pub store: Arc<dyn MemberStore>,
     pub sessions: Arc<Sessions>,
@@ -26,6 +28,8 @@ pub struct Membership {
     pub mailer: Mailer,
     pub templates: Templates,
     pub limits: RateLimits,
+    /// Browsers that logged in before, outside the account-wide login limit.
+    pub devices: DeviceCookies,
     pub counters: MembershipCounters,
     /// The key self-minted identification tokens use when none is configured.
     pub identity_secret: [u8; 32],
@@ -52,6 +56,11 @@ impl Membership {
                 config.max_attempts_per_ip,
                 config.max_attempts_per_account,
                 config.max_attempts_per_account_per_ip,
+            ),
+            devices: DeviceCookies::new(
+                &derive(&secret, b"membergate device cookie v1"),
+                &config.cookie_name,
+                config.cookie_secure,
             ),
             counters: MembershipCounters::default(),
             identity_secret: derive(&secret, b"membergate identification v1"),
@@ -132,17 +141,23 @@ impl RateLimits {
     /// A guesser at one address meets the per-(account, IP) limit long before
     /// the account's own, so guessing at an account from one place does not
     /// lock its owner out (attack catalogue E1); only guesses from many
-    /// addresses at once reach the account-wide ceiling.
-    pub fn exceeded(&self, action: Action, ip: std::net::IpAddr, account: Option<&str>) -> bool {
+    /// addresses at once reach the account-wide ceiling, and a browser that
+    /// logged in to the account before (`known_device`) is outside it.
+    pub fn exceeded(
+        &self,
+        action: Action,
+        ip: std::net::IpAddr,
+        account: Option<&str>,
+        known_device: bool,
+    ) -> bool {
         let action = action as u8;
         let ip_count = self.rate.observe(&(action, 0u8, ip), 1);
         let Some(account) = account else {
             return ip_count > self.per_ip;
         };
-        let account_count = self.rate.observe(&(action, 1u8, account), 1);
         let pair_count = self.rate.observe(&(action, 2u8, account, ip), 1);
-        ip_count > self.per_ip
-            || account_count > self.per_account
-            || pair_count > self.per_account_per_ip
+        let over_ceiling =
+            !known_device && self.rate.observe(&(action, 1u8, account), 1) > self.per_account;
+        ip_count > self.per_ip || pair_count > self.per_account_per_ip || over_ceiling
     }
 }

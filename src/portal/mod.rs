@@ -7,6 +7,7 @@
 //! password-hashing time as known ones.
 
 pub mod csrf;
+pub mod device;
 pub mod membership;
 pub mod pages;
 pub mod return_to;
@@ -330,10 +331,14 @@ impl Request<'_> {
     async fn login(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         let canonical = email::canonical(field("email")).ok();
+        let known_device = canonical
+            .as_deref()
+            .is_some_and(|c| self.m.devices.vouches_for(&self.headers, c, now()));
+        let ip = self.conn.peer.ip();
         if self
             .m
             .limits
-            .exceeded(Action::Login, self.conn.peer.ip(), canonical.as_deref())
+            .exceeded(Action::Login, ip, canonical.as_deref(), known_device)
         {
             self.m.counters.login("limited");
             return self.too_many();
@@ -384,6 +389,11 @@ impl Request<'_> {
         }
         let _ = self.m.store.record_login(member.id, now()).await;
         self.m.counters.login("ok");
+        if let Some(canonical) = &canonical {
+            // This browser is now known for the account (see portal::device).
+            let device = self.m.devices.set_cookie(canonical, now());
+            self.set_cookies.push(device);
+        }
         self.start_session(&member, &return_to).await
     }
 
@@ -484,11 +494,12 @@ impl Request<'_> {
             Ok(e) => e,
             Err(e) => return self.register_page(&query, Some(&e.to_string()), form),
         };
-        if self
-            .m
-            .limits
-            .exceeded(Action::Register, self.conn.peer.ip(), Some(&canonical))
-        {
+        if self.m.limits.exceeded(
+            Action::Register,
+            self.conn.peer.ip(),
+            Some(&canonical),
+            false,
+        ) {
             self.m.counters.registration("limited");
             return self.too_many();
         }
@@ -688,11 +699,12 @@ impl Request<'_> {
 
     async fn reset_request(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let canonical = email::canonical(form.get("email").map(String::as_str).unwrap_or("")).ok();
-        if self
-            .m
-            .limits
-            .exceeded(Action::Reset, self.conn.peer.ip(), canonical.as_deref())
-        {
+        if self.m.limits.exceeded(
+            Action::Reset,
+            self.conn.peer.ip(),
+            canonical.as_deref(),
+            false,
+        ) {
             return self.too_many();
         }
         if let Some(canonical) = canonical {

@@ -92,7 +92,8 @@ pub fn set_identity(headers: &mut HeaderMap, runtime: &Runtime, visitor: &Visito
     headers.insert(names.groups.clone(), values.groups.clone());
 }
 
-/// Removes the gateway's own cookies (the session and its CSRF companion)
+/// Removes the gateway's own cookies (the session, its CSRF companion, the
+/// chat-reset flag and the device cookie)
 /// from the request going to an origin, which must never be able to read or
 /// replay a member's session, and joins the `Cookie` fields an HTTP/2 client
 /// sends one per cookie into the single header HTTP/1.1 expects (RFC 9113,
@@ -114,7 +115,7 @@ pub fn withhold_gateway_cookies(headers: &mut HeaderMap, session_cookie: &str) {
             let ours = name == session_cookie
                 || name
                     .strip_prefix(session_cookie)
-                    .is_some_and(|rest| rest == "-csrf" || rest == "-chat-reset");
+                    .is_some_and(|rest| matches!(rest, "-csrf" | "-chat-reset" | "-device"));
             if pair.is_empty() || ours {
                 continue;
             }
@@ -152,6 +153,7 @@ pub fn finish(
             members.cookie_name.clone(),
             format!("{}-csrf", members.cookie_name),
             format!("{}-chat-reset", members.cookie_name),
+            format!("{}-device", members.cookie_name),
         ];
         let kept: Vec<HeaderValue> = headers
             .get_all(header::SET_COOKIE)
@@ -266,12 +268,13 @@ mod tests {
 
     #[test]
     fn origins_never_see_the_gateway_cookies() {
-        let cases: [(&[&str], Option<&str>); 6] = [
+        let cases: [(&[&str], Option<&str>); 7] = [
             (&["theme=dark"], Some("theme=dark")),
             (&["mg=abc; theme=dark"], Some("theme=dark")),
             (&["mg-csrf=t; mg=abc"], None),
             (&["a=1", "mg=abc", "b=2"], Some("a=1; b=2")),
             (&["a=1", "b=2"], Some("a=1; b=2")),
+            (&["mg-device=t; a=1; mg-chat-reset=1"], Some("a=1")),
             (
                 &["mgx=1; xmg=2; mg-csrfx=3"],
                 Some("mgx=1; xmg=2; mg-csrfx=3"),
