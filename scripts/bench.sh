@@ -2,7 +2,7 @@
 # Side-by-side benchmark on loopback: membergate vs nginx doing the same job,
 # and the origin served directly, measured in one run with interleaved rounds.
 #
-#   scripts/bench.sh                 # 2 rounds of 8 s per measurement, 1 worker each
+#   scripts/bench.sh                 # 5 rounds of 6 s per measurement, 1 worker each
 #   ROUNDS=3 DURATION=10s CONNS=64 WORKERS=2 scripts/bench.sh
 #   MEMBERGATE_BIN=target/release/membergate scripts/bench.sh   # skip the build
 #
@@ -12,8 +12,8 @@
 # h2load (HTTP/2). Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-2}
-DURATION=${DURATION:-8s}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-6s}
 CONNS=${CONNS:-32}
 WORKERS=${WORKERS:-1}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -319,27 +319,36 @@ run_injected() { # scenario target url [wrk args...]
     run_wrk "$scenario" "$target" "$url" "$@"
   fi
 }
+# The nginx and membergate rows of a scenario run back to back, in an order
+# that alternates by round: this host's speed drifts by tens of percent over
+# minutes, and a drift then falls on both alike. The report's paired ratio is
+# the median of the per-round ratios, which that drift cancels out of.
+pair() { # runner scenario nginx-target membergate-target [args for both...]
+  local runner=$1 scenario=$2 ngx_target=$3 mg_target=$4; shift 4
+  if ((round % 2)); then
+    "$runner" "$scenario" nginx "$ngx_target" "$@"
+    "$runner" "$scenario" membergate "$mg_target" "$@"
+  else
+    "$runner" "$scenario" membergate "$mg_target" "$@"
+    "$runner" "$scenario" nginx "$ngx_target" "$@"
+  fi
+}
 for round in $(seq 1 "$ROUNDS"); do
   echo "--- round $round of $ROUNDS" >&2
   run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
-  run_wrk plain-http nginx "http://127.0.0.1:$NGX_PLAIN$page"
-  run_wrk plain-http membergate "http://127.0.0.1:$MG_PLAIN$page"
+  pair run_wrk plain-http "http://127.0.0.1:$NGX_PLAIN$page" "http://127.0.0.1:$MG_PLAIN$page"
   run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
     -H "Cookie: theme=dark; membergate=$session"
-  run_injected injected-20k nginx "http://127.0.0.1:$NGX_PLAIN/inject$page"
-  run_injected injected-20k membergate "http://127.0.0.1:$MG_PLAIN/inject$page" \
-    -H "Cookie: membergate=$session"
-  run_injected injected-1mb nginx "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html"
-  run_injected injected-1mb membergate "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" \
-    -H "Cookie: membergate=$session"
-  run_wrk https-h1-keepalive nginx "https://localhost:$NGX_TLS$page"
-  run_wrk https-h1-keepalive membergate "https://localhost:$MG_TLS$page"
-  run_h2load https-h2 nginx "https://localhost:$NGX_TLS$page"
-  run_h2load https-h2 membergate "https://localhost:$MG_TLS$page"
-  run_wrk tls-resumed-handshake-per-request nginx "https://localhost:$NGX_TLS$page" -H "Connection: close"
-  run_wrk tls-resumed-handshake-per-request membergate "https://localhost:$MG_TLS$page" -H "Connection: close"
-  run_s_time tls-full-handshake-sequential nginx "$NGX_TLS"
-  run_s_time tls-full-handshake-sequential membergate "$MG_TLS"
+  # Both get the session cookie: the same request bytes; nginx ignores it.
+  pair run_injected injected-20k "http://127.0.0.1:$NGX_PLAIN/inject$page" \
+    "http://127.0.0.1:$MG_PLAIN/inject$page" -H "Cookie: membergate=$session"
+  pair run_injected injected-1mb "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html" \
+    "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" -H "Cookie: membergate=$session"
+  pair run_wrk https-h1-keepalive "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
+  pair run_h2load https-h2 "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
+  pair run_wrk tls-resumed-handshake-per-request "https://localhost:$NGX_TLS$page" \
+    "https://localhost:$MG_TLS$page" -H "Connection: close"
+  pair run_s_time tls-full-handshake-sequential "$NGX_TLS" "$MG_TLS"
 done
 
 # --- report ----------------------------------------------------------------------
@@ -357,11 +366,12 @@ def med(scenario, target, key):
     return statistics.median(r[key] for r in rows) if rows else None
 print()
 print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{conns} -d{duration}, "
-      f"h2load -c{conns} -m10, {rounds} interleaved rounds, medians")
+      f"h2load -c{conns} -m10, {rounds} rounds, medians; paired: the median of per-round ratios, "
+      f"each pair run back to back in alternating order")
 print()
-print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/direct "
-      "| mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx | errors mg/nginx |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/nginx paired "
+      "| mg/direct | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx | errors mg/nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for scenario in dict.fromkeys(s for s, _ in runs):
     mg, ng, di = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct"))
     fmt = lambda v: f"{v:,.0f}" if v else "-"
@@ -371,7 +381,13 @@ for scenario in dict.fromkeys(s for s, _ in runs):
     err = lambda t: f"{med(scenario, t, 'errors'):.0f}" if med(scenario, t, "errors") is not None else "-"
     cpu = lambda t: (f"{med(scenario, t, 'cpu_us'):.1f}"
                      if (scenario, t) in runs and "cpu_us" in runs[(scenario, t)][0] else "-")
-    print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {ratio(mg, di)} "
+    def paired(scenario):
+        a, b = runs.get((scenario, "membergate")), runs.get((scenario, "nginx"))
+        if not a or not b or len(a) != len(b) or not all(r["rps"] for r in b):
+            return "-"
+        return f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(a, b)):.2f}x"
+    print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {paired(scenario)} "
+          f"| {ratio(mg, di)} "
           f"| {lat('membergate')} | {lat('nginx')} | {cpu('membergate')} / {cpu('nginx')} "
           f"| {err('membergate')}/{err('nginx')} |")
 print()
