@@ -36,6 +36,13 @@ async fn member(gw: &Gateway, email: &str, first: &str) -> Browser {
     b
 }
 
+/// A fresh browser whose connections come from 127.0.0.`last`.
+fn browser_from(gw: &Gateway, last: u8) -> Browser {
+    let address = std::net::IpAddr::from([127, 0, 0, last]);
+    let client = gw.client_builder().local_address(address).build().unwrap();
+    Browser::with_client(gw, client)
+}
+
 /// Logs an existing member in from a fresh browser; returns the session cookie.
 async fn member_login(gw: &Gateway, email: &str) -> String {
     let mut b = Browser::new(gw);
@@ -665,16 +672,14 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
     member(&gw, "jon@example.com", "Jon").await;
     let mut limited = None;
     for i in 0..14u8 {
-        let from = std::net::IpAddr::from([127, 0, 0, 10 + i]);
-        let client = gw.client_builder().local_address(from).build().unwrap();
-        let page = Browser::with_client(&gw, client)
+        let page = browser_from(&gw, 10 + i)
             .login("jon@example.com", "wrong password!")
             .await;
         if page.status == 429 {
             limited = Some(i);
             break;
         }
-        assert_eq!(page.status, 401, "from {from}");
+        assert_eq!(page.status, 401, "from 127.0.0.{}", 10 + i);
     }
     let attempt = limited.expect("guesses from many addresses were never limited");
     assert!(attempt >= 9, "limited too early, at attempt {attempt}");
@@ -718,11 +723,7 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
 async fn guessing_from_one_address_does_not_lock_the_owner_out() {
     let (gw, _origin) = start(|s| s).await;
     member(&gw, "kim@example.com", "Kim").await;
-    let from = |last: u8| {
-        let address = std::net::IpAddr::from([127, 0, 0, last]);
-        let client = gw.client_builder().local_address(address).build().unwrap();
-        Browser::with_client(&gw, client)
-    };
+    let from = |last: u8| browser_from(&gw, last);
     let mut limited = None;
     for i in 0..14 {
         let page = from(66).login("kim@example.com", "wrong password!").await;
@@ -763,11 +764,7 @@ async fn a_browser_that_logged_in_before_is_outside_the_account_wide_limit() {
     let device = "__Host-membergate-device";
     assert!(owner.cookies.contains_key(device), "{:?}", owner.cookies);
     assert_eq!(owner.logout().await.status, 303);
-    let from = |last: u8| {
-        let address = std::net::IpAddr::from([127, 0, 0, last]);
-        let client = gw.client_builder().local_address(address).build().unwrap();
-        Browser::with_client(&gw, client)
-    };
+    let from = |last: u8| browser_from(&gw, last);
     let mut limited = false;
     for i in 0..8 {
         let page = from(100 + i)

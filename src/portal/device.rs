@@ -55,7 +55,7 @@ impl DeviceCookies {
         let day = day_of(now);
         let mut raw = [0u8; 20];
         raw[..4].copy_from_slice(&day.to_le_bytes());
-        raw[4..].copy_from_slice(&self.tag(canonical, day)[..16]);
+        raw[4..].copy_from_slice(&self.mac_over(canonical, day).finalize().into_bytes()[..16]);
         cookie::Cookie::build((self.name.as_str(), URL_SAFE_NO_PAD.encode(raw)))
             .path("/")
             .secure(self.secure)
@@ -81,18 +81,18 @@ impl DeviceCookies {
             if tag.len() != 16 || !(0..=LIFETIME_DAYS).contains(&age) {
                 return false;
             }
-            let mut mac = self.mac.clone();
-            mac.update(&day.to_le_bytes());
-            mac.update(canonical.as_bytes());
-            mac.verify_truncated_left(tag).is_ok()
+            self.mac_over(canonical, day)
+                .verify_truncated_left(tag)
+                .is_ok()
         })
     }
 
-    fn tag(&self, canonical: &str, day: u32) -> [u8; 32] {
+    /// The MAC of a cookie issued to `canonical` on `day`, ready to finish.
+    fn mac_over(&self, canonical: &str, day: u32) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(&day.to_le_bytes());
         mac.update(canonical.as_bytes());
-        mac.finalize().into_bytes().into()
+        mac
     }
 }
 
