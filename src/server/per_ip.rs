@@ -15,7 +15,9 @@ pub struct PerIpConnections {
 }
 
 /// Held for as long as its connection is open; dropping it counts it closed.
-pub struct OpenConnection(#[allow(dead_code)] Option<Guard>);
+pub struct OpenConnection {
+    _counted: Option<Guard>,
+}
 
 impl PerIpConnections {
     pub fn new() -> PerIpConnections {
@@ -29,12 +31,14 @@ impl PerIpConnections {
     /// a `cap` of 0 counts nothing.
     pub fn admit(&self, ip: IpAddr, cap: u32, trusted: &[IpNet]) -> Option<OpenConnection> {
         if cap == 0 || is_trusted(ip, trusted) {
-            return Some(OpenConnection(None));
+            return Some(OpenConnection { _counted: None });
         }
         let (guard, open) = self.open.incr(ip, 1);
         // The estimate never undercounts; over the cap, the guard's drop
         // takes this connection back out.
-        (open <= isize::try_from(cap).unwrap_or(isize::MAX)).then_some(OpenConnection(Some(guard)))
+        (open <= isize::try_from(cap).unwrap_or(isize::MAX)).then_some(OpenConnection {
+            _counted: Some(guard),
+        })
     }
 }
 

@@ -13,13 +13,13 @@ use tokio::net::TcpStream;
 use crate::support::{EchoOrigin, Gateway, Setup, status_of};
 
 async fn start() -> (Gateway, EchoOrigin) {
+    start_with_limits("body_idle_timeout = \"1s\"\ntls_handshake_timeout = \"1s\"").await
+}
+
+/// A gateway in front of an echo origin, with `limits` in its `[limits]`.
+async fn start_with_limits(limits: &str) -> (Gateway, EchoOrigin) {
     let origin = EchoOrigin::start().await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .limits("body_idle_timeout = \"1s\"\ntls_handshake_timeout = \"1s\""),
-    )
-    .await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).limits(limits)).await;
     (gw, origin)
 }
 
@@ -130,13 +130,7 @@ async fn h4_endless_bodies_to_the_gateway_forms_and_api_get_413_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_idle_http2_connections_are_closed_and_busy_ones_kept() {
     use crate::h2_wire::{END_HEADERS, END_STREAM, H2, HEADERS, frame, request_block};
-    let origin = EchoOrigin::start().await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .limits("http2_idle_timeout = \"1s\""),
-    )
-    .await;
+    let (gw, _origin) = start_with_limits("http2_idle_timeout = \"1s\"").await;
     let block = request_block("GET", "/idle");
     // Busy: a request every 400 ms for 3 s keeps the connection.
     let mut busy = H2::connect(&gw, &[]).await;
@@ -167,13 +161,7 @@ async fn h3_idle_http2_connections_are_closed_and_busy_ones_kept() {
 /// origin's) for as long as it likes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_a_client_that_stops_reading_is_cut_off() {
-    let origin = EchoOrigin::start().await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .limits("send_timeout = \"1s\""),
-    )
-    .await;
+    let (gw, _origin) = start_with_limits("send_timeout = \"1s\"").await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small window, so the gateway's writes stall at once.
     socket.set_recv_buffer_size(4096).unwrap();
@@ -210,13 +198,7 @@ async fn h3_a_client_that_stops_reading_is_cut_off() {
 /// place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_connections_from_one_address_are_capped() {
-    let origin = EchoOrigin::start().await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .limits("max_connections_per_ip = 3"),
-    )
-    .await;
+    let (gw, _origin) = start_with_limits("max_connections_per_ip = 3").await;
     let request = b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n";
     // Served and kept open: a keep-alive exchange on each proves it counted.
     let served = |mut stream: TcpStream| async move {
