@@ -37,7 +37,9 @@ pub async fn forward(
     body: Incoming,
 ) -> Response<GatewayBody> {
     match &route.origin {
-        Origin::Dir(dir) => serve_dir(dir, &target, parts).await,
+        // Boxed: ServeDir's future is large, and would otherwise set the
+        // size of every proxied request's future.
+        Origin::Dir(dir) => Box::pin(serve_dir(dir, &target, parts)).await,
         Origin::Http(origin) => {
             let visitor = access.visitor.as_deref();
             proxy_http(
@@ -86,84 +88,17 @@ async fn proxy_http(
     origin: &HttpOrigin,
     visitor: Option<&Visitor>,
     target: Target,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Incoming,
 ) -> Response<GatewayBody> {
     let json = target.wants_json;
-    if content_length(&parts.headers).is_some_and(|len| len > route.max_body_bytes) {
-        return respond::refusal(Refusal::BodyTooLarge, json);
-    }
-    let server = &runtime.config.server;
-    let trusted = headers::is_trusted(conn.peer.ip(), &server.trusted_proxies);
-    let facts = ClientFacts {
-        peer_ip: conn.peer.ip(),
-        tls: conn.tls,
-        host: &target.host.authority,
-    };
-    headers::prepare_request(
-        &mut parts.headers,
-        &server.identity_header_prefix,
-        trusted,
-        facts,
-    );
-    let host = if route.rewrite_host {
-        origin.host_header.clone()
-    } else {
-        match HeaderValue::from_str(&target.host.authority) {
-            Ok(value) => value,
-            Err(_) => {
-                return respond::refusal(
-                    Refusal::BadRequest("The request's host name is not valid."),
-                    json,
-                );
-            }
-        }
-    };
-    parts.headers.insert(header::HOST, host);
-    access::withhold_gateway_cookies(&mut parts.headers, &runtime.config.members.cookie_name);
-    if let Some(visitor) = visitor {
-        access::set_identity(&mut parts.headers, runtime, visitor);
-    }
-    let client_upgrade = if target.websocket {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
-
-    let path_and_query = match &target.query {
-        None => PathAndQuery::try_from(target.path.encoded),
-        Some(query) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
-    };
-    let uri = path_and_query.ok().and_then(|pq| {
-        Uri::builder()
-            .scheme(origin.scheme.clone())
-            .authority(origin.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
-    });
-    let Some(uri) = uri else {
-        return respond::refusal(
-            Refusal::BadRequest("The requested address is not valid."),
-            json,
-        );
-    };
-    let mut request = http::Request::new(ForwardBody::new(
-        body,
-        route.max_body_bytes,
-        runtime.config.limits.body_idle_timeout,
-    ));
-    *request.method_mut() = parts.method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers;
-
+    // Built before the first await, so that the request's parts are not part
+    // of this future's state: the state is moved as the request starts.
+    let (request, client_upgrade) =
+        match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
+            Ok(built) => built,
+            Err(refusal) => return respond::refusal(refusal, json),
+        };
     let sent = Instant::now();
     let outcome =
         tokio::time::timeout(origin.response_timeout, origin.client.request(request)).await;
@@ -211,6 +146,84 @@ async fn proxy_http(
     }
     headers::strip_hop_by_hop(response.headers_mut());
     response.map(|body| GatewayBody::upstream(body, origin.idle_timeout))
+}
+
+/// The request as the origin gets it: cleaned headers, the member's identity,
+/// the normalised path, and the body capped; with the client's side of a
+/// WebSocket upgrade, if it asked for one.
+#[allow(clippy::too_many_arguments)]
+fn origin_request(
+    runtime: &Runtime,
+    conn: ConnInfo,
+    route: &Route,
+    origin: &HttpOrigin,
+    visitor: Option<&Visitor>,
+    target: Target,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Result<(http::Request<ForwardBody>, Option<OnUpgrade>), Refusal> {
+    if content_length(&parts.headers).is_some_and(|len| len > route.max_body_bytes) {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let server = &runtime.config.server;
+    let trusted = headers::is_trusted(conn.peer.ip(), &server.trusted_proxies);
+    let facts = ClientFacts {
+        peer_ip: conn.peer.ip(),
+        tls: conn.tls,
+        host: &target.host.authority,
+    };
+    headers::prepare_request(
+        &mut parts.headers,
+        &server.identity_header_prefix,
+        trusted,
+        facts,
+    );
+    let host = if route.rewrite_host {
+        origin.host_header.clone()
+    } else {
+        HeaderValue::from_str(&target.host.authority)
+            .map_err(|_| Refusal::BadRequest("The request's host name is not valid."))?
+    };
+    parts.headers.insert(header::HOST, host);
+    access::withhold_gateway_cookies(&mut parts.headers, &runtime.config.members.cookie_name);
+    if let Some(visitor) = visitor {
+        access::set_identity(&mut parts.headers, runtime, visitor);
+    }
+    let client_upgrade = if target.websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+
+    let path_and_query = match &target.query {
+        None => PathAndQuery::try_from(target.path.encoded),
+        Some(query) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
+    };
+    let uri = path_and_query.ok().and_then(|pq| {
+        Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    });
+    let uri = uri.ok_or(Refusal::BadRequest("The requested address is not valid."))?;
+    let mut request = http::Request::new(ForwardBody::new(
+        body,
+        route.max_body_bytes,
+        runtime.config.limits.body_idle_timeout,
+    ));
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers;
+    Ok((request, client_upgrade))
 }
 
 /// Answers the client's 101 and joins the two upgraded connections.

@@ -135,11 +135,15 @@ async fn phases<'r>(
         record.path = Some(target.path.encoded.clone());
     }
     let site = proceed!(site(gateway, runtime, conn, &target));
+    // The API and portal futures are boxed: they are large, and inline they
+    // would size (and cost moving) every proxied request's future.
     if identity::api::is_api_path(&target.path.decoded) {
         *route_label = Some(&site.portal_id);
         let (client, path) = (conn.peer.ip(), &target.path.decoded);
-        return identity::api::handle(gateway, runtime, &site.name, client, path, parts, body)
-            .await;
+        return Box::pin(identity::api::handle(
+            gateway, runtime, &site.name, client, path, parts, body,
+        ))
+        .await;
     }
     if portal::is_portal_path(&target.path.decoded) {
         *route_label = Some(&site.portal_id);
@@ -147,7 +151,10 @@ async fn phases<'r>(
             record.route = Some(site.portal_id.clone());
         }
         let membership = &gateway.membership;
-        return portal::handle(membership, runtime, &site.name, conn, &target, parts, body).await;
+        return Box::pin(portal::handle(
+            membership, runtime, &site.name, conn, &target, parts, body,
+        ))
+        .await;
     }
     let route = proceed!(route(site, &target));
     *route_label = Some(&route.id);

@@ -69,16 +69,16 @@ pub async fn token(
 ) -> Option<Arc<str>> {
     plan.filter(|p| p.decision == ChatDecision::Identified)?;
     let (chat, visitor) = (site.chat.as_ref()?, access.visitor.as_deref()?);
-    gateway
-        .identifier
-        .token_for(
-            chat,
-            &runtime.config.identification,
-            runtime.identity_keys.as_ref(),
-            &site.name,
-            visitor,
-        )
-        .await
+    // Boxed: the token cache's lookup future is large, and only pages that
+    // identify a member need it; unboxed it would size every request's future.
+    Box::pin(gateway.identifier.token_for(
+        chat,
+        &runtime.config.identification,
+        runtime.identity_keys.as_ref(),
+        &site.name,
+        visitor,
+    ))
+    .await
 }
 
 /// Puts the widget into the page if the response is one that may be rewritten.
