@@ -75,6 +75,7 @@ pub struct Metrics {
     tls_handshakes: Family<OutcomeLabels, Counter>,
     session_cache_entries: Gauge,
     connections_over_ip_cap: Counter,
+    http2_connections_stalled: Counter,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -138,9 +139,16 @@ impl Metrics {
             "Connections closed on arrival: their IP had limits.max_connections_per_ip open",
             connections_over_ip_cap.clone(),
         );
+        let http2_connections_stalled = Counter::default();
+        registry.register(
+            "http2_connections_stalled",
+            "HTTP/2 connections closed: a stream's client held its window shut for limits.send_timeout",
+            http2_connections_stalled.clone(),
+        );
         Metrics {
             registry,
             connections_over_ip_cap,
+            http2_connections_stalled,
             session_cache_entries,
             tls_handshakes,
             requests,
@@ -235,6 +243,10 @@ impl Metrics {
 
     pub fn connection_over_ip_cap(&self) {
         self.connections_over_ip_cap.inc();
+    }
+
+    pub fn http2_connection_stalled(&self) {
+        self.http2_connections_stalled.inc();
     }
 
     /// Counts a connection as open until the returned guard is dropped.

@@ -1,6 +1,7 @@
 //! One listener's accept loop and one connection's life: TLS handshake (with a
 //! timeout of its own), protocol by ALPN, and a graceful close on shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_io_timeout::TimeoutWriter;
 
 use super::Kind;
 use super::per_ip::PerIpConnections;
+use super::stall::StallWatch;
 use crate::admin;
 use crate::config::Limits;
 use crate::gateway::Gateway;
@@ -33,14 +35,20 @@ macro_rules! pipeline_service {
             async move { pipeline::handle(&gateway, conn, request).await }
         })
     }};
-    ($gateway:expr, $conn:expr, $idle:expr) => {{
+    // HTTP/2: requests start the idle clock; bodies count their waits for window.
+    ($gateway:expr, $conn:expr, $watch:expr) => {{
         let gateway = $gateway;
         let conn = $conn;
-        let idle: Arc<IdleWatch> = $idle;
+        let watch: &Http2Watch = $watch;
+        let (idle, stall) = (watch.idle.clone(), watch.stall.clone());
         service_fn(move |request| {
             idle.request_started();
             let gateway = gateway.clone();
-            async move { pipeline::handle(&gateway, conn, request).await }
+            let stall = stall.clone();
+            async move {
+                let response = pipeline::handle(&gateway, conn, request).await?;
+                Ok::<_, Infallible>(response.map(|body| stall.watch(body)))
+            }
         })
     }};
 }
@@ -184,15 +192,18 @@ async fn serve_tls(
     let h2 = session.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     if h2 {
-        let idle = Arc::new(IdleWatch::new());
-        let service = pipeline_service!(gateway.clone(), conn, idle.clone());
+        let watch = Http2Watch {
+            idle: Arc::new(IdleWatch::new()),
+            idle_timeout: limits.http2_idle_timeout,
+            stall: Arc::new(StallWatch::new()),
+            send_timeout: limits.send_timeout,
+        };
+        let service = pipeline_service!(gateway.clone(), conn, &watch);
         let connection = http2_builder(limits).serve_connection(io, service);
-        drive(
-            connection,
-            shutdown,
-            Some((idle, limits.http2_idle_timeout)),
-        )
-        .await;
+        drop(runtime);
+        if drive(connection, shutdown, Some(watch)).await == Ended::Stalled {
+            gateway.metrics.http2_connection_stalled();
+        }
     } else {
         drop(runtime);
         serve_http1(io, conn, gateway, shutdown).await;
@@ -269,22 +280,47 @@ where
     }
 }
 
-/// Runs a connection to its end; on shutdown, or once `idle` says no request
-/// has started for its limit, asks it to close after the requests in flight.
-/// The watch receiver is held until the connection ends, which is what the
-/// server's drain waits on.
+/// What an HTTP/2 connection is watched for, besides shutdown.
+pub struct Http2Watch {
+    idle: Arc<IdleWatch>,
+    idle_timeout: Duration,
+    stall: Arc<StallWatch>,
+    send_timeout: Duration,
+}
+
+/// How a driven connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// By the protocol: the client closed, an error, or a graceful close.
+    Closed,
+    /// Dropped: a stream's client held its window shut for `send_timeout`.
+    Stalled,
+}
+
+/// Runs a connection to its end; on shutdown, or once no request has started
+/// for the HTTP/2 idle limit, asks it to close after the requests in flight.
+/// A stalled HTTP/2 stream ends the connection at once: a graceful close
+/// would wait for that very stream. The shutdown receiver is held until the
+/// connection ends, which is what the server's drain waits on.
 pub async fn drive<C>(
     connection: C,
     mut shutdown: watch::Receiver<bool>,
-    idle: Option<(Arc<IdleWatch>, Duration)>,
-) where
+    http2: Option<Http2Watch>,
+) -> Ended
+where
     C: GracefulConnection,
     C::Output: Into<Result<(), hyper::Error>>,
 {
     let mut connection = std::pin::pin!(connection);
     let idle_expired = async {
-        match &idle {
-            Some((watch, limit)) => watch.expired(*limit).await,
+        match &http2 {
+            Some(watch) => watch.idle.expired(watch.idle_timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stalled = async {
+        match &http2 {
+            Some(watch) => watch.stall.stalled(watch.send_timeout).await,
             None => std::future::pending().await,
         }
     };
@@ -299,9 +335,14 @@ pub async fn drive<C>(
             connection.as_mut().begin_graceful_shutdown();
             connection.as_mut().await
         }
+        _ = stalled => {
+            tracing::debug!("closing an HTTP/2 connection: a stream's client stopped reading");
+            return Ended::Stalled;
+        }
     };
     if let Err(e) = result.into() {
         tracing::debug!(error = %e, "connection ended with an error");
     }
     drop(shutdown);
+    Ended::Closed
 }

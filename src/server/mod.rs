@@ -3,6 +3,7 @@
 
 pub(crate) mod conn;
 mod per_ip;
+mod stall;
 pub mod tls;
 
 use std::net::SocketAddr;

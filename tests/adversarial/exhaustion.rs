@@ -192,6 +192,59 @@ async fn h3_a_client_that_stops_reading_is_cut_off() {
     );
 }
 
+/// H3 over HTTP/2: a client that asks for a large response and never opens
+/// its window for it keeps the socket busy (SETTINGS, pings), so no write
+/// stalls; the stream alone stands still, holding the origin's response. The
+/// gateway closes such a connection once the stream has waited `send_timeout`
+/// for window, and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_an_http2_stream_whose_window_stays_shut_is_cut_off() {
+    use crate::h2_wire::{
+        DATA, END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame,
+        request_block,
+    };
+    let (gw, origin) = start_with_limits("send_timeout = \"1s\"").await;
+    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let block = request_block("GET", "/huge");
+    assert!(
+        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .await
+    );
+    let seen = h2.finish(Duration::from_secs(15)).await;
+    assert_eq!(origin.requests().len(), 1);
+    assert!(seen.closed, "the stalled connection stayed open: {seen:?}");
+    assert_eq!(seen.count(HEADERS), 1, "{seen:?}");
+    assert_eq!(seen.count(DATA), 0, "{seen:?}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_http2_connections_stalled_total 1"),
+        "{metrics}"
+    );
+}
+
+/// The other side of the HTTP/2 stall check: a stream that waits on a slow
+/// origin (a kilobyte every 20 ms for 2 s, with `send_timeout` at 1 s) is
+/// not its client's fault, and is served to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_an_http2_stream_waiting_on_a_slow_origin_is_served() {
+    let (gw, _origin) = start_with_limits("send_timeout = \"1s\"").await;
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let response = client
+        .get(gw.https_url("/stream/100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), 100 * 1024);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_http2_connections_stalled_total 0"),
+        "{metrics}"
+    );
+}
+
 /// H3, per-IP caps: with `max_connections_per_ip = 3`, a fourth connection
 /// from the same address is closed on arrival, unanswered, and counted;
 /// another address is served meanwhile, and a closed connection frees its
