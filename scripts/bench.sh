@@ -4,7 +4,9 @@
 #
 #   scripts/bench.sh                 # 5 rounds of 6 s per measurement, 1 worker each
 #   ROUNDS=3 DURATION=10s CONNS=64 WORKERS=2 scripts/bench.sh
-#   MEMBERGATE_BIN=target/release/membergate scripts/bench.sh   # skip the build
+#   MEMBERGATE_BIN=target/production/membergate scripts/bench.sh   # skip the build
+#
+# membergate is built with the production profile (fat LTO), as deployed.
 #
 # nginx is Debian's (1.22: `listen ... ssl http2`). Origin: nginx, 1 worker, serving a 20 KB HTML page. Peer proxy: nginx with an
 # upstream keep-alive pool, plain and TLS (same certificate as membergate).
@@ -26,8 +28,8 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ -z "${MEMBERGATE_BIN:-}" ]; then
-  (cd "$here" && cargo build --release --quiet)
-  MEMBERGATE_BIN="$here/target/release/membergate"
+  (cd "$here" && cargo build --profile production --quiet)
+  MEMBERGATE_BIN="$here/target/production/membergate"
 fi
 
 work=$(mktemp -d)
