@@ -125,6 +125,14 @@ pub enum Action {
     Reset,
 }
 
+/// Whether a device cookie vouches that this browser logged in to the
+/// account before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Browser {
+    Known,
+    Unknown,
+}
+
 impl RateLimits {
     pub fn new(per_ip: u32, per_account: u32, per_account_per_ip: u32) -> RateLimits {
         RateLimits {
@@ -142,13 +150,13 @@ impl RateLimits {
     /// the account's own, so guessing at an account from one place does not
     /// lock its owner out (attack catalogue E1); only guesses from many
     /// addresses at once reach the account-wide ceiling, and a browser that
-    /// logged in to the account before (`known_device`) is outside it.
+    /// logged in to the account before ([`Browser::Known`]) is outside it.
     pub fn exceeded(
         &self,
         action: Action,
         ip: std::net::IpAddr,
         account: Option<&str>,
-        known_device: bool,
+        browser: Browser,
     ) -> bool {
         let action = action as u8;
         let ip_count = self.rate.observe(&(action, 0u8, ip), 1);
@@ -156,8 +164,8 @@ impl RateLimits {
             return ip_count > self.per_ip;
         };
         let pair_count = self.rate.observe(&(action, 2u8, account, ip), 1);
-        let over_ceiling =
-            !known_device && self.rate.observe(&(action, 1u8, account), 1) > self.per_account;
+        let over_ceiling = browser == Browser::Unknown
+            && self.rate.observe(&(action, 1u8, account), 1) > self.per_account;
         ip_count > self.per_ip || pair_count > self.per_account_per_ip || over_ceiling
     }
 }

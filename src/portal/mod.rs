@@ -22,8 +22,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use minijinja::context;
 
-use membership::Action;
 pub use membership::Membership;
+use membership::{Action, Browser};
 
 use crate::config::{self, Registration};
 use crate::gateway::Runtime;
@@ -331,14 +331,15 @@ impl Request<'_> {
     async fn login(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         let canonical = email::canonical(field("email")).ok();
-        let known_device = canonical
-            .as_deref()
-            .is_some_and(|c| self.m.devices.vouches_for(&self.headers, c, now()));
+        let browser = match canonical.as_deref() {
+            Some(c) if self.m.devices.vouches_for(&self.headers, c, now()) => Browser::Known,
+            _ => Browser::Unknown,
+        };
         let ip = self.conn.peer.ip();
         if self
             .m
             .limits
-            .exceeded(Action::Login, ip, canonical.as_deref(), known_device)
+            .exceeded(Action::Login, ip, canonical.as_deref(), browser)
         {
             self.m.counters.login("limited");
             return self.too_many();
@@ -498,7 +499,7 @@ impl Request<'_> {
             Action::Register,
             self.conn.peer.ip(),
             Some(&canonical),
-            false,
+            Browser::Unknown,
         ) {
             self.m.counters.registration("limited");
             return self.too_many();
@@ -703,7 +704,7 @@ impl Request<'_> {
             Action::Reset,
             self.conn.peer.ip(),
             canonical.as_deref(),
-            false,
+            Browser::Unknown,
         ) {
             return self.too_many();
         }
