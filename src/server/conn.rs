@@ -35,7 +35,8 @@ macro_rules! pipeline_service {
             async move { pipeline::handle(&gateway, conn, request).await }
         })
     }};
-    // HTTP/2: requests start the idle clock; bodies count their waits for window.
+    // HTTP/2: requests start the idle clock and are in flight until their
+    // body is dropped; bodies count their waits for window.
     ($gateway:expr, $conn:expr, $watch:expr) => {{
         let gateway = $gateway;
         let conn = $conn;
@@ -43,11 +44,11 @@ macro_rules! pipeline_service {
         let (idle, stall) = (watch.idle.clone(), watch.stall.clone());
         service_fn(move |request| {
             idle.request_started();
+            let in_flight = stall.request_started();
             let gateway = gateway.clone();
-            let stall = stall.clone();
             async move {
                 let response = pipeline::handle(&gateway, conn, request).await?;
-                Ok::<_, Infallible>(response.map(|body| stall.watch(body)))
+                Ok::<_, Infallible>(response.map(|body| in_flight.watch(body)))
             }
         })
     }};
@@ -318,31 +319,59 @@ where
             None => std::future::pending().await,
         }
     };
-    let stalled = async {
-        match &http2 {
-            Some(watch) => watch.stall.stalled(watch.send_timeout).await,
-            None => std::future::pending().await,
-        }
-    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = shutdown.changed() => {
             connection.as_mut().begin_graceful_shutdown();
-            connection.as_mut().await
+            match close(connection.as_mut(), http2.as_ref()).await {
+                Ok(result) => result,
+                Err(ended) => return ended,
+            }
         }
         _ = idle_expired => {
             tracing::debug!("closing an idle HTTP/2 connection");
             connection.as_mut().begin_graceful_shutdown();
-            connection.as_mut().await
+            match close(connection.as_mut(), http2.as_ref()).await {
+                Ok(result) => result,
+                Err(ended) => return ended,
+            }
         }
-        _ = stalled => {
-            tracing::debug!("closing an HTTP/2 connection: a stream's client stopped reading");
-            return Ended::Stalled;
-        }
+        _ = stalled(http2.as_ref()) => return Ended::Stalled,
     };
     if let Err(e) = result.into() {
         tracing::debug!(error = %e, "connection ended with an error");
     }
     drop(shutdown);
     Ended::Closed
+}
+
+/// Resolves once a stream of an HTTP/2 connection has stalled; never for
+/// HTTP/1.1, whose socket write timeout covers the same case.
+async fn stalled(http2: Option<&Http2Watch>) {
+    match http2 {
+        Some(watch) => watch.stall.stalled(watch.send_timeout).await,
+        None => std::future::pending().await,
+    }
+    tracing::debug!("closing an HTTP/2 connection: a stream's client stopped reading");
+}
+
+/// Waits for a closing connection to finish its requests in flight. HTTP/2
+/// streams are still watched: one that stalls ends the connection, and so
+/// does a response handed to HTTP/2 whole that its client has not taken for
+/// `send_timeout` (no request left in flight, the rest in HTTP/2's buffer).
+async fn close<C>(connection: Pin<&mut C>, http2: Option<&Http2Watch>) -> Result<C::Output, Ended>
+where
+    C: GracefulConnection,
+{
+    let Some(watch) = http2 else {
+        return Ok(connection.await);
+    };
+    tokio::select! {
+        result = connection => Ok(result),
+        _ = stalled(http2) => Err(Ended::Stalled),
+        _ = watch.stall.idle_for(watch.send_timeout) => {
+            tracing::debug!("closing an HTTP/2 connection: its client does not take its last responses");
+            Err(Ended::Stalled)
+        }
+    }
 }

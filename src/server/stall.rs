@@ -14,14 +14,20 @@
 //! connection's [`StallWatch`] closes the connection once some stream has
 //! waited on its client for `send_timeout`, the same limit HTTP/1.1 gets.
 //!
+//! A stream whose last frames were handed over whole escapes that count: its
+//! body has ended, and the rest waits in HTTP/2's send buffer for window. A
+//! closing connection (idle, or shutting down) is therefore also dropped once
+//! no request has been in flight on it for `send_timeout`: whatever it still
+//! waits for then is its client's window ([`StallWatch::idle_for`]).
+//!
 //! Cost per frame: two uncontended atomic additions; no clock reads, no
-//! locks. Streams are counted by the epoch (a tick of half the limit) in which
+//! locks. Per request, two more. Streams are counted by the epoch (a tick of half the limit) in which
 //! they began to wait; a ring of four epochs is enough because a count that
 //! is old enough to be checked ends the connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,22 +43,45 @@ pub struct StallWatch {
     epoch: AtomicU32,
     /// Streams waiting now, by the epoch they began waiting in (mod 4).
     waiting_since: [AtomicU32; EPOCHS],
+    /// Requests in flight (started, their response body not yet dropped) in
+    /// the low half; every start and end adds one to the high half, so that
+    /// equal values some time apart mean nothing started or ended between.
+    requests: AtomicU64,
 }
+
+/// One unit of the count of requests in [`StallWatch::requests`].
+const REQUEST: u64 = 1;
+/// One unit of the count of changes in [`StallWatch::requests`].
+const CHANGE: u64 = 1 << 32;
 
 impl StallWatch {
     pub fn new() -> StallWatch {
         StallWatch::default()
     }
 
-    /// Wraps a response body so its waits count on this connection. A body
-    /// with anything to send waits from the start: hyper asks for its first
-    /// frame only once the stream has window.
-    pub fn watch<B: Body>(self: &Arc<Self>, inner: B) -> Watched<B> {
-        let waiting_in = (!inner.is_end_stream()).then(|| self.begin_wait());
-        Watched {
-            inner,
-            watch: self.clone(),
-            waiting_in,
+    /// Counts a request as in flight until its response body is dropped
+    /// (or, if it never gets one, until the returned guard is).
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(CHANGE + REQUEST, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once no request has been in flight for at least `limit` (and
+    /// at most 1.5 times it).
+    pub async fn idle_for(&self, limit: Duration) {
+        let tick = (limit / 2).max(Duration::from_millis(1));
+        // The counts seen at the last two ticks, where none was in flight.
+        let mut seen: [Option<u64>; 2] = [None, None];
+        loop {
+            tokio::time::sleep(tick).await;
+            let requests = self.requests.load(Ordering::Relaxed);
+            let in_flight = requests & (CHANGE - 1);
+            let now = (in_flight == 0).then_some(requests);
+            // None in flight two ticks ago and now, and no change between.
+            if now.is_some() && now == seen[0] {
+                return;
+            }
+            seen = [seen[1], now];
         }
     }
 
@@ -88,13 +117,39 @@ impl StallWatch {
     }
 }
 
+/// A request in flight on an HTTP/2 connection (see
+/// [`StallWatch::request_started`]).
+pub struct InFlight(Arc<StallWatch>);
+
+impl InFlight {
+    /// Wraps the request's response body so its waits count on this
+    /// connection. A body with anything to send waits from the start: hyper
+    /// asks for its first frame only once the stream has window.
+    pub fn watch<B: Body>(self, inner: B) -> Watched<B> {
+        let waiting_in = (!inner.is_end_stream()).then(|| self.0.begin_wait());
+        Watched {
+            inner,
+            request: self,
+            waiting_in,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .requests
+            .fetch_add(CHANGE.wrapping_sub(REQUEST), Ordering::Relaxed);
+    }
+}
+
 pin_project! {
     /// A response body whose waits for the client count on its connection's
-    /// [`StallWatch`].
+    /// [`StallWatch`]; its request is in flight until it is dropped.
     pub struct Watched<B> {
         #[pin]
         inner: B,
-        watch: Arc<StallWatch>,
+        request: InFlight,
         // The epoch this body began waiting in, while it waits.
         waiting_in: Option<u32>,
     }
@@ -103,7 +158,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(epoch) = this.waiting_in.take() {
-                this.watch.end_wait(epoch);
+                this.request.0.end_wait(epoch);
             }
         }
     }
@@ -121,8 +176,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
+        let watch = &this.request.0;
         if let Some(epoch) = this.waiting_in.take() {
-            this.watch.end_wait(epoch);
+            watch.end_wait(epoch);
         }
         let polled = this.inner.as_mut().poll_frame(cx);
         // A frame handed over, more to come: until hyper asks again, this
@@ -130,7 +186,7 @@ where
         if let Poll::Ready(Some(Ok(_))) = &polled
             && !this.inner.is_end_stream()
         {
-            *this.waiting_in = Some(this.watch.begin_wait());
+            *this.waiting_in = Some(watch.begin_wait());
         }
         polled
     }
@@ -168,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_waits_between_frames_and_not_after_its_end() {
         let watch = Arc::new(StallWatch::new());
-        let mut body = std::pin::pin!(watch.watch(two_frames()));
+        let mut body = std::pin::pin!(watch.request_started().watch(two_frames()));
         assert_eq!(waiting(&watch), 1, "not asked for its first frame yet");
         assert!(body.frame().await.is_some());
         assert_eq!(waiting(&watch), 1, "handed a frame, not asked again");
@@ -180,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_waiting_body_ends_its_wait() {
         let watch = Arc::new(StallWatch::new());
-        let mut body = Box::pin(watch.watch(two_frames()));
+        let mut body = Box::pin(watch.request_started().watch(two_frames()));
         assert!(body.frame().await.is_some());
         drop(body);
         assert_eq!(waiting(&watch), 0);
@@ -189,7 +245,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_older_than_the_limit_is_a_stall() {
         let watch = Arc::new(StallWatch::new());
-        let mut body = Box::pin(watch.watch(two_frames()));
+        let mut body = Box::pin(watch.request_started().watch(two_frames()));
         assert!(body.frame().await.is_some());
         let started = tokio::time::Instant::now();
         let limit = Duration::from_secs(60);
@@ -206,11 +262,11 @@ mod tests {
         let stalled = tokio::time::timeout(Duration::from_secs(600), watch.stalled(limit));
         let reader = async {
             // A slow reader: each frame waits 20 s for the window, many times over.
-            let mut body = Box::pin(watch.watch(StreamBody::new(futures_util::stream::iter(
-                (0..40).map(|_| {
+            let mut body = Box::pin(watch.request_started().watch(StreamBody::new(
+                futures_util::stream::iter((0..40).map(|_| {
                     Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x")))
-                }),
-            ))));
+                })),
+            )));
             while body.frame().await.is_some() {
                 tokio::time::sleep(Duration::from_secs(20)).await;
             }
@@ -220,5 +276,31 @@ mod tests {
             outcome = stalled => assert!(outcome.is_err(), "a slow reader was taken for a stalled one"),
             _ = reader => {}
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_once_no_request_is_in_flight() {
+        let watch = Arc::new(StallWatch::new());
+        let limit = Duration::from_secs(60);
+        let request = watch.request_started();
+        let idle = tokio::time::timeout(limit * 10, watch.idle_for(limit)).await;
+        assert!(idle.is_err(), "idle with a request in flight");
+        // The looks come every 30 s. A request that starts and ends between
+        // two of them (at 45 s) still counts: idle from 45 s, noticed at 120 s
+        // (without it, at 90 s).
+        let idle = watch.idle_for(limit);
+        let brief = async {
+            tokio::time::sleep(limit * 3 / 4).await;
+            drop(watch.request_started());
+            std::future::pending::<()>().await;
+        };
+        drop(request);
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            _ = idle => {}
+            _ = brief => unreachable!(),
+        }
+        let waited = started.elapsed();
+        assert!(waited > limit * 3 / 2 && waited <= limit * 2, "{waited:?}");
     }
 }

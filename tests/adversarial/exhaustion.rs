@@ -203,23 +203,33 @@ async fn h3_an_http2_stream_whose_window_stays_shut_is_cut_off() {
         DATA, END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame,
         request_block,
     };
-    let (gw, origin) = start_with_limits("send_timeout = \"1s\"").await;
-    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    let block = request_block("GET", "/huge");
-    assert!(
-        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-            .await
-    );
-    let seen = h2.finish(Duration::from_secs(15)).await;
-    assert_eq!(origin.requests().len(), 1);
-    assert!(seen.closed, "the stalled connection stayed open: {seen:?}");
-    assert_eq!(seen.count(HEADERS), 1, "{seen:?}");
-    assert_eq!(seen.count(DATA), 0, "{seen:?}");
-    let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains("membergate_http2_connections_stalled_total 1"),
-        "{metrics}"
-    );
+    // Alone, and with the idle close coming first: the stall is still
+    // noticed while the connection waits for its streams to finish.
+    for limits in [
+        "send_timeout = \"1s\"",
+        "send_timeout = \"1s\"\nhttp2_idle_timeout = \"200ms\"",
+    ] {
+        let (gw, origin) = start_with_limits(limits).await;
+        let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+        let block = request_block("GET", "/huge");
+        assert!(
+            h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+                .await
+        );
+        let seen = h2.finish(Duration::from_secs(15)).await;
+        assert_eq!(origin.requests().len(), 1);
+        assert!(
+            seen.closed,
+            "{limits}: the stalled connection stayed open: {seen:?}"
+        );
+        assert_eq!(seen.count(HEADERS), 1, "{seen:?}");
+        assert_eq!(seen.count(DATA), 0, "{seen:?}");
+        let metrics = gw.metrics().await;
+        assert!(
+            metrics.contains("membergate_http2_connections_stalled_total 1"),
+            "{limits}: {metrics}"
+        );
+    }
 }
 
 /// The other side of the HTTP/2 stall check: a stream that waits on a slow
@@ -308,4 +318,37 @@ async fn h3_connections_from_one_address_are_capped() {
     }
     let answer = freed.expect("a closed connection never freed its place");
     assert_eq!(status_of(&answer), 200, "{answer}");
+}
+
+/// H3 over HTTP/2, the last frame: a response small enough to be handed to
+/// HTTP/2 whole, while its client's window (100 bytes) lets only its start
+/// out. Its body has ended, so no body waits, and the rest sits in HTTP/2's
+/// send buffer; the client answers pings and starts nothing new. The
+/// connection is closed once it is idle, buffered stream or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_an_http2_response_held_in_the_send_buffer_does_not_hold_the_connection() {
+    use crate::h2_wire::{
+        DATA, END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame,
+        request_block,
+    };
+    let (gw, origin) =
+        start_with_limits("send_timeout = \"1s\"\nhttp2_idle_timeout = \"1s\"").await;
+    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
+    let block = request_block("GET", "/echo");
+    assert!(
+        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .await
+    );
+    let seen = h2.finish(Duration::from_secs(15)).await;
+    assert_eq!(origin.requests().len(), 1);
+    assert!(seen.closed, "the connection stayed open: {seen:?}");
+    // The start of the response got out, and the close was a graceful one
+    // at first (GOAWAY), then a drop.
+    assert_eq!((seen.count(HEADERS), seen.count(DATA)), (1, 1), "{seen:?}");
+    assert_eq!(seen.goaway, Some(0), "{seen:?}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_http2_connections_stalled_total 1"),
+        "{metrics}"
+    );
 }
