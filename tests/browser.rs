@@ -174,6 +174,10 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
     )
     .await;
     let evil = "</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>";
+    // The rest of attack catalogue F1's spellings: another case and a space,
+    // a comment that would swallow the next script, a quote that would end
+    // a string, a backslash that would escape one.
+    let evil_too = "</SCRIPT ><!--<script>\";window.__pwned=3//\\'`${x}";
     let email = "mallory@example.com";
     let (ok, out) = gw.cli(
         &[
@@ -183,7 +187,7 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
             "--first-name",
             evil,
             "--last-name",
-            "\"'`${x}",
+            evil_too,
         ],
         &format!("{PASSWORD}\n"),
     );
@@ -226,6 +230,7 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
     )
     .unwrap();
     assert_eq!(claims["firstName"], evil);
+    assert_eq!(claims["lastName"], evil_too);
     assert_eq!(claims["email"], email);
     // The page's own content is untouched.
     assert!(

@@ -564,8 +564,17 @@ async fn member_names_cannot_break_out_of_the_script() {
     // U+2028 and control characters are refused in names at the door; the
     // rest must be made harmless by the escaping.
     let evil = "</script><script>alert(1)</script><!--&amp;";
+    let evil_too = "</SCRIPT ><!--<script>\";alert(1)//\\";
     let (ok, out) = gw.cli(
-        &["member", "add", "mallory@example.com", "--first-name", evil],
+        &[
+            "member",
+            "add",
+            "mallory@example.com",
+            "--first-name",
+            evil,
+            "--last-name",
+            evil_too,
+        ],
         &format!("{PASSWORD}\n"),
     );
     assert!(ok, "{out}");
@@ -580,6 +589,7 @@ async fn member_names_cannot_break_out_of_the_script() {
         .unwrap()
         .to_owned();
     assert_eq!(claims(&token)["firstName"], evil);
+    assert_eq!(claims(&token)["lastName"], evil_too);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,17 @@ mod tests {
                 "<head><script>var s = '</head><body>';</script></head>",
                 format!("<head><script>var s = '</head><body>';</script>{S}</head>"),
             ),
+            (
+                "<body><iframe srcdoc=\"<head></head><body></body>\"></iframe></body>",
+                format!("<body>{S}<iframe srcdoc=\"<head></head><body></body>\"></iframe></body>"),
+            ),
+            // Cut off mid-tag: no end of head ever came, so nothing goes in,
+            // and what came goes out as it came.
+            (
+                "<head><title>t</title></hea",
+                "<head><title>t</title></hea".to_owned(),
+            ),
+            ("<head><title>t</ti", "<head><title>t</ti".to_owned()),
             ("no markup at all", "no markup at all".to_owned()),
         ];
         for (page, expected) in cases {
