@@ -159,6 +159,8 @@ async fn register_verify_login_read_and_log_out() {
     );
 }
 
+/// Also attack catalogue D6: the member's session is in the cache from a
+/// members-only page, and a rule that needs more is still checked on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_clients_get_401_and_members_without_the_group_get_403() {
     let (gw, _origin) = start(|s| s).await;
@@ -169,6 +171,7 @@ async fn api_clients_get_401_and_members_without_the_group_get_403() {
     assert_eq!(page.status, 401);
     assert!(page.body.contains("\"status\":401"));
     let mut b = member(&gw, "bob@example.com", "Bob").await;
+    assert_eq!(b.get("/members/").await.status, 200);
     let page = b.get("/vip/").await;
     assert_eq!(page.status, 403);
     assert!(page.body.contains("does not have access"));
