@@ -219,15 +219,22 @@ serving_pids() {
     direct) pgrep -P "$origin_pid" ;;
   esac
 }
-cpu_ticks() { # target
-  local pid total=0
+cpu_ticks() { # target -> "user system", in clock ticks
+  local pid user=0 system=0 u s
   for pid in $(serving_pids "$1"); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    read -r u s < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    user=$((user + u)); system=$((system + s))
   done
-  echo "$total"
+  echo "$user $system"
 }
-cpu_per_request() { # ticks requests -> microseconds of CPU per request
-  python3 -c "print(round($1 * 1e6 / $clock_ticks / max($2, 1), 1))"
+# CPU per request in microseconds, in all and split into user and kernel time:
+# the kernel's share (loopback TCP, wakeups) is alike for any proxy, so the
+# user share is where one proxy's own work shows.
+cpu_per_request() { # "user system" before, "user system" after, requests
+  python3 -c "
+u0, s0 = map(int, '$1'.split()); u1, s1 = map(int, '$2'.split()); n = max($3, 1)
+us = lambda t: round(t * 1e6 / $clock_ticks / n, 1)
+print(f'cpu_us={us(u1 - u0 + s1 - s0)} user_us={us(u1 - u0)} sys_us={us(s1 - s0)}')"
 }
 
 run_wrk() { # scenario target url [extra wrk args...]
@@ -237,7 +244,7 @@ run_wrk() { # scenario target url [extra wrk args...]
   line=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$work/report.lua" "$@" "$url" | grep '^RESULT')
   requests=${line##*requests=}
   line=${line% requests=*}
-  echo "$scenario $target ${line#RESULT } cpu_us=$(cpu_per_request $(($(cpu_ticks "$target") - before)) "$requests")" \
+  echo "$scenario $target ${line#RESULT } $(cpu_per_request "$before" "$(cpu_ticks "$target")" "$requests")" \
     | tee -a "$results"
 }
 run_h2load() { # scenario target url
@@ -259,7 +266,7 @@ print(us(m), us(x))')
   # "requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout"
   # "status codes: A 2xx, B 3xx, C 4xx, D 5xx"
   errors=$(awk '/^requests:/ {e += $10 + $12 + $14} /^status codes:/ {e += $7 + $9} END {print e + 0}' <<<"$out")
-  echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0} cpu_us=$(cpu_per_request $(($(cpu_ticks "$target") - before)) "${answered:-0}")" \
+  echo "$scenario $target rps=$rps p50=$mean p99=$max errors=${errors:-0} $(cpu_per_request "$before" "$(cpu_ticks "$target")" "${answered:-0}")" \
     | tee -a "$results"
 }
 
@@ -372,7 +379,7 @@ print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{c
       f"each pair run back to back in alternating order")
 print()
 print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/nginx paired "
-      "| mg/direct | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx | errors mg/nginx |")
+      "| mg/direct | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx (user+kernel) | errors mg/nginx |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for scenario in dict.fromkeys(s for s, _ in runs):
     mg, ng, di = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct"))
@@ -381,7 +388,7 @@ for scenario in dict.fromkeys(s for s, _ in runs):
     lat = lambda t: (f"{med(scenario, t, 'p50'):,.0f} / {med(scenario, t, 'p99'):,.0f}"
                      if (scenario, t) in runs and "p50" in runs[(scenario, t)][0] else "-")
     err = lambda t: f"{med(scenario, t, 'errors'):.0f}" if med(scenario, t, "errors") is not None else "-"
-    cpu = lambda t: (f"{med(scenario, t, 'cpu_us'):.1f}"
+    cpu = lambda t: (f"{med(scenario, t, 'cpu_us'):.1f} ({med(scenario, t, 'user_us'):.1f}+{med(scenario, t, 'sys_us'):.1f})"
                      if (scenario, t) in runs and "cpu_us" in runs[(scenario, t)][0] else "-")
     def paired(scenario):
         a, b = runs.get((scenario, "membergate")), runs.get((scenario, "nginx"))
