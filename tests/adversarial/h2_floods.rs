@@ -208,3 +208,51 @@ async fn h1_a_window_held_at_zero_keeps_memory_flat() {
     drop(h2);
     assert_still_serving(&gw).await;
 }
+
+/// H1, going further: the 2019 floods that make a server write (ping flood,
+/// CVE-2019-9512; settings flood, CVE-2019-9515) from a client that never
+/// reads. Each frame asks for an answer; the answers back up on the socket,
+/// and the gateway must neither queue them without bound nor keep reading:
+/// h2 holds one answer at a time and stops reading, and the stalled socket
+/// is cut off by `send_timeout` (1 s here). Others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_ping_and_settings_floods_from_a_client_that_does_not_read() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("send_timeout = \"1s\""),
+    )
+    .await;
+    for (name, flood) in [
+        ("PING", frame(PING, 0, 0, &[7u8; 8])),
+        ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
+    ] {
+        let before = gw.rss_kib();
+        let mut h2 = H2::connect_without_reading(&gw).await;
+        let batch = flood.repeat(10_000);
+        // Far more answers than the socket buffers on both sides hold.
+        let mut sent = 0u32;
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(10), h2.send(&batch)).await {
+                Ok(true) if sent < 4_000_000 => sent += 10_000,
+                Ok(true) => break false,
+                Ok(false) => break true,
+                Err(_) => {
+                    panic!("{name} flood: a write blocked for 10 s and the gateway did not close")
+                }
+            }
+        };
+        let during = gw.rss_kib();
+        println!("{name} flood: {sent} frames out, closed {closed}, RSS {before} -> {during} KiB");
+        assert!(
+            closed,
+            "{name} flood: 4 million frames taken, connection still open"
+        );
+        assert!(
+            during.saturating_sub(before) < 40 * 1024,
+            "{name} flood: RSS grew from {before} to {during} KiB"
+        );
+        assert_still_serving(&gw).await;
+    }
+}

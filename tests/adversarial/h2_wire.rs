@@ -116,6 +116,16 @@ impl H2 {
     /// Connects to the gateway's HTTPS listener with ALPN `h2` and sends the
     /// preface and a SETTINGS frame with `settings`.
     pub async fn connect(gw: &Gateway, settings: &[(u16, u32)]) -> H2 {
+        H2::connect_reading(gw, settings, true).await
+    }
+
+    /// Like `connect`, but nothing is ever read from the gateway (nor its
+    /// PINGs answered): its writes back up on the socket.
+    pub async fn connect_without_reading(gw: &Gateway) -> H2 {
+        H2::connect_reading(gw, &[], false).await
+    }
+
+    async fn connect_reading(gw: &Gateway, settings: &[(u16, u32)], read: bool) -> H2 {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
             roots.add(cert.unwrap()).unwrap();
@@ -132,7 +142,15 @@ impl H2 {
         let (reader, writer) = tokio::io::split(tls);
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let reader = tokio::spawn(read_frames(reader, writer.clone(), seen.clone()));
+        let reader = if read {
+            tokio::spawn(read_frames(reader, writer.clone(), seen.clone()))
+        } else {
+            // Held open, unread, for longer than any test runs.
+            tokio::spawn(async move {
+                let _unread = reader;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            })
+        };
         let mut h2 = H2 {
             writer,
             seen,
