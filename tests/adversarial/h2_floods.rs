@@ -256,3 +256,46 @@ async fn h1_ping_and_settings_floods_from_a_client_that_does_not_read() {
         assert_still_serving(&gw).await;
     }
 }
+
+/// H1, going further: an HPACK bomb (the decompression-bomb shape of
+/// CVE-2016-6581). One 4,000-byte field goes into the dynamic table, then
+/// each request refers to it 2,000 times at one byte a reference: 6 KB on
+/// the wire, 8 MB of header list once decoded, on each of 50 streams. The
+/// gateway must refuse by the decoded size without building the list, and
+/// send nothing to the origin: h2 ends the connection (ENHANCE_YOUR_CALM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_an_hpack_bomb_is_refused_by_its_decoded_size() {
+    let (gw, origin) = start().await;
+    let before = gw.rss_kib();
+    let mut h2 = H2::connect(&gw, &[]).await;
+    let mut bytes = Vec::new();
+    for i in 0..50u32 {
+        let mut block = request_block("GET", "/hpack-bomb");
+        if i == 0 {
+            // Literal with incremental indexing, new name: dynamic index 62.
+            block.push(0x40);
+            block.extend(&hpack_field("x-bomb", &"b".repeat(4000))[1..]);
+        }
+        // Indexed field 62, two thousand times.
+        block.extend(std::iter::repeat_n(0x80 | 62, 2000));
+        bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block));
+    }
+    let accepted = h2.send(&bytes).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = gw.rss_kib();
+    let seen = h2.finish(Duration::from_secs(2)).await;
+    println!(
+        "hpack bomb: accepted {accepted}, gateway sent {seen:?}, RSS {before} -> {during} KiB"
+    );
+    assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    assert!(seen.closed, "{seen:?}");
+    assert!(
+        origin.requests().is_empty(),
+        "a bombed request reached the origin"
+    );
+    assert!(
+        during.saturating_sub(before) < 40 * 1024,
+        "RSS grew from {before} to {during} KiB"
+    );
+    assert_still_serving(&gw).await;
+}
