@@ -9,6 +9,7 @@ mod support;
 mod chunk_framing;
 mod exhaustion;
 mod full_disk;
+mod h2_downgrade;
 mod h2_floods;
 mod h2_wire;
 mod local_replies;
