@@ -32,6 +32,29 @@ async fn closes_within(stream: &mut TcpStream, limit: Duration) -> (bool, Vec<u8
     (closed, got)
 }
 
+/// One HTTP/2 GET for `path` from a client whose stream window is `window`
+/// bytes and is never opened further (it answers pings); returns what the
+/// gateway sent until it closed the connection or 15 s passed.
+async fn get_with_shut_window(
+    limits: &str,
+    window: u32,
+    path: &str,
+) -> (Gateway, crate::h2_wire::Seen) {
+    use crate::h2_wire::{
+        END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame, request_block,
+    };
+    let (gw, origin) = start_with_limits(limits).await;
+    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, window)]).await;
+    let block = request_block("GET", path);
+    assert!(
+        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .await
+    );
+    let seen = h2.finish(Duration::from_secs(15)).await;
+    assert_eq!(origin.requests().len(), 1);
+    (gw, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_fifty_cookies_of_8_kb_get_431() {
     let (gw, origin) = start().await;
@@ -199,25 +222,14 @@ async fn h3_a_client_that_stops_reading_is_cut_off() {
 /// for window, and counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_an_http2_stream_whose_window_stays_shut_is_cut_off() {
-    use crate::h2_wire::{
-        DATA, END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame,
-        request_block,
-    };
+    use crate::h2_wire::{DATA, HEADERS};
     // Alone, and with the idle close coming first: the stall is still
     // noticed while the connection waits for its streams to finish.
     for limits in [
         "send_timeout = \"1s\"",
         "send_timeout = \"1s\"\nhttp2_idle_timeout = \"200ms\"",
     ] {
-        let (gw, origin) = start_with_limits(limits).await;
-        let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-        let block = request_block("GET", "/huge");
-        assert!(
-            h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-                .await
-        );
-        let seen = h2.finish(Duration::from_secs(15)).await;
-        assert_eq!(origin.requests().len(), 1);
+        let (gw, seen) = get_with_shut_window(limits, 0, "/huge").await;
         assert!(
             seen.closed,
             "{limits}: the stalled connection stayed open: {seen:?}"
@@ -327,20 +339,9 @@ async fn h3_connections_from_one_address_are_capped() {
 /// connection is closed once it is idle, buffered stream or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_an_http2_response_held_in_the_send_buffer_does_not_hold_the_connection() {
-    use crate::h2_wire::{
-        DATA, END_HEADERS, END_STREAM, H2, HEADERS, SETTINGS_INITIAL_WINDOW_SIZE, frame,
-        request_block,
-    };
-    let (gw, origin) =
-        start_with_limits("send_timeout = \"1s\"\nhttp2_idle_timeout = \"1s\"").await;
-    let mut h2 = H2::connect(&gw, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
-    let block = request_block("GET", "/echo");
-    assert!(
-        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-            .await
-    );
-    let seen = h2.finish(Duration::from_secs(15)).await;
-    assert_eq!(origin.requests().len(), 1);
+    use crate::h2_wire::{DATA, HEADERS};
+    let limits = "send_timeout = \"1s\"\nhttp2_idle_timeout = \"1s\"";
+    let (gw, seen) = get_with_shut_window(limits, 100, "/echo").await;
     assert!(seen.closed, "the connection stayed open: {seen:?}");
     // The start of the response got out, and the close was a graceful one
     // at first (GOAWAY), then a drop.
