@@ -570,3 +570,87 @@ async fn writes_one_access_log_line_per_request() {
     assert_eq!(entry["upstream"], origin.url());
     assert!(entry["duration_us"].as_u64().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_are_reused_once_each_response_has_ended() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let before = origin.connections();
+    let client = gw.client();
+    // Framed by Content-Length, by chunks, empty, and a HEAD: each gives its
+    // connection back as its body ends.
+    for round in 0..5 {
+        for path in ["/echo", "/big", "/stream/3", "/status/204"] {
+            let response = client.get(gw.https_url(path)).send().await.unwrap();
+            assert!(response.status().is_success(), "{path}");
+            response.bytes().await.unwrap();
+        }
+        let head = client.head(gw.https_url("/echo")).send().await.unwrap();
+        assert_eq!(head.status(), 200, "round {round}");
+    }
+    assert_eq!(origin.requests().len(), 25);
+    assert_eq!(
+        origin.connections() - before,
+        1,
+        "one connection for 25 requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_connection_left_mid_body_is_not_reused() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let before = origin.connections();
+    let client = gw.client();
+    // The client stops reading a 64 MiB body after its first chunk.
+    let response = client.get(gw.https_url("/huge")).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next request gets a fresh connection and its own answer, not the
+    // rest of the page.
+    let response = client.get(gw.https_url("/echo")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["target"], "/echo", "{echo}");
+    assert_eq!(origin.connections() - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_origin_closed_is_not_used() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers one request per connection, keep-alive in form, then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(Setup::new().route("/", &format!("http://{addr}"))).await;
+    let client = gw.client();
+    for i in 0..3 {
+        let response = client.get(gw.https_url("/once")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        // Time for the gateway to see the origin's close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+}

@@ -15,6 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::routing::pool::PooledBody;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
@@ -210,7 +212,7 @@ pin_project! {
     pub enum GatewayBody {
         Empty,
         Full { data: Option<Bytes> },
-        Upstream { #[pin] inner: IdleTimeout<Incoming> },
+        Upstream { #[pin] inner: IdleTimeout<PooledBody> },
         Dir { #[pin] inner: ServeFileSystemResponseBody },
         /// An HTML page with the chat widget put in on the way (`inject`).
         Injected { inner: Pin<Box<InjectBody<GatewayBody>>> },
@@ -227,7 +229,7 @@ impl GatewayBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    pub fn upstream(inner: PooledBody, idle: Duration) -> Self {
         GatewayBody::Upstream {
             inner: IdleTimeout::new(inner, idle),
         }

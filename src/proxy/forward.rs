@@ -22,6 +22,7 @@ use super::pipeline::Target;
 use super::respond::{self, Refusal};
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::headers::{self, ClientFacts};
+use crate::routing::pool::PooledBody;
 use crate::routing::{DirOrigin, HttpOrigin, Origin, Route};
 use crate::session::Visitor;
 
@@ -100,12 +101,11 @@ async fn proxy_http(
             Err(refusal) => return respond::refusal(refusal, json),
         };
     let sent = Instant::now();
-    let outcome =
-        tokio::time::timeout(origin.response_timeout, origin.client.request(request)).await;
+    let outcome = tokio::time::timeout(origin.response_timeout, origin.pool.send(request)).await;
     let mut response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            let refusal = match body_error_in(&error) {
+            let refusal = match body_error_in(&*error) {
                 Some(BodyError::TooLarge) => Refusal::BodyTooLarge,
                 Some(BodyError::Idle) => Refusal::BodyTimeout,
                 Some(BodyError::Malformed) => {
@@ -113,7 +113,7 @@ async fn proxy_http(
                 }
                 None => {
                     gateway.metrics.upstream_error(&origin.label);
-                    tracing::warn!(upstream = %origin.label, error = %error_chain(&error), "upstream request failed");
+                    tracing::warn!(upstream = %origin.label, error = %error_chain(&*error), "upstream request failed");
                     Refusal::BadGateway
                 }
             };
@@ -205,15 +205,10 @@ fn origin_request(
         None => PathAndQuery::try_from(target.path.encoded),
         Some(query) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
     };
-    let uri = path_and_query.ok().and_then(|pq| {
-        Uri::builder()
-            .scheme(origin.scheme.clone())
-            .authority(origin.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
-    });
-    let uri = uri.ok_or(Refusal::BadRequest("The requested address is not valid."))?;
+    // Origin form: the connection is already the origin's.
+    let uri = path_and_query
+        .map(Uri::from)
+        .map_err(|_| Refusal::BadRequest("The requested address is not valid."))?;
     let mut request = http::Request::new(ForwardBody::new(
         body,
         route.max_body_bytes,
@@ -227,9 +222,12 @@ fn origin_request(
 }
 
 /// Answers the client's 101 and joins the two upgraded connections.
-fn tunnel(client: OnUpgrade, mut upstream: Response<Incoming>) -> Response<GatewayBody> {
+fn tunnel(client: OnUpgrade, mut upstream: Response<PooledBody>) -> Response<GatewayBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+    let (mut parts, upstream_body) = upstream.into_parts();
     tokio::spawn(async move {
+        // Holds the origin connection's sender until its side of the tunnel is up.
+        let _connection = upstream_body;
         match tokio::try_join!(client, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
@@ -240,7 +238,6 @@ fn tunnel(client: OnUpgrade, mut upstream: Response<Incoming>) -> Response<Gatew
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let (mut parts, _) = upstream.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts
         .headers

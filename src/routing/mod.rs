@@ -4,6 +4,7 @@
 //! Route prefixes match whole segments and ignore ASCII case, so `/members`
 //! covers `/members`, `/members/` and `/MEMBERS/x` but not `/membership`.
 
+pub mod pool;
 pub mod upstream;
 
 use std::sync::Arc;

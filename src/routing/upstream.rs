@@ -1,6 +1,6 @@
 //! Origins: what a route sends its requests to, built once per configuration.
 //!
-//! An HTTP origin owns its own pooled hyper client (so each has its own timeouts
+//! An HTTP origin owns its own connection pool (so each has its own timeouts
 //! and trust roots); a directory origin is tower-http's `ServeDir`.
 
 use std::sync::{Arc, OnceLock};
@@ -9,18 +9,14 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tower_http::services::ServeDir;
 
+use super::pool::OriginPool;
 use crate::config::{self, Upstream};
-use crate::proxy::body::ForwardBody;
-
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ForwardBody>;
 
 // Built once per configuration and never moved on the hot path.
 #[allow(clippy::large_enum_variant)]
@@ -30,7 +26,7 @@ pub enum Origin {
 }
 
 pub struct HttpOrigin {
-    pub client: HttpClient,
+    pub pool: Arc<OriginPool>,
     pub scheme: Scheme,
     pub authority: Authority,
     /// The origin's own authority, sent as `Host` when the route rewrites it.
@@ -64,19 +60,24 @@ impl Origin {
                 } else {
                     RootCertStore::empty()
                 };
-                let client = Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(512)
+                let address = http::Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .map_err(|e| format!("upstream {uri}: {e}"))?;
+                let pool = OriginPool::new(
+                    connector(roots, route.connect_timeout),
+                    address,
+                    512,
+                    Duration::from_secs(60),
                     // Bounds the read buffer per upstream connection (hyper's
                     // default grows to ~400 KB on large bodies): memory per
                     // in-flight response stays independent of the page size.
-                    .http1_max_buf_size(64 * 1024)
-                    .set_host(false)
-                    .build(connector(roots, route.connect_timeout));
+                    64 * 1024,
+                );
                 Ok(Origin::Http(HttpOrigin {
-                    client,
+                    pool,
                     scheme: scheme.clone(),
                     authority: authority.clone(),
                     host_header: HeaderValue::from_str(authority.as_str()).map_err(|_| {

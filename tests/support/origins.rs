@@ -73,6 +73,7 @@ pub struct EchoOrigin {
     pub addr: SocketAddr,
     tls: bool,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl EchoOrigin {
@@ -100,16 +101,19 @@ impl EchoOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let origin = EchoOrigin {
             addr,
             tls: tls.is_some(),
             recorded: recorded.clone(),
+            connections: connections.clone(),
         };
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
                 let recorded = recorded.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -140,6 +144,11 @@ impl EchoOrigin {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// How many connections the origin has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -1,0 +1,231 @@
+//! The connections to one HTTP origin: hyper's HTTP/1.1 client connections,
+//! kept open between requests and reused most recently used first.
+//!
+//! A connection goes back to the pool when its response body ends, from the
+//! body itself; one whose body is dropped unread, fails, or was upgraded is
+//! closed instead. Idle connections are closed after the idle timeout (noticed
+//! as the pool is used) or when the origin closes them. A request that an idle
+//! connection could not take (the origin had closed it) is sent again on a new
+//! connection: hyper hands such a request back unsent.
+//!
+//! Why not hyper-util's pooled client: decision 0019.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+
+use crate::proxy::body::{BoxError, ForwardBody};
+
+pub struct OriginPool {
+    connector: HttpsConnector<HttpConnector>,
+    /// What the connector connects to: `scheme://authority/`.
+    address: Uri,
+    /// Oldest at the front, most recently used at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// The most a connection's read buffer may grow to.
+    max_buf_size: usize,
+}
+
+struct Idle {
+    sender: SendRequest<ForwardBody>,
+    since: Instant,
+}
+
+impl OriginPool {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        address: Uri,
+        max_idle: usize,
+        idle_timeout: Duration,
+        max_buf_size: usize,
+    ) -> Arc<OriginPool> {
+        Arc::new(OriginPool {
+            connector,
+            address,
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+            max_buf_size,
+        })
+    }
+
+    /// Sends `request` (its target in origin form, its `Host` set) on an
+    /// idle connection, or on a new one.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<ForwardBody>,
+    ) -> Result<Response<PooledBody>, BoxError> {
+        let mut request = request;
+        if let Some(mut sender) = self.checkout() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.track(response, sender)),
+                Err(mut error) => match error.take_message() {
+                    // Closed before it took the request: nothing reached the origin.
+                    Some(unsent) => request = unsent,
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        }
+        // Boxed: connecting (a TLS session among its state) is rare, and
+        // inline it would size every proxied request's future.
+        let mut sender = Box::pin(self.connect()).await?;
+        let response = sender.send_request(request).await?;
+        Ok(self.track(response, sender))
+    }
+
+    /// The most recently used idle connection that can take a request.
+    fn checkout(&self) -> Option<SendRequest<ForwardBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(Idle { sender, since }) = idle.pop_back() {
+            if sender.is_ready() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+            // Closed by the origin, or idle too long: dropping it closes it.
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ForwardBody>, BoxError> {
+        let io = self.connector.clone().oneshot(self.address.clone()).await?;
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(self.max_buf_size)
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, with its body set to give the connection back when it
+    /// ends. An upgraded connection is never given back: it is a tunnel now.
+    fn track(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: SendRequest<ForwardBody>,
+    ) -> Response<PooledBody> {
+        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let mut connection = Some(Connection {
+            pool: self.clone(),
+            sender,
+            reusable,
+        });
+        response.map(|inner| {
+            if inner.is_end_stream()
+                && let Some(connection) = connection.take()
+            {
+                connection.give_back();
+            }
+            PooledBody { inner, connection }
+        })
+    }
+
+    fn put(&self, sender: SendRequest<ForwardBody>) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle {
+            idle.push_back(Idle { sender, since: now });
+        }
+    }
+}
+
+/// A connection whose response body is still being read.
+struct Connection {
+    pool: Arc<OriginPool>,
+    sender: SendRequest<ForwardBody>,
+    reusable: bool,
+}
+
+impl Connection {
+    /// Back to the pool, once the connection has finished the response (it
+    /// usually has by the time its body ends; otherwise a task waits for it).
+    fn give_back(self) {
+        let Connection {
+            pool,
+            mut sender,
+            reusable,
+        } = self;
+        if !reusable || sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            pool.put(sender);
+            return;
+        }
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(sender);
+            }
+        });
+    }
+}
+
+pin_project! {
+    /// An origin's response body; its connection goes back to the pool when
+    /// it ends, and is closed if it is dropped before that or fails.
+    pub struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        // Also keeps an upgraded connection's sender until the tunnel is up.
+        connection: Option<Connection>,
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            // hyper's server does not ask again once a body says it has ended.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some(connection) = this.connection.take() {
+                    connection.give_back();
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(connection) = this.connection.take() {
+                    connection.give_back();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.connection = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
