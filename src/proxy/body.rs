@@ -15,13 +15,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::routing::pool::PooledBody;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use crate::inject::InjectBody;
+use crate::routing::pool::PooledBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -114,24 +114,27 @@ impl OriginPool {
     }
 
     /// The response, with its body set to give the connection back when it
-    /// ends. An upgraded connection is never given back: it is a tunnel now.
+    /// ends. An upgraded connection is never given back: it is a tunnel now,
+    /// and its sender stays with the body, which the tunnel holds until both
+    /// sides are up.
     fn track(
         self: &Arc<Self>,
         response: Response<Incoming>,
         sender: SendRequest<ForwardBody>,
     ) -> Response<PooledBody> {
         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-        let mut connection = Some(Connection {
+        let connection = Connection {
             pool: self.clone(),
             sender,
             reusable,
-        });
+        };
         response.map(|inner| {
-            if inner.is_end_stream()
-                && let Some(connection) = connection.take()
-            {
+            let connection = if reusable && inner.is_end_stream() {
                 connection.give_back();
-            }
+                None
+            } else {
+                Some(connection)
+            };
             PooledBody { inner, connection }
         })
     }
@@ -188,7 +191,6 @@ pin_project! {
     pub struct PooledBody {
         #[pin]
         inner: Incoming,
-        // Also keeps an upgraded connection's sender until the tunnel is up.
         connection: Option<Connection>,
     }
 }
@@ -203,20 +205,19 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
+        let ended = match &polled {
+            Poll::Ready(None) => true,
             // hyper's server does not ask again once a body says it has ended.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(connection) = this.connection.take() {
-                    connection.give_back();
-                }
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                // Broken: dropping the connection closes it.
+                *this.connection = None;
+                false
             }
-            Poll::Ready(None) => {
-                if let Some(connection) = this.connection.take() {
-                    connection.give_back();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => *this.connection = None,
-            _ => {}
+            Poll::Pending => false,
+        };
+        if ended && let Some(connection) = this.connection.take() {
+            connection.give_back();
         }
         polled
     }
