@@ -175,9 +175,14 @@ async fn h1_empty_data_frames_do_not_hold_the_gateway() {
     // can complete. This fails if a dependency update drops that guard.
     assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
     assert!(seen.closed, "{seen:?}");
+    // Its head may have gone out before the flood was cut (a race with the
+    // connection's end), but never the end of its body.
     assert!(
-        origin.requests().iter().all(|r| r.target != "/empty-data"),
-        "the flooded stream reached the origin"
+        origin
+            .requests()
+            .iter()
+            .all(|r| r.target != "/empty-data" || !r.body_complete),
+        "the flooded stream's request reached the origin complete"
     );
     assert_still_serving(&gw).await;
 }

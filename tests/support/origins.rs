@@ -25,7 +25,10 @@ pub struct Recorded {
     /// The request target exactly as it arrived on the wire.
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// What arrived of the body (all of it, if `body_complete`).
     pub body: Vec<u8>,
+    /// The body arrived to its end; false when the sender aborted it.
+    pub body_complete: bool,
 }
 
 impl Recorded {
@@ -176,11 +179,10 @@ async fn answer(
         return Ok(websocket(req));
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let (body, body_complete) = match body.collect().await {
+        Ok(collected) => (collected.to_bytes().to_vec(), true),
+        Err(_) => (Vec::new(), false),
+    };
     let record = Recorded {
         method: parts.method.to_string(),
         target: parts.uri.to_string(),
@@ -195,6 +197,7 @@ async fn answer(
             })
             .collect(),
         body,
+        body_complete,
     };
     recorded.lock().unwrap().push(record.clone());
     let full = |status: u16, content_type: &str, data: Vec<u8>| {
