@@ -319,24 +319,28 @@ where
             None => std::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = shutdown.changed() => {
-            connection.as_mut().begin_graceful_shutdown();
-            match close(connection.as_mut(), http2.as_ref()).await {
-                Ok(result) => result,
-                Err(ended) => return ended,
-            }
-        }
+    // What ends the first wait: the connection itself, or a reason to close it.
+    enum Next<T> {
+        Ended(T),
+        Close,
+        Stalled,
+    }
+    let next = tokio::select! {
+        result = connection.as_mut() => Next::Ended(result),
+        _ = shutdown.changed() => Next::Close,
         _ = idle_expired => {
             tracing::debug!("closing an idle HTTP/2 connection");
-            connection.as_mut().begin_graceful_shutdown();
-            match close(connection.as_mut(), http2.as_ref()).await {
-                Ok(result) => result,
-                Err(ended) => return ended,
-            }
+            Next::Close
         }
-        _ = stalled(http2.as_ref()) => return Ended::Stalled,
+        _ = stalled(http2.as_ref()) => Next::Stalled,
+    };
+    let result = match next {
+        Next::Ended(result) => result,
+        Next::Stalled => return Ended::Stalled,
+        Next::Close => match close(connection.as_mut(), http2.as_ref()).await {
+            Ok(result) => result,
+            Err(ended) => return ended,
+        },
     };
     if let Err(e) = result.into() {
         tracing::debug!(error = %e, "connection ended with an error");
@@ -355,14 +359,19 @@ async fn stalled(http2: Option<&Http2Watch>) {
     tracing::debug!("closing an HTTP/2 connection: a stream's client stopped reading");
 }
 
-/// Waits for a closing connection to finish its requests in flight. HTTP/2
+/// Asks a connection to close after its requests in flight, and waits for
+/// them. HTTP/2
 /// streams are still watched: one that stalls ends the connection, and so
 /// does a response handed to HTTP/2 whole that its client has not taken for
 /// `send_timeout` (no request left in flight, the rest in HTTP/2's buffer).
-async fn close<C>(connection: Pin<&mut C>, http2: Option<&Http2Watch>) -> Result<C::Output, Ended>
+async fn close<C>(
+    mut connection: Pin<&mut C>,
+    http2: Option<&Http2Watch>,
+) -> Result<C::Output, Ended>
 where
     C: GracefulConnection,
 {
+    connection.as_mut().begin_graceful_shutdown();
     let Some(watch) = http2 else {
         return Ok(connection.await);
     };
