@@ -215,6 +215,106 @@ async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
     );
 }
 
+/// The session cookie a response sets, if any: `Some("")` when it clears it.
+fn session_set_by(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("__Host-membergate="))
+        .map(|rest| rest.split(';').next().unwrap_or("").to_owned())
+}
+
+/// Attack catalogue D1 at a privilege change: a group grant moves the
+/// member's session to a new id at its next request, and the old id is dead.
+/// Requests racing with the old id: one renews it, the others are anonymous
+/// and leave the browser's cookie alone (it may hold the new id by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_a_group_grant_moves_the_session_to_a_new_id() {
+    let (gw, origin) = start(|s| s).await;
+    let api = Api::new(&gw);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "hal@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("hal@example.com", PASSWORD).await.status, 303);
+    let first = b.session_cookie().unwrap();
+    assert_eq!(b.get("/vip/").await.status, 403);
+    let grant = |group: &'static str| {
+        let api = &api;
+        async move {
+            let path = format!("/api/v1/members/hal@example.com/groups/{group}");
+            let (status, body) = api.call("PUT", &path, None).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    grant("vip").await;
+
+    let client = gw.client();
+    let with = |cookie: &str, path: &str| {
+        client
+            .get(gw.https_url(path))
+            .header("cookie", format!("__Host-membergate={cookie}"))
+            .send()
+    };
+    let racing: Vec<_> = (0..8).map(|_| with(&first, "/vip/")).collect();
+    let answers = futures_util::future::join_all(racing).await;
+    let mut renewed = Vec::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        match (answer.status().as_u16(), session_set_by(&answer)) {
+            (200, Some(id)) if !id.is_empty() && id != first => {
+                assert_eq!(answer.headers()["cache-control"], "private, no-store");
+                renewed.push(id);
+            }
+            (302, None) => {}
+            other => panic!("a racing request got {other:?}"),
+        }
+    }
+    assert_eq!(renewed.len(), 1, "exactly one request renews the session");
+    let second = renewed.pop().unwrap();
+
+    // The old id is anonymous now, and its answers still clear nothing.
+    let replay = with(&first, "/members/").await.unwrap();
+    assert_eq!(
+        (replay.status().as_u16(), session_set_by(&replay)),
+        (302, None)
+    );
+    // The new id has the group, and is not renewed again.
+    let page = with(&second, "/vip/").await.unwrap();
+    assert_eq!((page.status().as_u16(), session_set_by(&page)), (200, None));
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-groups"), Some("vip"));
+    assert_eq!(seen.header("x-member-email"), Some("hal@example.com"));
+
+    // Renewed on a public page too, which is then kept out of shared caches;
+    // joining a group the member is already in is no privilege gained.
+    grant("staff").await;
+    grant("staff").await;
+    let public = with(&second, "/").await.unwrap();
+    assert_eq!(public.status(), 200);
+    assert_eq!(public.headers()["cache-control"], "private, no-store");
+    let third = session_set_by(&public).unwrap();
+    assert!(!third.is_empty() && third != second, "{third:?}");
+    let page = with(&third, "/vip/").await.unwrap();
+    assert_eq!((page.status().as_u16(), session_set_by(&page)), (200, None));
+    assert_eq!(with(&second, "/vip/").await.unwrap().status(), 302);
+
+    // The portal renews as well, and its pages log the member in under the new id.
+    grant("editors").await;
+    let account = with(&third, "/_membergate/account").await.unwrap();
+    assert_eq!(account.status(), 200);
+    let fourth = session_set_by(&account).unwrap();
+    assert!(!fourth.is_empty() && fourth != third, "{fourth:?}");
+    assert!(account.text().await.unwrap().contains("hal@example.com"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
     let (gw, _origin) = start(|s| s).await;

@@ -28,9 +28,11 @@ fn session(byte: u8, member_id: i64, epoch: i64, expires_at: i64) -> SessionReco
         id_hash: [byte; 32],
         member_id,
         epoch,
+        grants: 0,
         created_at: 1_000,
         expires_at,
         last_seen_at: 1_000,
+        replaced: false,
     }
 }
 
@@ -142,6 +144,61 @@ async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
     assert!(after_disable > after_password);
     store.remove_from_group(m.id, "vip", 1_007).await.unwrap();
     assert!(epoch(store.clone()).await > after_disable);
+}
+
+async fn only_a_new_group_bumps_the_grants(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let grants =
+        |store: Store| async move { store.member_by_id(m.id).await.unwrap().unwrap().grants };
+    assert_eq!(grants(store.clone()).await, 0);
+    store.add_to_group(m.id, "vip", 1_001).await.unwrap();
+    assert_eq!(grants(store.clone()).await, 1);
+    // Already in it: nothing gained.
+    store.add_to_group(m.id, "vip", 1_002).await.unwrap();
+    store.set_name(m.id, "Ada", "King", 1_003).await.unwrap();
+    assert_eq!(grants(store.clone()).await, 1);
+    store.add_to_group(m.id, "staff", 1_004).await.unwrap();
+    assert_eq!(grants(store.clone()).await, 2);
+}
+
+async fn a_session_is_replaced_once_by_its_successor(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    store
+        .create_session(session(1, m.id, m.epoch, 50_000))
+        .await
+        .unwrap();
+    let successor = SessionRecord {
+        grants: 1,
+        ..session(2, m.id, m.epoch, 50_000)
+    };
+    assert!(
+        store
+            .replace_session([1; 32], successor.clone(), 1_060)
+            .await
+            .unwrap()
+    );
+    let old = store.session([1; 32]).await.unwrap().unwrap();
+    assert!(old.replaced);
+    assert_eq!(old.expires_at, 1_060, "the old id expires within a minute");
+    assert_eq!(store.session([2; 32]).await.unwrap(), Some(successor));
+    // A second renewal of the same old id loses, and stores nothing.
+    let rival = session(3, m.id, m.epoch, 50_000);
+    assert!(!store.replace_session([1; 32], rival, 1_060).await.unwrap());
+    assert!(store.session([3; 32]).await.unwrap().is_none());
+    // So does one of an id that is gone.
+    let late = session(4, m.id, m.epoch, 50_000);
+    assert!(!store.replace_session([9; 32], late, 1_060).await.unwrap());
+    assert!(store.session([4; 32]).await.unwrap().is_none());
+    // The replaced record is swept once it expires; its successor stays.
+    assert_eq!(store.delete_expired(1_060).await.unwrap(), 1);
+    assert!(store.session([1; 32]).await.unwrap().is_none());
+    assert!(store.session([2; 32]).await.unwrap().is_some());
 }
 
 async fn groups_are_data_with_counts(store: Store) {
@@ -344,6 +401,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn credential_changes_bump_the_epoch_and_others_do_not() {
                 run(super::credential_changes_bump_the_epoch_and_others_do_not).await
+            }
+            #[tokio::test]
+            async fn only_a_new_group_bumps_the_grants() {
+                run(super::only_a_new_group_bumps_the_grants).await
+            }
+            #[tokio::test]
+            async fn a_session_is_replaced_once_by_its_successor() {
+                run(super::a_session_is_replaced_once_by_its_successor).await
             }
             #[tokio::test]
             async fn groups_are_data_with_counts() {

@@ -56,6 +56,9 @@ pub struct Member {
     pub status: Status,
     /// Bumped by every change that must end the member's sessions.
     pub epoch: i64,
+    /// Bumped by every privilege the member gains (a group): their sessions
+    /// live on, each under a new id (see [`SessionRecord::grants`]).
+    pub grants: i64,
     pub created_at: i64,
     pub last_login_at: Option<i64>,
     pub groups: Vec<String>,
@@ -99,9 +102,16 @@ pub struct SessionRecord {
     pub member_id: MemberId,
     /// The member's epoch when the session began; a different epoch ends it.
     pub epoch: i64,
+    /// The member's grants when the session began; a different count means
+    /// the member gained a privilege since, and the session is renewed under
+    /// a new id (catalogue D1).
+    pub grants: i64,
     pub created_at: i64,
     pub expires_at: i64,
     pub last_seen_at: i64,
+    /// Renewed under a new id: this one no longer logs anyone in, and is kept
+    /// only until it expires, shortly after.
+    pub replaced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +174,8 @@ pub trait MemberStore: Send + Sync {
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>>;
     fn record_login(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Adds a group and, if the member was not in it, bumps their grants:
+    /// access grows, sessions are renewed under new ids.
     fn add_to_group(&self, id: MemberId, group: &str, now: i64) -> BoxFuture<'_, StoreResult<()>>;
     /// Removes a group and bumps the epoch: access shrinks, sessions end.
     fn remove_from_group(
@@ -179,6 +191,15 @@ pub trait MemberStore: Send + Sync {
     fn session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<Option<SessionRecord>>>;
     fn touch_session(&self, id_hash: [u8; 32], now: i64) -> BoxFuture<'_, StoreResult<()>>;
     fn delete_session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<()>>;
+    /// Renews a session: marks `old` replaced (expiring by `old_expires_by`)
+    /// and creates `new`, in one transaction. `false` when `old` was already
+    /// replaced or is gone (another request renewed it first).
+    fn replace_session(
+        &self,
+        old: [u8; 32],
+        new: SessionRecord,
+        old_expires_by: i64,
+    ) -> BoxFuture<'_, StoreResult<bool>>;
     /// Ends every session of a member; returns how many there were.
     fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
     fn delete_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;

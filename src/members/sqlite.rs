@@ -62,7 +62,7 @@ fn backend(e: sqlx::Error) -> StoreError {
 }
 
 const MEMBER_COLUMNS: &str = "m.id, m.email, m.first_name, m.last_name, m.password_hash, m.status, \
-     m.epoch, m.created_at, m.last_login_at, \
+     m.epoch, m.grants, m.created_at, m.last_login_at, \
      (SELECT group_concat(g.group_name, char(10)) FROM member_groups g WHERE g.member_id = m.id) AS groups";
 
 fn member_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Member> {
@@ -81,6 +81,7 @@ fn member_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Member> {
         status: Status::parse(&status)
             .ok_or_else(|| StoreError::Backend(format!("unknown status {status:?}")))?,
         epoch: row.try_get("epoch").map_err(backend)?,
+        grants: row.try_get("grants").map_err(backend)?,
         created_at: row.try_get("created_at").map_err(backend)?,
         last_login_at: row.try_get("last_login_at").map_err(backend)?,
         groups,
@@ -95,10 +96,31 @@ fn session_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SessionRecord> {
             .map_err(|_| StoreError::Backend("bad session hash".into()))?,
         member_id: row.try_get("member_id").map_err(backend)?,
         epoch: row.try_get("epoch").map_err(backend)?,
+        grants: row.try_get("grants").map_err(backend)?,
         created_at: row.try_get("created_at").map_err(backend)?,
         expires_at: row.try_get("expires_at").map_err(backend)?,
         last_seen_at: row.try_get("last_seen_at").map_err(backend)?,
+        replaced: row.try_get("replaced").map_err(backend)?,
     })
+}
+
+/// The statement that stores a new session.
+fn insert_session(
+    s: &SessionRecord,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO sessions \
+         (id_hash, member_id, epoch, grants, created_at, expires_at, last_seen_at, replaced) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&s.id_hash[..])
+    .bind(s.member_id)
+    .bind(s.epoch)
+    .bind(s.grants)
+    .bind(s.created_at)
+    .bind(s.expires_at)
+    .bind(s.last_seen_at)
+    .bind(s.replaced)
 }
 
 impl SqliteStore {
@@ -231,6 +253,7 @@ impl MemberStore for SqliteStore {
                 password_hash: new.password_hash,
                 status: new.status,
                 epoch: 0,
+                grants: 0,
                 created_at: now,
                 last_login_at: None,
                 groups: Vec::new(),
@@ -351,7 +374,7 @@ impl MemberStore for SqliteStore {
             if exists.is_none() {
                 return Err(StoreError::NotFound);
             }
-            sqlx::query(
+            let added = sqlx::query(
                 "INSERT OR IGNORE INTO member_groups (member_id, group_name) VALUES (?, ?)",
             )
             .bind(id)
@@ -359,6 +382,13 @@ impl MemberStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+            if added.rows_affected() > 0 {
+                sqlx::query("UPDATE members SET grants = grants + 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
             SqliteStore::changed(&mut tx, id, false, now).await?;
             tx.commit().await.map_err(backend)?;
             conn.done();
@@ -414,19 +444,10 @@ impl MemberStore for SqliteStore {
 
     fn create_session(&self, s: SessionRecord) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO sessions (id_hash, member_id, epoch, created_at, expires_at, last_seen_at) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&s.id_hash[..])
-            .bind(s.member_id)
-            .bind(s.epoch)
-            .bind(s.created_at)
-            .bind(s.expires_at)
-            .bind(s.last_seen_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+            insert_session(&s)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
             Ok(())
         })
     }
@@ -462,6 +483,39 @@ impl MemberStore for SqliteStore {
                 .await
                 .map_err(backend)?;
             Ok(())
+        })
+    }
+
+    fn replace_session(
+        &self,
+        old: [u8; 32],
+        new: SessionRecord,
+        old_expires_by: i64,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
+            let marked = sqlx::query(
+                "UPDATE sessions SET replaced = 1, expires_at = min(expires_at, ?) \
+                 WHERE id_hash = ? AND replaced = 0",
+            )
+            .bind(old_expires_by)
+            .bind(&old[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if marked.rows_affected() == 0 {
+                tx.rollback().await.map_err(backend)?;
+                conn.done();
+                return Ok(false);
+            }
+            insert_session(&new)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(true)
         })
     }
 

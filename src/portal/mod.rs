@@ -73,14 +73,13 @@ pub async fn handle(
 ) -> Response<GatewayBody> {
     let config = &runtime.config.members;
     let body_timeout = runtime.config.limits.body_idle_timeout;
-    let lookup = m.sessions.lookup(&parts.headers).await;
-    if matches!(lookup, Lookup::Ambiguous) {
+    let Some(settled) = m.sessions.settle(m.sessions.lookup(&parts.headers).await) else {
         return message_response(
             StatusCode::BAD_REQUEST,
             "Bad request",
             "Your browser sent conflicting session cookies. Clear this site's cookies and try again.",
         );
-    }
+    };
     let pre_name = pre_session_cookie(config);
     let pre_session = cookie_values(&parts.headers, &pre_name)
         .next()
@@ -92,14 +91,10 @@ pub async fn handle(
         conn,
         target,
         headers: parts.headers,
-        lookup,
+        lookup: settled.visitor.map_or(Lookup::Anonymous, Lookup::Member),
         pre_session,
-        set_cookies: Vec::new(),
+        set_cookies: settled.set_cookie.into_iter().collect(),
     };
-    if matches!(req.lookup, Lookup::Invalid) {
-        req.set_cookies.push(m.sessions.clear_cookie());
-        req.lookup = Lookup::Anonymous;
-    }
     let sub = &target.path.decoded[PREFIX.len()..];
     let sub = sub.to_ascii_lowercase();
     let query = parse_query(target.query.as_deref());

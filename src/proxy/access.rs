@@ -15,7 +15,7 @@ use crate::hygiene::headers::add_vary;
 use crate::policy::{self, Decision};
 use crate::portal;
 use crate::routing::Site;
-use crate::session::{Lookup, Visitor};
+use crate::session::{Settled, Visitor};
 
 static X_ROBOTS_TAG: header::HeaderName = header::HeaderName::from_static("x-robots-tag");
 
@@ -24,8 +24,9 @@ pub struct Access {
     pub visitor: Option<Arc<Visitor>>,
     /// The path needs a member: the response is private.
     pub protected: bool,
-    /// The request carried a dead session cookie: clear it.
-    pub clear_cookie: bool,
+    /// The session cookie the response sets: a dead one cleared, or a
+    /// renewed session's new id.
+    pub set_cookie: Option<String>,
 }
 
 pub async fn authorise(
@@ -35,17 +36,16 @@ pub async fn authorise(
     headers: &HeaderMap,
 ) -> Result<Access, Response<GatewayBody>> {
     let sessions = &gateway.membership.sessions;
-    let (visitor, clear_cookie) = match sessions.lookup(headers).await {
-        Lookup::Anonymous => (None, false),
-        Lookup::Member(visitor) => (Some(visitor), false),
-        Lookup::Invalid => (None, true),
-        Lookup::Ambiguous => {
-            let why = "The request carries more than one session cookie.";
-            return Err(respond::refusal(
-                Refusal::BadRequest(why),
-                target.wants_json,
-            ));
-        }
+    let Some(Settled {
+        visitor,
+        set_cookie,
+    }) = sessions.settle(sessions.lookup(headers).await)
+    else {
+        let why = "The request carries more than one session cookie.";
+        return Err(respond::refusal(
+            Refusal::BadRequest(why),
+            target.wants_json,
+        ));
     };
     let who = match &visitor {
         Some(v) => policy::Visitor::Member { groups: &v.groups },
@@ -61,7 +61,7 @@ pub async fn authorise(
             return Ok(Access {
                 visitor,
                 protected,
-                clear_cookie,
+                set_cookie,
             });
         }
         Decision::Login if target.wants_json => json_unauthorized(),
@@ -71,8 +71,8 @@ pub async fn authorise(
         },
         Decision::Forbidden => forbidden(target.wants_json),
     };
-    if clear_cookie {
-        append_cookie(refused.headers_mut(), &sessions.clear_cookie());
+    if let Some(cookie) = &set_cookie {
+        append_cookie(refused.headers_mut(), cookie);
     }
     Err(refused)
 }
@@ -139,9 +139,9 @@ fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
 }
 
 /// After the origin answered: private caching for protected paths, no origin
-/// attempt to set the gateway's cookies (catalogue I2), and a cleared dead cookie.
+/// attempt to set the gateway's cookies (catalogue I2), and the session
+/// cookie to set (a dead one cleared, a renewed one's new id).
 pub fn finish(
-    gateway: &Gateway,
     runtime: &Runtime,
     access: &Access,
     mut response: Response<GatewayBody>,
@@ -174,15 +174,19 @@ pub fn finish(
         }
     }
     if access.protected {
+        headers.insert(X_ROBOTS_TAG.clone(), HeaderValue::from_static("noindex"));
+        add_vary(headers, "Cookie");
+    }
+    if let Some(cookie) = &access.set_cookie {
+        append_cookie(headers, cookie);
+    }
+    // A renewed session's id must never land in a shared cache, even on a
+    // public page.
+    if access.protected || access.set_cookie.is_some() {
         headers.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static("private, no-store"),
         );
-        headers.insert(X_ROBOTS_TAG.clone(), HeaderValue::from_static("noindex"));
-        add_vary(headers, "Cookie");
-    }
-    if access.clear_cookie {
-        append_cookie(headers, &gateway.membership.sessions.clear_cookie());
     }
     response
 }

@@ -187,7 +187,7 @@ async fn phases<'r>(
     );
     let (response, was_reset) =
         widget::rewrite(site, &access, max_rewrite, widget, token, &method, response);
-    let mut response = access::finish(gateway, runtime, &access, response);
+    let mut response = access::finish(runtime, &access, response);
     if was_reset {
         widget::clear_reset(gateway, &mut response);
     }

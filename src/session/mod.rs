@@ -7,6 +7,8 @@
 //! the SHA-256 of the id. A cached session is re-checked on every hit (absolute
 //! and idle expiry); every change to a member drops that member's cached
 //! sessions, whether made here or by another process (see [`Sessions::follow_changes`]).
+//! A member who gains a privilege keeps their session under a new id (see
+//! [`Lookup::Renewed`]); one who loses access loses the session.
 
 pub mod seal;
 
@@ -77,11 +79,28 @@ pub enum Lookup {
     /// No session cookie.
     Anonymous,
     Member(Arc<Visitor>),
+    /// The member gained a privilege since the session began: the same
+    /// visitor under a new session id, which the response sets (catalogue
+    /// D1). The old id is dead.
+    Renewed {
+        visitor: Arc<Visitor>,
+        cookie_value: String,
+    },
+    /// A session renewed under a new id moments ago: treat as anonymous and
+    /// leave the cookie alone, since the browser may hold the new id by now.
+    Replaced,
     /// A cookie that is forged, tampered, expired or revoked: treat as
     /// anonymous and clear it.
     Invalid,
     /// More than one cookie of our name: refuse the request (catalogue D3).
     Ambiguous,
+}
+
+/// A lookup as a response sees it: who the visitor is, and the session
+/// cookie to set (a dead one cleared, or a renewed one's new id).
+pub struct Settled {
+    pub visitor: Option<Arc<Visitor>>,
+    pub set_cookie: Option<String>,
 }
 
 /// A new session, ready to be sent to the browser.
@@ -106,6 +125,9 @@ pub struct Sessions {
 
 /// How stale `last_seen` may be in the store before it is written again.
 const TOUCH_INTERVAL: i64 = 60;
+/// How long a renewed session's old id is told apart from a dead one, so
+/// that requests already under way with it do not clear the new cookie.
+const REPLACED_FOR: i64 = 60;
 
 impl Sessions {
     pub fn new(
@@ -158,13 +180,30 @@ impl Sessions {
             return self.still_valid(visitor, now);
         }
         self.cache_misses.inc();
-        match self.load(id_hash, now).await {
-            Some(visitor) => {
-                self.cache.insert(id_hash, visitor.clone());
-                Lookup::Member(visitor)
+        self.load(id_hash, now).await
+    }
+
+    /// What a lookup means for the response; `None` for an ambiguous one,
+    /// which is refused.
+    pub fn settle(&self, lookup: Lookup) -> Option<Settled> {
+        let (visitor, set_cookie) = match lookup {
+            Lookup::Anonymous | Lookup::Replaced => (None, None),
+            Lookup::Member(visitor) => (Some(visitor), None),
+            Lookup::Renewed {
+                visitor,
+                cookie_value,
+            } => {
+                let left = (visitor.expires_at - now()).max(0);
+                let cookie = self.cookie(&self.cookie_name, &cookie_value, left);
+                (Some(visitor), Some(cookie))
             }
-            None => Lookup::Invalid,
-        }
+            Lookup::Invalid => (None, Some(self.clear_cookie())),
+            Lookup::Ambiguous => return None,
+        };
+        Some(Settled {
+            visitor,
+            set_cookie,
+        })
     }
 
     fn still_valid(&self, visitor: Arc<Visitor>, now: i64) -> Lookup {
@@ -190,14 +229,16 @@ impl Sessions {
         Lookup::Member(visitor)
     }
 
-    /// Loads a session from the store, ending it if it or its member is no longer valid.
-    async fn load(&self, id_hash: [u8; 32], now: i64) -> Option<Arc<Visitor>> {
+    /// Loads a session from the store (and caches it), ending it if it or
+    /// its member is no longer valid, renewing it if the member has gained a
+    /// privilege since it began.
+    async fn load(&self, id_hash: [u8; 32], now: i64) -> Lookup {
         let record = match self.store.session(id_hash).await {
             Ok(Some(record)) => record,
-            Ok(None) => return None,
+            Ok(None) => return Lookup::Invalid,
             Err(e) => {
                 tracing::error!(error = %e, "session lookup failed; treating the visitor as anonymous");
-                return None;
+                return Lookup::Invalid;
             }
         };
         let idle_over = now - record.last_seen_at > self.idle.as_secs() as i64;
@@ -205,7 +246,7 @@ impl Sessions {
             Ok(member) => member,
             Err(e) => {
                 tracing::error!(error = %e, "member lookup failed; treating the visitor as anonymous");
-                return None;
+                return Lookup::Invalid;
             }
         };
         let valid = member.as_ref().filter(|m| {
@@ -216,30 +257,86 @@ impl Sessions {
         });
         let Some(member) = valid else {
             let _ = self.store.delete_session(id_hash).await;
-            return None;
+            return Lookup::Invalid;
         };
-        Some(Arc::new(visitor(
+        if record.replaced {
+            return Lookup::Replaced;
+        }
+        if record.grants != member.grants {
+            return self.renew(&record, member, now).await;
+        }
+        let visitor = Arc::new(visitor(
             id_hash,
             member,
             record.expires_at,
             record.last_seen_at,
-        )))
+        ));
+        self.cache.insert(id_hash, visitor.clone());
+        Lookup::Member(visitor)
+    }
+
+    /// Moves a session to a new id after its member gained a privilege: the
+    /// old id is marked replaced in the same transaction that stores the new
+    /// one, so of two requests racing with the old cookie only one renews it.
+    async fn renew(&self, old: &SessionRecord, member: &Member, now: i64) -> Lookup {
+        let id = match fresh_id() {
+            Ok(id) => id,
+            Err(e) => {
+                // The cookie stays; the next request tries again.
+                tracing::error!(error = %e, "cannot renew a session");
+                return Lookup::Anonymous;
+            }
+        };
+        // The new id lives as long as the old one would have.
+        let record = SessionRecord {
+            expires_at: old.expires_at,
+            ..self.record_for(member, hash_id(&id), now)
+        };
+        match self
+            .store
+            .replace_session(old.id_hash, record.clone(), now + REPLACED_FOR)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(
+                    member = member.id,
+                    "session renewed under a new id after a privilege change"
+                );
+                let visitor = Arc::new(visitor(record.id_hash, member, record.expires_at, now));
+                self.cache.insert(record.id_hash, visitor.clone());
+                Lookup::Renewed {
+                    visitor,
+                    cookie_value: self.seal.seal(&id),
+                }
+            }
+            Ok(false) => Lookup::Replaced,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew a session");
+                Lookup::Anonymous
+            }
+        }
+    }
+
+    /// The record of a session for `member` starting now.
+    fn record_for(&self, member: &Member, id_hash: [u8; 32], now: i64) -> SessionRecord {
+        SessionRecord {
+            id_hash,
+            member_id: member.id,
+            epoch: member.epoch,
+            grants: member.grants,
+            created_at: now,
+            expires_at: now + self.lifetime.as_secs() as i64,
+            last_seen_at: now,
+            replaced: false,
+        }
     }
 
     /// Starts a session for `member` (a fresh id every time: no fixation).
     pub async fn create(&self, member: &Member) -> Result<Created, String> {
-        let mut id = [0u8; 32];
-        getrandom::fill(&mut id).map_err(|e| e.to_string())?;
+        let id = fresh_id()?;
         let id_hash = hash_id(&id);
         let now = now();
-        let record = SessionRecord {
-            id_hash,
-            member_id: member.id,
-            epoch: member.epoch,
-            created_at: now,
-            expires_at: now + self.lifetime.as_secs() as i64,
-            last_seen_at: now,
-        };
+        let record = self.record_for(member, id_hash, now);
         self.store
             .create_session(record.clone())
             .await
@@ -353,6 +450,13 @@ fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) 
         identity: IdentityValues::of(member),
         last_seen: AtomicI64::new(last_seen),
     }
+}
+
+/// A new random session id.
+fn fresh_id() -> Result<[u8; 32], String> {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id).map_err(|e| e.to_string())?;
+    Ok(id)
 }
 
 pub fn hash_id(id: &[u8]) -> [u8; 32] {
