@@ -39,6 +39,7 @@ pub async fn authorise(
     let Some(Settled {
         visitor,
         set_cookie,
+        unavailable,
     }) = sessions.settle(sessions.lookup(headers).await)
     else {
         let why = "The request carries more than one session cookie.";
@@ -64,6 +65,9 @@ pub async fn authorise(
                 set_cookie,
             });
         }
+        // The visitor may well be a member: say so rather than ask them to
+        // log in again.
+        Decision::Login if unavailable => session_unavailable(target),
         Decision::Login if target.wants_json => json_unauthorized(),
         Decision::Login => match rule.and_then(|r| r.teaser.as_deref()) {
             Some(teaser) => teaser_page(teaser, target),
@@ -188,6 +192,14 @@ pub fn finish(
             HeaderValue::from_static("private, no-store"),
         );
     }
+    response
+}
+
+fn session_unavailable(target: &Target) -> Response<GatewayBody> {
+    let mut response = respond::refusal(Refusal::SessionUnavailable, target.wants_json);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
 

@@ -32,6 +32,8 @@ pub enum Refusal {
     BodyTimeout,
     BadGateway,
     GatewayTimeout,
+    /// The visitor's session could not be checked (the member store failed).
+    SessionUnavailable,
 }
 
 impl Refusal {
@@ -47,6 +49,7 @@ impl Refusal {
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -65,6 +68,9 @@ impl Refusal {
             }
             Refusal::GatewayTimeout => {
                 "The site behind this gateway took too long to answer. Please try again shortly."
+            }
+            Refusal::SessionUnavailable => {
+                "Your login cannot be checked just now. You are still logged in: please try again in a moment."
             }
         }
     }

@@ -92,6 +92,10 @@ pub enum Lookup {
     /// A cookie that is forged, tampered, expired or revoked: treat as
     /// anonymous and clear it.
     Invalid,
+    /// The session could not be checked just now (the store failed): treat
+    /// as anonymous for this request, keep the cookie, and answer 503 where a
+    /// member is needed, so a bad minute of the store logs nobody out.
+    Unavailable,
     /// More than one cookie of our name: refuse the request (catalogue D3).
     Ambiguous,
 }
@@ -101,6 +105,8 @@ pub enum Lookup {
 pub struct Settled {
     pub visitor: Option<Arc<Visitor>>,
     pub set_cookie: Option<String>,
+    /// The request named a session that could not be checked just now.
+    pub unavailable: bool,
 }
 
 /// A new session, ready to be sent to the browser.
@@ -186,8 +192,9 @@ impl Sessions {
     /// What a lookup means for the response; `None` for an ambiguous one,
     /// which is refused.
     pub fn settle(&self, lookup: Lookup) -> Option<Settled> {
+        let unavailable = matches!(lookup, Lookup::Unavailable);
         let (visitor, set_cookie) = match lookup {
-            Lookup::Anonymous | Lookup::Replaced => (None, None),
+            Lookup::Anonymous | Lookup::Replaced | Lookup::Unavailable => (None, None),
             Lookup::Member(visitor) => (Some(visitor), None),
             Lookup::Renewed {
                 visitor,
@@ -203,6 +210,7 @@ impl Sessions {
         Some(Settled {
             visitor,
             set_cookie,
+            unavailable,
         })
     }
 
@@ -238,7 +246,7 @@ impl Sessions {
             Ok(None) => return Lookup::Invalid,
             Err(e) => {
                 tracing::error!(error = %e, "session lookup failed; treating the visitor as anonymous");
-                return Lookup::Invalid;
+                return Lookup::Unavailable;
             }
         };
         let idle_over = now - record.last_seen_at > self.idle.as_secs() as i64;
@@ -246,7 +254,7 @@ impl Sessions {
             Ok(member) => member,
             Err(e) => {
                 tracing::error!(error = %e, "member lookup failed; treating the visitor as anonymous");
-                return Lookup::Invalid;
+                return Lookup::Unavailable;
             }
         };
         let valid = member.as_ref().filter(|m| {
@@ -282,9 +290,8 @@ impl Sessions {
         let id = match fresh_id() {
             Ok(id) => id,
             Err(e) => {
-                // The cookie stays; the next request tries again.
                 tracing::error!(error = %e, "cannot renew a session");
-                return Lookup::Anonymous;
+                return Lookup::Unavailable;
             }
         };
         // The new id lives as long as the old one would have.
@@ -312,7 +319,7 @@ impl Sessions {
             Ok(false) => Lookup::Replaced,
             Err(e) => {
                 tracing::error!(error = %e, "cannot renew a session");
-                Lookup::Anonymous
+                Lookup::Unavailable
             }
         }
     }

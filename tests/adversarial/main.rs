@@ -14,5 +14,6 @@ mod h2_floods;
 mod h2_wire;
 mod local_replies;
 mod membership_attacks;
+mod store_faults;
 mod token_api_keys;
 mod upstream_faults;

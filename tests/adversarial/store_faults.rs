@@ -1,0 +1,96 @@
+//! A member record the store cannot read (here, a status this version does
+//! not know, as a newer replica might write during a rolling upgrade) is a
+//! fault of the store, not of the visitor: the session is not ended, the
+//! cookie is kept, a members-only page answers 503 with `Retry-After`
+//! instead of a login form, public pages are served anonymously, and the
+//! same cookie works again once the record can be read.
+
+use crate::support::browser::Browser;
+use crate::support::{self, EchoOrigin, Gateway, Setup};
+
+const PASSWORD: &str = "correct horse battery";
+const COOKIE: &str = "__Host-membergate";
+
+/// The status of `email` in the store, written past its CHECK constraint.
+async fn set_status(gw: &Gateway, email: &str, status: &str) {
+    let mut db = support::store_connection(&gw.dir.path().join("data/membergate.db")).await;
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let done = sqlx::query("UPDATE members SET status = ? WHERE email = ?")
+        .bind(status)
+        .bind(email)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    sqlx::Connection::close(db).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_member_record_logs_nobody_out() {
+    let origin = EchoOrigin::start().await;
+    let setup = Setup::new()
+        .route("/", &origin.url())
+        .rule("/members", "members", &[])
+        .members("require_verification = false");
+    let gw = Gateway::start(setup).await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(
+        b.register("ada@example.com", PASSWORD, "Ada", "Lovelace")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 303);
+    let session = b.session_cookie().unwrap();
+    assert_eq!(b.get("/members/").await.status, 200);
+
+    set_status(&gw, "ada@example.com", "suspended-by-v2").await;
+    // A restart empties the session cache, so the record is read again.
+    let gw = gw.restart().await;
+    let client = gw.client();
+    let get = |path: &str, json: bool| {
+        let mut request = client
+            .get(gw.https_url(path))
+            .header("cookie", format!("{COOKIE}={session}"));
+        if json {
+            request = request.header("accept", "application/json");
+        }
+        request.send()
+    };
+    let sets_session = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with(&format!("{COOKIE}=")))
+    };
+
+    let page = get("/members/", false).await.unwrap();
+    assert_eq!(page.status(), 503);
+    assert_eq!(page.headers()["retry-after"], "5");
+    assert!(!sets_session(&page), "the cookie must be kept");
+    assert!(page.text().await.unwrap().contains("still logged in"));
+    let api = get("/members/data", true).await.unwrap();
+    assert_eq!(api.status(), 503);
+    assert!(api.text().await.unwrap().contains("\"status\":503"));
+    let seen_before = origin.requests().len();
+    let public = get("/", false).await.unwrap();
+    assert_eq!(public.status(), 200);
+    assert!(!sets_session(&public));
+    let seen = origin.requests();
+    assert_eq!(seen.len(), seen_before + 1, "only the public page went on");
+    assert_eq!(seen.last().unwrap().header("x-member-email"), None);
+
+    // Readable again: the same cookie is the same member.
+    set_status(&gw, "ada@example.com", "active").await;
+    let page = get("/members/", false).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(!sets_session(&page));
+    assert_eq!(
+        origin.requests().last().unwrap().header("x-member-email"),
+        Some("ada@example.com")
+    );
+    assert!(gw.log().contains("member lookup failed"), "{}", gw.log());
+}
