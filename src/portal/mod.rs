@@ -97,6 +97,19 @@ pub async fn handle(
     };
     let sub = &target.path.decoded[PREFIX.len()..];
     let sub = sub.to_ascii_lowercase();
+    // The pages for a member (and logging out, which must end the stored
+    // session) wait for the store rather than treat a member as a stranger.
+    if settled.unavailable && (sub.starts_with("/account") || sub == "/logout") {
+        let mut response = message_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Your login cannot be checked just now. You are still logged in: please try again in a moment.",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
     let query = parse_query(target.query.as_deref());
     let mut response = match (&parts.method, sub.as_str()) {
         (&Method::GET | &Method::HEAD, "/login") => req.login_page(&query, None, ""),

@@ -2,8 +2,9 @@
 //! not know, as a newer replica might write during a rolling upgrade) is a
 //! fault of the store, not of the visitor: the session is not ended, the
 //! cookie is kept, a members-only page answers 503 with `Retry-After`
-//! instead of a login form, public pages are served anonymously, and the
-//! same cookie works again once the record can be read.
+//! instead of a login form (as do the account pages and logging out),
+//! public pages are served anonymously, and the same cookie works again
+//! once the record can be read.
 
 use crate::support::browser::Browser;
 use crate::support::{self, EchoOrigin, Gateway, Setup};
@@ -75,6 +76,22 @@ async fn an_unreadable_member_record_logs_nobody_out() {
     let api = get("/members/data", true).await.unwrap();
     assert_eq!(api.status(), 503);
     assert!(api.text().await.unwrap().contains("\"status\":503"));
+    // The member's own pages, and logging out (which must end the stored
+    // session), wait for the store too.
+    let account = get("/_membergate/account", false).await.unwrap();
+    assert_eq!(account.status(), 503);
+    assert!(!sets_session(&account));
+    let logout = client
+        .post(gw.https_url("/_membergate/logout"))
+        .header("cookie", format!("{COOKIE}={session}"))
+        .header("origin", gw.https_url(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=irrelevant")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 503);
+    assert!(!sets_session(&logout));
     let seen_before = origin.requests().len();
     let public = get("/", false).await.unwrap();
     assert_eq!(public.status(), 200);
