@@ -313,6 +313,11 @@ async fn d1_a_group_grant_moves_the_session_to_a_new_id() {
     let fourth = session_set_by(&account).unwrap();
     assert!(!fourth.is_empty() && fourth != third, "{fourth:?}");
     assert!(account.text().await.unwrap().contains("hal@example.com"));
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_sessions_renewed_total 3\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ impl Metrics {
         }
     }
 
-    /// Exports the portal's counters and the session cache's hits and misses.
+    /// Exports the portal's counters and the session lookups' outcomes.
     pub fn register_membership(&mut self, membership: &Membership) {
         let counters = &membership.counters;
         self.registry.register(
@@ -173,16 +173,26 @@ impl Metrics {
             "Registration attempts by result (created, duplicate, refused, limited, failed)",
             counters.registrations.clone(),
         );
-        let (hits, misses) = membership.sessions.cache_counters();
+        let sessions = membership.sessions.counters();
         self.registry.register(
             "session_cache_hits",
             "Session lookups answered from memory",
-            hits,
+            sessions.hits,
         );
         self.registry.register(
             "session_cache_misses",
             "Session lookups that read the member store",
-            misses,
+            sessions.misses,
+        );
+        self.registry.register(
+            "sessions_renewed",
+            "Sessions moved to a new id because their member gained a privilege",
+            sessions.renewed,
+        );
+        self.registry.register(
+            "session_store_failures",
+            "Session lookups the member store failed to answer (the visitor kept their cookie)",
+            sessions.unavailable,
         );
     }
 

@@ -125,8 +125,20 @@ pub struct Sessions {
     pub cookie_secure: bool,
     lifetime: Duration,
     idle: Duration,
-    cache_hits: Counter,
-    cache_misses: Counter,
+    counters: SessionCounters,
+}
+
+/// What session lookups came to, for export.
+#[derive(Clone, Default)]
+pub struct SessionCounters {
+    /// Answered from memory.
+    pub hits: Counter,
+    /// Read from the store.
+    pub misses: Counter,
+    /// Moved to a new id after a privilege change.
+    pub renewed: Counter,
+    /// Could not be checked: the store failed.
+    pub unavailable: Counter,
 }
 
 /// How stale `last_seen` may be in the store before it is written again.
@@ -155,8 +167,7 @@ impl Sessions {
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
             idle: config.session_idle,
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
+            counters: SessionCounters::default(),
         }
     }
 
@@ -182,11 +193,20 @@ impl Sessions {
         let id_hash = hash_id(&id);
         let now = now();
         if let Some(visitor) = self.cache.get(&id_hash) {
-            self.cache_hits.inc();
+            self.counters.hits.inc();
             return self.still_valid(visitor, now);
         }
-        self.cache_misses.inc();
-        self.load(id_hash, now).await
+        self.counters.misses.inc();
+        let loaded = self.load(id_hash, now).await;
+        let counter = match loaded {
+            Lookup::Renewed { .. } => Some(&self.counters.renewed),
+            Lookup::Unavailable => Some(&self.counters.unavailable),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+        loaded
     }
 
     /// What a lookup means for the response; `None` for an ambiguous one,
@@ -399,9 +419,9 @@ impl Sessions {
         }
     }
 
-    /// The (hits, misses) counters of the cache, for export.
-    pub fn cache_counters(&self) -> (Counter, Counter) {
-        (self.cache_hits.clone(), self.cache_misses.clone())
+    /// The lookup counters, for export.
+    pub fn counters(&self) -> SessionCounters {
+        self.counters.clone()
     }
 
     /// Number of cached sessions (for metrics).

@@ -110,4 +110,11 @@ async fn an_unreadable_member_record_logs_nobody_out() {
         Some("ada@example.com")
     );
     assert!(gw.log().contains("member lookup failed"), "{}", gw.log());
+    // Counted, for an alert: the members-only page, its JSON twin, the
+    // account page, the logout and the public page.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_session_store_failures_total 5\n"),
+        "{metrics}"
+    );
 }
