@@ -33,6 +33,7 @@ use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, clean_
 use crate::proxy::ConnInfo;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::pipeline::Target;
+use crate::proxy::respond;
 use crate::session::{Lookup, Visitor, cookie_values, hash_id};
 
 /// The path prefix of the portal.
@@ -100,15 +101,7 @@ pub async fn handle(
     // The pages for a member (and logging out, which must end the stored
     // session) wait for the store rather than treat a member as a stranger.
     if settled.unavailable && (sub.starts_with("/account") || sub == "/logout") {
-        let mut response = message_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again",
-            "Your login cannot be checked just now. You are still logged in: please try again in a moment.",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
+        return respond::session_unavailable(target.wants_json);
     }
     let query = parse_query(target.query.as_deref());
     let mut response = match (&parts.method, sub.as_str()) {

@@ -67,7 +67,7 @@ pub async fn authorise(
         }
         // The visitor may well be a member: say so rather than ask them to
         // log in again.
-        Decision::Login if unavailable => session_unavailable(target),
+        Decision::Login if unavailable => respond::session_unavailable(target.wants_json),
         Decision::Login if target.wants_json => json_unauthorized(),
         Decision::Login => match rule.and_then(|r| r.teaser.as_deref()) {
             Some(teaser) => teaser_page(teaser, target),
@@ -192,14 +192,6 @@ pub fn finish(
             HeaderValue::from_static("private, no-store"),
         );
     }
-    response
-}
-
-fn session_unavailable(target: &Target) -> Response<GatewayBody> {
-    let mut response = respond::refusal(Refusal::SessionUnavailable, target.wants_json);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
 

@@ -106,6 +106,16 @@ pub fn refusal(refusal: Refusal, wants_json: bool) -> Response<GatewayBody> {
     own(status, content_type, body)
 }
 
+/// The answer where a member is needed but their session cannot be checked
+/// (the member store failed): 503, try again shortly.
+pub fn session_unavailable(wants_json: bool) -> Response<GatewayBody> {
+    let mut response = refusal(Refusal::SessionUnavailable, wants_json);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
 /// A response of the gateway's own: status, content type, body, never
 /// stored by caches and never sniffed into another type.
 pub fn own(
