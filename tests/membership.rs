@@ -181,10 +181,13 @@ async fn api_clients_get_401_and_members_without_the_group_get_403() {
 async fn groups_granted_and_revoked_by_the_cli_apply_to_the_next_request() {
     let (gw, origin) = start(|s| s).await;
     let mut b = member(&gw, "vera@example.com", "Vera").await;
+    let before = b.session_cookie().unwrap();
     assert_eq!(b.get("/vip/").await.status, 403);
     let (ok, out) = gw.cli(&["group", "add", "vera@example.com", "vip"], "");
     assert!(ok, "{out}");
     eventually(&mut b, "/vip/", 200).await;
+    // Granted by another process: still a new session id (D1).
+    assert_ne!(b.session_cookie().unwrap(), before);
     assert_eq!(
         origin.requests().last().unwrap().header("x-member-groups"),
         Some("vip")
@@ -951,6 +954,51 @@ async fn members_and_sessions_survive_a_restart() {
     assert_eq!(again.get("/members/").await.status, 200);
     let mut fresh = Browser::new(&gw);
     assert_eq!(fresh.login("lee@example.com", PASSWORD).await.status, 303);
+}
+
+/// A store left by the first schema (before session renewal) is migrated in
+/// place on start: its members and sessions live on, and renewal works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_store_keeps_its_members_and_sessions() {
+    let (gw, _origin) = start(|s| s).await;
+    let cookie = member(&gw, "uma@example.com", "Uma")
+        .await
+        .session_cookie()
+        .unwrap();
+    let (dir, config_path) = gw.stop().await;
+
+    // Back to what the first schema had: no grants, no replaced sessions.
+    let mut db = support::store_connection(&dir.path().join("data/membergate.db")).await;
+    for statement in [
+        "ALTER TABLE sessions DROP COLUMN replaced",
+        "ALTER TABLE sessions DROP COLUMN grants",
+        "ALTER TABLE members DROP COLUMN grants",
+        "DELETE FROM _sqlx_migrations WHERE version = 2",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('sessions')")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert!(!columns.iter().any(|c| c == "grants"), "{columns:?}");
+    sqlx::Connection::close(db).await.unwrap();
+
+    let gw = Gateway::start_with_file(dir, config_path).await;
+    let mut b = Browser::new(&gw);
+    b.cookies.insert("__Host-membergate".into(), cookie.clone());
+    assert_eq!(b.get("/members/").await.status, 200, "{}", gw.log());
+    assert_eq!(b.session_cookie().unwrap(), cookie);
+    let (ok, out) = gw.cli(&["group", "add", "uma@example.com", "vip"], "");
+    assert!(ok, "{out}");
+    eventually(&mut b, "/vip/", 200).await;
+    assert_ne!(
+        b.session_cookie().unwrap(),
+        cookie,
+        "renewed after the grant"
+    );
+    let mut fresh = Browser::new(&gw);
+    assert_eq!(fresh.login("uma@example.com", PASSWORD).await.status, 303);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,13 +334,18 @@ impl Gateway {
         }
     }
 
-    /// Stops the gateway (SIGTERM) and starts it again on the same files.
-    pub async fn restart(mut self) -> Gateway {
+    /// Stops the gateway (SIGTERM); its directory and configuration are
+    /// handed back, for `start_with_file`.
+    pub async fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
         self.signal("TERM");
         self.wait_exit(Duration::from_secs(10)).await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let config_path = self.config_path.clone();
-        drop(self);
+        (dir, self.config_path.clone())
+    }
+
+    /// Stops the gateway (SIGTERM) and starts it again on the same files.
+    pub async fn restart(self) -> Gateway {
+        let (dir, config_path) = self.stop().await;
         Gateway::start_with_file(dir, config_path).await
     }
 
