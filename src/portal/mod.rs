@@ -34,7 +34,7 @@ use crate::proxy::ConnInfo;
 use crate::proxy::body::GatewayBody;
 use crate::proxy::pipeline::Target;
 use crate::proxy::respond;
-use crate::session::{Lookup, Visitor, cookie_values, hash_id};
+use crate::session::{Visitor, cookie_values, hash_id};
 
 /// The path prefix of the portal.
 pub const PREFIX: &str = "/_membergate";
@@ -56,7 +56,8 @@ struct Request<'a> {
     conn: ConnInfo,
     target: &'a Target,
     headers: http::HeaderMap,
-    lookup: Lookup,
+    /// The logged-in member, if any.
+    visitor: Option<Arc<Visitor>>,
     /// The pre-session cookie, if the browser sent one.
     pre_session: Option<String>,
     /// Cookies to set on the response.
@@ -92,7 +93,7 @@ pub async fn handle(
         conn,
         target,
         headers: parts.headers,
-        lookup: settled.visitor.map_or(Lookup::Anonymous, Lookup::Member),
+        visitor: settled.visitor,
         pre_session,
         set_cookies: settled.set_cookie.into_iter().collect(),
     };
@@ -174,7 +175,7 @@ impl Request<'_> {
     /// What CSRF tokens of this visitor are bound to; creates the pre-session
     /// cookie when a form is about to be shown to a visitor without one.
     fn csrf_binding(&mut self, create: bool) -> Option<Vec<u8>> {
-        if let Lookup::Member(v) = &self.lookup {
+        if let Some(v) = &self.visitor {
             return Some(v.id_hash.to_vec());
         }
         if self.pre_session.is_none() && create {
@@ -401,14 +402,14 @@ impl Request<'_> {
 
     /// Ends any current session and starts a new one (a fresh id: catalogue D1).
     async fn start_session(&mut self, member: &Member, return_to: &str) -> Response<GatewayBody> {
-        if let Lookup::Member(old) = &self.lookup {
+        if let Some(old) = &self.visitor {
             self.m.sessions.destroy(old.id_hash).await;
         }
         match self.m.sessions.create(member).await {
             Ok(created) => {
                 self.set_cookies
                     .push(self.m.sessions.set_cookie(&created.cookie_value));
-                self.lookup = Lookup::Member(created.visitor);
+                self.visitor = Some(created.visitor);
                 see_other(return_to)
             }
             Err(e) => {
@@ -426,7 +427,7 @@ impl Request<'_> {
     // --- log out ----------------------------------------------------------------
 
     async fn logout(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
-        if let Lookup::Member(visitor) = &self.lookup {
+        if let Some(visitor) = &self.visitor {
             if form.get("everywhere").is_some_and(|v| v == "1") {
                 let _ = self
                     .m
@@ -442,7 +443,7 @@ impl Request<'_> {
         // The next page with the chat widget resets it (see proxy::widget).
         self.set_cookies
             .push(self.m.sessions.chat_reset_cookie(true));
-        self.lookup = Lookup::Anonymous;
+        self.visitor = None;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)
     }
@@ -794,10 +795,7 @@ impl Request<'_> {
     // --- account ----------------------------------------------------------------
 
     fn visitor(&self) -> Option<Arc<Visitor>> {
-        match &self.lookup {
-            Lookup::Member(v) => Some(v.clone()),
-            _ => None,
-        }
+        self.visitor.clone()
     }
 
     async fn account_page(
@@ -925,7 +923,7 @@ impl Request<'_> {
         let Ok(Some(fresh)) = self.m.store.member_by_id(member.id).await else {
             return see_other(&format!("{PREFIX}/login"));
         };
-        self.lookup = Lookup::Anonymous;
+        self.visitor = None;
         self.start_session(&fresh, &format!("{PREFIX}/account?saved=password"))
             .await
     }
