@@ -210,10 +210,25 @@ async fn a9_b4_side_channel_and_forwarding_headers_are_not_believed() {
         User-Agent: kube-probe/1.0\r\nX-Original-URI: /members/\r\nX-Original-URL: /members/\r\n\
         X-Forwarded-Uri: /members/\r\nX-Rewrite-URL: /members/\r\nX-Forwarded-Proto: https\r\n\
         X-Forwarded-Host: evil\r\nX-Forwarded-Prefix: //evil.com\r\nX-Real-IP: 10.0.0.1\r\n\
-        X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n\r\n";
+        X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n\
+        X-Forwarded-Scheme: https\r\nX-Forwarded-Ssl: on\r\nFront-End-Https: on\r\n\
+        X-Url-Scheme: https\r\nX-Forwarded-Server: evil\r\nX-Client-IP: 10.0.0.1\r\n\
+        Client-IP: 10.0.0.1\r\nTrue-Client-IP: 10.0.0.1\r\nCF-Connecting-IP: 10.0.0.1\r\n\
+        X-Cluster-Client-IP: 10.0.0.1\r\nTrue_Client_IP: 10.0.0.1\r\n\r\n";
     assert_eq!(status_of(&w.gw.raw(raw).await), 200);
     let seen = w.public.only_request();
     for gone in [
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "front-end-https",
+        "x-url-scheme",
+        "x-forwarded-server",
+        "x-client-ip",
+        "client-ip",
+        "true-client-ip",
+        "true_client_ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
         "x-original-uri",
         "x-original-url",
         "x-forwarded-uri",

@@ -42,14 +42,28 @@ const PATH_OVERRIDES: [&str; 6] = [
     "x-forwarded-path",
 ];
 
-/// Forwarding headers: believed only from trusted proxies, else replaced.
-const FORWARDING: [&str; 6] = [
+/// Forwarding headers: believed only from trusted proxies, else removed (the
+/// gateway sets the first six itself). The rest are other spellings of "the
+/// client's address" or "the client used TLS" that frameworks and CDNs read
+/// (Rails reads `Client-IP`, Laravel `X-Forwarded-Ssl`, Cloudflare and Akamai
+/// set `CF-Connecting-IP` and `True-Client-IP`), so a client must not send them.
+const FORWARDING: [&str; 16] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-real-ip",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-url-scheme",
+    "front-end-https",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
 ];
 
 /// Lower case, with `_` and `.` read as `-`: the spellings origins and CGI-style
@@ -106,15 +120,15 @@ pub fn prepare_request(
     facts: ClientFacts<'_>,
 ) {
     strip_hop_by_hop(headers);
-    // Every path-override and forwarding name starts with `x` or `f`: most
-    // headers are passed over on their first byte.
+    // Every path-override and forwarding name starts with `x`, `f`, `c` or
+    // `t`: most headers are passed over on their first byte.
     let prefix_first = reserved_prefix.bytes().next();
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let n = name.as_str();
             let first = n.bytes().next().map(normal_byte);
-            if first != Some(b'x') && first != Some(b'f') && first != prefix_first {
+            if !matches!(first, Some(b'x' | b'f' | b'c' | b't')) && first != prefix_first {
                 return false;
             }
             is_reserved(n, reserved_prefix)
