@@ -615,9 +615,74 @@ async fn rules_can_keep_the_origins_caching_headers() {
     assert_eq!(kept.status, 200);
     assert_eq!(kept.headers["cache-control"], "public, max-age=60");
     assert!(!kept.headers.contains_key("x-robots-tag"));
+    // The response was still chosen by the session cookie.
+    assert_eq!(vary(&kept), ["Cookie"]);
     let private = b.get("/members/cacheable").await;
     assert_eq!(private.headers["cache-control"], "private, no-store");
     assert_eq!(private.headers["x-robots-tag"], "noindex");
+    assert_eq!(vary(&private), ["Cookie"]);
+    let kept = b.get("/docs/shared-cacheable").await;
+    assert_eq!(kept.headers["cdn-cache-control"], "max-age=600");
+}
+
+fn vary(page: &support::browser::Page) -> Vec<&str> {
+    page.headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+/// A CDN obeys `CDN-Cache-Control` and `Surrogate-Control` before
+/// `Cache-Control`: a page that names the member must not carry them, or the
+/// CDN hands one member's page to the next visitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_pages_stay_out_of_shared_caches() {
+    let (gw, origin) = start(|s| s).await;
+    Api::new(&gw)
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "ann@example.com", "password": PASSWORD})),
+        )
+        .await;
+    let targeted = [
+        "cdn-cache-control",
+        "cloudflare-cdn-cache-control",
+        "surrogate-control",
+        "edge-control",
+    ];
+    // Anonymous: the public page passes as the origin sent it.
+    let mut b = Browser::new(&gw);
+    let anonymous = b.get("/blog/shared-cacheable").await;
+    assert_eq!(
+        anonymous.headers["cache-control"],
+        "public, max-age=60, s-maxage=600"
+    );
+    for name in targeted {
+        assert!(anonymous.headers.contains_key(name), "{name} dropped");
+    }
+    assert!(vary(&anonymous).is_empty());
+
+    assert_eq!(b.login("ann@example.com", PASSWORD).await.status, 303);
+    // A public page the origin made knowing who asked: the browser may keep
+    // it, no shared cache may.
+    let public = b.get("/blog/shared-cacheable").await;
+    assert_eq!(
+        origin.requests().pop().unwrap().header("x-member-email"),
+        Some("ann@example.com")
+    );
+    assert_eq!(public.headers["cache-control"], "private, max-age=60");
+    assert_eq!(vary(&public), ["Cookie"]);
+    // A members-only page: no copy anywhere.
+    let members = b.get("/members/shared-cacheable").await;
+    assert_eq!(members.headers["cache-control"], "private, no-store");
+    assert_eq!(vary(&members), ["Cookie"]);
+    for page in [&public, &members] {
+        for name in targeted {
+            assert!(!page.headers.contains_key(name), "{name} kept");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,6 +255,64 @@ pub fn add_vary(headers: &mut HeaderMap, field: &'static str) {
     }
 }
 
+/// Marks a response as for this visitor only: `Cache-Control: private,
+/// no-store`, and no directive aimed at shared caches.
+pub fn mark_private(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    remove_targeted_cache_control(headers);
+}
+
+/// Keeps a response out of shared caches but lets the browser keep its copy:
+/// for a public page the origin produced knowing who the visitor is, which a
+/// CDN must not hand to the next visitor. `public` and `s-maxage` give way to
+/// `private`; the browser's own directives (`max-age`, `no-cache` ...) stay.
+pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
+    remove_targeted_cache_control(headers);
+    let mut kept = String::from("private");
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(text) = value.to_str() else { continue };
+        for directive in text.split(',').map(str::trim) {
+            let name = directive.split('=').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store") {
+                // Already kept from shared caches: leave the origin's words.
+                return;
+            }
+            if directive.is_empty()
+                || name.eq_ignore_ascii_case("public")
+                || name.eq_ignore_ascii_case("s-maxage")
+            {
+                continue;
+            }
+            kept.push_str(", ");
+            kept.push_str(directive);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&kept) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+}
+
+/// Removes the cache directives aimed at a CDN or other shared cache, which
+/// such caches obey before `Cache-Control`: `CDN-Cache-Control` and its
+/// vendor forms (RFC 9213), `Surrogate-Control`, Akamai's `Edge-Control`.
+fn remove_targeted_cache_control(headers: &mut HeaderMap) {
+    let targeted = |name: &HeaderName| {
+        let name = name.as_str();
+        name.ends_with("-cache-control") || name == "surrogate-control" || name == "edge-control"
+    };
+    // Almost no response has one: look before collecting.
+    if !headers.keys().any(targeted) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| targeted(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// A message framed two ways at once (`Content-Length` beside
 /// `Transfer-Encoding`): RFC 9112 §6.1 calls it a likely smuggling or
 /// splitting attempt, so an origin that sends one gets no benefit of the doubt.

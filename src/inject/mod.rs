@@ -21,7 +21,7 @@ pub use body::InjectBody;
 pub use codec::Coding;
 
 use crate::config::{Chat, ChatProvider};
-use crate::hygiene::headers::add_vary;
+use crate::hygiene::headers::{add_vary, mark_private};
 use crate::proxy::body::GatewayBody;
 
 /// Clears the widget's cookies and conversation once it is ready.
@@ -136,10 +136,7 @@ pub fn fix_headers(headers: &mut HeaderMap, personalised: bool, to: Coding) {
     // What the widget is told depends on who asks.
     add_vary(headers, "Cookie");
     if personalised {
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-store"),
-        );
+        mark_private(headers);
     }
 }
 

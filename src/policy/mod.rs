@@ -28,7 +28,10 @@ pub struct Rule {
     pub access: Access,
     /// A page served to anonymous visitors instead of the login redirect.
     pub teaser: Option<Arc<Teaser>>,
-    /// Responses get `Cache-Control: private, no-store` and `X-Robots-Tag: noindex`.
+    /// The gateway decides caching (the default): members-only responses get
+    /// `Cache-Control: private, no-store` and `X-Robots-Tag: noindex`, public
+    /// pages served to a member stay out of shared caches. `false` keeps the
+    /// origin's caching headers.
     pub private: bool,
 }
 

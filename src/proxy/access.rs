@@ -11,7 +11,7 @@ use super::body::GatewayBody;
 use super::pipeline::Target;
 use super::respond::{self, Refusal};
 use crate::gateway::{Gateway, Runtime};
-use crate::hygiene::headers::add_vary;
+use crate::hygiene::headers::{add_vary, keep_from_shared_caches, mark_private};
 use crate::policy::{self, Decision};
 use crate::portal;
 use crate::routing::Site;
@@ -22,8 +22,14 @@ static X_ROBOTS_TAG: header::HeaderName = header::HeaderName::from_static("x-rob
 /// The outcome of the authorise phase for a request that may proceed.
 pub struct Access {
     pub visitor: Option<Arc<Visitor>>,
-    /// The path needs a member: the response is private.
-    pub protected: bool,
+    /// The path's rule is not public: the response depends on the session
+    /// cookie, whatever the rule says about caching.
+    pub members_only: bool,
+    /// The rule leaves caching to the gateway (`private`, the default): a
+    /// members-only response is `private, no-store`, and one the origin made
+    /// knowing who the visitor is stays out of shared caches. `private =
+    /// false` keeps the origin's caching headers.
+    pub private: bool,
     /// The session cookie the response sets: a dead one cleared, or a
     /// renewed session's new id.
     pub set_cookie: Option<String>,
@@ -58,10 +64,11 @@ pub async fn authorise(
     let mut refused = match decision {
         Decision::Allow => {
             let access = rule.map_or(&site.rules.default, |r| &r.access);
-            let protected = *access != policy::Access::Public && rule.is_none_or(|r| r.private);
+            let members_only = *access != policy::Access::Public;
             return Ok(Access {
                 visitor,
-                protected,
+                members_only,
+                private: rule.is_none_or(|r| r.private),
                 set_cookie,
             });
         }
@@ -177,8 +184,13 @@ pub fn finish(
             headers.append(header::SET_COOKIE, value);
         }
     }
-    if access.protected {
+    let protected = access.members_only && access.private;
+    if protected {
         headers.insert(X_ROBOTS_TAG.clone(), HeaderValue::from_static("noindex"));
+    }
+    // The origin was told who the visitor is: what it answered may say so.
+    let identified = access.visitor.is_some() && members.identity_headers;
+    if access.members_only || identified {
         add_vary(headers, "Cookie");
     }
     if let Some(cookie) = &access.set_cookie {
@@ -186,11 +198,10 @@ pub fn finish(
     }
     // A renewed session's id must never land in a shared cache, even on a
     // public page.
-    if access.protected || access.set_cookie.is_some() {
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("private, no-store"),
-        );
+    if protected || access.set_cookie.is_some() {
+        mark_private(headers);
+    } else if identified && access.private {
+        keep_from_shared_caches(headers);
     }
     response
 }

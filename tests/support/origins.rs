@@ -257,6 +257,23 @@ async fn answer(
         h.insert("x-kept", "yes".parse().unwrap());
         return Ok(response);
     }
+    if path.ends_with("/shared-cacheable") {
+        // Directives for browsers, for shared caches, and for CDNs alone.
+        let mut response = full(200, "text/plain", b"cacheable".to_vec());
+        let h = response.headers_mut();
+        h.insert(
+            "cache-control",
+            "public, max-age=60, s-maxage=600".parse().unwrap(),
+        );
+        h.insert("cdn-cache-control", "max-age=600".parse().unwrap());
+        h.insert(
+            "cloudflare-cdn-cache-control",
+            "max-age=600".parse().unwrap(),
+        );
+        h.insert("surrogate-control", "max-age=600".parse().unwrap());
+        h.insert("edge-control", "cache-maxage=600s".parse().unwrap());
+        return Ok(response);
+    }
     if path.ends_with("/cacheable") {
         let mut response = full(200, "text/plain", b"cacheable".to_vec());
         let h = response.headers_mut();
