@@ -422,6 +422,30 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
 
 /// D7: every form, not just logout, refuses a cross-site post even with a
 /// valid token, and the refused post changes nothing.
+/// A sidecar behind a TLS-terminating ingress (`http_mode = "serve"`): the
+/// gateway sees plain HTTP, the browser an https page, and says so in
+/// `Origin`. Its forms work; a cross-site one still does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_work_behind_a_tls_terminating_ingress() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "ivy@example.com", "Ivy").await;
+    let mut b = Browser::behind_ingress(&gw);
+    let login = b.login_to("ivy@example.com", PASSWORD, "/members/").await;
+    assert_eq!((login.status, login.location()), (303, "/members/"));
+    assert_eq!(b.get("/members/").await.status, 200);
+    let csrf = b.get("/_membergate/account").await.csrf();
+    let fields = [("csrf", csrf.as_str())];
+    for origin in ["https://evil.com", "https://127.0.0.1.evil.com", "null"] {
+        let page = b
+            .post_with("/_membergate/logout", &fields, &[("origin", origin)])
+            .await;
+        assert_eq!(page.status, 403, "{origin}");
+    }
+    assert_eq!(b.get("/members/").await.status, 200);
+    assert_eq!(b.logout().await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 302);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_form_refuses_cross_site_posts_and_changes_nothing() {
     let (gw, _origin) = start(|s| s.members(GENEROUS_LIMITS)).await;

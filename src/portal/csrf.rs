@@ -28,12 +28,20 @@ pub fn token_matches(key: &[u8; 32], binding: &[u8], submitted: &str) -> bool {
     !expected.is_empty() && expected.as_bytes().ct_eq(submitted.as_bytes()).into()
 }
 
-/// Whether the request comes from a page of `expected_origin` (`https://host[:port]`).
-pub fn same_origin(headers: &http::HeaderMap, expected_origin: &str) -> bool {
+/// Whether the request comes from a page of this site: the browser's
+/// `Origin` names `authority` (`host[:port]`), or without one `Sec-Fetch-Site`
+/// says `same-origin`. Over TLS only `https://` will do. On a plain connection
+/// either scheme: that is the sidecar behind a TLS-terminating ingress, where
+/// browsers say `https://`, and an https page of this host is no less trusted
+/// than an http one.
+pub fn same_origin(headers: &http::HeaderMap, authority: &str, tls: bool) -> bool {
     if let Some(origin) = headers.get(http::header::ORIGIN) {
-        return origin
-            .to_str()
-            .is_ok_and(|o| o.eq_ignore_ascii_case(expected_origin));
+        let Some((scheme, host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+            return false;
+        };
+        let scheme_ok =
+            scheme.eq_ignore_ascii_case("https") || (!tls && scheme.eq_ignore_ascii_case("http"));
+        return scheme_ok && host.eq_ignore_ascii_case(authority);
     }
     headers
         .get("sec-fetch-site")
@@ -65,17 +73,27 @@ mod tests {
     #[test]
     fn origin_checks() {
         let mut h = http::HeaderMap::new();
-        assert!(!same_origin(&h, "https://gw.test"));
+        assert!(!same_origin(&h, "gw.test", true));
         h.insert("sec-fetch-site", "same-origin".parse().unwrap());
-        assert!(same_origin(&h, "https://gw.test"));
+        assert!(same_origin(&h, "gw.test", true));
         h.insert("origin", "https://evil.com".parse().unwrap());
-        assert!(!same_origin(&h, "https://gw.test"));
+        assert!(!same_origin(&h, "gw.test", true));
         h.insert("origin", "null".parse().unwrap());
-        assert!(!same_origin(&h, "https://gw.test"));
+        assert!(!same_origin(&h, "gw.test", true));
         h.insert("origin", "https://GW.test".parse().unwrap());
-        assert!(same_origin(&h, "https://gw.test"));
+        assert!(same_origin(&h, "gw.test", true));
+        // Behind a TLS-terminating ingress the connection is plain, the
+        // browser's page https.
+        assert!(same_origin(&h, "gw.test", false));
+        h.insert("origin", "http://gw.test".parse().unwrap());
+        assert!(same_origin(&h, "gw.test", false));
+        assert!(!same_origin(&h, "gw.test", true));
+        h.insert("origin", "https://gw.test.evil.com".parse().unwrap());
+        assert!(!same_origin(&h, "gw.test", false));
+        h.insert("origin", "https://gw.test:8443".parse().unwrap());
+        assert!(!same_origin(&h, "gw.test", false));
         let mut cross = http::HeaderMap::new();
         cross.insert("sec-fetch-site", "cross-site".parse().unwrap());
-        assert!(!same_origin(&cross, "https://gw.test"));
+        assert!(!same_origin(&cross, "gw.test", true));
     }
 }

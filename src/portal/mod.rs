@@ -167,11 +167,6 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 }
 
 impl Request<'_> {
-    fn origin(&self) -> String {
-        let scheme = if self.conn.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.target.host.authority)
-    }
-
     /// What CSRF tokens of this visitor are bound to; creates the pre-session
     /// cookie when a form is about to be shown to a visitor without one.
     fn csrf_binding(&mut self, create: bool) -> Option<Vec<u8>> {
@@ -210,7 +205,7 @@ impl Request<'_> {
                 "This form could not be accepted. Go back, reload the page and try again.",
             )
         };
-        if !csrf::same_origin(&self.headers, &self.origin()) {
+        if !csrf::same_origin(&self.headers, &self.target.host.authority, self.conn.tls) {
             return Err(forbidden());
         }
         let limited = http_body_util::Limited::new(body, MAX_FORM_BYTES);

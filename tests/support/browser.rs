@@ -65,6 +65,18 @@ impl Browser {
         }
     }
 
+    /// A browser on an https page whose requests reach the gateway's plain
+    /// listener, as through a TLS-terminating ingress in front of a sidecar.
+    pub fn behind_ingress(gw: &Gateway) -> Browser {
+        let base = gw.http_url("");
+        Browser {
+            client: gw.client(),
+            origin: base.replacen("http://", "https://", 1),
+            base,
+            cookies: BTreeMap::new(),
+        }
+    }
+
     fn cookie_header(&self) -> Option<String> {
         (!self.cookies.is_empty()).then(|| {
             self.cookies
