@@ -97,11 +97,43 @@ impl std::error::Error for CodecError {}
 /// Decodes an origin's compressed page.
 pub enum Decoder {
     Identity,
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
-    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    Gzip(flate2::write::GzDecoder<Sink>),
+    Deflate(flate2::write::ZlibDecoder<Sink>),
+    Br(Box<brotli::DecompressorWriter<Sink>>),
+    Zstd(zstd::stream::write::Decoder<'static, Sink>),
 }
+
+/// Where a decoder writes what it decodes: it refuses any write past the
+/// cap, so a bomb stops inside the decoder's own loop, within one of the
+/// decoder's buffers of the cap, however much a single input chunk would
+/// inflate to (a few kilobytes of zstd RLE blocks or brotli make gigabytes).
+pub struct Sink {
+    ready: Vec<u8>,
+    /// Decoded bytes the cap still allows.
+    room: usize,
+    overflowed: bool,
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.len() > self.room {
+            self.overflowed = true;
+            return Err(std::io::Error::other(CodecError::TooLarge));
+        }
+        self.room -= data.len();
+        self.ready.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// RFC 9659: a zstd content coding needs no window over 8 MiB, and a
+/// decoder that allowed zstd's default 128 MiB would let every page ask for
+/// that much memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// The decoded bytes allowed per page, and how many came out so far.
 pub struct Capped {
@@ -112,14 +144,22 @@ pub struct Capped {
 
 impl Capped {
     pub fn new(coding: Coding, limit: usize) -> Result<Capped, CodecError> {
+        let sink = Sink {
+            ready: Vec::new(),
+            room: limit,
+            overflowed: false,
+        };
         let decoder = match coding {
             Coding::Identity => Decoder::Identity,
-            Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-            Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
-            Coding::Br => Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 8192))),
-            Coding::Zstd => Decoder::Zstd(
-                zstd::stream::write::Decoder::new(Vec::new()).map_err(CodecError::Corrupt)?,
-            ),
+            Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
+            Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(sink)),
+            Coding::Br => Decoder::Br(Box::new(brotli::DecompressorWriter::new(sink, 8192))),
+            Coding::Zstd => {
+                let mut d = zstd::stream::write::Decoder::new(sink).map_err(CodecError::Corrupt)?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(CodecError::Corrupt)?;
+                Decoder::Zstd(d)
+            }
         };
         Ok(Capped {
             decoder,
@@ -128,27 +168,18 @@ impl Capped {
         })
     }
 
-    /// Feeds one chunk; returns the decoded bytes ready so far. Large chunks
-    /// are fed in slices so that a bomb is caught before it inflates much
-    /// past the cap.
+    /// Feeds one chunk; returns the decoded bytes ready so far.
     pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, CodecError> {
-        if let Decoder::Identity = self.decoder {
-            return self.count(chunk.to_vec());
-        }
-        let mut out = Vec::new();
-        for piece in chunk.chunks(4096) {
-            let write = match &mut self.decoder {
-                Decoder::Identity => Ok(()),
-                Decoder::Gzip(d) => d.write_all(piece),
-                Decoder::Deflate(d) => d.write_all(piece),
-                Decoder::Br(d) => d.write_all(piece),
-                Decoder::Zstd(d) => d.write_all(piece),
-            };
-            write.map_err(CodecError::Corrupt)?;
-            let ready = self.take();
-            out.extend_from_slice(&self.count(ready)?);
-        }
-        Ok(out)
+        let write = match &mut self.decoder {
+            Decoder::Identity => return self.count(chunk.to_vec()),
+            Decoder::Gzip(d) => d.write_all(chunk),
+            Decoder::Deflate(d) => d.write_all(chunk),
+            Decoder::Br(d) => d.write_all(chunk),
+            Decoder::Zstd(d) => d.write_all(chunk),
+        };
+        self.checked(write)?;
+        let ready = self.take();
+        self.count(ready)
     }
 
     /// Ends the stream: the last decoded bytes, or an error for a truncated one.
@@ -165,21 +196,38 @@ impl Capped {
                     Ok(())
                 }
             }),
-            Decoder::Zstd(d) => d.flush(),
+            // Fails for a stream that does not end on a complete frame.
+            Decoder::Zstd(d) => d.do_finish(),
         };
-        done.map_err(CodecError::Corrupt)?;
+        self.checked(done)?;
         let rest = self.take();
         self.count(rest)
     }
 
-    fn take(&mut self) -> Vec<u8> {
+    fn sink(&mut self) -> Option<&mut Sink> {
         match &mut self.decoder {
-            Decoder::Identity => Vec::new(),
-            Decoder::Gzip(d) => std::mem::take(d.get_mut()),
-            Decoder::Deflate(d) => std::mem::take(d.get_mut()),
-            Decoder::Br(d) => std::mem::take(d.get_mut()),
-            Decoder::Zstd(d) => std::mem::take(d.get_mut()),
+            Decoder::Identity => None,
+            Decoder::Gzip(d) => Some(d.get_mut()),
+            Decoder::Deflate(d) => Some(d.get_mut()),
+            Decoder::Br(d) => Some(d.get_mut()),
+            Decoder::Zstd(d) => Some(d.get_mut()),
         }
+    }
+
+    /// A decoder's error: the sink's refusal is the cap, anything else a
+    /// corrupt stream.
+    fn checked(&mut self, result: std::io::Result<()>) -> Result<(), CodecError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if self.sink().is_some_and(|s| s.overflowed) => Err(CodecError::TooLarge),
+            Err(e) => Err(CodecError::Corrupt(e)),
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        self.sink()
+            .map(|s| std::mem::take(&mut s.ready))
+            .unwrap_or_default()
     }
 
     fn count(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, CodecError> {
@@ -334,6 +382,51 @@ mod tests {
         let page = encoded(Coding::Br, &vec![b'x'; 100_000]);
         assert!(decode_in_chunks(Coding::Br, &page[..page.len() / 2], 1 << 20).is_err());
         assert!(decode_in_chunks(Coding::Zstd, b"not zstd at all", 1 << 20).is_err());
+        let page = encoded(Coding::Zstd, &vec![b'x'; 100_000]);
+        assert!(matches!(
+            decode_in_chunks(Coding::Zstd, &page[..page.len() - 3], 1 << 20),
+            Err(CodecError::Corrupt(_))
+        ));
+    }
+
+    /// A zstd frame (no checksum, no content size) with window log
+    /// `window_log` and `blocks` RLE blocks of 128 KiB each: four bytes of
+    /// input per 128 KiB of output.
+    fn zstd_rle_frame(window_log: u8, blocks: usize) -> Vec<u8> {
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (window_log - 10) << 3];
+        for i in 0..blocks {
+            let last = u32::from(i + 1 == blocks);
+            let header = last | (1 << 1) | ((128 << 10) << 3);
+            frame.extend_from_slice(&header.to_le_bytes()[..3]);
+            frame.push(b'x');
+        }
+        frame
+    }
+
+    #[test]
+    fn one_chunk_never_decodes_far_past_the_cap() {
+        // 4 KiB of input that would decode to 128 MiB, in one chunk.
+        let bomb = zstd_rle_frame(20, 1023);
+        assert!(bomb.len() < 4200);
+        let limit = 1 << 20;
+        let mut d = Capped::new(Coding::Zstd, limit).unwrap();
+        assert!(matches!(d.decode(&bomb), Err(CodecError::TooLarge)));
+        let held = d.sink().map_or(0, |s| s.ready.capacity());
+        assert!(held <= limit, "{held} bytes held for a {limit}-byte cap");
+        // The frame itself is sound: under a larger cap it decodes.
+        let small = zstd_rle_frame(20, 3);
+        let out = decode_in_chunks(Coding::Zstd, &small, 1 << 20).unwrap();
+        assert_eq!(out, vec![b'x'; 3 << 17]);
+    }
+
+    #[test]
+    fn zstd_frames_that_want_a_window_over_8_mib_are_refused() {
+        let ok = decode_in_chunks(Coding::Zstd, &zstd_rle_frame(23, 1), 1 << 20);
+        assert_eq!(ok.unwrap().len(), 128 << 10);
+        assert!(matches!(
+            decode_in_chunks(Coding::Zstd, &zstd_rle_frame(27, 1), 1 << 20),
+            Err(CodecError::Corrupt(_))
+        ));
     }
 
     #[test]
