@@ -117,7 +117,21 @@ async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
             .epoch
     };
     let start = epoch(store.clone()).await;
-    store.rehash_password(m.id, "$argon2id$new").await.unwrap();
+    let first = m.password_hash.clone().unwrap();
+    assert!(
+        store
+            .rehash_password(m.id, &first, "$argon2id$new")
+            .await
+            .unwrap()
+    );
+    // An upgrade computed from a hash that is no longer stored (the password
+    // changed meanwhile) changes nothing.
+    assert!(
+        !store
+            .rehash_password(m.id, &first, "$argon2id$stale")
+            .await
+            .unwrap()
+    );
     store.set_name(m.id, "Ada", "King", 1_001).await.unwrap();
     store.record_login(m.id, 1_002).await.unwrap();
     store.add_to_group(m.id, "vip", 1_003).await.unwrap();

@@ -162,8 +162,15 @@ pub trait MemberStore: Send + Sync {
     fn list_members(&self) -> BoxFuture<'_, StoreResult<Vec<Member>>>;
     /// Sets a new password hash and bumps the epoch, ending every session.
     fn set_password(&self, id: MemberId, hash: &str, now: i64) -> BoxFuture<'_, StoreResult<()>>;
-    /// Replaces the hash of the same password (parameter upgrade); sessions live on.
-    fn rehash_password(&self, id: MemberId, hash: &str) -> BoxFuture<'_, StoreResult<()>>;
+    /// Replaces the hash of the same password (parameter upgrade) if the
+    /// stored hash is still `old`; sessions live on. False when the password
+    /// changed meanwhile: the upgrade must not bring the old password back.
+    fn rehash_password(
+        &self,
+        id: MemberId,
+        old: &str,
+        new: &str,
+    ) -> BoxFuture<'_, StoreResult<bool>>;
     /// Sets the status; leaving `Active` bumps the epoch.
     fn set_status(&self, id: MemberId, status: Status, now: i64) -> BoxFuture<'_, StoreResult<()>>;
     fn set_name(

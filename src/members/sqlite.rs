@@ -308,16 +308,24 @@ impl MemberStore for SqliteStore {
         ))
     }
 
-    fn rehash_password(&self, id: MemberId, hash: &str) -> BoxFuture<'_, StoreResult<()>> {
-        let hash = hash.to_owned();
+    fn rehash_password(
+        &self,
+        id: MemberId,
+        old: &str,
+        new: &str,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        let (old, new) = (old.to_owned(), new.to_owned());
         Box::pin(async move {
-            sqlx::query("UPDATE members SET password_hash = ? WHERE id = ?")
-                .bind(hash)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(())
+            let done = sqlx::query(
+                "UPDATE members SET password_hash = ? WHERE id = ? AND password_hash = ?",
+            )
+            .bind(new)
+            .bind(id)
+            .bind(old)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

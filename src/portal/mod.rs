@@ -377,11 +377,14 @@ impl Request<'_> {
                 member.id,
                 field("password").to_owned(),
             );
+            let old = member.password_hash.clone().unwrap_or_default();
             tokio::spawn(async move {
                 if let Some(Ok(hash)) =
                     password::off_thread(move || password::hash(&password)).await
                 {
-                    let _ = store.rehash_password(id, &hash).await;
+                    // Only over the hash that was checked: a password
+                    // changed meanwhile stays changed.
+                    let _ = store.rehash_password(id, &old, &hash).await;
                 }
             });
         }
