@@ -6,7 +6,8 @@
 //! decides; a path no rule covers gets the site's default. A pattern is a
 //! prefix that matches whole segments, or a glob when it holds `*`, `?`, `[` or
 //! `{` (`*` stays within a segment, `**` crosses them); both ignore ASCII case,
-//! like routes.
+//! like routes. A glob covers the whole path, with or without a trailing `/`
+//! (end it with `/**` to cover what lies below).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,7 +71,14 @@ impl PathPattern {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Prefix(prefix) => crate::routing::prefix_matches(prefix, path),
-            PathPattern::Glob(glob) => glob.is_match(path),
+            // A glob covers the whole path, and `/a/b/` is the same page as
+            // `/a/b` to most origins: a rule for one must not miss the other.
+            PathPattern::Glob(glob) => {
+                glob.is_match(path)
+                    || path
+                        .strip_suffix('/')
+                        .is_some_and(|bare| !bare.is_empty() && glob.is_match(bare))
+            }
         }
     }
 }
@@ -209,6 +217,8 @@ mod tests {
             ("/kb/private", anon, Decision::Login, Some(5)),
             ("/kb/a/b/private", anon, Decision::Login, Some(5)),
             ("/kb/a/private-not", anon, Decision::Allow, None),
+            ("/kb/a/private/", anon, Decision::Login, Some(5)),
+            ("/KB/A/Private/", anon, Decision::Login, Some(5)),
         ];
         for (path, visitor, want, rule) in table {
             assert_eq!(
