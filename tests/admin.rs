@@ -581,7 +581,10 @@ async fn teaser_rules_show_anonymous_visitors_a_teaser_and_members_the_page() {
     // The same page with a trailing slash, in any case, is covered too.
     for spelling in ["/kb/premium-tides.html/", "/KB/Premium-Tides.HTML/"] {
         assert_eq!(b.get(spelling).await.status, 200, "{spelling}");
-        assert!(origin.requests().is_empty(), "{spelling} reached the origin");
+        assert!(
+            origin.requests().is_empty(),
+            "{spelling} reached the origin"
+        );
     }
     // A glob `*` stays within its segment: this path is public.
     assert_eq!(b.get("/kb/premium-x/y.html").await.status, 200);

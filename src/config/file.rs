@@ -68,6 +68,8 @@ pub struct ApiKeySection {
     pub key_sha256: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    #[serde(default)]
+    pub sites: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,6 +63,8 @@ pub struct ApiKey {
     pub create: bool,
     /// May check tokens (`verify`).
     pub verify: bool,
+    /// The sites (by name) the key is good for; empty: every site.
+    pub sites: Vec<String>,
 }
 
 /// The chat widget of a site: who gets it, identified or not.

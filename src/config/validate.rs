@@ -337,6 +337,16 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             );
         }
     }
+    for (i, key) in identification.api_keys.iter().enumerate() {
+        for (j, name) in key.sites.iter().enumerate() {
+            if !sites.iter().any(|s| s.name == *name) {
+                p.add(
+                    &format!("identification.api_keys[{i}].sites[{j}]"),
+                    format!("no site is named {name:?}"),
+                );
+            }
+        }
+    }
 
     if p.0.is_empty() {
         Ok(Config {
@@ -902,6 +912,7 @@ fn identification(p: &mut Problems, s: &IdentificationSection) -> Identification
             sha256,
             create,
             verify,
+            sites: k.sites.clone(),
         });
     }
     Identification {

@@ -111,6 +111,15 @@ pub async fn handle(
             "this API key does not have the scope for this endpoint",
         );
     }
+    // A key bound to sites mints and checks only for them: the Host picks
+    // the site, and a client chooses the Host.
+    if !key.sites.is_empty() && !key.sites.iter().any(|s| s == site) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "MISSING_SCOPES",
+            "this API key is not for this site",
+        );
+    }
     if rate.observe(&("api-key", key.name.as_str()), 1) > CALLS_PER_KEY {
         return too_many();
     }

@@ -9,19 +9,28 @@ const KEY: &str = "mgk_live_0123456789abcdef0123456789abcdef";
 const CREATE: &str = "/_membergate/api/conversations/v3/visitor-identification/tokens/create";
 const BODY: &str = r#"{"email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace"}"#;
 
-async fn start() -> Gateway {
-    let digest: String = Sha256::digest(KEY.as_bytes())
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
+
+async fn start() -> Gateway {
+    start_with("", Setup::new()).await
+}
+
+/// The gateway with the `backend` key (scope create, plus `key_extra`).
+async fn start_with(key_extra: &str, setup: Setup) -> Gateway {
+    let digest = sha256_hex(KEY);
     let origin = EchoOrigin::start().await;
     Gateway::start(
-        Setup::new()
+        setup
             .route("/", &origin.url())
             .chat("provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\"")
             .identification(&format!(
                 "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"\n\
-                 [[identification.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{digest}\"\nscopes = [\"create\"]"
+                 [[identification.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{digest}\"\nscopes = [\"create\"]\n{key_extra}"
             ))
             .file("k1.key", "k1-secret-0123456789-0123456789-0123456789"),
     )
@@ -103,4 +112,49 @@ async fn h4_an_endless_body_with_a_valid_key_is_cut_off_at_the_cap() {
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     // What sits in socket buffers counts as sent; the cap itself is 16 KiB.
     assert!(sent < 16 << 20, "{sent} bytes were sent before the answer");
+}
+
+/// A client picks the Host, and so the site a token is minted for: a key
+/// bound to one site cannot mint for another by naming its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_to_a_site_mints_for_that_site_only() {
+    let other = EchoOrigin::start().await;
+    let site = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"shop.test\"]\n\
+         [[sites.routes]]\npath = \"/\"\nupstream = {:?}\n",
+        other.url()
+    );
+    let gw = start_with("sites = [\"main\"]", Setup::new().site(&site)).await;
+    let mint_at = |host: &'static str| {
+        let request = format!(
+            "POST {CREATE} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let gw = &gw;
+        async move { gw.raw(request.as_bytes()).await }
+    };
+    let main = mint_at("gw.test").await;
+    assert!(main.starts_with("HTTP/1.1 200 "), "{main}");
+    assert!(main.contains("\"token\""), "{main}");
+    let shop = mint_at("shop.test").await;
+    assert!(shop.starts_with("HTTP/1.1 403 "), "{shop}");
+    assert!(shop.contains("not for this site"), "{shop}");
+    assert!(!shop.contains("\"token\""), "{shop}");
+    assert!(other.requests().is_empty());
+
+    // A key naming a site that does not exist is a configuration error.
+    let typo = Setup::new()
+        .route("/", &other.url())
+        .identification(&format!(
+            "[[identification.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{}\"\n\
+             scopes = [\"create\"]\nsites = [\"mian\"]",
+            sha256_hex(KEY)
+        ));
+    let (code, problems) = crate::support::check_config(&typo);
+    assert_eq!(code, Some(2), "{problems}");
+    assert!(
+        problems.contains("identification.api_keys[0].sites[0]: no site is named \"mian\""),
+        "{problems}"
+    );
 }
