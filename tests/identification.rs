@@ -606,6 +606,17 @@ async fn the_page_csp_is_honoured_never_loosened() {
             "/strict",
             Page::html(PAGE).with("content-security-policy", "default-src 'self'"),
         ),
+        (
+            "/no-scripts",
+            Page::html(PAGE).with(
+                "content-security-policy",
+                "default-src 'self'; script-src-elem 'none'",
+            ),
+        ),
+        (
+            "/no-transform",
+            Page::html(PAGE).with("cache-control", "max-age=60, No-Transform"),
+        ),
     ])
     .await;
     let gw = start(
@@ -655,6 +666,17 @@ async fn the_page_csp_is_honoured_never_loosened() {
         csp,
         format!("default-src 'self'; script-src 'self' 'sha256-{hash}'")
     );
+    // A page that allows no script, or that intermediaries must not change,
+    // passes byte for byte: a hash beside 'none' would switch it off.
+    let page = b.get("/no-scripts").await;
+    assert_eq!(page.body, PAGE);
+    assert_eq!(
+        page.headers["content-security-policy"],
+        "default-src 'self'; script-src-elem 'none'"
+    );
+    let page = b.get("/no-transform").await;
+    assert_eq!(page.body, PAGE);
+    assert_eq!(page.headers["content-length"], PAGE.len().to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

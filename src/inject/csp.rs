@@ -53,6 +53,24 @@ pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Whether an enforced policy allows no script element at all: its governing
+/// directive lists no source or only `'none'`. The widget could not load
+/// there, and a hash beside `'none'` would make browsers ignore the `'none'`.
+pub fn forbids_scripts(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_SECURITY_POLICY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|policy| {
+            script_directive(policy).is_some_and(|(_, directive)| {
+                directive
+                    .split_ascii_whitespace()
+                    .skip(1)
+                    .all(|s| s.eq_ignore_ascii_case("'none'"))
+            })
+        })
+}
+
 /// Makes every enforced policy allow the inline `script` (its text between
 /// the tags), adding its hash only where nothing else already allows it.
 pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<&str>) {
@@ -183,5 +201,29 @@ mod tests {
             after(&["frame-ancestors 'none'"], None),
             ["frame-ancestors 'none'"]
         );
+    }
+
+    #[test]
+    fn policies_that_allow_no_script_are_recognised() {
+        for policy in [
+            "default-src 'none'",
+            "script-src 'NONE'; img-src *",
+            "default-src 'self'; script-src",
+            "script-src-elem 'none'; script-src 'self'",
+        ] {
+            assert!(forbids_scripts(&csp(&[policy])), "{policy}");
+        }
+        for policy in [
+            "default-src 'self'",
+            "default-src 'none'; script-src 'self'",
+            "img-src 'none'",
+            "script-src 'none' 'sha256-abc='",
+        ] {
+            assert!(!forbids_scripts(&csp(&[policy])), "{policy}");
+        }
+        assert!(forbids_scripts(&csp(&[
+            "default-src *",
+            "script-src 'none'"
+        ])));
     }
 }

@@ -48,6 +48,12 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         (Some(value), None) => Coding::from_header(value.to_str().ok()?)?,
         (Some(_), Some(_)) => return None,
     };
+    // The origin forbids intermediaries to change the content (RFC 9110,
+    // 7.7), or its policy allows no script at all: adding a hash to
+    // `script-src 'none'` would switch the 'none' off.
+    if has_no_transform(headers) || csp::forbids_scripts(headers) {
+        return None;
+    }
     // A page sent to be saved, not shown: the file must be the origin's.
     if headers
         .get(header::CONTENT_DISPOSITION)
@@ -73,6 +79,16 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
     };
     lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable { charset, coding })
+}
+
+/// `Cache-Control: no-transform` in any of the response's fields.
+fn has_no_transform(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
 }
 
 /// Wraps a rewritable response so the snippet is inserted before `</head>` (or
