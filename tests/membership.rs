@@ -99,6 +99,9 @@ async fn register_verify_login_read_and_log_out() {
     assert!(link.starts_with("/_membergate/verify?token="), "{link}");
     // A return_to slipped into the mailed link is checked again: not off-site.
     let link = format!("{link}&return_to=%2F%2Fevil.example%2Fx");
+    // A mail scanner's HEAD does not spend the link.
+    let head = gw.client().head(gw.https_url(&link)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
     let verified = b.get(&link).await;
     assert_eq!(
         (verified.status, verified.location()),

@@ -110,7 +110,10 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/register") => {
             req.register_page(&query, None, &HashMap::new())
         }
-        (&Method::GET | &Method::HEAD, "/verify") => req.verify(&query).await,
+        // Link checkers and mail scanners send HEAD: it must not spend the
+        // link the member is about to open.
+        (&Method::HEAD, "/verify") => req.message(StatusCode::OK, "Confirm your address", "", None),
+        (&Method::GET, "/verify") => req.verify(&query).await,
         (&Method::GET | &Method::HEAD, "/reset") => req.reset_page(&query, None),
         (&Method::GET | &Method::HEAD, "/account") => req.account_page(&query, None).await,
         (&Method::POST, path) => match req.checked_form(body, body_timeout).await {
@@ -639,7 +642,8 @@ impl Request<'_> {
             return self.message(
                 StatusCode::BAD_REQUEST,
                 "Link not valid",
-                "This link is not valid any more. Links work once and expire after a day.",
+                "This link is not valid any more. Links work once and expire after a day; \
+                 if your address is already confirmed, log in.",
                 Some(("/_membergate/login", "Log in")),
             );
         };
