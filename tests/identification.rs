@@ -1006,3 +1006,42 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
     let log = gw.log();
     assert!(!log.contains(API_KEY) && !log.contains(VERIFY_KEY));
 }
+
+/// A page's token comes from the cache until shortly before it expires, but
+/// never from a key that no longer signs: after a rotation the chat backend
+/// may have retired it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_retires_cached_page_tokens() {
+    let origin = PageOrigin::start(vec![]).await;
+    let k1 = "[[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"";
+    let gw = start(&origin, BUILTIN, |s| {
+        s.identification(k1)
+            .file("k1.key", "k1-secret-0123456789-0123456789-0123456789")
+            .file("k2.key", "k2-secret-0123456789-0123456789-0123456789")
+    })
+    .await;
+    let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;
+    let token = |page: &support::browser::Page| {
+        settings(&page.body).unwrap()["identificationToken"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = token(&ada.get("/blog/tides").await);
+    assert!(first.starts_with("mgv1.k1."), "{first}");
+    assert_eq!(token(&ada.get("/blog/lamps").await), first, "not cached");
+
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let rotated = config.replace(
+        k1,
+        "[[identification.keys]]\nid = \"k2\"\nsecret_file = \"k2.key\"\n\
+         [[identification.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"",
+    );
+    std::fs::write(&gw.config_path, rotated).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    let second = token(&ada.get("/blog/tides").await);
+    assert!(second.starts_with("mgv1.k2."), "{second}");
+    assert_eq!(claims(&second)["email"], "ada@example.com");
+    assert_eq!(token(&ada.get("/blog/lamps").await), second, "not cached");
+}

@@ -80,13 +80,15 @@ fn query_matches(wanted: Option<&(String, Option<String>)>, query: Option<&str>)
         .any(|(n, v)| n == name && value.as_ref().is_none_or(|want| want == v))
 }
 
-/// A token in the cache, with the identity it was minted for: a member who
-/// changes their name gets a new one.
+/// A token in the cache, with the identity it was minted for (a member who
+/// changes their name gets a new one) and the key that signed it.
 #[derive(Debug)]
 struct Minted {
     identity: Identity,
     token: Arc<str>,
     reuse_for: Duration,
+    /// The signing key's id for a self-minted token, `None` for HubSpot's.
+    signed_with: Option<Box<str>>,
 }
 
 struct ReuseFor;
@@ -154,11 +156,21 @@ impl Identifier {
         visitor: &Visitor,
     ) -> Option<Arc<str>> {
         let key = (visitor.member_id, site.clone());
+        let signer = match chat.provider {
+            ChatProvider::Builtin { .. } => {
+                Some(configured_keys.unwrap_or(&self.default_keys).signing_id())
+            }
+            ChatProvider::HubSpot { .. } => None,
+        };
         if let Some(found) = self.cache.get(&key).await {
             let same = &found.identity;
+            // After a key rotation (or a change of provider) the cached token
+            // may be one the chat backend can no longer verify.
+            let same_signer = found.signed_with.as_deref() == signer;
             if same.email == visitor.email
                 && same.first_name == visitor.first_name
                 && same.last_name == visitor.last_name
+                && same_signer
             {
                 self.count("cached");
                 return Some(found.token.clone());
@@ -186,6 +198,7 @@ impl Identifier {
                     identity,
                     token: token.clone(),
                     reuse_for: lifetime.mul_f64(0.9),
+                    signed_with: Some(keys.signing_id().into()),
                 });
                 self.cache.insert(key, minted).await;
                 self.count("minted");
@@ -212,6 +225,7 @@ impl Identifier {
                                 token: token.into(),
                                 // Reused until an hour before HubSpot's 12 hours run out.
                                 reuse_for: hubspot::TOKEN_LIFETIME - Duration::from_secs(3600),
+                                signed_with: None,
                             }))
                         })
                         .await

@@ -120,6 +120,11 @@ impl Keys {
         Ok(Keys { keys })
     }
 
+    /// The id of the key new tokens are signed with.
+    pub fn signing_id(&self) -> &str {
+        self.keys.first().map_or("", |k| k.id.as_str())
+    }
+
     pub fn mint(&self, identity: &Identity, audience: &str, now: i64, lifetime: i64) -> String {
         let claims = Claims {
             identity: identity.clone(),
