@@ -749,6 +749,49 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
     );
 }
 
+/// Behind a trusted ingress every visitor arrives from its address: limits
+/// key on the visitor's address from `X-Forwarded-For`, so one guesser does
+/// not spend everyone's budget, and a guesser who prepends addresses of
+/// their own to the header still meets their limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_limits_follow_the_visitor_not_the_proxy() {
+    let (gw, _origin) = start(|s| s.server("trusted_proxies = [\"127.0.0.0/8\"]")).await;
+    member(&gw, "lea@example.com", "Lea").await;
+    let login = |email: String, password: &'static str, forwarded: String| {
+        let mut b = Browser::new(&gw);
+        async move {
+            let csrf = b.get("/_membergate/login").await.csrf();
+            let origin = b.origin.clone();
+            b.post_with(
+                "/_membergate/login",
+                &[("csrf", &csrf), ("email", &email), ("password", password)],
+                &[("origin", &origin), ("x-forwarded-for", &forwarded)],
+            )
+            .await
+            .status
+        }
+    };
+    let mut limited = None;
+    for i in 0..40 {
+        // What the ingress sends: whatever the client claimed, then the
+        // client's own address.
+        let forwarded = format!("10.9.{i}.1, 198.51.100.7");
+        let status = login(format!("ghost{i}@example.com"), "guess", forwarded).await;
+        if status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let attempt = limited.expect("one visitor behind the proxy was never limited");
+    assert!((29..=31).contains(&attempt), "limited at attempt {attempt}");
+    // Another visitor through the same proxy is not held.
+    let other = login("lea@example.com".into(), PASSWORD, "198.51.100.8".into()).await;
+    assert_eq!(other, 303);
+    let held = login("lea@example.com".into(), PASSWORD, "198.51.100.7".into()).await;
+    assert_eq!(held, 429);
+}
+
 /// E1, lockout as a denial of service: guesses at an account from one
 /// address meet the per-(account, IP) limit, and the account's owner, at
 /// another address, still logs in while the guesser is held.

@@ -112,6 +112,34 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// The visitor's address, for rate limits: the peer, or, when the peer is a
+/// trusted proxy, the nearest address in `X-Forwarded-For` that is not a
+/// trusted proxy (read right to left, as each proxy appended its peer).
+/// Behind an ingress every visitor arrives from its address: limits keyed by
+/// the peer alone would let one visitor spend everyone's budget. An entry
+/// that is not a plain address ends the walk at the last good one.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+    for hop in hops {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip, trusted) {
+            break;
+        }
+    }
+    client
+}
+
 /// Cleans a request's headers for the origin and sets the forwarding headers.
 pub fn prepare_request(
     headers: &mut HeaderMap,
@@ -536,5 +564,37 @@ mod tests {
                 .unwrap()
                 .starts_with("for=198.51.100.7, for=203.0.113.9")
         );
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(&X_FORWARDED_FOR, v.parse().unwrap());
+            }
+            h
+        };
+        let proxy = ip("10.0.0.2");
+        let cases: [(&[&str], &str); 6] = [
+            (&[], "10.0.0.2"),
+            (&["198.51.100.7"], "198.51.100.7"),
+            (&["6.6.6.6, 198.51.100.7, 10.0.0.9"], "198.51.100.7"),
+            (&["6.6.6.6", "198.51.100.7"], "198.51.100.7"),
+            (&["10.0.0.5, 10.0.0.9"], "10.0.0.5"),
+            (&["6.6.6.6, junk, 10.0.0.9"], "10.0.0.9"),
+        ];
+        for (values, want) in cases {
+            assert_eq!(
+                client_ip(proxy, &with(values), &trusted),
+                ip(want),
+                "{values:?}"
+            );
+        }
+        // From a peer that is not trusted the header means nothing.
+        let peer = ip("203.0.113.9");
+        assert_eq!(client_ip(peer, &with(&["198.51.100.7"]), &trusted), peer);
     }
 }

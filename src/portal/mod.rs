@@ -54,6 +54,8 @@ struct Request<'a> {
     config: &'a config::Members,
     site_name: &'a str,
     conn: ConnInfo,
+    /// The visitor's address, for rate limits (see `headers::client_ip`).
+    client: std::net::IpAddr,
     target: &'a Target,
     headers: http::HeaderMap,
     /// The logged-in member, if any.
@@ -91,6 +93,11 @@ pub async fn handle(
         config,
         site_name,
         conn,
+        client: crate::hygiene::headers::client_ip(
+            conn.peer.ip(),
+            &parts.headers,
+            &runtime.config.server.trusted_proxies,
+        ),
         target,
         headers: parts.headers,
         visitor: settled.visitor,
@@ -335,7 +342,7 @@ impl Request<'_> {
             Some(c) if self.m.devices.vouches_for(&self.headers, c, now()) => Browser::Known,
             _ => Browser::Unknown,
         };
-        let ip = self.conn.peer.ip();
+        let ip = self.client;
         if self
             .m
             .limits
@@ -500,7 +507,7 @@ impl Request<'_> {
         };
         if self.m.limits.exceeded(
             Action::Register,
-            self.conn.peer.ip(),
+            self.client,
             Some(&canonical),
             Browser::Unknown,
         ) {
@@ -706,7 +713,7 @@ impl Request<'_> {
         let canonical = email::canonical(form.get("email").map(String::as_str).unwrap_or("")).ok();
         if self.m.limits.exceeded(
             Action::Reset,
-            self.conn.peer.ip(),
+            self.client,
             canonical.as_deref(),
             Browser::Unknown,
         ) {

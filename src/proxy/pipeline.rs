@@ -139,7 +139,9 @@ async fn phases<'r>(
     // would size (and cost moving) every proxied request's future.
     if identity::api::is_api_path(&target.path.decoded) {
         *route_label = Some(&site.portal_id);
-        let (client, path) = (conn.peer.ip(), &target.path.decoded);
+        let trusted = &runtime.config.server.trusted_proxies;
+        let client = crate::hygiene::headers::client_ip(conn.peer.ip(), &parts.headers, trusted);
+        let path = &target.path.decoded;
         return Box::pin(identity::api::handle(
             gateway, runtime, &site.name, client, path, parts, body,
         ))
