@@ -13,6 +13,7 @@ mod h2_downgrade;
 mod h2_floods;
 mod h2_wire;
 mod local_replies;
+mod member_requests;
 mod membership_attacks;
 mod store_faults;
 mod token_api_keys;

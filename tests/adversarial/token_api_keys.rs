@@ -1,5 +1,6 @@
-//! Catalogue J1 and B6: every near miss of an API key, and duplicate
-//! credentials, get the same 401 as no key at all.
+//! Catalogue J1, J2 and B6: every near miss of an API key, and duplicate
+//! credentials, get the same 401 as no key at all; keys bound to a site stay
+//! there; signed tokens with the wrong lifetime or audience are refused.
 
 use sha2::{Digest, Sha256};
 
@@ -157,4 +158,94 @@ async fn a_key_bound_to_a_site_mints_for_that_site_only() {
         problems.contains("identification.api_keys[0].sites[0]: no site is named \"mian\""),
         "{problems}"
     );
+}
+
+const VERIFY: &str = "/_membergate/api/visitor-identification/tokens/verify";
+const VERIFY_KEY: &str = "mgk_live_verify_0123456789abcdef0123456789";
+const K1_SECRET: &str = "k1-secret-0123456789-0123456789-0123456789";
+
+/// A token signed with k1 (as the gateway would) over exactly `claims`.
+fn signed(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+    let signed = format!("mgv1.k1.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(K1_SECRET.as_bytes()).unwrap();
+    mac.update(signed.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signed}.{signature}")
+}
+
+/// J2 through the verify API: a correctly signed token is still refused
+/// when it expired a second ago, was issued in the future, or was minted for
+/// another site; the 401 says why and names nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j2_signed_but_expired_early_or_foreign_tokens_are_refused() {
+    let verify_key = format!(
+        "[[identification.api_keys]]\nname = \"chat\"\nkey_sha256 = \"{}\"\nscopes = [\"verify\"]",
+        sha256_hex(VERIFY_KEY)
+    );
+    let other = EchoOrigin::start().await;
+    let site = format!(
+        "[[sites]]\nname = \"shop\"\nhosts = [\"shop.test\"]\n\
+         [[sites.routes]]\npath = \"/\"\nupstream = {:?}\n",
+        other.url()
+    );
+    let gw = start_with(&verify_key, Setup::new().site(&site)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |aud: &str, iat: i64, exp: i64| {
+        serde_json::json!({
+            "email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace",
+            "aud": aud, "iat": iat, "exp": exp,
+        })
+    };
+    let check = |token: String| {
+        let gw = &gw;
+        async move {
+            let body = serde_json::json!({ "token": token }).to_string();
+            let response = gw
+                .client()
+                .post(gw.https_url(VERIFY))
+                .header("authorization", format!("Bearer {VERIFY_KEY}"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    // The same signing code, honest claims: accepted, so the refusals below
+    // are about the claims and not the signature.
+    let (status, body) = check(signed(&claims("main", now - 10, now + 3600))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ada@example.com"), "{body}");
+    for (what, token, reason) in [
+        (
+            "expired a second ago",
+            signed(&claims("main", now - 3600, now - 1)),
+            "expired",
+        ),
+        (
+            "issued ten minutes from now",
+            signed(&claims("main", now + 600, now + 4200)),
+            "not valid yet",
+        ),
+        (
+            "minted for another site",
+            signed(&claims("shop", now - 10, now + 3600)),
+            "another site",
+        ),
+    ] {
+        let (status, body) = check(token).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains("INVALID_TOKEN"), "{what}: {body}");
+        assert!(body.contains(reason), "{what}: {body}");
+        assert!(!body.contains("ada@example.com"), "{what}: {body}");
+    }
 }
