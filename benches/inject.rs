@@ -31,11 +31,12 @@ fn page(size: usize) -> Bytes {
 }
 
 /// The page as the proxy has it from the origin: on loopback a 20 KB page
-/// arrives in one read, so one frame.
-fn response(page: &Bytes) -> Response<GatewayBody> {
+/// arrives in one read, so one frame. `content_type` with or without a
+/// charset: without one, the page's `<meta>` is looked at too.
+fn response(page: &Bytes, content_type: &'static str) -> Response<GatewayBody> {
     Response::builder()
         .status(StatusCode::OK)
-        .header("content-type", "text/html; charset=utf-8")
+        .header("content-type", content_type)
         .header("content-length", page.len())
         .body(GatewayBody::full(page.clone()))
         .unwrap()
@@ -54,14 +55,19 @@ fn injection(c: &mut Criterion) {
     let token =
         "v1.eyJlIjoiYmVuY2hAZXhhbXBsZS5jb20iLCJmIjoiQmVuY2gifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWc";
     let mut group = c.benchmark_group("inject");
-    for (name, size) in [("20k", 20 * 1024), ("1mb", 1024 * 1024)] {
+    let cases = [
+        ("20k", 20 * 1024, "text/html; charset=utf-8"),
+        ("1mb", 1024 * 1024, "text/html; charset=utf-8"),
+        ("20k, no header charset", 20 * 1024, "text/html"),
+    ];
+    for (name, size, content_type) in cases {
         let page = page(size);
         group.throughput(Throughput::Bytes(page.len() as u64));
         group.bench_with_input(BenchmarkId::new("member page", name), &page, |b, page| {
             b.iter(|| {
                 let snippet =
                     inject::snippet(&chat, Some(("bench@example.com", token)), None, false);
-                let upstream = response(page);
+                let upstream = response(page, content_type);
                 let rewritable =
                     inject::rewritable(&Method::GET, StatusCode::OK, upstream.headers()).unwrap();
                 let rewritten = inject::rewrite(

@@ -309,6 +309,26 @@ async fn only_plain_html_pages_are_touched() {
                 &[&[0xFF, 0xFE][..], &utf16le(SPELLS_HEAD)].concat(),
             ),
         ),
+        // No charset in the header: the page's own <meta> names one the
+        // snippet cannot be written in, or one no browser knows.
+        (
+            "/meta-iso-2022-jp",
+            typed(
+                "text/html",
+                b"<head><meta charset=ISO-2022-JP>\x1b$B$3\x1b(B</head>",
+            ),
+        ),
+        (
+            "/meta-utf-7",
+            typed("text/html", b"<head><meta charset=utf-7></head>+ZeVnLIqe-"),
+        ),
+        (
+            "/meta-http-equiv",
+            typed(
+                "text/html",
+                b"<head><meta http-equiv=content-type content=\"text/html; charset=iso-2022-jp\"></head>",
+            ),
+        ),
     ];
     let mut pages = pages;
     pages.extend(untouched.iter().cloned());
@@ -318,6 +338,13 @@ async fn only_plain_html_pages_are_touched() {
         typed(
             "text/html",
             b"<head><meta charset=windows-1252><title>Caf\xE9</title></head>",
+        ),
+    ));
+    pages.push((
+        "/labelled",
+        typed(
+            "text/html; charset=utf-8",
+            b"<head><meta charset=iso-2022-jp></head>",
         ),
     ));
     let origin = PageOrigin::start(pages).await;
@@ -391,6 +418,12 @@ async fn only_plain_html_pages_are_touched() {
     let latin = latin.bytes().await.unwrap();
     assert!(latin.starts_with(b"<head><meta charset=windows-1252><title>Caf\xE9</title><script data-membergate=\"loader\""));
     assert!(latin.ends_with(b"</script></head>"));
+    // The header's charset outranks the page's <meta>, as in browsers.
+    let labelled = b.get("/labelled").await.body;
+    assert!(
+        labelled.starts_with("<head><meta charset=iso-2022-jp><script data-membergate=\"loader\""),
+        "{labelled}"
+    );
 }
 
 /// A page of the given type and bytes.
@@ -474,11 +507,37 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() 
             },
         ));
     }
-    // 32 MiB of spaces in 32 KiB of gzip, and a stream that is not gzip at all.
-    pages.push(("/bomb", Page::html("").with("content-encoding", "gzip")));
+    // 32 MiB of spaces in a few KiB of each coding, and a stream that is
+    // not gzip at all.
     let mut bomb_page = b"<html><head>".to_vec();
     bomb_page.extend(std::iter::repeat_n(b' ', 32 << 20));
-    pages.last_mut().unwrap().1.body = compressed("gzip", &bomb_page);
+    let mut bombs = Vec::new();
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let path: &'static str = Box::leak(format!("/bomb-{coding}").into_boxed_str());
+        pages.push((
+            path,
+            Page::html("")
+                .with("content-encoding", coding)
+                .with_body(compressed(coding, &bomb_page)),
+        ));
+        bombs.push(path);
+    }
+    // Codings stacked in one field or in two: not one the gateway decodes
+    // alone, so the page passes as it came, coding and all.
+    let stacked = compressed("br", &compressed("gzip", long_page.as_bytes()));
+    pages.push((
+        "/stacked",
+        Page::html("")
+            .with("content-encoding", "gzip, br")
+            .with_body(stacked.clone()),
+    ));
+    pages.push((
+        "/stacked-fields",
+        Page::html("")
+            .with("content-encoding", "gzip")
+            .with("content-encoding", "br")
+            .with_body(stacked.clone()),
+    ));
     let mut corrupt = compressed("gzip", long_page.as_bytes());
     corrupt[40] ^= 0x55;
     pages.push((
@@ -544,7 +603,7 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() 
     );
     // A bomb stops at the cap, a corrupt stream where it breaks: the response
     // is cut short, nothing is buffered past the cap, and the gateway lives on.
-    for path in ["/bomb", "/corrupt"] {
+    for path in bombs.into_iter().chain(["/corrupt"]) {
         // Over HTTP/2 the stream is reset, before or after the head went out.
         let cut = match gw.client().get(gw.https_url(path)).send().await {
             Err(_) => true,
@@ -555,6 +614,24 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() 
     let after = gw.client().get(gw.https_url("/gzip")).send().await.unwrap();
     assert_eq!(after.status(), 200);
     gw.wait_for_log("response cut short").await;
+    for path in ["/stacked", "/stacked-fields"] {
+        let response = gw
+            .client()
+            .get(gw.https_url(path))
+            .header("accept-encoding", "gzip, br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let codings: Vec<_> = response
+            .headers()
+            .get_all("content-encoding")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(codings.join(", "), "gzip, br", "{path}");
+        assert_eq!(response.bytes().await.unwrap(), stacked, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ impl Body for Chunks {
 fn rewrite(chunks: VecDeque<Bytes>, snippet: &str) -> Vec<u8> {
     let body = InjectBody::new(
         Chunks(chunks),
-        encoding_rs::UTF_8,
+        Some(encoding_rs::UTF_8),
         snippet.to_owned(),
         Coding::Identity,
         Coding::Identity,

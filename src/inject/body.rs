@@ -37,16 +37,7 @@ const SLICE: usize = 1024;
 /// any cut is correct, since it parses across writes.
 fn slice_end(bytes: &[u8], from: usize) -> usize {
     let window_end = (from + SLICE).min(bytes.len());
-    let window = &bytes[from..window_end];
-    let tag = memchr::memchr_iter(b'<', window).find(|&i| {
-        let rest = &window[i + 1..];
-        rest.get(..5)
-            .is_some_and(|n| n.eq_ignore_ascii_case(b"/head"))
-            || rest
-                .get(..4)
-                .is_some_and(|n| n.eq_ignore_ascii_case(b"body"))
-    });
-    let Some(tag) = tag else {
+    let Some(tag) = insertion_tag(&bytes[from..window_end]) else {
         return window_end;
     };
     match memchr::memchr(b'>', &bytes[from + tag..]) {
@@ -55,12 +46,68 @@ fn slice_end(bytes: &[u8], from: usize) -> usize {
     }
 }
 
+/// Where the first `</head` or `<body` starts in `bytes`, by bytes alone.
+fn insertion_tag(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'<', bytes).find(|&i| {
+        let rest = &bytes[i + 1..];
+        rest.get(..5)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"/head"))
+            || rest
+                .get(..4)
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"body"))
+    })
+}
+
+/// Whether the rewriter must watch the page's `<meta>` tags for a charset,
+/// for a response whose header names none. Not when the first bytes already
+/// hold the likely insertion point and name no charset but ASCII-compatible
+/// ones before it: most pages, whose head comes in one piece and says
+/// utf-8. This look at bytes only decides whether lol_html looks too (a
+/// selector compiled into a rewriter costs about as much as the rest of the
+/// rewrite); the decision itself is lol_html's.
+fn must_watch_meta(first: &[u8]) -> bool {
+    let Some(end) = insertion_tag(first) else {
+        return true;
+    };
+    let head = &first[..end];
+    memchr::memchr2_iter(b'c', b'C', head).any(|at| {
+        head[at..]
+            .get(..7)
+            .is_some_and(|word| word.eq_ignore_ascii_case(b"charset"))
+            && !names_ascii_compatible(&head[at + 7..])
+    })
+}
+
+/// What follows the word `charset`: true when it is `= label` with a label
+/// of an ASCII-compatible encoding, or no `=` (the word, not a declaration).
+fn names_ascii_compatible(after: &[u8]) -> bool {
+    let Some(rest) = after.trim_ascii_start().strip_prefix(b"=") else {
+        return true;
+    };
+    let rest = rest.trim_ascii_start();
+    let rest = rest
+        .strip_prefix(b"\"")
+        .or_else(|| rest.strip_prefix(b"'"))
+        .unwrap_or(rest);
+    let label_end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')));
+    // A label that runs to the end of the bytes may go on past them.
+    let Some(label_end) = label_end else {
+        return false;
+    };
+    encoding_rs::Encoding::for_label(&rest[..label_end])
+        .and_then(AsciiCompatibleEncoding::new)
+        .is_some()
+}
+
 /// The selectors, parsed once per process.
 struct Selectors {
     script: Selector,
     template: Selector,
     head: Selector,
     body: Selector,
+    meta: Selector,
 }
 
 static SELECTORS: LazyLock<Option<Selectors>> = LazyLock::new(|| {
@@ -69,6 +116,7 @@ static SELECTORS: LazyLock<Option<Selectors>> = LazyLock::new(|| {
         template: "template".parse().ok()?,
         head: "head".parse().ok()?,
         body: "body".parse().ok()?,
+        meta: "meta".parse().ok()?,
     })
 });
 
@@ -108,16 +156,20 @@ struct Page {
     injected: AtomicBool,
     /// The page already loads the widget (or was injected upstream).
     present: AtomicBool,
+    /// The page's `<meta>` names a charset the snippet cannot be written in.
+    foreign_charset: AtomicBool,
     /// How many `<template>` elements the parser is inside.
     template_depth: AtomicUsize,
 }
 
 impl Page {
     /// Whether the snippet may go in here, and if so, claims it: once only,
-    /// never inside a template, never into a page that already has the widget.
+    /// never inside a template, never into a page that already has the widget
+    /// or that declares a charset other than an ASCII-compatible one.
     fn claim(&self) -> bool {
         self.template_depth.load(Ordering::Relaxed) == 0
             && !self.present.load(Ordering::Relaxed)
+            && !self.foreign_charset.load(Ordering::Relaxed)
             && !self.injected.swap(true, Ordering::Relaxed)
     }
 }
@@ -132,11 +184,41 @@ fn handler<'h>(
     )
 }
 
+/// Whether a `<meta>` declares the page's charset, and if so whether it is one
+/// the snippet (ASCII) can be written in. An unknown label (`utf-7`) counts
+/// as foreign: the snippet goes only where its bytes mean what they say.
+fn meta_charset(el: &Element<'_, '_>) -> Option<bool> {
+    let label = match el.get_attribute("charset") {
+        Some(label) => label,
+        None => {
+            let equiv = el.get_attribute("http-equiv")?;
+            if !equiv.trim().eq_ignore_ascii_case("content-type") {
+                return None;
+            }
+            let content = el.get_attribute("content")?;
+            let (_, after) = content.split_once(';')?;
+            let (key, value) = after.split_once('=')?;
+            if !key.trim().eq_ignore_ascii_case("charset") {
+                return None;
+            }
+            value.trim().trim_matches(['"', '\'']).to_owned()
+        }
+    };
+    Some(
+        encoding_rs::Encoding::for_label(label.trim().as_bytes())
+            .and_then(AsciiCompatibleEncoding::new)
+            .is_some(),
+    )
+}
+
 /// A rewriter that puts the page's snippet before `</head>`, or at the start
-/// of `<body>` when the head has no end tag.
+/// of `<body>` when the head has no end tag. `encoding` is the charset the
+/// response header names; `watch_meta`: the page's first `<meta>` charset
+/// decides whether the snippet may go in at all.
 fn rewriter(
     selectors: &'static Selectors,
-    encoding: &'static encoding_rs::Encoding,
+    encoding: Option<&'static encoding_rs::Encoding>,
+    watch_meta: bool,
     page: &Arc<Page>,
     output: Collected,
 ) -> HtmlRewriter<'static, Collected> {
@@ -145,8 +227,22 @@ fn rewriter(
         .with_memory_settings(
             MemorySettings::new().with_max_allowed_memory_usage(MAX_REWRITER_MEMORY),
         );
-    if let Some(encoding) = AsciiCompatibleEncoding::new(encoding) {
+    if let Some(encoding) = encoding.and_then(AsciiCompatibleEncoding::new) {
         settings = settings.with_encoding(encoding);
+    }
+    if watch_meta {
+        // Only the first declaration counts (HTML, 13.2.3.2).
+        let declared = page.clone();
+        let mut decided = false;
+        settings = settings.append_element_content_handler(handler(&selectors.meta, move |el| {
+            if !decided && let Some(ascii_compatible) = meta_charset(el) {
+                decided = true;
+                declared
+                    .foreign_charset
+                    .store(!ascii_compatible, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
     }
     // Matched by tag name alone and checked here: an attribute selector
     // costs more to compile (for every page) than this costs to run for the
@@ -208,9 +304,19 @@ enum Sniff {
     Done,
 }
 
+/// What building a page's rewriter waits for: its first bytes, which tell
+/// whether it must watch the page's `<meta>` tags.
+struct Unbuilt {
+    selectors: &'static Selectors,
+    encoding: Option<&'static encoding_rs::Encoding>,
+}
+
 pub struct InjectBody<B> {
     inner: Pin<Box<B>>,
     decoder: Option<Capped>,
+    /// Until the first bytes arrive.
+    unbuilt: Option<Unbuilt>,
+    /// From the first bytes until the snippet is in.
     rewriter: Option<HtmlRewriter<'static, Collected>>,
     page: Arc<Page>,
     output: Collected,
@@ -228,7 +334,7 @@ impl<B> InjectBody<B> {
     /// on a compressed page's decoded size.
     pub fn new(
         inner: B,
-        encoding: &'static encoding_rs::Encoding,
+        encoding: Option<&'static encoding_rs::Encoding>,
         snippet: String,
         from: Coding,
         to: Coding,
@@ -242,6 +348,7 @@ impl<B> InjectBody<B> {
             snippet,
             injected: AtomicBool::new(false),
             present: AtomicBool::new(false),
+            foreign_charset: AtomicBool::new(false),
             template_depth: AtomicUsize::new(0),
         });
         let decoder = match from {
@@ -258,7 +365,11 @@ impl<B> InjectBody<B> {
         Ok(InjectBody {
             inner: Box::pin(inner),
             decoder,
-            rewriter: Some(rewriter(selectors, encoding, &page, output.clone())),
+            unbuilt: Some(Unbuilt {
+                selectors,
+                encoding,
+            }),
+            rewriter: None,
             page,
             output,
             encoder,
@@ -294,10 +405,23 @@ impl<B> InjectBody<B> {
         if self.utf16_bom(&decoded) {
             // Nothing went in yet (the rewriter saw one byte at most): flush
             // it and pass the page on as it is.
+            self.unbuilt = None;
             if let Some(rewriter) = self.rewriter.take() {
                 rewriter.end()?;
             }
             return Ok((Bytes::from(self.output.take()), decoded));
+        }
+        if !decoded.is_empty()
+            && let Some(Unbuilt {
+                selectors,
+                encoding,
+            }) = self.unbuilt.take()
+        {
+            let watch_meta = encoding.is_none() && must_watch_meta(&decoded);
+            let output = self.output.clone();
+            self.rewriter = Some(rewriter(
+                selectors, encoding, watch_meta, &self.page, output,
+            ));
         }
         let Some(rewriter) = self.rewriter.as_mut() else {
             return Ok((decoded, Bytes::new()));
@@ -430,6 +554,16 @@ mod tests {
     const S: &str = "<script data-membergate=\"x\"></script>";
 
     fn run(chunks: Vec<Bytes>, from: Coding, to: Coding) -> Result<Vec<u8>, BoxError> {
+        run_as(None, chunks, from, to)
+    }
+
+    /// `run`, for a response whose header names `charset`.
+    fn run_as(
+        charset: Option<&'static encoding_rs::Encoding>,
+        chunks: Vec<Bytes>,
+        from: Coding,
+        to: Coding,
+    ) -> Result<Vec<u8>, BoxError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -437,8 +571,8 @@ mod tests {
             .into_iter()
             .map(|c| Ok::<_, BoxError>(Frame::data(c)));
         let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let body = InjectBody::new(inner, encoding_rs::UTF_8, S.to_owned(), from, to, 1 << 20)
-            .map_err(|(_, e)| e)?;
+        let body =
+            InjectBody::new(inner, charset, S.to_owned(), from, to, 1 << 20).map_err(|(_, e)| e)?;
         Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
     }
 
@@ -544,6 +678,78 @@ mod tests {
         expected.extend_from_slice(S.as_bytes());
         expected.extend_from_slice(b"</head>");
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn a_meta_charset_the_snippet_cannot_be_written_in_leaves_the_page_alone() {
+        let foreign = [
+            "<head><meta charset=ISO-2022-JP></head>\x1b$B$3\x1b(B",
+            "<head><meta charset=\"utf-7\"></head>+ADw-",
+            "<head><meta charset=utf-16le></head>",
+            "<head><meta http-equiv=Content-Type content=\"text/html; charset=iso-2022-kr\"></head>",
+            // The first declaration counts, a later one cannot undo it.
+            "<head><meta charset=iso-2022-jp><meta charset=utf-8></head>",
+        ];
+        for page in foreign {
+            for split in [vec![], vec![14], vec![page.len() - 3]] {
+                assert_eq!(
+                    rewrite_in_chunks(page.as_bytes(), &split),
+                    page,
+                    "{split:?}"
+                );
+            }
+        }
+        let ascii_compatible = [
+            "<head><meta charset=Shift_JIS></head>",
+            "<head><meta http-equiv=content-type content='text/html;charset=koi8-r'></head>",
+            "<head><meta name=viewport content=width=device-width></head>",
+            "<head><meta charset=utf-8><meta charset=iso-2022-jp></head>",
+        ];
+        for page in ascii_compatible {
+            assert_eq!(
+                rewrite_in_chunks(page.as_bytes(), &[]),
+                page.replace("</head>", &format!("{S}</head>")),
+            );
+        }
+        // The response header's charset outranks the page's <meta>.
+        let page = "<head><meta charset=iso-2022-jp></head>";
+        let out = run_as(
+            Some(encoding_rs::UTF_8),
+            vec![Bytes::from(page)],
+            Coding::Identity,
+            Coding::Identity,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            page.replace("</head>", &format!("{S}</head>")).as_bytes()
+        );
+    }
+
+    #[test]
+    fn only_pages_that_may_name_a_foreign_charset_get_their_meta_watched() {
+        let plain = [
+            "<head><meta charset=\"utf-8\"></head>",
+            "<head><meta charset=utf-8><title>x</title></head>",
+            "<head><title>x</title></head><body>",
+            "<head><meta CHARSET = 'Shift_JIS'></head>",
+            "<head><script>// the charset we use</script></head>",
+            "<meta http-equiv=content-type content=\"text/html; charset=windows-1251\"><body>",
+        ];
+        for page in plain {
+            assert!(!must_watch_meta(page.as_bytes()), "{page}");
+        }
+        let watched = [
+            "<head><meta charset=iso-2022-jp></head>",
+            "<head><meta http-equiv=content-type content=\"text/html; charset=utf-7\"></head>",
+            "<head><meta charset=\"\"></head>",
+            "<head><meta charset=\"utf-8\">",
+            "<head><meta charset=utf",
+            "",
+        ];
+        for page in watched {
+            assert!(must_watch_meta(page.as_bytes()), "{page}");
+        }
     }
 
     #[test]

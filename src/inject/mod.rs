@@ -30,7 +30,9 @@ const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversation
 /// A response that may be rewritten: its charset and content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewritable {
-    pub charset: &'static encoding_rs::Encoding,
+    /// The charset the `Content-Type` names; `None` when it names none, and
+    /// the page's own `<meta>` decides (as in browsers).
+    pub charset: Option<&'static encoding_rs::Encoding>,
     pub coding: Coding,
 }
 
@@ -73,12 +75,20 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
         .map(|(_, v)| v.trim().trim_matches('"'));
     let charset = match charset {
-        None => encoding_rs::UTF_8,
+        None => {
+            return Some(Rewritable {
+                charset: None,
+                coding,
+            });
+        }
         // The usual label, without the general lookup.
         Some(label) if label.eq_ignore_ascii_case("utf-8") => encoding_rs::UTF_8,
         Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
     };
-    lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable { charset, coding })
+    lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable {
+        charset: Some(charset),
+        coding,
+    })
 }
 
 /// `Cache-Control: no-transform` in any of the response's fields.
@@ -348,7 +358,7 @@ mod tests {
                 &headers(&[("content-type", "text/html; charset=iso-8859-1")])
             ),
             Some(Rewritable {
-                charset: encoding_rs::WINDOWS_1252,
+                charset: Some(encoding_rs::WINDOWS_1252),
                 coding: Coding::Identity
             })
         );

@@ -77,6 +77,12 @@ impl Page {
         self.status = status;
         self
     }
+
+    /// The page with these bytes as its body (compressed, say).
+    pub fn with_body(mut self, body: Vec<u8>) -> Page {
+        self.body = body;
+        self
+    }
 }
 
 impl PageOrigin {
