@@ -228,11 +228,20 @@ impl Request<'_> {
                     "That form is larger than this page accepts.",
                 ));
             }
-            _ => {
+            Ok(Err(_)) => {
                 return Err(message_response(
                     StatusCode::BAD_REQUEST,
                     "Bad request",
                     "The form could not be read.",
+                ));
+            }
+            // Dripped in slowly or stopped: the whole form is due within the
+            // body timeout, so a trickle cannot hold the request open.
+            Err(_elapsed) => {
+                return Err(message_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Too slow",
+                    "The form did not arrive in time. Please try again.",
                 ));
             }
         };

@@ -353,3 +353,77 @@ async fn h3_an_http2_response_held_in_the_send_buffer_does_not_hold_the_connecti
         "{metrics}"
     );
 }
+
+/// Writes `head`, then `drip` one byte at a time every 100 ms until the
+/// gateway closes or stops taking them; returns whether it closed within
+/// `limit`, what it answered, and how many drips it took.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    head: &[u8],
+    drip: &[u8],
+    limit: Duration,
+) -> (bool, String, usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(head).await.unwrap();
+    let drip = drip.to_vec();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        for byte in drip.iter().cycle() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, read.read_to_end(&mut got))
+        .await
+        .is_ok();
+    writer.abort();
+    let drips = sent.load(Ordering::Relaxed);
+    (closed, String::from_utf8_lossy(&got).into_owned(), drips)
+}
+
+/// H3, slowloris (`slowhttptest -H`): a head that keeps arriving, a byte
+/// every 100 ms, never ends; `header_timeout` bounds the whole head, not the
+/// gap between bytes, so the connection is closed once it has passed, and
+/// the origin never hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_head_dripped_a_byte_at_a_time_is_cut_off() {
+    let (gw, origin) = start_with_limits("header_timeout = \"1s\"").await;
+    let (closed, answer, drips) = trickle(
+        gw.http,
+        b"GET / HTTP/1.1\r\nHost: gw.test\r\n",
+        b"X-Pad: v\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(closed, "a dripped head held its connection for 10 s");
+    assert!(drips < 40, "{drips} bytes went in before the cut");
+    assert!(answer.is_empty(), "{answer}");
+    assert!(origin.requests().is_empty());
+}
+
+/// H3, slow bodies (`slowhttptest -B`) at the gateway's own forms: a login
+/// form dripped a byte every 100 ms never goes 1 s without a byte, yet the
+/// whole form is due within the body timeout, so it gets 408 long before
+/// its declared length is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_form_dripped_a_byte_at_a_time_gets_408() {
+    let (gw, _origin) = start().await;
+    let head = "POST /_membergate/login HTTP/1.1\r\nHost: gw.test\r\nOrigin: http://gw.test\r\n\
+                Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\n";
+    let (closed, answer, drips) = trickle(
+        gw.http,
+        head.as_bytes(),
+        b"email=a%40example.com&",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(closed, "a dripped form held its connection for 10 s");
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(drips < 40, "{drips} bytes went in before the answer");
+}
