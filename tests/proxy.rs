@@ -571,6 +571,58 @@ async fn writes_one_access_log_line_per_request() {
     assert!(entry["duration_us"].as_u64().is_some());
 }
 
+/// The access log names the visitor: behind a trusted proxy, the address
+/// it forwarded (with the proxy as `via`); from anyone else, the peer, and a
+/// forged `X-Forwarded-For` changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_records_the_forwarded_client_only_from_trusted_proxies() {
+    let origin = EchoOrigin::start().await;
+    let entry = |gw: &Gateway, path: &str| -> serde_json::Value {
+        let line = gw
+            .log()
+            .lines()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
+            .unwrap()
+            .to_owned();
+        serde_json::from_str(&line).unwrap()
+    };
+    let behind = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .server("trusted_proxies = [\"127.0.0.0/8\"]"),
+    )
+    .await;
+    let forwarded = [("x-forwarded-for", "198.51.100.7, 203.0.113.9")];
+    for (path, headers) in [("/via-ingress", &forwarded[..]), ("/direct", &[][..])] {
+        let mut request = behind.client().get(behind.https_url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+        behind.wait_for_log(&format!("\"path\":\"{path}\"")).await;
+    }
+    let via_ingress = entry(&behind, "/via-ingress");
+    assert_eq!(via_ingress["client"], "203.0.113.9");
+    assert_eq!(via_ingress["via"], "127.0.0.1");
+    let direct = entry(&behind, "/direct");
+    assert_eq!(direct["client"], "127.0.0.1");
+    assert!(direct.get("via").is_none(), "{direct}");
+
+    let open = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let forged = open
+        .client()
+        .get(open.https_url("/forged"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 200);
+    open.wait_for_log("\"path\":\"/forged\"").await;
+    let forged = entry(&open, "/forged");
+    assert_eq!(forged["client"], "127.0.0.1");
+    assert!(forged.get("via").is_none(), "{forged}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_connections_are_reused_once_each_response_has_ended() {
     let origin = EchoOrigin::start().await;

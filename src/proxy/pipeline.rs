@@ -77,10 +77,14 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let runtime = gateway.runtime();
     let mut record = runtime.config.log.access_log.then(|| {
+        let peer = conn.peer.ip();
+        let trusted = &runtime.config.server.trusted_proxies;
+        let client = crate::hygiene::headers::client_ip(peer, request.headers(), trusted);
         Box::new(AccessRecord {
             method: request.method().clone(),
             version: request.version(),
-            client: conn.peer.ip(),
+            client,
+            via: (client != peer).then_some(peer),
             host: None,
             path: None,
             route: None,

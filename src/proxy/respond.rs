@@ -157,7 +157,11 @@ pub fn wants_json(headers: &http::HeaderMap) -> bool {
 pub struct AccessRecord {
     pub method: Method,
     pub version: Version,
+    /// The visitor: the peer, or behind trusted proxies the address they
+    /// forwarded (`hygiene::headers::client_ip`).
     pub client: IpAddr,
+    /// The TCP peer, when it is not the visitor (a trusted proxy).
+    pub via: Option<IpAddr>,
     pub host: Option<String>,
     pub path: Option<String>,
     pub route: Option<Arc<str>>,
@@ -175,6 +179,7 @@ impl Drop for AccessRecord {
             method = %self.method,
             version = ?self.version,
             client = %self.client,
+            via = self.via.map(tracing::field::display),
             host = self.host.as_deref().unwrap_or("-"),
             path = self.path.as_deref().unwrap_or("-"),
             status = self.status,
