@@ -39,6 +39,50 @@ async fn g4_bad_chunk_lines_are_refused() {
     }
 }
 
+/// G4, caps: a chunk extension of 1 MiB, and trailers of 1 MiB (one field,
+/// or 20,000 small ones), are cut off at hyper's 16 KiB limits; the origin
+/// never gets a body that ended, and the gateway's memory stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g4_huge_chunk_extensions_and_trailers_are_cut_off() {
+    let (gw, origin) = start().await;
+    let before = gw.rss_kib();
+    let huge = "a".repeat(1 << 20);
+    let many: String = (0..20_000).map(|i| format!("X-T{i}: v\r\n")).collect();
+    for (what, body) in [
+        ("extension", format!("5;{huge}\r\nhello\r\n0\r\n\r\n")),
+        (
+            "extension value",
+            format!("5;a=\"{huge}\"\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "one trailer",
+            format!("5\r\nhello\r\n0\r\nX-Big: {huge}\r\n\r\n"),
+        ),
+        ("many trailers", format!("5\r\nhello\r\n0\r\n{many}\r\n")),
+    ] {
+        let answer = gw.raw(format!("{HEAD}{body}").as_bytes()).await;
+        let status = if answer.is_empty() {
+            0
+        } else {
+            status_of(&answer)
+        };
+        // Cut before the origin answered (nothing, or a 4xx/5xx of ours).
+        assert!(status == 0 || status >= 400, "{what}: {answer}");
+        let ended = origin.requests().iter().any(|r| r.body_complete);
+        assert!(!ended, "{what}: the origin got the whole body");
+    }
+    assert!(
+        gw.rss_kib() < before + 32 * 1024,
+        "RSS {before} -> {} KiB",
+        gw.rss_kib()
+    );
+    // The gateway lives on.
+    let answer = gw
+        .raw(format!("{HEAD}5\r\nhello\r\n0\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g4_a_body_of_one_byte_chunks_arrives_whole() {
     let (gw, origin) = start().await;

@@ -85,6 +85,25 @@ pub fn request_block(method: &str, path: &str) -> Vec<u8> {
     out
 }
 
+/// A TLS connection to the gateway's HTTPS listener for `localhost`, with
+/// `h2` agreed by ALPN.
+pub async fn tls_h2(gw: &Gateway) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(gw.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
 /// What the gateway sent on one connection, as the reader task saw it.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
@@ -126,20 +145,7 @@ impl H2 {
     }
 
     async fn connect_reading(gw: &Gateway, settings: &[(u16, u32)], read: bool) -> H2 {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(gw.https).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (reader, writer) = tokio::io::split(tls);
+        let (reader, writer) = tokio::io::split(tls_h2(gw).await);
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let reader = if read {

@@ -457,7 +457,7 @@ async fn g2_g3_duplicate_lengths_and_odd_codings_never_forward_a_body() {
     };
     let forwarded =
         |body: &str| Outcome::Forwarded(200, "POST".into(), "/public/".into(), body.into());
-    let cases: [(&str, String, Outcome); 5] = [
+    let cases: [(&str, String, Outcome); 8] = [
         (
             // A list is not a length (hyper CVE-2021-32715): 400.
             "Content-Length: 5, 5",
@@ -484,6 +484,36 @@ async fn g2_g3_duplicate_lengths_and_odd_codings_never_forward_a_body() {
                 &format!("5\r\nhello\r\n0\r\n\r\n{smuggled}"),
             ),
             Outcome::Refused(400),
+        ),
+        (
+            // A coding before chunked that nobody here decodes; taken as
+            // chunked alone, the origin would get gzip bytes as the body.
+            "Transfer-Encoding: gzip, chunked",
+            post(
+                "Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n",
+                &format!("5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            ),
+            Outcome::Refused(400),
+        ),
+        (
+            // The same split over two fields.
+            "Transfer-Encoding: gzip, then a chunked line",
+            post(
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n",
+                &format!("5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            ),
+            Outcome::Refused(400),
+        ),
+        (
+            // A tab after the value is optional whitespace (RFC 9110
+            // 5.5), not part of it: chunked, read as such, and the bytes
+            // after the last chunk are not read as a request.
+            "Transfer-Encoding: chunked + tab",
+            post(
+                "Transfer-Encoding: chunked\t\r\nConnection: close\r\n",
+                &format!("5\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            ),
+            forwarded("hello"),
         ),
         (
             // HTTP/1.0 has no chunked coding (RFC 9112 §6.1): 400.

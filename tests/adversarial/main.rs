@@ -11,6 +11,7 @@ mod exhaustion;
 mod full_disk;
 mod h2_downgrade;
 mod h2_floods;
+mod h2_paths;
 mod h2_wire;
 mod local_replies;
 mod member_requests;

@@ -195,3 +195,64 @@ async fn expect_continue_on_a_members_path_gets_the_refusal_not_a_go_ahead() {
     );
     assert_eq!(w.members.only_request().body, b"hello");
 }
+
+/// B5: a name that could split a header or bloat every request (control
+/// characters, line and paragraph separators, 10 KB) is refused with 422 at
+/// registration and on the account page; nothing is stored, no mail goes
+/// out, and the origin keeps getting the member's old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b5_names_that_could_split_a_header_are_refused_at_every_door() {
+    // Sixteen tries at one address: more than the default limits allow.
+    let limits = "max_attempts_per_ip = 1000\nmax_attempts_per_account = 1000\n\
+                  max_attempts_per_account_per_ip = 1000";
+    let w = ThreeOrigins::start(
+        Setup::new()
+            .rule("/members", "members", &[])
+            .members(limits),
+    )
+    .await;
+    let long = "n".repeat(10 * 1024);
+    let bad = [
+        "Eve\r\nX-Member-Groups: admin",
+        "a\0b",
+        "line\u{2028}break",
+        "para\u{2029}graph",
+        "next\u{85}line",
+        "tab\there",
+        "del\u{7f}",
+        long.as_str(),
+    ];
+    for name in bad {
+        let mut eve = Browser::new(&w.gw);
+        let first = eve.register("eve@example.com", PASSWORD, name, "E").await;
+        assert_eq!(first.status, 422, "first name {name:?}");
+        let last = eve.register("eve@example.com", PASSWORD, "Eve", name).await;
+        assert_eq!(last.status, 422, "last name {name:?}");
+        assert!(last.set_cookies().is_empty());
+    }
+    assert_eq!(w.gw.mail_count("eve@example.com"), 0);
+    let mut login = Browser::new(&w.gw);
+    assert_eq!(
+        login.login("eve@example.com", PASSWORD).await.status,
+        401,
+        "nobody was registered"
+    );
+
+    session(&w.gw, "ada@example.com").await;
+    let mut ada = Browser::new(&w.gw);
+    assert_eq!(ada.login("ada@example.com", PASSWORD).await.status, 303);
+    for name in bad {
+        let page = ada
+            .submit(
+                "/_membergate/account",
+                "/_membergate/account/name",
+                &[("first_name", name), ("last_name", "L")],
+            )
+            .await;
+        assert_eq!(page.status, 422, "{name:?}");
+    }
+    assert_eq!(ada.get("/members/x").await.status, 200);
+    let seen = w.members.only_request();
+    assert_eq!(seen.header("x-member-name"), Some("Ada Lovelace"));
+    assert_eq!(seen.all("x-member-groups"), [""]);
+}
