@@ -105,7 +105,7 @@ async fn g4_a_body_of_one_byte_chunks_arrives_whole() {
 async fn g4_identity_headers_sent_as_trailers_never_reach_the_origin() {
     let (gw, origin) = start().await;
     let raw = format!(
-        "{}5\r\nhello\r\n0\r\nX-Member-Email: admin@example.com\r\nX-Member-Groups: admin\r\n\r\n",
+        "{}5\r\nhello\r\n0\r\nX-Member-Email: admin@example.com\r\nX-Member-Groups: admin\r\nX-Checksum: 1\r\n\r\n",
         HEAD.replace(
             "Connection: close\r\n",
             "Connection: close\r\nTrailer: X-Member-Email\r\n"
@@ -117,4 +117,8 @@ async fn g4_identity_headers_sent_as_trailers_never_reach_the_origin() {
     assert_eq!(seen.body, b"hello");
     assert!(seen.under_prefix("x-member-").is_empty(), "{seen:?}");
     assert_eq!(seen.header("trailer"), None, "{seen:?}");
+    // Request trailers are dropped whole: none is an identity, as a header
+    // or as a trailer.
+    assert!(seen.body_complete);
+    assert!(seen.trailers.is_empty(), "{seen:?}");
 }

@@ -107,3 +107,38 @@ async fn raw_http2_paths_with_bytes_clients_escape_never_reach_members() {
     w.nobody_saw("\\");
     w.nobody_saw("\u{85}");
 }
+
+/// B2 over HTTP/2: identity fields sent as request trailers (after the
+/// DATA) beside a forged header in every spelling h2 lets through; the
+/// origin gets the body, no forged identity, and no trailers at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_identity_fields_as_http2_trailers_never_reach_the_origin() {
+    let w = world().await;
+    let (client, connection) = h2::client::handshake(tls_h2(&w.gw).await).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("https://localhost/public/upload")
+        .header("x_member_email", "admin@example.com")
+        .header("x.member.groups", "admin")
+        .header("trailer", "x-member-email, x-member-groups, x-checksum")
+        .body(())
+        .unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-member-email", "admin@example.com".parse().unwrap());
+    trailers.insert("x-member-groups", "admin".parse().unwrap());
+    trailers.insert("x-checksum", "1".parse().unwrap());
+    body.send_trailers(trailers).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let seen = w.public.only_request();
+    assert_eq!(seen.body, b"hello");
+    assert!(seen.body_complete);
+    assert!(seen.trailers.is_empty(), "{seen:?}");
+    let forged: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(name, _)| name.replace(['_', '.'], "-").starts_with("x-member-"))
+        .collect();
+    assert!(forged.is_empty(), "{forged:?}");
+}

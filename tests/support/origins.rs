@@ -29,6 +29,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The body arrived to its end; false when the sender aborted it.
     pub body_complete: bool,
+    /// Trailer fields sent after a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -179,15 +181,8 @@ async fn answer(
         return Ok(websocket(req));
     }
     let (parts, body) = req.into_parts();
-    let (body, body_complete) = match body.collect().await {
-        Ok(collected) => (collected.to_bytes().to_vec(), true),
-        Err(_) => (Vec::new(), false),
-    };
-    let record = Recorded {
-        method: parts.method.to_string(),
-        target: parts.uri.to_string(),
-        headers: parts
-            .headers
+    let pairs = |fields: &http::HeaderMap| -> Vec<(String, String)> {
+        fields
             .iter()
             .map(|(k, v)| {
                 (
@@ -195,9 +190,22 @@ async fn answer(
                     String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 )
             })
-            .collect(),
+            .collect()
+    };
+    let (body, body_complete, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().map(pairs).unwrap_or_default();
+            (collected.to_bytes().to_vec(), true, trailers)
+        }
+        Err(_) => (Vec::new(), false, Vec::new()),
+    };
+    let record = Recorded {
+        method: parts.method.to_string(),
+        target: parts.uri.to_string(),
+        headers: pairs(&parts.headers),
         body,
         body_complete,
+        trailers,
     };
     recorded.lock().unwrap().push(record.clone());
     let full = |status: u16, content_type: &str, data: Vec<u8>| {
