@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{Method, Response, StatusCode};
 use http_body::Body;
-use membergate::config::{Chat, ChatProvider, ChatShow};
+use membergate::config::{Chat, ChatProvider, ChatShow, WidgetLoader};
 use membergate::inject::{self, Coding};
 use membergate::proxy::body::GatewayBody;
 
@@ -51,6 +51,7 @@ fn injection(c: &mut Criterion) {
         rules: vec![],
         load_immediately: None,
         inline_embed_selector: None,
+        loader: WidgetLoader::Membergate,
     };
     let token =
         "v1.eyJlIjoiYmVuY2hAZXhhbXBsZS5jb20iLCJmIjoiQmVuY2gifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWc";
@@ -73,7 +74,7 @@ fn injection(c: &mut Criterion) {
                 let rewritten = inject::rewrite(
                     upstream,
                     rewritable,
-                    snippet.html,
+                    snippet,
                     true,
                     Coding::Identity,
                     usize::MAX,

@@ -802,6 +802,75 @@ async fn hubspot_tokens_are_minted_once_per_member_even_under_concurrency() {
     );
 }
 
+/// A site whose pages load HubSpot's widget themselves (the embed code in
+/// the body, as HubSpot and CMS plugins install it) sets `loader = "page"`:
+/// a member's page gets the settings once, before the page's own loader,
+/// and no second loader; an anonymous visitor's page is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_load_the_widget_themselves_get_only_the_settings() {
+    let hubspot = FakeHubSpot::start(HubSpotMode::Answer).await;
+    let embed = "<script type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/4242.js\"></script>";
+    let in_body = format!("<html><head><title>t</title></head><body><p>x</p>{embed}</body></html>");
+    let in_head = format!("<html><head>{embed}</head><body><p>x</p></body></html>");
+    let origin = PageOrigin::start(vec![
+        ("/in-body", Page::html(&in_body)),
+        ("/in-head", Page::html(&in_head)),
+    ])
+    .await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"4242\"\napi_base = \"{}\"\nloader = \"page\"",
+        hubspot.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut anonymous = Browser::new(&gw);
+    for (path, page) in [("/in-body", &in_body), ("/in-head", &in_head)] {
+        let got = anonymous.get(path).await;
+        assert_eq!(&got.body, page, "{path}");
+        // Not rewritten at all: the origin's length stands.
+        assert_eq!(
+            got.headers["content-length"],
+            page.len().to_string().as_str()
+        );
+    }
+    let mut b = member(&gw, "lin@example.com", "Lin", &[]).await;
+    for path in ["/in-body", "/in-head"] {
+        let page = b.get(path).await.body;
+        assert_eq!(
+            page.matches("hs-script-loader").count(),
+            1,
+            "{path}: {page}"
+        );
+        assert_eq!(page.matches("data-membergate").count(), 1, "{path}: {page}");
+        let settings = settings(&page).unwrap();
+        assert_eq!(settings["identificationEmail"], "lin@example.com");
+        assert!(
+            settings["identificationToken"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        );
+        // The settings come before the page's loader runs: at the end of
+        // the head, and the loader is async/defer or in the body.
+        assert!(page.find("data-membergate").unwrap() < page.find("</head>").unwrap());
+    }
+    // Without the setting, the gateway's loader goes in, and a page that
+    // loads the widget in its head is left to itself.
+    let gw = start(&origin, &chat.replace("\nloader = \"page\"", ""), |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    assert_eq!(Browser::new(&gw).get("/in-head").await.body, in_head);
+    let (code, out) = support::check_config(
+        &Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"/w.js\"\nloader = \"origin\""),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("loader: expected membergate"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
     // Failing: the page comes with the widget but without identification.

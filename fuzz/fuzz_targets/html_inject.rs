@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use membergate::config::{Chat, ChatProvider, ChatShow};
+use membergate::config::{Chat, ChatProvider, ChatShow, WidgetLoader};
 use membergate::inject::{Coding, InjectBody, snippet};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,6 +46,7 @@ fn rewrite(chunks: VecDeque<Bytes>, snippet: &str) -> Vec<u8> {
         Chunks(chunks),
         Some(encoding_rs::UTF_8),
         snippet.to_owned(),
+        true,
         Coding::Identity,
         Coding::Identity,
         1 << 20,
@@ -95,6 +96,7 @@ fuzz_target!(|input: Input| {
         rules: Vec::new(),
         load_immediately: Some(true),
         inline_embed_selector: None,
+        loader: WidgetLoader::Membergate,
     };
     let snippet = snippet(&chat, Some((&input.email, &input.token)), None, false).html;
     let page = Bytes::from(input.page);

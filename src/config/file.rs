@@ -93,6 +93,7 @@ pub struct ChatSection {
     pub groups: Vec<String>,
     pub load_immediately: Option<bool>,
     pub inline_embed_selector: Option<String>,
+    pub loader: Option<String>,
     #[serde(default)]
     pub rules: Vec<ChatRuleSection>,
 }

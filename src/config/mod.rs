@@ -76,6 +76,19 @@ pub struct Chat {
     pub rules: Vec<ChatRule>,
     pub load_immediately: Option<bool>,
     pub inline_embed_selector: Option<String>,
+    /// Who loads the widget script.
+    pub loader: WidgetLoader,
+}
+
+/// Who puts the provider's widget script into pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WidgetLoader {
+    /// membergate inserts it, after the settings.
+    Membergate,
+    /// The page has it already (HubSpot's embed code, a CMS plugin):
+    /// membergate adds only the settings, and nothing for visitors it does
+    /// not identify.
+    Page,
 }
 
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use super::file::{
 use super::{
     Admin, ApiKey, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode,
     Identification, Limits, Log, LogFormat, Mail, MailTransport, Members, Registration, Route,
-    Server, Site, Tls, Upstream,
+    Server, Site, Tls, Upstream, WidgetLoader,
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
 
@@ -1079,12 +1079,24 @@ fn chat(p: &mut Problems, key: &str, c: &ChatSection) -> Chat {
             "expected a CSS selector such as \"#chat\"",
         );
     }
+    let loader = match c.loader.as_deref() {
+        None | Some("membergate") => WidgetLoader::Membergate,
+        Some("page") => WidgetLoader::Page,
+        Some(other) => {
+            p.add(
+                &format!("{key}.loader"),
+                format!("expected membergate (insert the widget script) or page (the page loads it); got {other:?}"),
+            );
+            WidgetLoader::Membergate
+        }
+    };
     Chat {
         provider,
         default,
         rules,
         load_immediately: c.load_immediately,
         inline_embed_selector,
+        loader,
     }
 }
 

@@ -267,7 +267,7 @@ impl Identifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ChatRule;
+    use crate::config::{ChatRule, WidgetLoader};
     use crate::policy::PathPattern;
 
     fn chat() -> Chat {
@@ -293,6 +293,7 @@ mod tests {
             ],
             load_immediately: None,
             inline_embed_selector: None,
+            loader: WidgetLoader::Membergate,
         }
     }
 

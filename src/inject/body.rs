@@ -156,6 +156,9 @@ struct Page {
     injected: AtomicBool,
     /// The page already loads the widget (or was injected upstream).
     present: AtomicBool,
+    /// A page's own widget loader counts as the widget being there: the
+    /// snippet has a loader of its own.
+    loads_widget: bool,
     /// The page's `<meta>` names a charset the snippet cannot be written in.
     foreign_charset: AtomicBool,
     /// How many `<template>` elements the parser is inside.
@@ -250,9 +253,10 @@ fn rewriter(
     let seen = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.script, move |el| {
         if el.has_attribute("data-membergate")
-            || el
-                .get_attribute("id")
-                .is_some_and(|id| id == "hs-script-loader")
+            || (seen.loads_widget
+                && el
+                    .get_attribute("id")
+                    .is_some_and(|id| id == "hs-script-loader"))
         {
             seen.present.store(true, Ordering::Relaxed);
         }
@@ -330,12 +334,15 @@ pub struct InjectBody<B> {
 }
 
 impl<B> InjectBody<B> {
-    /// `from`: the origin's coding; `to`: the client's; `max_decoded`: the cap
-    /// on a compressed page's decoded size.
+    /// `loads_widget`: the snippet has the provider's loader. `from`: the
+    /// origin's coding; `to`: the client's; `max_decoded`: the cap on a
+    /// compressed page's decoded size.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: B,
         encoding: Option<&'static encoding_rs::Encoding>,
         snippet: String,
+        loads_widget: bool,
         from: Coding,
         to: Coding,
         max_decoded: usize,
@@ -348,6 +355,7 @@ impl<B> InjectBody<B> {
             snippet,
             injected: AtomicBool::new(false),
             present: AtomicBool::new(false),
+            loads_widget,
             foreign_charset: AtomicBool::new(false),
             template_depth: AtomicUsize::new(0),
         });
@@ -571,8 +579,8 @@ mod tests {
             .into_iter()
             .map(|c| Ok::<_, BoxError>(Frame::data(c)));
         let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let body =
-            InjectBody::new(inner, charset, S.to_owned(), from, to, 1 << 20).map_err(|(_, e)| e)?;
+        let body = InjectBody::new(inner, charset, S.to_owned(), true, from, to, 1 << 20)
+            .map_err(|(_, e)| e)?;
         Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
     }
 

@@ -20,7 +20,7 @@ use http::{Method, Response, StatusCode};
 pub use body::InjectBody;
 pub use codec::Coding;
 
-use crate::config::{Chat, ChatProvider};
+use crate::config::{Chat, ChatProvider, WidgetLoader};
 use crate::hygiene::headers::{add_vary, mark_private};
 use crate::proxy::body::GatewayBody;
 
@@ -108,13 +108,22 @@ fn has_no_transform(headers: &HeaderMap) -> bool {
 pub fn rewrite(
     response: Response<GatewayBody>,
     page: Rewritable,
-    snippet: String,
+    snippet: Snippet,
     personalised: bool,
     to: Coding,
     max_decoded: usize,
 ) -> Response<GatewayBody> {
     let (mut parts, inner) = response.into_parts();
-    let body = match InjectBody::new(inner, page.charset, snippet, page.coding, to, max_decoded) {
+    let body = InjectBody::new(
+        inner,
+        page.charset,
+        snippet.html,
+        snippet.loads_widget,
+        page.coding,
+        to,
+        max_decoded,
+    );
+    let body = match body {
         Ok(body) => body,
         Err((inner, e)) => {
             // The page goes out as the origin sent it.
@@ -168,9 +177,14 @@ pub fn fix_headers(headers: &mut HeaderMap, personalised: bool, to: Coding) {
 
 /// What is inserted into a page.
 pub struct Snippet {
+    /// Empty when there is nothing to insert (no settings, and the page
+    /// loads the widget itself).
     pub html: String,
     /// Where the text of the inline settings script lies in `html`.
     inline_script: Option<std::ops::Range<usize>>,
+    /// The snippet has the provider's loader, so a page that loads the
+    /// widget itself must not get it.
+    pub loads_widget: bool,
 }
 
 impl Snippet {
@@ -246,23 +260,27 @@ pub fn snippet(
         inline_script = Some(script_start..html.len());
         html.push_str("</script>");
     }
-    match &chat.provider {
-        ChatProvider::HubSpot { portal_id, .. } => {
-            html.push_str("<script data-membergate=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/");
-            push_attribute(&mut html, portal_id);
-            html.push_str(".js\"");
+    let loads_widget = chat.loader == WidgetLoader::Membergate;
+    if loads_widget {
+        match &chat.provider {
+            ChatProvider::HubSpot { portal_id, .. } => {
+                html.push_str("<script data-membergate=\"loader\" type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"//js.hs-scripts.com/");
+                push_attribute(&mut html, portal_id);
+                html.push_str(".js\"");
+            }
+            ChatProvider::Builtin { widget_url } => {
+                html.push_str("<script data-membergate=\"loader\" async defer src=\"");
+                push_attribute(&mut html, widget_url);
+                html.push('"');
+            }
         }
-        ChatProvider::Builtin { widget_url } => {
-            html.push_str("<script data-membergate=\"loader\" async defer src=\"");
-            push_attribute(&mut html, widget_url);
-            html.push('"');
-        }
+        push_nonce(&mut html);
+        html.push_str("></script>");
     }
-    push_nonce(&mut html);
-    html.push_str("></script>");
     Snippet {
         html,
         inline_script,
+        loads_widget,
     }
 }
 
@@ -451,6 +469,7 @@ mod tests {
             rules: vec![],
             load_immediately: Some(false),
             inline_embed_selector: None,
+            loader: WidgetLoader::Membergate,
         };
         let html = snippet(
             &chat,
@@ -478,6 +497,17 @@ mod tests {
                 .contains("window.HubSpotConversations.clear({resetWidget:true})")
         );
         assert!(!reset.html.contains("identificationEmail"));
+        // A page that loads the widget itself gets the settings alone, and
+        // nothing for a visitor with no settings.
+        let page_loads = Chat {
+            loader: WidgetLoader::Page,
+            ..anonymous.clone()
+        };
+        let identified = snippet(&page_loads, Some(("ada@example.com", "tok")), None, false);
+        assert!(identified.html.contains("\"identificationToken\":\"tok\""));
+        assert!(!identified.html.contains("data-membergate=\"loader\""));
+        assert!(!identified.loads_widget);
+        assert_eq!(snippet(&page_loads, None, None, false).html, "");
         // The script text for a CSP hash is exactly the settings element's content.
         let script = reset.inline_script().unwrap();
         assert!(script.starts_with("window.hsConversationsSettings=") && script.ends_with(";"));

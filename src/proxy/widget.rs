@@ -111,6 +111,11 @@ pub fn rewrite(
     let nonce = inject::csp::script_nonce(response.headers());
     let reset = plan.reset;
     let snippet = inject::snippet(chat, identified, nonce.as_deref(), reset);
+    if snippet.html.is_empty() {
+        // Nothing to add: the page loads the widget itself, and this
+        // visitor is not identified.
+        return (response, false);
+    }
     let mut response = response;
     if let Some(script) = snippet.inline_script() {
         inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
@@ -123,7 +128,7 @@ pub fn rewrite(
         // No page carried the reset: it stays for the next GET.
         return (Response::from_parts(parts, body), false);
     }
-    let response = inject::rewrite(response, page, snippet.html, personalised, to, max_decoded);
+    let response = inject::rewrite(response, page, snippet, personalised, to, max_decoded);
     (response, reset)
 }
 
