@@ -248,4 +248,45 @@ async fn j2_signed_but_expired_early_or_foreign_tokens_are_refused() {
         assert!(body.contains(reason), "{what}: {body}");
         assert!(!body.contains("ada@example.com"), "{what}: {body}");
     }
+    // Forgeries of Ada's good token: her claims edited to Bob's with her
+    // signature kept, a JWT with `alg: none`, and her token under another
+    // version label. None verifies, none names anyone.
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let good = signed(&claims("main", now - 10, now + 3600));
+    let (signed_part, signature) = good.rsplit_once('.').unwrap();
+    let mut bob = claims("main", now - 10, now + 3600);
+    bob["email"] = "bob@example.com".into();
+    let bob_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&bob).unwrap());
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let forgeries = [
+        (
+            "claims edited",
+            format!("mgv1.k1.{bob_payload}.{signature}"),
+        ),
+        ("alg none", format!("{none_header}.{bob_payload}.")),
+        (
+            "alg none with a signature",
+            format!("{none_header}.{bob_payload}.{signature}"),
+        ),
+        ("another version", good.replacen("mgv1.", "mgv0.", 1)),
+        (
+            "no key id",
+            format!("mgv1..{}", &signed_part["mgv1.k1.".len()..]),
+        ),
+    ];
+    for (what, token) in forgeries {
+        let (status, body) = check(token).await;
+        // 401 either way; the category tells a bad signature from a shape
+        // that is not ours.
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(
+            body.contains("INVALID_TOKEN") || body.contains("the token is malformed"),
+            "{what}: {body}"
+        );
+        assert!(
+            !body.contains("ada@example.com") && !body.contains("bob@example.com"),
+            "{what}: {body}"
+        );
+    }
 }
