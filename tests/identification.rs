@@ -857,6 +857,29 @@ async fn pages_that_load_the_widget_themselves_get_only_the_settings() {
     }
     // Without the setting, the gateway's loader goes in, and a page that
     // loads the widget in its head is left to itself.
+    // `policy check` says what the setting means for each visitor.
+    let url = gw.https_url("/in-body");
+    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("chat: anonymous, nothing added (loader = page)"),
+        "{out}"
+    );
+    let (_, out) = gw.cli(
+        &[
+            "policy",
+            "check",
+            "--url",
+            &url,
+            "--member",
+            "lin@example.com",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("chat: identified, settings only (loader = page)"),
+        "{out}"
+    );
     let gw = start(&origin, &chat.replace("\nloader = \"page\"", ""), |s| {
         s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
     })

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, validate_group_name};
+use crate::config::{Config, WidgetLoader, validate_group_name};
 use crate::hygiene::path;
 use crate::identity::{self, ChatDecision};
 use crate::mail::{Mailer, Message};
@@ -275,9 +275,18 @@ impl Admin<'_> {
             None => "off (the site has no chat widget)".to_owned(),
             Some(chat) => {
                 let (shown, chat_rule) = identity::decide(chat, &path.decoded, uri.query(), groups);
+                let page_loads = chat.loader == WidgetLoader::Page;
                 let shown = match shown {
                     ChatDecision::Off => "off",
+                    // The page loads the widget; with nothing to identify,
+                    // nothing is added.
+                    ChatDecision::Anonymous if page_loads => {
+                        "anonymous, nothing added (loader = page)"
+                    }
                     ChatDecision::Anonymous => "anonymous",
+                    ChatDecision::Identified if page_loads => {
+                        "identified, settings only (loader = page)"
+                    }
                     ChatDecision::Identified => "identified",
                 };
                 match chat_rule {
