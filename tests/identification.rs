@@ -44,6 +44,17 @@ async fn member(gw: &Gateway, email: &str, first: &str, groups: &[&str]) -> Brow
     b
 }
 
+/// What `membergate policy check --url URL [--member EMAIL]` prints.
+fn policy_check(gw: &Gateway, url: &str, member: Option<&str>) -> String {
+    let mut args = vec!["policy", "check", "--url", url];
+    if let Some(member) = member {
+        args.extend(["--member", member]);
+    }
+    let (ok, out) = gw.cli(&args, "");
+    assert!(ok, "{out}");
+    out
+}
+
 /// The JSON object the settings script assigns, parsed.
 fn settings(page: &str) -> Option<serde_json::Value> {
     let start = page.find("Object.assign(window.hsConversationsSettings||{},")?;
@@ -190,28 +201,17 @@ async fn targeting_rules_choose_who_sees_the_widget_where() {
 
     // `policy check` shows the same decision, with the rule that made it.
     let url = gw.https_url("/kb/a/b.html");
-    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
-    assert!(ok, "{out}");
+    let out = policy_check(&gw, &url, None);
     assert!(
         out.contains("chat: off (sites[main].chat.rules[1], path \"/kb/**/*.html\")"),
         "{out}"
     );
-    let (_, out) = gw.cli(
-        &[
-            "policy",
-            "check",
-            "--url",
-            &url,
-            "--member",
-            "plain@example.com",
-        ],
-        "",
-    );
+    let out = policy_check(&gw, &url, Some("plain@example.com"));
     assert!(
         out.contains("chat: identified (sites[main].chat.rules[1]"),
         "{out}"
     );
-    let (_, out) = gw.cli(&["policy", "check", "--url", &gw.https_url("/")], "");
+    let out = policy_check(&gw, &gw.https_url("/"), None);
     assert!(
         out.contains("chat: anonymous (site \"main\" chat default)"),
         "{out}"
@@ -855,31 +855,20 @@ async fn pages_that_load_the_widget_themselves_get_only_the_settings() {
         // the head, and the loader is async/defer or in the body.
         assert!(page.find("data-membergate").unwrap() < page.find("</head>").unwrap());
     }
-    // Without the setting, the gateway's loader goes in, and a page that
-    // loads the widget in its head is left to itself.
     // `policy check` says what the setting means for each visitor.
     let url = gw.https_url("/in-body");
-    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
-    assert!(ok, "{out}");
+    let out = policy_check(&gw, &url, None);
     assert!(
         out.contains("chat: anonymous, nothing added (loader = page)"),
         "{out}"
     );
-    let (_, out) = gw.cli(
-        &[
-            "policy",
-            "check",
-            "--url",
-            &url,
-            "--member",
-            "lin@example.com",
-        ],
-        "",
-    );
+    let out = policy_check(&gw, &url, Some("lin@example.com"));
     assert!(
         out.contains("chat: identified, settings only (loader = page)"),
         "{out}"
     );
+    // Without the setting, the gateway's loader goes in, and a page that
+    // loads the widget in its head is left to itself.
     let gw = start(&origin, &chat.replace("\nloader = \"page\"", ""), |s| {
         s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
     })
