@@ -96,9 +96,7 @@ fn names_ascii_compatible(after: &[u8]) -> bool {
     let Some(label_end) = label_end else {
         return false;
     };
-    encoding_rs::Encoding::for_label(&rest[..label_end])
-        .and_then(AsciiCompatibleEncoding::new)
-        .is_some()
+    super::ascii_compatible(&rest[..label_end]).is_some()
 }
 
 /// The selectors, parsed once per process.
@@ -199,19 +197,12 @@ fn meta_charset(el: &Element<'_, '_>) -> Option<bool> {
                 return None;
             }
             let content = el.get_attribute("content")?;
-            let (_, after) = content.split_once(';')?;
-            let (key, value) = after.split_once('=')?;
-            if !key.trim().eq_ignore_ascii_case("charset") {
-                return None;
-            }
-            value.trim().trim_matches(['"', '\'']).to_owned()
+            super::charset_parameter(&content)?
+                .trim_matches(['"', '\''])
+                .to_owned()
         }
     };
-    Some(
-        encoding_rs::Encoding::for_label(label.trim().as_bytes())
-            .and_then(AsciiCompatibleEncoding::new)
-            .is_some(),
-    )
+    Some(super::ascii_compatible(label.trim().as_bytes()).is_some())
 }
 
 /// A rewriter that puts the page's snippet before `</head>`, or at the start
@@ -697,6 +688,8 @@ mod tests {
             "<head><meta http-equiv=Content-Type content=\"text/html; charset=iso-2022-kr\"></head>",
             // The first declaration counts, a later one cannot undo it.
             "<head><meta charset=iso-2022-jp><meta charset=utf-8></head>",
+            // Another parameter before the charset.
+            "<head><meta http-equiv=content-type content=\"text/html; x=y; charset=iso-2022-jp\"></head>",
         ];
         for page in foreign {
             for split in [vec![], vec![14], vec![page.len() - 3]] {
@@ -712,6 +705,7 @@ mod tests {
             "<head><meta http-equiv=content-type content='text/html;charset=koi8-r'></head>",
             "<head><meta name=viewport content=width=device-width></head>",
             "<head><meta charset=utf-8><meta charset=iso-2022-jp></head>",
+            "<head><meta http-equiv=content-type content=\"text/html; charset=utf-8; x=y\"></head>",
         ];
         for page in ascii_compatible {
             assert_eq!(

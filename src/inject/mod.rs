@@ -66,29 +66,42 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         return None;
     }
     let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let mut parts = content_type.split(';');
-    if !parts.next()?.trim().eq_ignore_ascii_case("text/html") {
+    if !content_type
+        .split(';')
+        .next()?
+        .trim()
+        .eq_ignore_ascii_case("text/html")
+    {
         return None;
     }
-    let charset = parts
+    let charset = match charset_parameter(content_type) {
+        None => None,
+        Some(label) => Some(ascii_compatible(label.trim_matches('"').as_bytes())?),
+    };
+    Some(Rewritable { charset, coding })
+}
+
+/// The `charset` parameter of a media type (`text/html; charset=utf-8`), as
+/// written, without surrounding whitespace: from a `Content-Type` header or
+/// a `<meta http-equiv>`'s content.
+fn charset_parameter(media_type: &str) -> Option<&str> {
+    media_type
+        .split(';')
+        .skip(1)
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
-        .map(|(_, v)| v.trim().trim_matches('"'));
-    let charset = match charset {
-        None => {
-            return Some(Rewritable {
-                charset: None,
-                coding,
-            });
-        }
-        // The usual label, without the general lookup.
-        Some(label) if label.eq_ignore_ascii_case("utf-8") => encoding_rs::UTF_8,
-        Some(label) => encoding_rs::Encoding::for_label(label.as_bytes())?,
-    };
-    lol_html::AsciiCompatibleEncoding::new(charset).map(|_| Rewritable {
-        charset: Some(charset),
-        coding,
-    })
+        .map(|(_, v)| v.trim())
+}
+
+/// The encoding a charset label names, when the snippet (ASCII) can be
+/// written in it unchanged; `None` for unknown labels too.
+fn ascii_compatible(label: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    // The usual label, without the general lookup.
+    if label.eq_ignore_ascii_case(b"utf-8") {
+        return Some(encoding_rs::UTF_8);
+    }
+    let encoding = encoding_rs::Encoding::for_label(label)?;
+    lol_html::AsciiCompatibleEncoding::new(encoding).map(|_| encoding)
 }
 
 /// `Cache-Control: no-transform` in any of the response's fields.
