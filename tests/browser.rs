@@ -238,3 +238,86 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
         "{seen}"
     );
 }
+
+/// The page's Content-Security-Policy in a real browser: our settings script
+/// runs under it (by the page's nonce, or by the hash the gateway adds), and
+/// nothing else the policy blocked before runs now. One of the pages sends
+/// two policies joined in one field, as an intermediary that folds repeated
+/// fields does; each policy must allow our script on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_runs_our_script_under_the_page_csp_and_nothing_it_blocked() {
+    use support::chat::{Page, PageOrigin};
+    let body = |nonce: &str| {
+        format!(
+            "<!doctype html><html><head><title>Tides</title></head><body>\
+             <p>High water at noon.</p>\
+             <script>window.__inline = 1</script>\
+             <script nonce=\"{nonce}\">window.__nonced = 1</script></body></html>"
+        )
+    };
+    let origin = PageOrigin::start(vec![
+        (
+            "/hash",
+            Page::html(&body("none")).with("content-security-policy", "default-src 'self'"),
+        ),
+        (
+            "/nonce",
+            Page::html(&body("r4nd0m")).with(
+                "content-security-policy",
+                "script-src 'nonce-r4nd0m' 'strict-dynamic'; object-src 'none'",
+            ),
+        ),
+        (
+            "/joined",
+            Page::html(&body("none")).with(
+                "content-security-policy",
+                "script-src 'self', object-src 'none'; script-src 'self' 'unsafe-inline'",
+            ),
+        ),
+        (
+            "/two-fields",
+            Page::html(&body("r4nd0m"))
+                .with("content-security-policy", "script-src 'nonce-r4nd0m'")
+                .with("content-security-policy", "default-src 'self'"),
+        ),
+    ])
+    .await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).chat(
+        "provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"\nload_immediately = false",
+    ))
+    .await;
+    let wd = WebDriver::start().await;
+    // (path, whether the page's own nonced script may run)
+    for (path, nonced_runs) in [
+        ("/hash", false),
+        ("/nonce", true),
+        ("/joined", false),
+        ("/two-fields", false),
+    ] {
+        wd.goto(&gw.https_url(path)).await;
+        wd.wait_for_text("High water at noon.").await;
+        let seen = wd
+            .execute(
+                "return {
+                   settings: window.hsConversationsSettings === undefined
+                     ? null : window.hsConversationsSettings,
+                   inline: window.__inline === undefined ? null : window.__inline,
+                   nonced: window.__nonced === undefined ? null : window.__nonced
+                 };",
+                json!([]),
+            )
+            .await;
+        assert_eq!(
+            seen["settings"],
+            json!({"loadImmediately": false}),
+            "{path}: our script did not run: {seen}"
+        );
+        assert_eq!(
+            seen["inline"],
+            Value::Null,
+            "{path}: the policy was loosened: {seen}"
+        );
+        let nonced = if nonced_runs { json!(1) } else { Value::Null };
+        assert_eq!(seen["nonced"], nonced, "{path}: {seen}");
+    }
+}

@@ -6,6 +6,8 @@
 //! alone: adding a hash there would switch `'unsafe-inline'` off for the
 //! site's own inline scripts (CSP Level 2).
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderMap;
@@ -40,35 +42,38 @@ fn nonce_in(directive: &str) -> Option<&str> {
     })
 }
 
-/// The nonce the origin's enforced policy gives scripts, if any.
-pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
+/// The enforced policies of a response, one `&str` each. A field may hold
+/// several, separated by commas (CSP 3, 3.1), as it does when an
+/// intermediary joins two fields into one; a script must satisfy every one.
+fn policies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(CONTENT_SECURITY_POLICY)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|policy| {
-            script_directive(policy)
-                .and_then(|(_, d)| nonce_in(d))
-                .map(str::to_owned)
-        })
+        .flat_map(|field| field.split(','))
+}
+
+/// The nonce the origin's enforced policy gives scripts, if any.
+pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
+    policies(headers).find_map(|policy| {
+        script_directive(policy)
+            .and_then(|(_, d)| nonce_in(d))
+            .map(str::to_owned)
+    })
 }
 
 /// Whether an enforced policy allows no script element at all: its governing
 /// directive lists no source or only `'none'`. The widget could not load
 /// there, and a hash beside `'none'` would make browsers ignore the `'none'`.
 pub fn forbids_scripts(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONTENT_SECURITY_POLICY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|policy| {
-            script_directive(policy).is_some_and(|(_, directive)| {
-                directive
-                    .split_ascii_whitespace()
-                    .skip(1)
-                    .all(|s| s.eq_ignore_ascii_case("'none'"))
-            })
+    policies(headers).any(|policy| {
+        script_directive(policy).is_some_and(|(_, directive)| {
+            directive
+                .split_ascii_whitespace()
+                .skip(1)
+                .all(|s| s.eq_ignore_ascii_case("'none'"))
         })
+    })
 }
 
 /// Makes every enforced policy allow the inline `script` (its text between
@@ -81,46 +86,26 @@ pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<
         "'sha256-{}'",
         STANDARD.encode(Sha256::digest(script.as_bytes()))
     );
-    let policies: Vec<HeaderValue> = headers
+    let fields: Vec<HeaderValue> = headers
         .get_all(CONTENT_SECURITY_POLICY)
         .iter()
         .cloned()
         .collect();
-    let mut rewritten = Vec::with_capacity(policies.len());
-    for value in policies {
-        let Ok(policy) = value.to_str() else {
+    let mut rewritten = Vec::with_capacity(fields.len());
+    for value in fields {
+        let Ok(field) = value.to_str() else {
             rewritten.push(value);
             continue;
         };
-        let Some((index, directive)) = script_directive(policy) else {
-            rewritten.push(value);
-            continue;
-        };
-        let sources: Vec<&str> = directive.split_ascii_whitespace().skip(1).collect();
-        let has_nonce_or_hash = sources
-            .iter()
-            .any(|s| s.starts_with("'nonce-") || s.starts_with("'sha"));
-        let allowed = nonce.is_some_and(|n| nonce_in(directive) == Some(n))
-            || (!has_nonce_or_hash
-                && sources
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case("'unsafe-inline'")));
-        if allowed {
+        let policies: Vec<Cow<'_, str>> = field
+            .split(',')
+            .map(|policy| allow_in_policy(policy, &hash, nonce))
+            .collect();
+        if policies.iter().all(|p| matches!(p, Cow::Borrowed(_))) {
             rewritten.push(value);
             continue;
         }
-        let mut directives: Vec<String> = policy.split(';').map(str::to_owned).collect();
-        let name = directive
-            .split_ascii_whitespace()
-            .next()
-            .unwrap_or("script-src");
-        if name.eq_ignore_ascii_case("default-src") {
-            // Keep default-src as is for everything else; scripts get their own directive.
-            directives.push(format!(" script-src {} {hash}", sources.join(" ")));
-        } else {
-            directives[index] = format!("{} {hash}", directive.trim_end());
-        }
-        match HeaderValue::from_str(directives.join(";").trim()) {
+        match HeaderValue::from_str(policies.join(",").trim()) {
             Ok(v) => rewritten.push(v),
             Err(_) => rewritten.push(value),
         }
@@ -129,6 +114,42 @@ pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<
     for value in rewritten {
         headers.append(CONTENT_SECURITY_POLICY, value);
     }
+}
+
+/// One policy that allows the inline script whose source expression is
+/// `hash`: borrowed as it is when it already does (by `nonce`, or by
+/// `'unsafe-inline'` without nonces or hashes) or restricts no script.
+fn allow_in_policy<'p>(policy: &'p str, hash: &str, nonce: Option<&str>) -> Cow<'p, str> {
+    let Some((index, directive)) = script_directive(policy) else {
+        return Cow::Borrowed(policy);
+    };
+    let sources: Vec<&str> = directive.split_ascii_whitespace().skip(1).collect();
+    let has_nonce_or_hash = sources
+        .iter()
+        .any(|s| s.starts_with("'nonce-") || s.starts_with("'sha"));
+    let allowed = nonce.is_some_and(|n| nonce_in(directive) == Some(n))
+        || (!has_nonce_or_hash
+            && sources
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("'unsafe-inline'")));
+    if allowed {
+        return Cow::Borrowed(policy);
+    }
+    // Whitespace after the policy stays there, before the next comma.
+    let body = policy.trim_end();
+    let trailing = &policy[body.len()..];
+    let mut directives: Vec<String> = body.split(';').map(str::to_owned).collect();
+    let name = directive
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or("script-src");
+    if name.eq_ignore_ascii_case("default-src") {
+        // Keep default-src as is for everything else; scripts get their own directive.
+        directives.push(format!(" script-src {} {hash}", sources.join(" ")));
+    } else {
+        directives[index] = format!("{} {hash}", directive.trim_end());
+    }
+    Cow::Owned(format!("{}{trailing}", directives.join(";")))
 }
 
 #[cfg(test)]
@@ -201,6 +222,45 @@ mod tests {
             after(&["frame-ancestors 'none'"], None),
             ["frame-ancestors 'none'"]
         );
+    }
+
+    /// A field may hold several policies, joined by commas (as an
+    /// intermediary joins two fields): each is a policy of its own, and our
+    /// hash goes into each one's script directive, not the first one's text.
+    #[test]
+    fn each_policy_of_a_comma_joined_field_is_its_own() {
+        assert_eq!(
+            after(&["script-src 'self', object-src 'none'"], None),
+            [format!("script-src 'self' {HASH}, object-src 'none'")]
+        );
+        assert_eq!(
+            after(
+                &["img-src *, default-src 'self' ,script-src 'sha256-AAAA'"],
+                None
+            ),
+            [format!(
+                "img-src *, default-src 'self'; script-src 'self' {HASH} ,script-src 'sha256-AAAA' {HASH}"
+            )]
+        );
+        // The nonce is the first policy's; another policy that does not
+        // know it gets the hash.
+        let joined = csp(&["script-src 'nonce-n1', script-src 'nonce-n2'"]);
+        assert_eq!(script_nonce(&joined), Some("n1".into()));
+        assert_eq!(
+            after(
+                &["script-src 'nonce-n1', script-src 'nonce-n2'"],
+                Some("n1")
+            ),
+            [format!(
+                "script-src 'nonce-n1', script-src 'nonce-n2' {HASH}"
+            )]
+        );
+        // A policy after a comma that allows no script is one that forbids.
+        assert!(forbids_scripts(&csp(&["default-src *, script-src 'none'"])));
+        assert!(forbids_scripts(&csp(&["img-src *,default-src 'none'"])));
+        assert!(!forbids_scripts(&csp(&[
+            "script-src 'none' 'self', img-src 'none'"
+        ])));
     }
 
     #[test]
