@@ -29,10 +29,18 @@ fn script_directive(policy: &str) -> Option<(usize, &str)> {
     None
 }
 
+/// `source` without `prefix`, which is matched case-insensitively, as
+/// browsers match CSP keywords (`'NONCE-…'` is a nonce source too).
+fn strip_keyword<'s>(source: &'s str, prefix: &str) -> Option<&'s str> {
+    source
+        .get(..prefix.len())
+        .filter(|start| start.eq_ignore_ascii_case(prefix))
+        .map(|_| &source[prefix.len()..])
+}
+
 fn nonce_in(directive: &str) -> Option<&str> {
     directive.split_ascii_whitespace().find_map(|source| {
-        source
-            .strip_prefix("'nonce-")
+        strip_keyword(source, "'nonce-")
             .and_then(|rest| rest.strip_suffix('\''))
             .filter(|n| {
                 !n.is_empty()
@@ -126,7 +134,7 @@ fn allow_in_policy<'p>(policy: &'p str, hash: &str, nonce: Option<&str>) -> Cow<
     let sources: Vec<&str> = directive.split_ascii_whitespace().skip(1).collect();
     let has_nonce_or_hash = sources
         .iter()
-        .any(|s| s.starts_with("'nonce-") || s.starts_with("'sha"));
+        .any(|s| strip_keyword(s, "'nonce-").is_some() || strip_keyword(s, "'sha").is_some());
     let allowed = nonce.is_some_and(|n| nonce_in(directive) == Some(n))
         || (!has_nonce_or_hash
             && sources
@@ -254,6 +262,16 @@ mod tests {
             [format!(
                 "script-src 'nonce-n1', script-src 'nonce-n2' {HASH}"
             )]
+        );
+        // Keywords in any case: a nonce source in capitals still switches
+        // 'unsafe-inline' off, so our script needs the hash.
+        assert_eq!(
+            after(&["script-src 'unsafe-inline' 'NONCE-abc'"], None),
+            [format!("script-src 'unsafe-inline' 'NONCE-abc' {HASH}")]
+        );
+        assert_eq!(
+            script_nonce(&csp(&["script-src 'Nonce-abc'"])),
+            Some("abc".into())
         );
         // A policy after a comma that allows no script is one that forbids.
         assert!(forbids_scripts(&csp(&["default-src *, script-src 'none'"])));
