@@ -114,19 +114,39 @@ fuzz_target!(|input: Input| {
 
     let injected = whole.len() != page.len();
     if injected {
-        assert_eq!(whole.len(), page.len() + snippet.len(), "more than one insertion");
+        assert_eq!(
+            whole.len(),
+            page.len() + snippet.len(),
+            "more than one insertion"
+        );
         // The insertion point `at` keeps page[..at] before and page[at..] after.
-        let same_start = whole.iter().zip(page.iter()).take_while(|(a, b)| a == b).count();
-        let same_end = whole.iter().rev().zip(page.iter().rev()).take_while(|(a, b)| a == b).count();
+        let same_start = whole
+            .iter()
+            .zip(page.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let same_end = whole
+            .iter()
+            .rev()
+            .zip(page.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
         let spliced = (page.len().saturating_sub(same_end)..=same_start.min(page.len()))
             .any(|at| &whole[at..at + snippet.len()] == snippet.as_bytes());
-        assert!(spliced, "the page changed beyond one insertion of the snippet");
+        assert!(
+            spliced,
+            "the page changed beyond one insertion of the snippet"
+        );
         assert_eq!(
             marked_scripts(&whole),
             marked_scripts(&page) + marked_scripts(snippet.as_bytes()),
             "a value ended the script or the snippet went in where it is not parsed"
         );
     } else {
-        assert_eq!(whole, page.to_vec(), "the page changed without an insertion");
+        assert_eq!(
+            whole,
+            page.to_vec(),
+            "the page changed without an insertion"
+        );
     }
 });

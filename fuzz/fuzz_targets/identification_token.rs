@@ -45,21 +45,37 @@ fuzz_target!(|input: Input| {
     let lifetime = i64::from(input.lifetime) + 1;
     let token = keys.mint(&identity, &input.audience, now, lifetime);
     let Ok(claims) = keys.verify(&token, Some(&input.audience), now) else {
-        assert!(token.len() > 4096, "a fresh token of {} bytes was refused", token.len());
+        assert!(
+            token.len() > 4096,
+            "a fresh token of {} bytes was refused",
+            token.len()
+        );
         return;
     };
     assert_eq!(claims.identity, identity);
-    assert_eq!((claims.aud.as_str(), claims.iat, claims.exp), (input.audience.as_str(), now, now + lifetime));
-    assert!(keys.verify(&token, None, now + lifetime).is_err(), "expired token verified");
+    assert_eq!(
+        (claims.aud.as_str(), claims.iat, claims.exp),
+        (input.audience.as_str(), now, now + lifetime)
+    );
+    assert!(
+        keys.verify(&token, None, now + lifetime).is_err(),
+        "expired token verified"
+    );
     let other_audience = format!("{}x", input.audience);
-    assert!(keys.verify(&token, Some(&other_audience), now).is_err(), "wrong audience verified");
+    assert!(
+        keys.verify(&token, Some(&other_audience), now).is_err(),
+        "wrong audience verified"
+    );
 
     let mut changed = token.clone().into_bytes();
     let at = usize::from(input.changed_at) % changed.len();
     if changed[at] != input.changed_to {
         changed[at] = input.changed_to;
         if let Ok(changed) = String::from_utf8(changed) {
-            assert!(keys.verify(&changed, None, now).is_err(), "tampered token verified: {changed}");
+            assert!(
+                keys.verify(&changed, None, now).is_err(),
+                "tampered token verified: {changed}"
+            );
         }
     }
 });

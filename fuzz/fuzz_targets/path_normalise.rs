@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(decoded.starts_with('/'), "{decoded:?}");
     assert!(!decoded.contains("//"), "{decoded:?}");
     assert!(
-        decoded.split('/').all(|segment| segment != "." && segment != ".."),
+        decoded
+            .split('/')
+            .all(|segment| segment != "." && segment != ".."),
         "dot segment left in {decoded:?}"
     );
     assert!(
@@ -32,5 +34,9 @@ fuzz_target!(|data: &[u8]| {
         path.encoded
     );
     let again = normalise(&path.encoded);
-    assert_eq!(again.as_ref(), Ok(&path), "the origin would see another path");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&path),
+        "the origin would see another path"
+    );
 });
