@@ -243,18 +243,20 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
 /// runs under it (by the page's nonce, or by the hash the gateway adds), and
 /// nothing else the policy blocked before runs now. One of the pages sends
 /// two policies joined in one field, as an intermediary that folds repeated
-/// fields does; each policy must allow our script on its own.
+/// fields does; each policy must allow our script on its own. Another keeps
+/// its policy in a `<meta>`, as pages on static hosts without headers do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_runs_our_script_under_the_page_csp_and_nothing_it_blocked() {
     use support::chat::{Page, PageOrigin};
-    let body = |nonce: &str| {
+    let page_with = |nonce: &str, head: &str| {
         format!(
-            "<!doctype html><html><head><title>Tides</title></head><body>\
+            "<!doctype html><html><head>{head}<title>Tides</title></head><body>\
              <p>High water at noon.</p>\
              <script>window.__inline = 1</script>\
              <script nonce=\"{nonce}\">window.__nonced = 1</script></body></html>"
         )
     };
+    let body = |nonce: &str| page_with(nonce, "");
     let origin = PageOrigin::start(vec![
         (
             "/hash",
@@ -275,6 +277,13 @@ async fn chromium_runs_our_script_under_the_page_csp_and_nothing_it_blocked() {
             ),
         ),
         (
+            "/meta",
+            Page::html(&page_with(
+                "r4nd0m",
+                "<meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'self'\">",
+            )),
+        ),
+        (
             "/two-fields",
             Page::html(&body("r4nd0m"))
                 .with("content-security-policy", "script-src 'nonce-r4nd0m'")
@@ -292,6 +301,7 @@ async fn chromium_runs_our_script_under_the_page_csp_and_nothing_it_blocked() {
         ("/hash", false),
         ("/nonce", true),
         ("/joined", false),
+        ("/meta", false),
         ("/two-fields", false),
     ] {
         wd.goto(&gw.https_url(path)).await;

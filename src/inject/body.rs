@@ -19,6 +19,7 @@ use lol_html::html_content::ContentType;
 use lol_html::send::{Element, ElementContentHandlers, EndTagHandler, HtmlRewriter, Settings};
 use lol_html::{AsciiCompatibleEncoding, HandlerResult, MemorySettings, OutputSink, Selector};
 
+use super::Snippet;
 use super::codec::{Capped, Coding, Encoder};
 use crate::proxy::body::BoxError;
 
@@ -58,24 +59,49 @@ fn insertion_tag(bytes: &[u8]) -> Option<usize> {
     })
 }
 
-/// Whether the rewriter must watch the page's `<meta>` tags for a charset,
-/// for a response whose header names none. Not when the first bytes already
-/// hold the likely insertion point and name no charset but ASCII-compatible
-/// ones before it: most pages, whose head comes in one piece and says
-/// utf-8. This look at bytes only decides whether lol_html looks too (a
-/// selector compiled into a rewriter costs about as much as the rest of the
-/// rewrite); the decision itself is lol_html's.
-fn must_watch_meta(first: &[u8]) -> bool {
+/// What the rewriter must watch the page's `<meta>` tags for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MetaWatch {
+    /// A charset declaration, for a response whose header names none.
+    charset: bool,
+    /// A `Content-Security-Policy`, which governs the snippet as the
+    /// header's does.
+    policy: bool,
+}
+
+/// What the page's first bytes say the rewriter must watch `<meta>` for:
+/// nothing when they already hold the likely insertion point and, before
+/// it, no charset but ASCII-compatible ones (or the header names one) and
+/// no `content-security-policy`. That is most pages, whose head comes in
+/// one piece and says utf-8. This look at bytes only decides whether
+/// lol_html looks too (a selector compiled into a rewriter costs about as
+/// much as the rest of the rewrite); what counts is lol_html's reading.
+fn meta_watch(first: &[u8], header_names_charset: bool) -> MetaWatch {
     let Some(end) = insertion_tag(first) else {
-        return true;
+        return MetaWatch {
+            charset: !header_names_charset,
+            policy: true,
+        };
     };
     let head = &first[..end];
-    memchr::memchr2_iter(b'c', b'C', head).any(|at| {
-        head[at..]
-            .get(..7)
-            .is_some_and(|word| word.eq_ignore_ascii_case(b"charset"))
-            && !names_ascii_compatible(&head[at + 7..])
-    })
+    let mut watch = MetaWatch {
+        charset: false,
+        policy: false,
+    };
+    for at in memchr::memchr2_iter(b'c', b'C', head) {
+        let rest = &head[at..];
+        watch.charset |= !header_names_charset
+            && starts_with_ignore_case(rest, b"charset")
+            && !names_ascii_compatible(&rest[7..]);
+        watch.policy |= starts_with_ignore_case(rest, b"content-security-policy");
+    }
+    watch
+}
+
+fn starts_with_ignore_case(bytes: &[u8], word: &[u8]) -> bool {
+    bytes
+        .get(..word.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(word))
 }
 
 /// What follows the word `charset`: true when it is `= label` with a label
@@ -149,30 +175,73 @@ impl OutputSink for Collected {
 /// What the handlers of one page share (they run in document order): one
 /// allocation per page, not one per flag.
 struct Page {
-    snippet: String,
+    snippet: Snippet,
     /// The snippet is in.
     injected: AtomicBool,
     /// The page already loads the widget (or was injected upstream).
     present: AtomicBool,
-    /// A page's own widget loader counts as the widget being there: the
-    /// snippet has a loader of its own.
-    loads_widget: bool,
     /// The page's `<meta>` names a charset the snippet cannot be written in.
     foreign_charset: AtomicBool,
+    /// A policy in the page's `<meta>` allows no script at all.
+    policy_forbids: AtomicBool,
     /// How many `<template>` elements the parser is inside.
     template_depth: AtomicUsize,
 }
 
 impl Page {
     /// Whether the snippet may go in here, and if so, claims it: once only,
-    /// never inside a template, never into a page that already has the widget
-    /// or that declares a charset other than an ASCII-compatible one.
+    /// never inside a template, never into a page that already has the widget,
+    /// declares a charset other than an ASCII-compatible one, or allows no
+    /// script.
     fn claim(&self) -> bool {
         self.template_depth.load(Ordering::Relaxed) == 0
             && !self.present.load(Ordering::Relaxed)
             && !self.foreign_charset.load(Ordering::Relaxed)
+            && !self.policy_forbids.load(Ordering::Relaxed)
             && !self.injected.swap(true, Ordering::Relaxed)
     }
+
+    /// A `<meta http-equiv="Content-Security-Policy">` before the insertion
+    /// point governs the snippet as the header's policy does (it applies to
+    /// what follows it): its content gets the settings script's hash where
+    /// a policy needs it, and one that allows no script keeps the snippet out.
+    fn follow_meta_policy(&self, el: &mut Element<'_, '_>) -> HandlerResult {
+        if self.template_depth.load(Ordering::Relaxed) > 0 || self.injected.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let Some(policy) = meta_policy(el) else {
+            return Ok(());
+        };
+        // lol_html hands attribute values over as written. A policy with
+        // character references is left alone rather than read wrongly: at
+        // worst it blocks our script, which the browser reports.
+        if policy.contains('&') {
+            return Ok(());
+        }
+        if super::csp::field_forbids_scripts(&policy) {
+            self.policy_forbids.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let Some(script) = self.snippet.inline_script() else {
+            return Ok(());
+        };
+        if let Some(allowing) =
+            super::csp::allow_in_field(&policy, script, self.snippet.nonce.as_deref())
+        {
+            el.set_attribute("content", &allowing)?;
+        }
+        Ok(())
+    }
+}
+
+/// The content of a `<meta http-equiv="Content-Security-Policy">`.
+fn meta_policy(el: &Element<'_, '_>) -> Option<String> {
+    let equiv = el.get_attribute("http-equiv")?;
+    if !equiv.trim().eq_ignore_ascii_case("content-security-policy") {
+        return None;
+    }
+    el.get_attribute("content")
 }
 
 fn handler<'h>(
@@ -207,12 +276,12 @@ fn meta_charset(el: &Element<'_, '_>) -> Option<bool> {
 
 /// A rewriter that puts the page's snippet before `</head>`, or at the start
 /// of `<body>` when the head has no end tag. `encoding` is the charset the
-/// response header names; `watch_meta`: the page's first `<meta>` charset
-/// decides whether the snippet may go in at all.
+/// response header names; `watch`: what the page's `<meta>` tags may say
+/// (its first charset decides whether the snippet may go in at all).
 fn rewriter(
     selectors: &'static Selectors,
     encoding: Option<&'static encoding_rs::Encoding>,
-    watch_meta: bool,
+    watch: MetaWatch,
     page: &Arc<Page>,
     output: Collected,
 ) -> HtmlRewriter<'static, Collected> {
@@ -224,16 +293,19 @@ fn rewriter(
     if let Some(encoding) = encoding.and_then(AsciiCompatibleEncoding::new) {
         settings = settings.with_encoding(encoding);
     }
-    if watch_meta {
-        // Only the first declaration counts (HTML, 13.2.3.2).
+    if watch.charset || watch.policy {
+        // Only the first charset declaration counts (HTML, 13.2.3.2).
         let declared = page.clone();
-        let mut decided = false;
+        let mut decided = !watch.charset;
         settings = settings.append_element_content_handler(handler(&selectors.meta, move |el| {
             if !decided && let Some(ascii_compatible) = meta_charset(el) {
                 decided = true;
                 declared
                     .foreign_charset
                     .store(!ascii_compatible, Ordering::Relaxed);
+            }
+            if watch.policy {
+                declared.follow_meta_policy(el)?;
             }
             Ok(())
         }));
@@ -244,7 +316,7 @@ fn rewriter(
     let seen = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.script, move |el| {
         if el.has_attribute("data-membergate")
-            || (seen.loads_widget
+            || (seen.snippet.loads_widget
                 && el
                     .get_attribute("id")
                     .is_some_and(|id| id == "hs-script-loader"))
@@ -274,7 +346,7 @@ fn rewriter(
         let insert: EndTagHandler<'static> = Box::new(move |end| {
             // Scripts in the head have been seen by now, templates closed.
             if head.claim() {
-                end.before(&head.snippet, ContentType::Html);
+                end.before(&head.snippet.html, ContentType::Html);
             }
             Ok(())
         });
@@ -284,7 +356,7 @@ fn rewriter(
     let body = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.body, move |el| {
         if body.claim() {
-            el.prepend(&body.snippet, ContentType::Html);
+            el.prepend(&body.snippet.html, ContentType::Html);
         }
         Ok(())
     }));
@@ -325,15 +397,13 @@ pub struct InjectBody<B> {
 }
 
 impl<B> InjectBody<B> {
-    /// `loads_widget`: the snippet has the provider's loader. `from`: the
+    /// `encoding`: the charset the response header names. `from`: the
     /// origin's coding; `to`: the client's; `max_decoded`: the cap on a
     /// compressed page's decoded size.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: B,
         encoding: Option<&'static encoding_rs::Encoding>,
-        snippet: String,
-        loads_widget: bool,
+        snippet: Snippet,
         from: Coding,
         to: Coding,
         max_decoded: usize,
@@ -341,13 +411,13 @@ impl<B> InjectBody<B> {
         let Some(selectors) = SELECTORS.as_ref() else {
             return Err((inner, "the injection selectors did not parse".into()));
         };
-        let output = Collected::with_capacity(SLICE + snippet.len());
+        let output = Collected::with_capacity(SLICE + snippet.html.len());
         let page = Arc::new(Page {
             snippet,
             injected: AtomicBool::new(false),
             present: AtomicBool::new(false),
-            loads_widget,
             foreign_charset: AtomicBool::new(false),
+            policy_forbids: AtomicBool::new(false),
             template_depth: AtomicUsize::new(0),
         });
         let decoder = match from {
@@ -416,11 +486,9 @@ impl<B> InjectBody<B> {
                 encoding,
             }) = self.unbuilt.take()
         {
-            let watch_meta = encoding.is_none() && must_watch_meta(&decoded);
+            let watch = meta_watch(&decoded, encoding.is_some());
             let output = self.output.clone();
-            self.rewriter = Some(rewriter(
-                selectors, encoding, watch_meta, &self.page, output,
-            ));
+            self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
         }
         let Some(rewriter) = self.rewriter.as_mut() else {
             return Ok((decoded, Bytes::new()));
@@ -563,6 +631,22 @@ mod tests {
         from: Coding,
         to: Coding,
     ) -> Result<Vec<u8>, BoxError> {
+        let snippet = Snippet {
+            html: S.to_owned(),
+            inline_script: None,
+            loads_widget: true,
+            nonce: None,
+        };
+        run_snippet(snippet, charset, chunks, from, to)
+    }
+
+    fn run_snippet(
+        snippet: Snippet,
+        charset: Option<&'static encoding_rs::Encoding>,
+        chunks: Vec<Bytes>,
+        from: Coding,
+        to: Coding,
+    ) -> Result<Vec<u8>, BoxError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -570,8 +654,8 @@ mod tests {
             .into_iter()
             .map(|c| Ok::<_, BoxError>(Frame::data(c)));
         let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let body = InjectBody::new(inner, charset, S.to_owned(), true, from, to, 1 << 20)
-            .map_err(|(_, e)| e)?;
+        let body =
+            InjectBody::new(inner, charset, snippet, from, to, 1 << 20).map_err(|(_, e)| e)?;
         Ok(runtime.block_on(body.collect())?.to_bytes().to_vec())
     }
 
@@ -729,7 +813,7 @@ mod tests {
     }
 
     #[test]
-    fn only_pages_that_may_name_a_foreign_charset_get_their_meta_watched() {
+    fn only_pages_that_may_name_a_foreign_charset_or_a_policy_get_their_meta_watched() {
         let plain = [
             "<head><meta charset=\"utf-8\"></head>",
             "<head><meta charset=utf-8><title>x</title></head>",
@@ -738,8 +822,12 @@ mod tests {
             "<head><script>// the charset we use</script></head>",
             "<meta http-equiv=content-type content=\"text/html; charset=windows-1251\"><body>",
         ];
+        let nothing = MetaWatch {
+            charset: false,
+            policy: false,
+        };
         for page in plain {
-            assert!(!must_watch_meta(page.as_bytes()), "{page}");
+            assert_eq!(meta_watch(page.as_bytes(), false), nothing, "{page}");
         }
         let watched = [
             "<head><meta charset=iso-2022-jp></head>",
@@ -750,8 +838,91 @@ mod tests {
             "",
         ];
         for page in watched {
-            assert!(must_watch_meta(page.as_bytes()), "{page}");
+            assert!(meta_watch(page.as_bytes(), false).charset, "{page}");
+            assert!(!meta_watch(page.as_bytes(), true).charset, "{page}");
         }
+        // A policy in the head is watched for whatever the header says.
+        for header_names_charset in [false, true] {
+            let watch = |page: &str| meta_watch(page.as_bytes(), header_names_charset).policy;
+            assert!(watch(
+                "<head><meta http-equiv=Content-Security-Policy content=\"default-src 'self'\"></head>"
+            ));
+            assert!(watch("<head><meta http-equiv=\"CONTENT-SECURITY-POLICY\""));
+            assert!(watch("<head><title>no end yet"));
+            assert!(!watch("<head><meta name=csp content=x></head>"));
+            assert!(!watch(
+                "<head></head><meta http-equiv=content-security-policy>"
+            ));
+        }
+    }
+
+    /// A settings script `x()`, whose hash is `X_HASH`.
+    const SETTINGS: &str = "<script data-membergate=\"settings\">x()</script>";
+    const X_HASH: &str = "'sha256-D6IGS8VMvCoyaR/l0h9tERrBTATY01CoPS7l6xDv0kI='";
+
+    fn with_settings(page: &str, split: &[usize], nonce: Option<&str>) -> String {
+        let start = SETTINGS.find('>').unwrap() + 1;
+        let snippet = Snippet {
+            html: SETTINGS.to_owned(),
+            inline_script: Some(start..start + 3),
+            loads_widget: true,
+            nonce: nonce.map(str::to_owned),
+        };
+        let header_charset = Some(encoding_rs::UTF_8);
+        let chunks = split_at(page.as_bytes(), split);
+        let out = run_snippet(
+            snippet,
+            header_charset,
+            chunks,
+            Coding::Identity,
+            Coding::Identity,
+        );
+        String::from_utf8(out.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_policy_in_the_head_gets_the_settings_hash_at_every_chunk_boundary() {
+        let page = "<html><head><meta http-equiv=\"Content-Security-Policy\" \
+                    content=\"default-src 'self', img-src *\"><title>t</title></head><body>x</body>";
+        let expected = page
+            .replace(
+                "content=\"default-src 'self', img-src *\"",
+                &format!("content=\"default-src 'self'; script-src 'self' {X_HASH}, img-src *\""),
+            )
+            .replace("</head>", &format!("{SETTINGS}</head>"));
+        for at in 0..=page.len() {
+            assert_eq!(with_settings(page, &[at], None), expected, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn policies_in_the_head_are_followed_never_loosened() {
+        let meta = |content: &str| {
+            format!(
+                "<head><meta http-equiv=content-security-policy content=\"{content}\"></head><body>"
+            )
+        };
+        let inserted = |page: &str| page.replace("</head>", &format!("{SETTINGS}</head>"));
+        // Already allowed, by 'unsafe-inline' or by the nonce our script carries.
+        for content in ["script-src 'unsafe-inline'", "script-src 'nonce-n1'"] {
+            let page = meta(content);
+            assert_eq!(with_settings(&page, &[], Some("n1")), inserted(&page));
+        }
+        // No script allowed at all: the page stays as it is.
+        for content in ["script-src 'none'", "img-src *, default-src 'none'"] {
+            let page = meta(content);
+            assert_eq!(with_settings(&page, &[], None), page);
+        }
+        // Character references are not read: the policy stays as written.
+        let page = meta("script-src &#39;self&#39;");
+        assert_eq!(with_settings(&page, &[], None), inserted(&page));
+        // A policy inside a template, or after the head, is no policy.
+        let page = "<head><template><meta http-equiv=content-security-policy \
+                    content=\"script-src 'none'\"></template></head><body>";
+        assert_eq!(with_settings(page, &[], None), inserted(page));
+        // Another http-equiv, or none: not a policy.
+        let page = "<head><meta http-equiv=refresh content=\"script-src 'none'\"></head><body>";
+        assert_eq!(with_settings(page, &[], None), inserted(page));
     }
 
     #[test]

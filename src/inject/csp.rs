@@ -74,14 +74,47 @@ pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
 /// directive lists no source or only `'none'`. The widget could not load
 /// there, and a hash beside `'none'` would make browsers ignore the `'none'`.
 pub fn forbids_scripts(headers: &HeaderMap) -> bool {
-    policies(headers).any(|policy| {
-        script_directive(policy).is_some_and(|(_, directive)| {
-            directive
-                .split_ascii_whitespace()
-                .skip(1)
-                .all(|s| s.eq_ignore_ascii_case("'none'"))
-        })
+    policies(headers).any(policy_forbids_scripts)
+}
+
+/// Whether one of the comma-separated policies in `field` (a header's value,
+/// or a `<meta http-equiv>`'s content) allows no script element at all.
+pub fn field_forbids_scripts(field: &str) -> bool {
+    field.split(',').any(policy_forbids_scripts)
+}
+
+fn policy_forbids_scripts(policy: &str) -> bool {
+    script_directive(policy).is_some_and(|(_, directive)| {
+        directive
+            .split_ascii_whitespace()
+            .skip(1)
+            .all(|s| s.eq_ignore_ascii_case("'none'"))
     })
+}
+
+/// The source expression that allows exactly the inline `script`.
+fn hash_source(script: &str) -> String {
+    format!(
+        "'sha256-{}'",
+        STANDARD.encode(Sha256::digest(script.as_bytes()))
+    )
+}
+
+/// `field` (one or more comma-separated policies) rewritten so that every
+/// policy in it allows the inline `script`; `None` when each already does.
+pub fn allow_in_field(field: &str, script: &str, nonce: Option<&str>) -> Option<String> {
+    allow_with_hash(field, &hash_source(script), nonce)
+}
+
+fn allow_with_hash(field: &str, hash: &str, nonce: Option<&str>) -> Option<String> {
+    let policies: Vec<Cow<'_, str>> = field
+        .split(',')
+        .map(|policy| allow_in_policy(policy, hash, nonce))
+        .collect();
+    if policies.iter().all(|p| matches!(p, Cow::Borrowed(_))) {
+        return None;
+    }
+    Some(policies.join(",").trim().to_owned())
 }
 
 /// Makes every enforced policy allow the inline `script` (its text between
@@ -90,10 +123,7 @@ pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<
     if !headers.contains_key(CONTENT_SECURITY_POLICY) {
         return;
     }
-    let hash = format!(
-        "'sha256-{}'",
-        STANDARD.encode(Sha256::digest(script.as_bytes()))
-    );
+    let hash = hash_source(script);
     let fields: Vec<HeaderValue> = headers
         .get_all(CONTENT_SECURITY_POLICY)
         .iter()
@@ -101,22 +131,12 @@ pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<
         .collect();
     let mut rewritten = Vec::with_capacity(fields.len());
     for value in fields {
-        let Ok(field) = value.to_str() else {
-            rewritten.push(value);
-            continue;
-        };
-        let policies: Vec<Cow<'_, str>> = field
-            .split(',')
-            .map(|policy| allow_in_policy(policy, &hash, nonce))
-            .collect();
-        if policies.iter().all(|p| matches!(p, Cow::Borrowed(_))) {
-            rewritten.push(value);
-            continue;
-        }
-        match HeaderValue::from_str(policies.join(",").trim()) {
-            Ok(v) => rewritten.push(v),
-            Err(_) => rewritten.push(value),
-        }
+        let allowing = value
+            .to_str()
+            .ok()
+            .and_then(|field| allow_with_hash(field, &hash, nonce))
+            .and_then(|field| HeaderValue::from_str(&field).ok());
+        rewritten.push(allowing.unwrap_or(value));
     }
     headers.remove(CONTENT_SECURITY_POLICY);
     for value in rewritten {

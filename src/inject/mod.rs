@@ -127,15 +127,7 @@ pub fn rewrite(
     max_decoded: usize,
 ) -> Response<GatewayBody> {
     let (mut parts, inner) = response.into_parts();
-    let body = InjectBody::new(
-        inner,
-        page.charset,
-        snippet.html,
-        snippet.loads_widget,
-        page.coding,
-        to,
-        max_decoded,
-    );
+    let body = InjectBody::new(inner, page.charset, snippet, page.coding, to, max_decoded);
     let body = match body {
         Ok(body) => body,
         Err((inner, e)) => {
@@ -198,6 +190,9 @@ pub struct Snippet {
     /// The snippet has the provider's loader, so a page that loads the
     /// widget itself must not get it.
     pub loads_widget: bool,
+    /// The nonce on the snippet's scripts (the response's policy's), so a
+    /// policy in the page that knows it needs no hash.
+    nonce: Option<String>,
 }
 
 impl Snippet {
@@ -294,6 +289,7 @@ pub fn snippet(
         html,
         inline_script,
         loads_widget,
+        nonce: nonce.map(str::to_owned),
     }
 }
 
