@@ -1203,3 +1203,59 @@ async fn a_key_rotation_retires_cached_page_tokens() {
     assert_eq!(claims(&second)["email"], "ada@example.com");
     assert_eq!(token(&ada.get("/blog/lamps").await), second, "not cached");
 }
+
+/// A policy in the page's `<meta>`, in a compressed page: the page is
+/// decoded, the meta's policy gets the settings script's hash (and nothing
+/// else changes in it), and the page goes back compressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_policy_in_a_compressed_page_gets_the_settings_hash() {
+    let page = "<!doctype html><html><head><meta http-equiv=\"Content-Security-Policy\" \
+                content=\"script-src 'self'; object-src 'none'\"><title>Tides</title></head>\
+                <body><p>High water at noon.</p></body></html>";
+    let origin = PageOrigin::start(vec![(
+        "/meta",
+        Page {
+            status: 200,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            body: compressed("gzip", page.as_bytes()),
+        },
+    )])
+    .await;
+    let gw = start(
+        &origin,
+        &format!("{BUILTIN}\nload_immediately = false"),
+        |s| s,
+    )
+    .await;
+    let response = gw
+        .client()
+        .get(gw.https_url("/meta"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    // The header carried no policy, and gets none.
+    assert!(response.headers().get("content-security-policy").is_none());
+    let body = decompressed("gzip", &response.bytes().await.unwrap());
+    let open = "<script data-membergate=\"settings\">";
+    let start = body.find(open).unwrap() + open.len();
+    let end = body[start..].find("</script>").unwrap() + start;
+    let hash = base64::engine::general_purpose::STANDARD.encode(
+        <sha2::Sha256 as sha2::Digest>::digest(&body.as_bytes()[start..end]),
+    );
+    let expected = page
+        .replace(
+            "content=\"script-src 'self'; object-src 'none'\"",
+            &format!("content=\"script-src 'self' 'sha256-{hash}'; object-src 'none'\""),
+        )
+        .replace("</head>", "");
+    let snippet_start = body.find(open).unwrap();
+    let snippet_end = body.find("</head>").unwrap();
+    let without_snippet = format!("{}{}", &body[..snippet_start], &body[snippet_end + 7..]);
+    assert_eq!(without_snippet, expected, "{body}");
+}
