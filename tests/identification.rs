@@ -63,6 +63,19 @@ fn settings(page: &str) -> Option<serde_json::Value> {
     Some(serde_json::from_str(&rest[..end]).unwrap())
 }
 
+/// The CSP source that allows the page's settings script: `'sha256-…'` of
+/// its text.
+fn settings_hash(page: &str) -> String {
+    let open = "<script data-membergate=\"settings\">";
+    let start = page.find(open).unwrap() + open.len();
+    let end = page[start..].find("</script>").unwrap() + start;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&page.as_bytes()[start..end]);
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
 fn claims(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(2).unwrap();
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -730,19 +743,8 @@ async fn the_page_csp_is_honoured_never_loosened() {
         .to_str()
         .unwrap()
         .to_owned();
-    let script_start = page
-        .body
-        .find("<script data-membergate=\"settings\">")
-        .unwrap()
-        + "<script data-membergate=\"settings\">".len();
-    let script_end = page.body[script_start..].find("</script>").unwrap() + script_start;
-    let hash = base64::engine::general_purpose::STANDARD.encode(
-        <sha2::Sha256 as sha2::Digest>::digest(&page.body.as_bytes()[script_start..script_end]),
-    );
-    assert_eq!(
-        csp,
-        format!("default-src 'self'; script-src 'self' 'sha256-{hash}'")
-    );
+    let hash = settings_hash(&page.body);
+    assert_eq!(csp, format!("default-src 'self'; script-src 'self' {hash}"));
     // A page that allows no script, or that intermediaries must not change,
     // passes byte for byte: a hash beside 'none' would switch it off.
     let page = b.get("/no-scripts").await;
@@ -1214,14 +1216,9 @@ async fn a_meta_policy_in_a_compressed_page_gets_the_settings_hash() {
                 <body><p>High water at noon.</p></body></html>";
     let origin = PageOrigin::start(vec![(
         "/meta",
-        Page {
-            status: 200,
-            headers: vec![
-                ("content-type", "text/html; charset=utf-8".into()),
-                ("content-encoding", "gzip".into()),
-            ],
-            body: compressed("gzip", page.as_bytes()),
-        },
+        Page::html("")
+            .with("content-encoding", "gzip")
+            .with_body(compressed("gzip", page.as_bytes())),
     )])
     .await;
     let gw = start(
@@ -1242,19 +1239,14 @@ async fn a_meta_policy_in_a_compressed_page_gets_the_settings_hash() {
     // The header carried no policy, and gets none.
     assert!(response.headers().get("content-security-policy").is_none());
     let body = decompressed("gzip", &response.bytes().await.unwrap());
-    let open = "<script data-membergate=\"settings\">";
-    let start = body.find(open).unwrap() + open.len();
-    let end = body[start..].find("</script>").unwrap() + start;
-    let hash = base64::engine::general_purpose::STANDARD.encode(
-        <sha2::Sha256 as sha2::Digest>::digest(&body.as_bytes()[start..end]),
-    );
+    let hash = settings_hash(&body);
     let expected = page
         .replace(
             "content=\"script-src 'self'; object-src 'none'\"",
-            &format!("content=\"script-src 'self' 'sha256-{hash}'; object-src 'none'\""),
+            &format!("content=\"script-src 'self' {hash}; object-src 'none'\""),
         )
         .replace("</head>", "");
-    let snippet_start = body.find(open).unwrap();
+    let snippet_start = body.find("<script data-membergate=\"settings\">").unwrap();
     let snippet_end = body.find("</head>").unwrap();
     let without_snippet = format!("{}{}", &body[..snippet_start], &body[snippet_end + 7..]);
     assert_eq!(without_snippet, expected, "{body}");
