@@ -4,7 +4,8 @@
 #
 #   scripts/bench.sh                 # 5 rounds of 6 s per measurement, 1 worker each
 #   ROUNDS=3 DURATION=10s CONNS=64 WORKERS=2 scripts/bench.sh
-#   MEMBERGATE_BIN=target/production/membergate scripts/bench.sh   # skip the build
+#   MEMBERGATE_BIN=target/production/membergate FLOOR_BIN=target/production/examples/floor-proxy \
+#     scripts/bench.sh                                             # skip the builds
 #
 # membergate is built with the production profile (fat LTO), as deployed.
 #
@@ -12,6 +13,10 @@
 # upstream keep-alive pool, plain and TLS (same certificate as membergate).
 # Tools: wrk (HTTP/1.1, plain and TLS; p50/p99 from its latency histogram),
 # h2load (HTTP/2). Everything listens on 127.0.0.1 and is stopped on exit.
+# The floor: benches/floor/proxy.rs, the least a hyper 1 proxy can do for a
+# page (no pool, no hygiene, no session), plain and with lol_html putting a
+# fixed script before </head>: how much of a gap to nginx is hyper's and
+# how much membergate's own work (decision 0023).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -30,6 +35,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ -z "${MEMBERGATE_BIN:-}" ]; then
   (cd "$here" && cargo build --profile production --quiet)
   MEMBERGATE_BIN="$here/target/production/membergate"
+fi
+if [ -z "${FLOOR_BIN:-}" ]; then
+  (cd "$here" && cargo build --profile production --quiet --example floor-proxy)
+  FLOOR_BIN="$here/target/production/examples/floor-proxy"
 fi
 
 work=$(mktemp -d)
@@ -81,6 +90,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 
 ORIGIN=$(free_port); NGX_PLAIN=$(free_port); NGX_TLS=$(free_port)
 MG_PLAIN=$(free_port); MG_TLS=$(free_port); MG_ADMIN=$(free_port)
+FLOOR_PLAIN=$(free_port); FLOOR_INJECT=$(free_port)
 
 # --- nginx: origin and peer proxy ----------------------------------------------
 cat >"$work/origin.conf" <<NGX
@@ -191,7 +201,11 @@ echo "bench-password-1" | "$MEMBERGATE_BIN" member --config "$work/membergate.to
   add bench@example.com --first-name Bench >/dev/null
 "$MEMBERGATE_BIN" serve --config "$work/membergate.toml" >"$work/membergate.out" 2>"$work/membergate.err" & pids+=($!)
 mg_pid=$!
-for port in $ORIGIN $NGX_PLAIN $NGX_TLS $MG_PLAIN $MG_TLS; do wait_port "$port"; done
+"$FLOOR_BIN" "127.0.0.1:$FLOOR_PLAIN" "127.0.0.1:$ORIGIN" spawn & pids+=($!)
+floor_plain_pid=$!
+"$FLOOR_BIN" "127.0.0.1:$FLOOR_INJECT" "127.0.0.1:$ORIGIN" spawn inject & pids+=($!)
+floor_inject_pid=$!
+for port in $ORIGIN $NGX_PLAIN $NGX_TLS $MG_PLAIN $MG_TLS $FLOOR_PLAIN $FLOOR_INJECT; do wait_port "$port"; done
 
 # --- measurement -----------------------------------------------------------------
 cat >"$work/report.lua" <<'LUA'
@@ -217,6 +231,7 @@ serving_pids() {
     membergate) echo "$mg_pid" ;;
     nginx) pgrep -P "$proxy_pid" ;;
     direct) pgrep -P "$origin_pid" ;;
+    floor) echo "$floor_plain_pid" "$floor_inject_pid" ;;
   esac
 }
 cpu_ticks() { # target -> "user system", in clock ticks
@@ -305,6 +320,8 @@ curl -s -H "Cookie: membergate=$session" "$mg/inject$page" | grep identification
   || { echo "membergate did not inject the widget into /inject$page" >&2; exit 1; }
 curl -s "http://127.0.0.1:$NGX_PLAIN/inject$page" | grep hsConversationsSettings >/dev/null \
   || { echo "nginx sub_filter did not inject into /inject$page" >&2; exit 1; }
+curl -s "http://127.0.0.1:$FLOOR_INJECT/inject$page" | grep hsConversationsSettings >/dev/null \
+  || { echo "the floor proxy did not inject into /inject$page" >&2; exit 1; }
 
 # Largest resident set of membergate while a command runs: the kernel's
 # high-water mark (VmHWM), reset first (clear_refs 5). Sampling VmRSS from a
@@ -345,12 +362,14 @@ pair() { # runner scenario nginx-target membergate-target [args for both...]
 for round in $(seq 1 "$ROUNDS"); do
   echo "--- round $round of $ROUNDS" >&2
   run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
+  run_wrk plain-http floor "http://127.0.0.1:$FLOOR_PLAIN$page"
   pair run_wrk plain-http "http://127.0.0.1:$NGX_PLAIN$page" "http://127.0.0.1:$MG_PLAIN$page"
   run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
     -H "Cookie: theme=dark; membergate=$session"
   # Both get the session cookie: the same request bytes; nginx ignores it.
   pair run_injected injected-20k "http://127.0.0.1:$NGX_PLAIN/inject$page" \
     "http://127.0.0.1:$MG_PLAIN/inject$page" -H "Cookie: membergate=$session"
+  run_wrk injected-20k floor "http://127.0.0.1:$FLOOR_INJECT/inject$page" -H "Cookie: membergate=$session"
   pair run_injected injected-1mb "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html" \
     "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" -H "Cookie: membergate=$session"
   pair run_wrk https-h1-keepalive "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
@@ -378,11 +397,11 @@ print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{c
       f"h2load -c{conns} -m10, {rounds} rounds, medians; paired: the median of per-round ratios, "
       f"each pair run back to back in alternating order")
 print()
-print("| scenario | membergate req/s | nginx req/s | direct req/s | mg/nginx | mg/nginx paired "
-      "| mg/direct | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx (user+kernel) | errors mg/nginx |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | membergate req/s | nginx req/s | direct req/s | floor req/s | mg/nginx | mg/nginx paired "
+      "| mg/direct | mg/floor | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx / floor (user+kernel) | errors mg/nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for scenario in dict.fromkeys(s for s, _ in runs):
-    mg, ng, di = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct"))
+    mg, ng, di, fl = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct", "floor"))
     fmt = lambda v: f"{v:,.0f}" if v else "-"
     ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
     lat = lambda t: (f"{med(scenario, t, 'p50'):,.0f} / {med(scenario, t, 'p99'):,.0f}"
@@ -395,9 +414,9 @@ for scenario in dict.fromkeys(s for s, _ in runs):
         if not a or not b or len(a) != len(b) or not all(r["rps"] for r in b):
             return "-"
         return f"{statistics.median(x['rps'] / y['rps'] for x, y in zip(a, b)):.2f}x"
-    print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {ratio(mg, ng)} | {paired(scenario)} "
-          f"| {ratio(mg, di)} "
-          f"| {lat('membergate')} | {lat('nginx')} | {cpu('membergate')} / {cpu('nginx')} "
+    print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {fmt(fl)} | {ratio(mg, ng)} | {paired(scenario)} "
+          f"| {ratio(mg, di)} | {ratio(mg, fl)} "
+          f"| {lat('membergate')} | {lat('nginx')} | {cpu('membergate')} / {cpu('nginx')} / {cpu('floor')} "
           f"| {err('membergate')}/{err('nginx')} |")
 print()
 public, member = med("plain-http", "membergate", "rps"), med("members-only-with-session", "membergate", "rps")
