@@ -398,7 +398,7 @@ print(f"## {date}: {cores} cores ({cpu}), {workers} worker(s) each, wrk -t1 -c{c
       f"each pair run back to back in alternating order")
 print()
 print("| scenario | membergate req/s | nginx req/s | direct req/s | floor req/s | mg/nginx | mg/nginx paired "
-      "| mg/direct | mg/floor | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx / floor (user+kernel) | errors mg/nginx |")
+      "| mg/direct | mg/floor | mg p50/p99 µs | nginx p50/p99 µs | CPU µs/req mg / nginx / floor (user+kernel) | errors mg/nginx/floor |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for scenario in dict.fromkeys(s for s, _ in runs):
     mg, ng, di, fl = (med(scenario, t, "rps") for t in ("membergate", "nginx", "direct", "floor"))
@@ -417,7 +417,7 @@ for scenario in dict.fromkeys(s for s, _ in runs):
     print(f"| {scenario} | {fmt(mg)} | {fmt(ng)} | {fmt(di)} | {fmt(fl)} | {ratio(mg, ng)} | {paired(scenario)} "
           f"| {ratio(mg, di)} | {ratio(mg, fl)} "
           f"| {lat('membergate')} | {lat('nginx')} | {cpu('membergate')} / {cpu('nginx')} / {cpu('floor')} "
-          f"| {err('membergate')}/{err('nginx')} |")
+          f"| {err('membergate')}/{err('nginx')}/{err('floor')} |")
 print()
 public, member = med("plain-http", "membergate", "rps"), med("members-only-with-session", "membergate", "rps")
 if public and member:
