@@ -46,6 +46,7 @@ profile() { # out port count path cookie program args...
   local out=$1 port=$2 count=$3 path=$4 cookie=$5; shift 5
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$out.log" 2>&1 &
   local pid=$!
+  pids+=("$pid") # stopped on exit too, should a request fail
   for _ in $(seq 1 300); do
     curl -s -o /dev/null "http://127.0.0.1:$port/" && break
     sleep 0.2
