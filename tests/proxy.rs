@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::origins::closed_port;
+use support::origins::{DRIP_BYTES, closed_port};
 use support::{EchoOrigin, Fault, FaultyOrigin, Gateway, Setup, make_certificate, status_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +286,35 @@ async fn plain_http_redirects_to_https_in_redirect_mode() {
         .await;
     assert_eq!(status_of(&raw), 421);
     assert!(origin.requests().is_empty());
+}
+
+/// A route's `idle_timeout` gives up on an origin that goes silent in the
+/// middle of a body: the client sees the body fail instead of waiting on.
+/// It times each wait, not the whole body: an origin that pauses often, each
+/// pause well within the timeout, is waited for to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_silent_mid_body_is_given_up_on_and_a_slow_one_is_not() {
+    let stall = FaultyOrigin::start(Fault::StallMidBody).await;
+    let drip = FaultyOrigin::start(Fault::DripBody).await;
+    let idle = "idle_timeout = \"1s\"";
+    let gw = Gateway::start(
+        Setup::new()
+            .route_with("/stall", &stall.url(), idle)
+            .route_with("/drip", &drip.url(), idle),
+    )
+    .await;
+    let client = gw.client();
+    let response = client.get(gw.https_url("/stall")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The origin stays silent for a minute; the gateway gives up long before.
+    let body = tokio::time::timeout(Duration::from_secs(30), response.bytes())
+        .await
+        .expect("the gateway waited on a silent origin");
+    assert!(body.is_err(), "a body cut short was passed off as complete");
+    // Five pauses of 300 ms: longer than the timeout in all, each within it.
+    let response = client.get(gw.https_url("/drip")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), DRIP_BYTES);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

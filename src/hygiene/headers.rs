@@ -31,6 +31,23 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &HTTP2_SETTINGS,
 ];
 
+/// The index in [`HOP_BY_HOP`] of a header name (lower case, as `HeaderName`
+/// keeps it), if it is one.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    match name {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "proxy-authorization" => Some(3),
+        "te" => Some(4),
+        "trailer" => Some(5),
+        "transfer-encoding" => Some(6),
+        "upgrade" => Some(7),
+        "http2-settings" => Some(8),
+        _ => None,
+    }
+}
+
 /// Headers some origins (IIS, Symfony, nginx auth modules) read as the "real" path;
 /// a client must never be able to send them past a path-based check.
 const PATH_OVERRIDES: [&str; 6] = [
@@ -272,12 +289,15 @@ pub fn header_text(value: &str) -> String {
 /// Adds `field` to the response's `Vary` unless a `Vary` value already names
 /// it (or is `*`), so no field is listed twice.
 pub fn add_vary(headers: &mut HeaderMap, field: &'static str) {
-    let listed = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|f| f.trim() == "*" || f.trim().eq_ignore_ascii_case(field));
+    // Read as bytes: a field name is ASCII, and `str`'s split and trim would
+    // decode every character of every value (this runs twice per page with
+    // the widget).
+    let listed = headers.get_all(header::VARY).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|listed| {
+            let listed = listed.trim_ascii();
+            listed == b"*" || listed.eq_ignore_ascii_case(field.as_bytes())
+        })
+    });
     if !listed {
         headers.append(header::VARY, HeaderValue::from_static(field));
     }
@@ -368,9 +388,11 @@ pub fn has_odd_transfer_coding(headers: &HeaderMap) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names notes which hop-by-hop headers are there (bit i
     // for `HOP_BY_HOP[i]`): most messages have none, or only `Connection`.
+    // Names are told apart by length first, so most cost one comparison, not
+    // nine.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
         }
     }
@@ -379,13 +401,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Connection` is HOP_BY_HOP[0].
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = headers
+        let mut named = Vec::new();
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in tokens {
+            // `keep-alive`, the usual token, is a hop-by-hop header anyway.
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                present |= 1 << 1;
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
         for name in named {
             headers.remove(name);
         }
@@ -400,6 +429,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_lookup_knows_each_hop_by_hop_header() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("content-type"), None);
+        assert_eq!(hop_by_hop_index("tee"), None);
+    }
+
+    #[test]
+    fn connection_tokens_and_hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, X-Secret ,close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+    }
 
     #[test]
     fn only_one_chunked_field_is_a_request_coding() {
@@ -447,6 +501,10 @@ mod tests {
         add_vary(&mut h, "Accept-Encoding");
         let all: Vec<_> = h.get_all(header::VARY).iter().collect();
         assert_eq!(all, ["Accept-Language, cookie", "Accept-Encoding"]);
+        let mut star = HeaderMap::new();
+        star.insert(header::VARY, HeaderValue::from_static(" * "));
+        add_vary(&mut star, "Cookie");
+        assert_eq!(star.get_all(header::VARY).iter().count(), 1);
     }
 
     fn facts() -> ClientFacts<'static> {

@@ -212,37 +212,13 @@ pub fn snippet(
     nonce: Option<&str>,
     reset: bool,
 ) -> Snippet {
-    // Built by hand rather than through serde_json::Value: this runs for every
-    // page with the widget, and the fields are few and fixed.
-    let mut json = String::with_capacity(256);
-    let mut field = |name: &str, value: &dyn Fn(&mut String)| {
-        json.push(if json.is_empty() { '{' } else { ',' });
-        push_json_string(&mut json, name);
-        json.push(':');
-        value(&mut json);
-    };
-    if let Some((email, token)) = identified {
-        field("identificationEmail", &|out| push_json_string(out, email));
-        field("identificationToken", &|out| push_json_string(out, token));
-    }
-    if let Some(load) = chat.load_immediately {
-        field("loadImmediately", &|out| {
-            out.push_str(if load { "true" } else { "false" })
-        });
-    }
-    if let Some(selector) = &chat.inline_embed_selector {
-        field("inlineEmbedSelector", &|out| {
-            push_json_string(out, selector)
-        });
-    }
-    if json.is_empty() {
-        json.push('{');
-    }
-    json.push('}');
-    let has_settings = json.len() > 2;
-    // Appended piece by piece: this runs for every page with the widget. The
-    // `data-membergate` attribute marks our tags, so a page is never injected
-    // twice (see `body`'s selectors).
+    let has_settings = identified.is_some()
+        || chat.load_immediately.is_some()
+        || chat.inline_embed_selector.is_some();
+    // Appended piece by piece, straight into one string sized for it: this
+    // runs for every page with the widget. The `data-membergate` attribute
+    // marks our tags, so a page is never injected twice (see `body`'s
+    // selectors).
     let push_nonce = |out: &mut String| {
         if let Some(nonce) = nonce {
             out.push_str(" nonce=\"");
@@ -250,7 +226,8 @@ pub fn snippet(
             out.push('"');
         }
     };
-    let mut html = String::with_capacity(512);
+    let values = identified.map_or(0, |(email, token)| email.len() + token.len());
+    let mut html = String::with_capacity(512 + values);
     let mut inline_script = None;
     if has_settings || reset {
         html.push_str("<script data-membergate=\"settings\"");
@@ -260,7 +237,7 @@ pub fn snippet(
         html.push_str(
             "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
         );
-        html.push_str(&json);
+        push_settings(&mut html, chat, identified);
         html.push_str(");");
         if reset {
             html.push_str(RESET_SCRIPT);
@@ -291,6 +268,37 @@ pub fn snippet(
         loads_widget,
         nonce: nonce.map(str::to_owned),
     }
+}
+
+/// Appends the widget's settings as a JSON object: the member's email and
+/// token when identified, and the site's widget options. Written by hand
+/// rather than through serde_json: the fields are few and fixed.
+fn push_settings(out: &mut String, chat: &Chat, identified: Option<(&str, &str)>) {
+    let mut first = true;
+    let mut field = |out: &mut String, name: &str| {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        push_json_string(out, name);
+        out.push(':');
+    };
+    if let Some((email, token)) = identified {
+        field(out, "identificationEmail");
+        push_json_string(out, email);
+        field(out, "identificationToken");
+        push_json_string(out, token);
+    }
+    if let Some(load) = chat.load_immediately {
+        field(out, "loadImmediately");
+        out.push_str(if load { "true" } else { "false" });
+    }
+    if let Some(selector) = &chat.inline_embed_selector {
+        field(out, "inlineEmbedSelector");
+        push_json_string(out, selector);
+    }
+    if first {
+        out.push('{');
+    }
+    out.push('}');
 }
 
 /// The bytes `push_json_string` writes as they are: printable ASCII but for

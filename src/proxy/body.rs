@@ -59,17 +59,53 @@ pub fn body_error_in(error: &(dyn std::error::Error + 'static)) -> Option<BodyEr
     None
 }
 
+/// Times a body's waits for its next frame. Armed only when the body has to
+/// wait: a body whose frames are there when asked for (most pages arrive in
+/// one read) costs no timer. Time nobody polls the body is not counted.
+struct IdleTimer {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// True while a wait is being timed.
+    waiting: bool,
+}
+
+impl IdleTimer {
+    fn new(idle: Duration) -> Self {
+        IdleTimer {
+            idle,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    /// A frame came: the next wait starts a fresh idle period.
+    fn progress(&mut self) {
+        self.waiting = false;
+    }
+
+    /// The body has nothing yet: ready once the wait has lasted `idle`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle = self.idle;
+        let mut fresh = false;
+        let sleep = self.sleep.get_or_insert_with(|| {
+            fresh = true;
+            Box::pin(tokio::time::sleep(idle))
+        });
+        if !fresh && !self.waiting {
+            sleep.as_mut().reset(Instant::now() + idle);
+        }
+        self.waiting = true;
+        sleep.as_mut().poll(cx)
+    }
+}
+
 pin_project! {
     /// Wraps a body so that it fails with [`BodyError::Idle`] when no frame
-    /// arrives within `idle` of being asked for one. Time spent while nobody
-    /// polls (a slow reader downstream) does not count.
+    /// arrives within `idle` of being asked for one.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        #[pin]
-        timer: Sleep,
-        idle: Duration,
-        waiting: bool,
+        timer: IdleTimer,
     }
 }
 
@@ -77,9 +113,7 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         IdleTimeout {
             inner,
-            timer: tokio::time::sleep(idle),
-            idle,
-            waiting: true,
+            timer: IdleTimer::new(idle),
         }
     }
 }
@@ -96,18 +130,14 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        if !*this.waiting {
-            this.timer.as_mut().reset(Instant::now() + *this.idle);
-            *this.waiting = true;
-        }
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                *this.waiting = false;
+                this.timer.progress();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.timer.poll(cx));
+                ready!(this.timer.poll_expired(cx));
                 Poll::Ready(Some(Err(BodyError::Idle.into())))
             }
         }
@@ -122,16 +152,13 @@ where
     }
 }
 
-/// A client's request body forwarded to an origin. hyper's client needs an
-/// `Unpin` body, so the idle timer is boxed, and only created once the client
-/// actually makes us wait: a body that arrives with its head costs no timer.
+/// A client's request body forwarded to an origin: capped, and failed when
+/// the client goes silent for the idle timeout. `Unpin`, as hyper's client
+/// needs.
 pub struct ForwardBody {
     inner: Incoming,
     remaining: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// True while a wait is being timed; time nobody polls us is not counted.
-    waiting: bool,
+    timer: IdleTimer,
 }
 
 impl ForwardBody {
@@ -139,9 +166,7 @@ impl ForwardBody {
         ForwardBody {
             inner,
             remaining: max_bytes,
-            idle,
-            timer: None,
-            waiting: false,
+            timer: IdleTimer::new(idle),
         }
     }
 }
@@ -159,20 +184,11 @@ impl Body for ForwardBody {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    let idle = this.idle;
-                    let timer = this
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                    if !this.waiting {
-                        timer.as_mut().reset(Instant::now() + idle);
-                        this.waiting = true;
-                    }
-                    ready!(timer.as_mut().poll(cx));
+                    ready!(this.timer.poll_expired(cx));
                     return Poll::Ready(Some(Err(BodyError::Idle.into())));
                 }
             };
-            // Progress: the next wait starts a fresh idle period.
-            this.waiting = false;
+            this.timer.progress();
             return match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {

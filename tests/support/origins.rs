@@ -350,6 +350,12 @@ pub enum Fault {
     Hang,
     /// Sends a head promising 100000 bytes, 1000 bytes, then closes.
     ResetMidBody,
+    /// Sends a head promising 100000 bytes, 1000 bytes, then goes silent
+    /// with the connection open.
+    StallMidBody,
+    /// Sends [`DRIP_BYTES`] in five parts, [`DRIP_PAUSE`] apart: slow, but
+    /// never idle for long.
+    DripBody,
     /// Sends a broken status line.
     MalformedStatus,
     /// Sends 70 KB of headers.
@@ -380,6 +386,10 @@ pub enum Fault {
 
 /// The page of [`Fault::EarlyHintsHtml`] and [`Fault::ChunkedHtmlTrailer`].
 pub const SMALL_HTML: &str = "<head></head>";
+
+/// The size of the [`Fault::DripBody`] body, and the pause between its parts.
+pub const DRIP_BYTES: usize = 5000;
+pub const DRIP_PAUSE: Duration = Duration::from_millis(300);
 
 /// The size of the [`Fault::HugeHtml`] page.
 pub const HUGE_HTML_BYTES: usize = 64 << 20;
@@ -435,6 +445,26 @@ impl FaultyOrigin {
                                 r.extend(vec![b'z'; 1000]);
                                 let _ = stream.write_all(&r).await;
                                 return;
+                            }
+                            Fault::StallMidBody => {
+                                let mut r = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n".to_vec();
+                                r.extend(vec![b'z'; 1000]);
+                                let _ = stream.write_all(&r).await;
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
+                            }
+                            Fault::DripBody => {
+                                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {DRIP_BYTES}\r\n\r\n");
+                                if stream.write_all(head.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                for _ in 0..5 {
+                                    tokio::time::sleep(DRIP_PAUSE).await;
+                                    if stream.write_all(&[b'd'; DRIP_BYTES / 5]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                continue;
                             }
                             Fault::MalformedStatus => {
                                 b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
