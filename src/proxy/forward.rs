@@ -201,9 +201,17 @@ fn origin_request(
         None
     };
 
-    let path_and_query = match &target.query {
-        None => PathAndQuery::try_from(target.path.encoded),
-        Some(query) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
+    // A path that was already in normal form (nearly all) goes on as the
+    // client's request line had it, shared rather than written and parsed again.
+    let as_sent = parts
+        .uri
+        .path_and_query()
+        .filter(|sent| sent.path() == target.path.encoded)
+        .cloned();
+    let path_and_query = match (as_sent, &target.query) {
+        (Some(sent), _) => Ok(sent),
+        (None, None) => PathAndQuery::try_from(target.path.encoded),
+        (None, Some(query)) => PathAndQuery::try_from(format!("{}?{query}", target.path.encoded)),
     };
     // Origin form: the connection is already the origin's.
     let uri = path_and_query
