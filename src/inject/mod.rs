@@ -301,18 +301,22 @@ fn push_settings(out: &mut String, chat: &Chat, identified: Option<(&str, &str)>
     out.push('}');
 }
 
-/// The bytes `push_json_string` writes as they are: printable ASCII but for
-/// the quote, the backslash and `<`, `>`, `&`. A table, since every byte of
-/// every email and token goes through it.
-const PLAIN_IN_SCRIPT: [bool; 256] = {
-    let mut plain = [false; 256];
-    let mut b = 0x20;
-    while b < 0x7f {
-        plain[b] = !matches!(b as u8, b'"' | b'\\' | b'<' | b'>' | b'&');
-        b += 1;
-    }
-    plain
-};
+/// A byte `push_json_string` writes as it is: printable ASCII but for the
+/// quote, the backslash and `<`, `>`, `&`.
+fn plain_in_script(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&')
+}
+
+/// Whether every byte of `text` is written as it is. Every byte of every
+/// email and token goes through this: whole blocks are checked without an
+/// early exit, which the compiler turns into vector compares.
+fn all_plain_in_script(text: &[u8]) -> bool {
+    text.chunks(32).all(|block| {
+        block
+            .iter()
+            .fold(true, |plain, &b| plain & plain_in_script(b))
+    })
+}
 
 /// Appends `text` as a JSON string that is safe inside a `<script>` element
 /// in any ASCII-compatible charset: `<`, `>`, `&`, control characters and
@@ -320,7 +324,7 @@ const PLAIN_IN_SCRIPT: [bool; 256] = {
 /// `\uXXXX` escapes, so no value can close the element or break the script.
 pub fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    if text.bytes().all(|b| PLAIN_IN_SCRIPT[usize::from(b)]) {
+    if all_plain_in_script(text.as_bytes()) {
         // The common case (emails, tokens): nothing to escape.
         out.push_str(text);
         out.push('"');
@@ -472,6 +476,32 @@ mod tests {
             let back: String = serde_json::from_str(&safe).unwrap();
             assert_eq!(back, text);
         }
+    }
+
+    #[test]
+    fn an_unsafe_character_is_escaped_wherever_it_stands_in_a_long_value() {
+        // Tokens run to hundreds of bytes, checked in blocks: put each kind
+        // of character that needs escaping at every place in and across them.
+        let plain = "a".repeat(100);
+        for bad in ['<', '>', '&', '"', '\\', '\u{7f}', '\n', '\u{2028}', 'é'] {
+            for at in 0..=plain.len() {
+                let mut text = plain.clone();
+                text.insert(at, bad);
+                let mut safe = String::new();
+                push_json_string(&mut safe, &text);
+                assert!(
+                    !safe.contains(['<', '>', '&'])
+                        && safe.is_ascii()
+                        && !safe.bytes().any(|b| b.is_ascii_control()),
+                    "{bad:?} at {at}: {safe}"
+                );
+                let back: String = serde_json::from_str(&safe).unwrap();
+                assert_eq!(back, text);
+            }
+        }
+        let mut safe = String::new();
+        push_json_string(&mut safe, &plain);
+        assert_eq!(safe, format!("\"{plain}\""));
     }
 
     #[test]
