@@ -143,8 +143,14 @@ async fn phases<'r>(
     // would size (and cost moving) every proxied request's future.
     if identity::api::is_api_path(&target.path.decoded) {
         *route_label = Some(&site.portal_id);
-        let trusted = &runtime.config.server.trusted_proxies;
-        let client = crate::hygiene::headers::client_ip(conn.peer.ip(), &parts.headers, trusted);
+        // The access log worked the client's address out already, if it is on.
+        let client = match record.as_deref() {
+            Some(record) => record.client,
+            None => {
+                let trusted = &runtime.config.server.trusted_proxies;
+                crate::hygiene::headers::client_ip(conn.peer.ip(), &parts.headers, trusted)
+            }
+        };
         let path = &target.path.decoded;
         return Box::pin(identity::api::handle(
             gateway, runtime, &site.name, client, path, parts, body,
