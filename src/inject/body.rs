@@ -69,21 +69,44 @@ struct MetaWatch {
     policy: bool,
 }
 
+impl MetaWatch {
+    /// Every `<meta>` before the insertion point, whatever it says.
+    fn all(header_names_charset: bool) -> MetaWatch {
+        MetaWatch {
+            charset: !header_names_charset,
+            policy: true,
+        }
+    }
+}
+
+/// The likely insertion point in a page's first bytes, by bytes alone: where
+/// the first `</head` or `<body` tag starts, and where it ends (just past its
+/// `>`, or at the end of the bytes when they stop inside it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Likely {
+    tag: usize,
+    end: usize,
+}
+
+fn likely_insertion(first: &[u8]) -> Option<Likely> {
+    let tag = insertion_tag(first)?;
+    let end = memchr::memchr(b'>', &first[tag..]).map_or(first.len(), |close| tag + close + 1);
+    Some(Likely { tag, end })
+}
+
 /// What the page's first bytes say the rewriter must watch `<meta>` for:
 /// nothing when they already hold the likely insertion point and, before
 /// it, no charset but ASCII-compatible ones (or the header names one) and
 /// no `content-security-policy`. That is most pages, whose head comes in
 /// one piece and says utf-8. This look at bytes only decides whether
 /// lol_html looks too (a selector compiled into a rewriter costs about as
-/// much as the rest of the rewrite); what counts is lol_html's reading.
-fn meta_watch(first: &[u8], header_names_charset: bool) -> MetaWatch {
-    let Some(end) = insertion_tag(first) else {
-        return MetaWatch {
-            charset: !header_names_charset,
-            policy: true,
-        };
+/// much as the rest of the rewrite); what counts is lol_html's reading, and
+/// a likely point that proves to be text is caught (`InjectBody::rewrite`).
+fn meta_watch(first: &[u8], likely: Option<Likely>, header_names_charset: bool) -> MetaWatch {
+    let Some(likely) = likely else {
+        return MetaWatch::all(header_names_charset);
     };
-    let head = &first[..end];
+    let head = &first[..likely.tag];
     let mut watch = MetaWatch {
         charset: false,
         policy: false,
@@ -189,6 +212,15 @@ struct Page {
 }
 
 impl Page {
+    /// Back to the state before any of the page was parsed.
+    fn reset(&self) {
+        self.injected.store(false, Ordering::Relaxed);
+        self.present.store(false, Ordering::Relaxed);
+        self.foreign_charset.store(false, Ordering::Relaxed);
+        self.policy_forbids.store(false, Ordering::Relaxed);
+        self.template_depth.store(0, Ordering::Relaxed);
+    }
+
     /// Whether the snippet may go in here, and if so, claims it: once only,
     /// never inside a template, never into a page that already has the widget,
     /// declares a charset other than an ASCII-compatible one, or allows no
@@ -373,6 +405,7 @@ enum Sniff {
 
 /// What building a page's rewriter waits for: its first bytes, which tell
 /// whether it must watch the page's `<meta>` tags.
+#[derive(Clone, Copy)]
 struct Unbuilt {
     selectors: &'static Selectors,
     encoding: Option<&'static encoding_rs::Encoding>,
@@ -480,24 +513,52 @@ impl<B> InjectBody<B> {
             }
             return Ok((Bytes::from(self.output.take()), decoded));
         }
+        // The first bytes decide what the rewriter watches. When that is
+        // less than every `<meta>`, it rests on the likely insertion point
+        // being the real one, which lol_html confirms or not once it has read
+        // that far.
+        let mut narrowed = None;
         if !decoded.is_empty()
-            && let Some(Unbuilt {
+            && let Some(unbuilt) = self.unbuilt.take()
+        {
+            let Unbuilt {
                 selectors,
                 encoding,
-            }) = self.unbuilt.take()
-        {
-            let watch = meta_watch(&decoded, encoding.is_some());
+            } = unbuilt;
+            let likely = likely_insertion(&decoded);
+            let watch = meta_watch(&decoded, likely, encoding.is_some());
             let output = self.output.clone();
             self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
+            if let Some(likely) = likely
+                && watch != MetaWatch::all(encoding.is_some())
+            {
+                narrowed = Some((unbuilt, likely));
+            }
         }
-        let Some(rewriter) = self.rewriter.as_mut() else {
-            return Ok((decoded, Bytes::new()));
+        let offset = match narrowed {
+            None => self.feed(&decoded)?,
+            Some((unbuilt, likely)) => {
+                let offset = self.feed(&decoded[..likely.end])?;
+                if self.page.injected.load(Ordering::Relaxed) {
+                    offset
+                } else {
+                    // The likely point was text (in a comment or a script,
+                    // say), and `<meta>` tags after it went unwatched.
+                    // Nothing has been sent yet: read these bytes again,
+                    // watching every `<meta>`.
+                    self.rewriter = None;
+                    self.output.take();
+                    self.page.reset();
+                    let watch = MetaWatch::all(unbuilt.encoding.is_some());
+                    let output = self.output.clone();
+                    let (selectors, encoding) = (unbuilt.selectors, unbuilt.encoding);
+                    self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
+                    self.feed(&decoded)?
+                }
+            }
         };
-        let mut offset = 0;
-        while offset < decoded.len() && !self.page.injected.load(Ordering::Relaxed) {
-            let end = slice_end(&decoded, offset);
-            rewriter.write(&decoded[offset..end])?;
-            offset = end;
+        if self.rewriter.is_none() {
+            return Ok((decoded, Bytes::new()));
         }
         let mut ready = self.output.take();
         if self.page.injected.load(Ordering::Relaxed) {
@@ -509,6 +570,21 @@ impl<B> InjectBody<B> {
             return Ok((Bytes::from(ready), decoded.slice(offset..)));
         }
         Ok((Bytes::from(ready), Bytes::new()))
+    }
+
+    /// Writes `decoded` to the rewriter in slices until the snippet is in;
+    /// returns how many bytes it took. Without a rewriter, takes none.
+    fn feed(&mut self, decoded: &[u8]) -> Result<usize, BoxError> {
+        let Some(rewriter) = self.rewriter.as_mut() else {
+            return Ok(0);
+        };
+        let mut offset = 0;
+        while offset < decoded.len() && !self.page.injected.load(Ordering::Relaxed) {
+            let end = slice_end(decoded, offset);
+            rewriter.write(&decoded[offset..end])?;
+            offset = end;
+        }
+        Ok(offset)
     }
 
     fn encode(&mut self, bytes: Bytes) -> Result<Bytes, BoxError> {
@@ -812,6 +888,11 @@ mod tests {
         );
     }
 
+    fn watch_of(page: &str, header_names_charset: bool) -> MetaWatch {
+        let first = page.as_bytes();
+        meta_watch(first, likely_insertion(first), header_names_charset)
+    }
+
     #[test]
     fn only_pages_that_may_name_a_foreign_charset_or_a_policy_get_their_meta_watched() {
         let plain = [
@@ -827,7 +908,7 @@ mod tests {
             policy: false,
         };
         for page in plain {
-            assert_eq!(meta_watch(page.as_bytes(), false), nothing, "{page}");
+            assert_eq!(watch_of(page, false), nothing, "{page}");
         }
         let watched = [
             "<head><meta charset=iso-2022-jp></head>",
@@ -838,12 +919,12 @@ mod tests {
             "",
         ];
         for page in watched {
-            assert!(meta_watch(page.as_bytes(), false).charset, "{page}");
-            assert!(!meta_watch(page.as_bytes(), true).charset, "{page}");
+            assert!(watch_of(page, false).charset, "{page}");
+            assert!(!watch_of(page, true).charset, "{page}");
         }
         // A policy in the head is watched for whatever the header says.
         for header_names_charset in [false, true] {
-            let watch = |page: &str| meta_watch(page.as_bytes(), header_names_charset).policy;
+            let watch = |page: &str| watch_of(page, header_names_charset).policy;
             assert!(watch(
                 "<head><meta http-equiv=Content-Security-Policy content=\"default-src 'self'\"></head>"
             ));
@@ -892,6 +973,42 @@ mod tests {
             .replace("</head>", &format!("{SETTINGS}</head>"));
         for at in 0..=page.len() {
             assert_eq!(with_settings(page, &[at], None), expected, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn a_likely_end_of_head_that_is_only_text_does_not_hide_the_metas_after_it() {
+        // The first bytes seem to end the head inside a comment or a script,
+        // so the look at bytes alone finds no <meta> worth watching before it.
+        for fake in ["<!-- </head> -->", "<script>var s = '</head>';</script>"] {
+            let page = format!(
+                "<html><head>{fake}<meta http-equiv=\"Content-Security-Policy\" \
+                 content=\"default-src 'self'\"><title>t</title></head><body>x</body>"
+            );
+            let expected = page
+                .replace(
+                    "content=\"default-src 'self'\"",
+                    &format!("content=\"default-src 'self'; script-src 'self' {X_HASH}\""),
+                )
+                .replace(
+                    "<title>t</title></head>",
+                    &format!("<title>t</title>{SETTINGS}</head>"),
+                );
+            for at in 0..=page.len() {
+                assert_eq!(
+                    with_settings(&page, &[at], None),
+                    expected,
+                    "{fake}, split at {at}"
+                );
+            }
+            let foreign = format!("<head>{fake}<meta charset=iso-2022-jp></head><body>x</body>");
+            for at in [0, 20, foreign.len()] {
+                assert_eq!(
+                    rewrite_in_chunks(foreign.as_bytes(), &[at]),
+                    foreign,
+                    "split at {at}"
+                );
+            }
         }
     }
 
