@@ -342,6 +342,15 @@ async fn only_plain_html_pages_are_touched() {
                 b"<head><meta http-equiv=content-type content=\"text/html; charset=iso-2022-jp\"></head>",
             ),
         ),
+        // The first </head> in the bytes is inside a comment (F4): the
+        // <meta> after it still counts.
+        (
+            "/meta-after-a-commented-head",
+            typed(
+                "text/html",
+                b"<head><!-- </head> --><meta charset=ISO-2022-JP>\x1b$B$3\x1b(B</head>",
+            ),
+        ),
     ];
     let mut pages = pages;
     pages.extend(untouched.iter().cloned());
