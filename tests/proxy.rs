@@ -296,7 +296,9 @@ async fn plain_http_redirects_to_https_in_redirect_mode() {
 async fn an_origin_silent_mid_body_is_given_up_on_and_a_slow_one_is_not() {
     let stall = FaultyOrigin::start(Fault::StallMidBody).await;
     let drip = FaultyOrigin::start(Fault::DripBody).await;
-    let idle = "idle_timeout = \"1s\"";
+    // Well above each pause (a loaded machine may stretch them), below the
+    // whole body's 2.4 s.
+    let idle = "idle_timeout = \"2s\"";
     let gw = Gateway::start(
         Setup::new()
             .route_with("/stall", &stall.url(), idle)
@@ -311,7 +313,7 @@ async fn an_origin_silent_mid_body_is_given_up_on_and_a_slow_one_is_not() {
         .await
         .expect("the gateway waited on a silent origin");
     assert!(body.is_err(), "a body cut short was passed off as complete");
-    // Five pauses of 300 ms: longer than the timeout in all, each within it.
+    // Eight pauses of 300 ms: longer than the timeout in all, each within it.
     let response = client.get(gw.https_url("/drip")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.unwrap().len(), DRIP_BYTES);

@@ -353,8 +353,8 @@ pub enum Fault {
     /// Sends a head promising 100000 bytes, 1000 bytes, then goes silent
     /// with the connection open.
     StallMidBody,
-    /// Sends [`DRIP_BYTES`] in five parts, [`DRIP_PAUSE`] apart: slow, but
-    /// never idle for long.
+    /// Sends [`DRIP_BYTES`] in [`DRIP_PARTS`] parts, [`DRIP_PAUSE`] apart:
+    /// slow, but never idle for long.
     DripBody,
     /// Sends a broken status line.
     MalformedStatus,
@@ -387,8 +387,10 @@ pub enum Fault {
 /// The page of [`Fault::EarlyHintsHtml`] and [`Fault::ChunkedHtmlTrailer`].
 pub const SMALL_HTML: &str = "<head></head>";
 
-/// The size of the [`Fault::DripBody`] body, and the pause between its parts.
-pub const DRIP_BYTES: usize = 5000;
+/// The size of the [`Fault::DripBody`] body, its parts, and the pause before
+/// each: 2.4 s in all.
+pub const DRIP_BYTES: usize = 8000;
+pub const DRIP_PARTS: usize = 8;
 pub const DRIP_PAUSE: Duration = Duration::from_millis(300);
 
 /// The size of the [`Fault::HugeHtml`] page.
@@ -458,9 +460,9 @@ impl FaultyOrigin {
                                 if stream.write_all(head.as_bytes()).await.is_err() {
                                     return;
                                 }
-                                for _ in 0..5 {
+                                for _ in 0..DRIP_PARTS {
                                     tokio::time::sleep(DRIP_PAUSE).await;
-                                    if stream.write_all(&[b'd'; DRIP_BYTES / 5]).await.is_err() {
+                                    if stream.write_all(&[b'd'; DRIP_BYTES / DRIP_PARTS]).await.is_err() {
                                         return;
                                     }
                                 }
