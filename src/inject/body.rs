@@ -521,16 +521,12 @@ impl<B> InjectBody<B> {
         if !decoded.is_empty()
             && let Some(unbuilt) = self.unbuilt.take()
         {
-            let Unbuilt {
-                selectors,
-                encoding,
-            } = unbuilt;
+            let header_names_charset = unbuilt.encoding.is_some();
             let likely = likely_insertion(&decoded);
-            let watch = meta_watch(&decoded, likely, encoding.is_some());
-            let output = self.output.clone();
-            self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
+            let watch = meta_watch(&decoded, likely, header_names_charset);
+            self.build_rewriter(unbuilt, watch);
             if let Some(likely) = likely
-                && watch != MetaWatch::all(encoding.is_some())
+                && watch != MetaWatch::all(header_names_charset)
             {
                 narrowed = Some((unbuilt, likely));
             }
@@ -549,10 +545,7 @@ impl<B> InjectBody<B> {
                     self.rewriter = None;
                     self.output.take();
                     self.page.reset();
-                    let watch = MetaWatch::all(unbuilt.encoding.is_some());
-                    let output = self.output.clone();
-                    let (selectors, encoding) = (unbuilt.selectors, unbuilt.encoding);
-                    self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
+                    self.build_rewriter(unbuilt, MetaWatch::all(unbuilt.encoding.is_some()));
                     self.feed(&decoded)?
                 }
             }
@@ -570,6 +563,16 @@ impl<B> InjectBody<B> {
             return Ok((Bytes::from(ready), decoded.slice(offset..)));
         }
         Ok((Bytes::from(ready), Bytes::new()))
+    }
+
+    /// Builds the page's rewriter, writing into the body's output.
+    fn build_rewriter(&mut self, unbuilt: Unbuilt, watch: MetaWatch) {
+        let Unbuilt {
+            selectors,
+            encoding,
+        } = unbuilt;
+        let output = self.output.clone();
+        self.rewriter = Some(rewriter(selectors, encoding, watch, &self.page, output));
     }
 
     /// Writes `decoded` to the rewriter in slices until the snippet is in;

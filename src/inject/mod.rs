@@ -212,9 +212,6 @@ pub fn snippet(
     nonce: Option<&str>,
     reset: bool,
 ) -> Snippet {
-    let has_settings = identified.is_some()
-        || chat.load_immediately.is_some()
-        || chat.inline_embed_selector.is_some();
     // Appended piece by piece, straight into one string sized for it: this
     // runs for every page with the widget. The `data-membergate` attribute
     // marks our tags, so a page is never injected twice (see `body`'s
@@ -228,23 +225,27 @@ pub fn snippet(
     };
     let values = identified.map_or(0, |(email, token)| email.len() + token.len());
     let mut html = String::with_capacity(512 + values);
-    let mut inline_script = None;
-    if has_settings || reset {
-        html.push_str("<script data-membergate=\"settings\"");
-        push_nonce(&mut html);
-        html.push('>');
-        let script_start = html.len();
-        html.push_str(
-            "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
-        );
-        push_settings(&mut html, chat, identified);
-        html.push_str(");");
-        if reset {
-            html.push_str(RESET_SCRIPT);
-        }
-        inline_script = Some(script_start..html.len());
-        html.push_str("</script>");
+    // The settings script, taken out again when it would set nothing.
+    html.push_str("<script data-membergate=\"settings\"");
+    push_nonce(&mut html);
+    html.push('>');
+    let script_start = html.len();
+    html.push_str(
+        "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
+    );
+    let has_settings = push_settings(&mut html, chat, identified);
+    html.push_str(");");
+    if reset {
+        html.push_str(RESET_SCRIPT);
     }
+    let inline_script = if has_settings || reset {
+        let script = script_start..html.len();
+        html.push_str("</script>");
+        Some(script)
+    } else {
+        html.clear();
+        None
+    };
     let loads_widget = chat.loader == WidgetLoader::Membergate;
     if loads_widget {
         match &chat.provider {
@@ -272,8 +273,9 @@ pub fn snippet(
 
 /// Appends the widget's settings as a JSON object: the member's email and
 /// token when identified, and the site's widget options. Written by hand
-/// rather than through serde_json: the fields are few and fixed.
-fn push_settings(out: &mut String, chat: &Chat, identified: Option<(&str, &str)>) {
+/// rather than through serde_json: the fields are few and fixed. Returns
+/// whether there was any field to write (else it wrote `{}`).
+fn push_settings(out: &mut String, chat: &Chat, identified: Option<(&str, &str)>) -> bool {
     let mut first = true;
     let mut field = |out: &mut String, name: &str| {
         out.push(if first { '{' } else { ',' });
@@ -299,6 +301,7 @@ fn push_settings(out: &mut String, chat: &Chat, identified: Option<(&str, &str)>
         out.push('{');
     }
     out.push('}');
+    !first
 }
 
 /// A byte `push_json_string` writes as it is: printable ASCII but for the
