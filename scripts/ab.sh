@@ -24,10 +24,7 @@ source "$(dirname "$0")/bench-env.sh"
 
 # The "before" binary on ports of its own, with the bench's database and secret.
 before_port=$(free_port)
-sed -e "s/127.0.0.1:$MG_PLAIN/127.0.0.1:$before_port/g" \
-  -e "s/127.0.0.1:$MG_TLS/127.0.0.1:$(free_port)/" \
-  -e "s/127.0.0.1:$MG_ADMIN/127.0.0.1:$(free_port)/" \
-  "$work/membergate.toml" >"$work/before.toml"
+membergate_config_on "$before_port" "$work/before.toml"
 "$BEFORE_BIN" serve --config "$work/before.toml" >"$work/before.out" 2>&1 & pids+=($!)
 wait_port "$before_port"
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The bench's world, sourced by scripts/bench.sh and scripts/instructions.sh:
+# The bench's world, sourced by scripts/bench.sh, scripts/instructions.sh and
+# scripts/ab.sh:
 # an nginx origin serving the bench pages, nginx as the peer proxy,
 # membergate and the floor (plain and injecting) on loopback, a member
 # logged in through the real form. It sets the ports (ORIGIN, NGX_PLAIN,
 # NGX_TLS, MG_PLAIN, MG_TLS, MG_ADMIN, FLOOR_PLAIN, FLOOR_INJECT), the pids,
 # $work (removed on exit with everything started here), $session (the
-# member's cookie value) and $page. Reads WORKERS, MEMBERGATE_BIN and
+# member's cookie value) and $page, and defines membergate_config_on (a
+# second membergate's configuration). Reads WORKERS, MEMBERGATE_BIN and
 # FLOOR_BIN; installs nginx, wrk, h2load and openssl when missing.
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -185,6 +187,14 @@ TOML
 echo "bench-password-1" | "$MEMBERGATE_BIN" member --config "$work/membergate.toml" \
   add bench@example.com --first-name Bench >/dev/null
 "$MEMBERGATE_BIN" serve --config "$work/membergate.toml" >"$work/membergate.out" 2>"$work/membergate.err" & pids+=($!)
+# The same configuration (database, secret, origin) for a second membergate
+# beside the first: plain HTTP on PORT, TLS and admin on free ports.
+membergate_config_on() { # PORT OUT
+  sed -e "s/127.0.0.1:$MG_PLAIN/127.0.0.1:$1/g" \
+    -e "s/127.0.0.1:$MG_TLS/127.0.0.1:$(free_port)/" \
+    -e "s/127.0.0.1:$MG_ADMIN/127.0.0.1:$(free_port)/" \
+    "$work/membergate.toml" >"$2"
+}
 mg_pid=$!
 "$FLOOR_BIN" "127.0.0.1:$FLOOR_PLAIN" "127.0.0.1:$ORIGIN" spawn & pids+=($!)
 floor_plain_pid=$!

@@ -73,10 +73,7 @@ measure() { # label path cookie port program args...
 
 # membergate on ports of its own, with the bench's database and secret.
 cg_plain=$(free_port)
-sed -e "s/127.0.0.1:$MG_PLAIN/127.0.0.1:$cg_plain/g" \
-  -e "s/127.0.0.1:$MG_TLS/127.0.0.1:$(free_port)/" \
-  -e "s/127.0.0.1:$MG_ADMIN/127.0.0.1:$(free_port)/" \
-  "$work/membergate.toml" >"$work/callgrind.toml"
+membergate_config_on "$cg_plain" "$work/callgrind.toml"
 mg=("$MEMBERGATE_BIN" serve --config "$work/callgrind.toml")
 cg_floor=$(free_port)
 measure floor-plain /page.html "" "$cg_floor" \
