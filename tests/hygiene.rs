@@ -95,8 +95,19 @@ async fn a5_invalid_utf8_is_refused_and_unicode_is_not_folded() {
         w.members.requests().is_empty(),
         "fullwidth slash or RTL mark reached /members"
     );
+    // A character of several bytes across the token API prefix's length
+    // (17 bytes) is an ordinary address, not a reason to drop the connection.
+    assert_eq!(w.get("/docs/guide/stra%C3%9Fe").await, 200);
+    assert_eq!(w.get("/_membergate/api%C3%A9").await, 404);
     let rest: Vec<String> = w.rest.requests().into_iter().map(|r| r.target).collect();
-    assert_eq!(rest, ["/members%EF%BC%8Fx", "/%E2%80%AEmembers"]);
+    assert_eq!(
+        rest,
+        [
+            "/members%EF%BC%8Fx",
+            "/%E2%80%AEmembers",
+            "/docs/guide/stra%C3%9Fe"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +268,22 @@ async fn b4_trusted_proxies_extend_the_chain() {
     assert_eq!(seen.all("x-forwarded-for"), ["198.51.100.4, 127.0.0.1"]);
     assert_eq!(seen.all("x-forwarded-proto"), ["https"]);
     assert!(seen.header("x_forwarded_for").is_none());
+
+    // A proxy that adds a line of its own after the client's: the client it
+    // saw stays last before the proxy, not dropped behind a forged first line.
+    let raw = b"GET /public/y HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+        X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
+        X-Forwarded-For: 198.51.100.7\r\nForwarded: for=198.51.100.7\r\n\r\n";
+    assert_eq!(status_of(&w.gw.raw(raw).await), 200);
+    let seen = w.public.requests().pop().unwrap();
+    assert_eq!(
+        seen.all("x-forwarded-for"),
+        ["6.6.6.6, 198.51.100.7, 127.0.0.1"]
+    );
+    assert_eq!(
+        seen.all("forwarded"),
+        ["for=6.6.6.6, for=198.51.100.7, for=127.0.0.1;proto=http;host=\"gw.test\""]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,20 +199,24 @@ fn set_forwarding(headers: &mut HeaderMap, trusted: bool, facts: ClientFacts<'_>
     let proto = if facts.tls { "https" } else { "http" };
     let mut ip = String::with_capacity(48);
     push_ip(&mut ip, facts.peer_ip);
-    let earlier = |name: &HeaderName| {
-        trusted
-            .then(|| headers.get(name).and_then(|v| v.to_str().ok()))
-            .flatten()
+    // What a trusted proxy forwarded, every field line in order: a proxy
+    // that adds a line of its own (HAProxy's `option forwardfor`) puts the
+    // client it saw in the last one, after any the client sent.
+    let push_earlier = |out: &mut String, name: &HeaderName| {
+        if trusted {
+            for value in headers.get_all(name) {
+                if let Ok(value) = value.to_str() {
+                    out.push_str(value);
+                    out.push_str(", ");
+                }
+            }
+        }
     };
-    let forwarded_for = match earlier(&X_FORWARDED_FOR) {
-        Some(earlier) => [earlier, ", ", &ip].concat(),
-        None => ip.clone(),
-    };
+    let mut forwarded_for = String::with_capacity(ip.len());
+    push_earlier(&mut forwarded_for, &X_FORWARDED_FOR);
+    forwarded_for.push_str(&ip);
     let mut forwarded = String::with_capacity(64 + facts.host.len());
-    if let Some(earlier) = earlier(&header::FORWARDED) {
-        forwarded.push_str(earlier);
-        forwarded.push_str(", ");
-    }
+    push_earlier(&mut forwarded, &header::FORWARDED);
     forwarded.push_str("for=");
     match facts.peer_ip {
         IpAddr::V4(_) => forwarded.push_str(&ip),

@@ -48,7 +48,11 @@ const CALLS_PER_KEY: isize = 6000;
 
 /// Whether a normalised path belongs to the token API.
 pub fn is_api_path(path: &str) -> bool {
-    path.len() >= PREFIX.len() && path[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+    // Compared as bytes: the decoded path may hold a multi-byte character
+    // across the prefix's length, where slicing the `str` would panic.
+    path.as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX.as_bytes()))
 }
 
 enum Scope {
