@@ -190,6 +190,45 @@ async fn serves_a_directory_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precompressed_copies_of_protected_files_are_not_served_by_name() {
+    let site = tempfile::tempdir().unwrap();
+    let page = "<h1>members' handbook</h1>";
+    std::fs::write(site.path().join("handbook.html"), page).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, page.as_bytes()).unwrap();
+    std::fs::write(site.path().join("handbook.html.gz"), gzip.finish().unwrap()).unwrap();
+    std::fs::write(site.path().join("handbook.html.br"), b"brotli bytes").unwrap();
+    std::fs::write(site.path().join("archive.tar.gz"), b"an archive").unwrap();
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &format!("dir:{}", site.path().display()))
+            .rule("/handbook.html", "members", &[]),
+    )
+    .await;
+    let client = gw.client();
+    let get = |path: &str, coding: &'static str| {
+        client
+            .get(gw.https_url(path))
+            .header("accept-encoding", coding)
+            .send()
+    };
+    // The page is for members, whichever coding the visitor accepts.
+    for coding in ["identity", "gzip", "br"] {
+        let page = get("/handbook.html", coding).await.unwrap();
+        assert_eq!(page.status(), 302, "{coding}");
+    }
+    // Its compressed copies, asked for by name, are not a way round the rule.
+    for path in ["/handbook.html.gz", "/handbook.html.br"] {
+        let copy = get(path, "identity").await.unwrap();
+        assert_eq!(copy.status(), 404, "{path}");
+    }
+    // A compressed file that is nobody's copy is an ordinary file.
+    let archive = get("/archive.tar.gz", "identity").await.unwrap();
+    assert_eq!(archive.status(), 200);
+    assert_eq!(archive.bytes().await.unwrap(), "an archive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verifies_https_origins_against_configured_roots() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = make_certificate(certs.path(), "origin", &["127.0.0.1", "localhost"]);
@@ -236,11 +275,18 @@ async fn routes_by_host_then_longest_prefix() {
         "[[sites]]\nname = \"other\"\nhosts = [\"*.other.test\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"{}\"\n",
         other.url()
     );
+    // Listed after the wildcard that also covers it: the exact name wins.
+    let news = format!(
+        "[[sites]]\nname = \"news\"\nhosts = [\"news.other.test\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"{}\"\n\
+         [[sites.rules]]\npath = \"/\"\npolicy = \"members\"\n",
+        other.url()
+    );
     let gw = Gateway::start(
         Setup::new()
             .route("/", &main.url())
             .route("/docs", &docs.url())
-            .site(&site),
+            .site(&site)
+            .site(&news),
     )
     .await;
     let get = |host: &'static str, path: &'static str| {
@@ -265,6 +311,17 @@ async fn routes_by_host_then_longest_prefix() {
     );
     assert_eq!(main.only_request().target, "/docsx");
     assert_eq!(other.only_request().target, "/docs/c");
+
+    // The exact name's site, and `policy check` picks the same one.
+    assert_eq!(get("news.other.test", "/today").await, 302);
+    assert_eq!(other.requests().len(), 1);
+    let (ok, out) = gw.cli(
+        &["policy", "check", "--url", "http://news.other.test/today"],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(out.starts_with("login required\n"), "{out}");
+    assert!(out.contains("rule: sites[news].rules[0]"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

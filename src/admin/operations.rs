@@ -250,11 +250,7 @@ impl Admin<'_> {
             .ok_or_else(|| Refused::Invalid(format!("{url:?} has no host")))?
             .to_ascii_lowercase();
         let host = host.trim_end_matches('.');
-        let site = self
-            .config
-            .sites
-            .iter()
-            .find(|s| s.hosts.iter().any(|p| p.matches(host)))
+        let site = crate::config::site_for_host(&self.config.sites, |s| &s.hosts, host)
             .ok_or_else(|| Refused::NotFound(format!("no site serves {host}")))?;
         let path = path::normalise(uri.path())
             .map_err(|e| Refused::Invalid(format!("the gateway refuses this path (400): {e}")))?;

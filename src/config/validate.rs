@@ -29,6 +29,23 @@ pub enum HostPattern {
     Any,
 }
 
+/// The site that serves `host`: the first in config order that names it
+/// exactly, else the first with a wildcard for it, else the first with `*`.
+/// The gateway and `policy check` both choose with this.
+pub fn site_for_host<'s, S>(
+    sites: &'s [S],
+    hosts_of: impl Fn(&S) -> &[HostPattern],
+    host: &str,
+) -> Option<&'s S> {
+    (0..3).find_map(|wanted| {
+        sites.iter().find(|site| {
+            hosts_of(site)
+                .iter()
+                .any(|p| p.rank() == wanted && p.matches(host))
+        })
+    })
+}
+
 impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
@@ -37,6 +54,15 @@ impl HostPattern {
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|label| !label.is_empty() && !label.contains('.')),
             HostPattern::Any => true,
+        }
+    }
+
+    /// Exact names rank before wildcards, and wildcards before `*`.
+    fn rank(&self) -> u8 {
+        match self {
+            HostPattern::Exact(_) => 0,
+            HostPattern::Wildcard(_) => 1,
+            HostPattern::Any => 2,
         }
     }
 

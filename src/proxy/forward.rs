@@ -64,6 +64,9 @@ async fn serve_dir(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    if is_precompressed_copy(dir, &target.path.decoded).await {
+        return respond::refusal(Refusal::NoRoute, target.wants_json);
+    }
     let Ok(uri) = target.path.encoded.parse::<Uri>() else {
         return respond::refusal(
             Refusal::BadRequest("The requested address is not valid."),
@@ -78,6 +81,23 @@ async fn serve_dir(
         Ok(response) => response.map(|inner| GatewayBody::Dir { inner }),
         Err(never) => match never {},
     }
+}
+
+/// Whether the path names the `.gz` or `.br` copy of a file beside it.
+/// Those copies are how `ServeDir` answers for the file itself to clients
+/// that accept the coding; asked for by name, they would be the file's
+/// content under a path that no access rule written for the file matches.
+async fn is_precompressed_copy(dir: &DirOrigin, path: &str) -> bool {
+    let suffix = path.len().saturating_sub(3);
+    let Some(original) = path.get(..suffix).filter(|_| {
+        let ending = &path.as_bytes()[suffix..];
+        ending.eq_ignore_ascii_case(b".gz") || ending.eq_ignore_ascii_case(b".br")
+    }) else {
+        return false;
+    };
+    // The path is normalised: no dot segments, so it stays inside the directory.
+    let file = dir.dir.join(original.trim_start_matches('/'));
+    tokio::fs::metadata(file).await.is_ok_and(|m| m.is_file())
 }
 
 #[allow(clippy::too_many_arguments)]

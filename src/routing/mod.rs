@@ -69,19 +69,9 @@ impl Router {
         Ok(Router { sites })
     }
 
-    /// The first site (in config order) with a host pattern matching `host`;
-    /// exact names are preferred over wildcards and `*`.
+    /// The site that serves `host` ([`config::site_for_host`]).
     pub fn site(&self, host: &str) -> Option<&Site> {
-        let rank = |p: &HostPattern| match p {
-            HostPattern::Exact(_) => 0,
-            HostPattern::Wildcard(_) => 1,
-            HostPattern::Any => 2,
-        };
-        (0..3).find_map(|wanted| {
-            self.sites
-                .iter()
-                .find(|s| s.hosts.iter().any(|p| rank(p) == wanted && p.matches(host)))
-        })
+        config::site_for_host(&self.sites, |s| &s.hosts, host)
     }
 
     pub fn sites(&self) -> impl Iterator<Item = &Site> {
