@@ -10,7 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use support::browser::Browser;
 use support::chat::{FakeHubSpot, HUBSPOT_TOKEN, HubSpotMode, PAGE, Page, PageOrigin};
-use support::{Gateway, Setup};
+use support::origins::HEAD_THEN_SILENCE;
+use support::{Fault, FaultyOrigin, Gateway, Setup};
 
 const PASSWORD: &str = "correct horse battery";
 const BUILTIN: &str = "provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\"";
@@ -509,6 +510,97 @@ fn decompressed(coding: &str, data: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_pages_are_read_as_browsers_read_them() {
+    let page = "<!doctype html><html><head><title>Tides</title></head><body><p>high water</p></body></html>";
+    let (first, second) = page.split_at(page.find("<body>").unwrap());
+    let mut two_members = compressed("gzip", first.as_bytes());
+    two_members.extend(compressed("gzip", second.as_bytes()));
+    let mut stray_newline = compressed("gzip", page.as_bytes());
+    stray_newline.push(b'\n');
+    let raw_deflate = {
+        use std::io::Write;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(page.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let coded = |coding: &str, body: Vec<u8>| {
+        Page::html("")
+            .with("content-encoding", coding)
+            .with_body(body)
+    };
+    let origin = PageOrigin::start(vec![
+        ("/two-members", coded("gzip", two_members)),
+        ("/stray-newline", coded("gzip", stray_newline)),
+        ("/raw-deflate", coded("deflate", raw_deflate)),
+        ("/empty", coded("gzip", Vec::new())),
+    ])
+    .await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    let loader = "<script data-membergate=\"loader\" async defer src=\"https://chat.example.com/widget.js\"></script>";
+    let rewritten = page.replace("</head>", &format!("{loader}</head>"));
+    for path in ["/two-members", "/stray-newline", "/raw-deflate", "/empty"] {
+        let response = gw
+            .client()
+            .get(gw.https_url(path))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.text().await.unwrap();
+        let expected = if path == "/empty" { "" } else { &rewritten };
+        assert_eq!(body, expected, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_rewrite_sends_what_it_has_while_the_origin_is_silent() {
+    use std::io::Write;
+    let origin = FaultyOrigin::start(Fault::HtmlHeadThenSilence).await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).chat(BUILTIN)).await;
+    for coding in ["gzip", "br"] {
+        let mut response = gw
+            .client()
+            .get(gw.https_url("/later"))
+            .header("accept", "text/html")
+            .header("accept-encoding", coding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-encoding"], coding);
+        // Decoded as it arrives: the rewritten start must come while the
+        // origin still holds the rest of the page.
+        let mut gzip = flate2::write::GzDecoder::new(Vec::new());
+        let mut br = brotli::DecompressorWriter::new(Vec::new(), 4096);
+        loop {
+            let chunk = response.chunk().await.unwrap();
+            let chunk = chunk.expect("the body ended before its start was sent");
+            let decoded = if coding == "gzip" {
+                gzip.write_all(&chunk).unwrap();
+                gzip.flush().unwrap();
+                gzip.get_ref()
+            } else {
+                br.write_all(&chunk).unwrap();
+                br.flush().unwrap();
+                br.get_ref()
+            };
+            let text = String::from_utf8_lossy(decoded);
+            if text.contains("<p>loading</p>") {
+                assert_eq!(
+                    text,
+                    HEAD_THEN_SILENCE.replace(
+                        "</head>",
+                        "<script data-membergate=\"loader\" async defer src=\"https://chat.example.com/widget.js\"></script></head>"
+                    ),
+                    "{coding}"
+                );
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() {
     let long_page = format!(
         "<!doctype html><html><head><title>Tides</title></head><body>{}</body></html>",
@@ -585,7 +677,11 @@ async fn compressed_pages_are_decoded_rewritten_and_compressed_for_the_client() 
             (Some("gzip, deflate"), "gzip"),
             (Some("gzip, br"), "br"),
         ] {
-            let mut request = gw.client().get(gw.https_url(&format!("/{coding}")));
+            // A browser's page load, which asks for HTML.
+            let mut request = gw
+                .client()
+                .get(gw.https_url(&format!("/{coding}")))
+                .header("accept", "text/html");
             if let Some(accept) = accept {
                 request = request.header("accept-encoding", accept);
             }

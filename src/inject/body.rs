@@ -426,6 +426,8 @@ pub struct InjectBody<B> {
     pending: Option<Bytes>,
     /// How far the look for a byte order mark has got.
     sniff: Sniff,
+    /// Whether the encoder has been given bytes since it last flushed.
+    unflushed: bool,
     finished: bool,
 }
 
@@ -477,6 +479,7 @@ impl<B> InjectBody<B> {
             encoder,
             pending: None,
             sniff: Sniff::Start,
+            unflushed: false,
             finished: false,
         })
     }
@@ -593,7 +596,20 @@ impl<B> InjectBody<B> {
     fn encode(&mut self, bytes: Bytes) -> Result<Bytes, BoxError> {
         match self.encoder.as_mut() {
             None => Ok(bytes),
-            Some(encoder) => Ok(Bytes::from(encoder.encode(&bytes)?)),
+            Some(encoder) => {
+                self.unflushed |= !bytes.is_empty();
+                Ok(Bytes::from(encoder.encode(&bytes)?))
+            }
+        }
+    }
+
+    /// What the encoder holds, for when the origin makes the page wait.
+    fn flush(&mut self) -> Result<Bytes, BoxError> {
+        match self.encoder.as_mut() {
+            Some(encoder) if std::mem::take(&mut self.unflushed) => {
+                Ok(Bytes::from(encoder.flush()?))
+            }
+            _ => Ok(Bytes::new()),
         }
     }
 
@@ -659,7 +675,11 @@ where
                 return Poll::Ready(None);
             }
             let result = match this.inner.as_mut().poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                // The origin makes the page wait: send what the encoder has.
+                Poll::Pending => match this.flush() {
+                    Ok(bytes) if bytes.is_empty() => return Poll::Pending,
+                    flushed => flushed,
+                },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => this.chunk(data),

@@ -97,8 +97,14 @@ impl std::error::Error for CodecError {}
 /// Decodes an origin's compressed page.
 pub enum Decoder {
     Identity,
-    Gzip(flate2::write::GzDecoder<Sink>),
-    Deflate(flate2::write::ZlibDecoder<Sink>),
+    Gzip(GzipMembers),
+    /// `deflate` before its first two bytes tell zlib from raw DEFLATE:
+    /// the bytes so far.
+    DeflateUnsure(Sink, Vec<u8>),
+    Zlib(flate2::write::ZlibDecoder<Sink>),
+    /// `deflate` without the zlib wrapper, as some servers send it and
+    /// every browser reads it.
+    RawDeflate(flate2::write::DeflateDecoder<Sink>),
     Br(Box<brotli::DecompressorWriter<Sink>>),
     Zstd(zstd::stream::write::Decoder<'static, Sink>),
 }
@@ -112,6 +118,16 @@ pub struct Sink {
     /// Decoded bytes the cap still allows.
     room: usize,
     overflowed: bool,
+}
+
+impl Sink {
+    fn new(room: usize) -> Sink {
+        Sink {
+            ready: Vec::new(),
+            room,
+            overflowed: false,
+        }
+    }
 }
 
 impl Write for Sink {
@@ -130,6 +146,106 @@ impl Write for Sink {
     }
 }
 
+/// gzip as browsers read it: members one after another (RFC 1952 allows a
+/// file of several), and bytes after the last member ignored, as a stray
+/// newline after a script's compressed output is.
+pub struct GzipMembers {
+    member: flate2::write::GzDecoder<Sink>,
+    after: AfterMember,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterMember {
+    /// Inside a member (or before the first).
+    Inside,
+    /// A member ended and one byte of a gzip magic number followed.
+    HalfMagic,
+    /// A member ended and what followed is not another: ignored.
+    Trailing,
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+impl GzipMembers {
+    fn new(sink: Sink) -> GzipMembers {
+        GzipMembers {
+            member: flate2::write::GzDecoder::new(sink),
+            after: AfterMember::Inside,
+        }
+    }
+
+    /// Ends the member that was read to its end (its checksum checked) and
+    /// starts the next on the same sink.
+    fn next_member(&mut self) -> std::io::Result<()> {
+        let done = std::mem::replace(
+            &mut self.member,
+            flate2::write::GzDecoder::new(Sink::new(0)),
+        );
+        self.member = flate2::write::GzDecoder::new(done.finish()?);
+        self.after = AfterMember::Inside;
+        Ok(())
+    }
+
+    fn sink(&mut self) -> &mut Sink {
+        self.member.get_mut()
+    }
+
+    fn try_finish(&mut self) -> std::io::Result<()> {
+        match self.after {
+            AfterMember::Inside => self.member.try_finish(),
+            // The member's end was checked when it came.
+            AfterMember::HalfMagic | AfterMember::Trailing => Ok(()),
+        }
+    }
+}
+
+impl Write for GzipMembers {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.after {
+            AfterMember::Trailing => return Ok(buf.len()),
+            AfterMember::HalfMagic if buf[0] == GZIP_MAGIC[1] => {
+                self.next_member()?;
+                self.member.write_all(&GZIP_MAGIC[..1])?;
+                return self.member.write(buf);
+            }
+            AfterMember::HalfMagic => {
+                self.after = AfterMember::Trailing;
+                return Ok(buf.len());
+            }
+            AfterMember::Inside => {}
+        }
+        let taken = self.member.write(buf)?;
+        if taken > 0 {
+            return Ok(taken);
+        }
+        // The member has ended: check it, then see what follows.
+        self.member.try_finish()?;
+        if buf.starts_with(&GZIP_MAGIC) {
+            self.next_member()?;
+            self.member.write(buf)
+        } else if buf == &GZIP_MAGIC[..1] {
+            self.after = AfterMember::HalfMagic;
+            Ok(1)
+        } else {
+            self.after = AfterMember::Trailing;
+            Ok(buf.len())
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.member.flush()
+    }
+}
+
+/// Whether a `deflate` stream's first two bytes are a zlib header
+/// (RFC 1950: method 8, a window of at most 32 KiB, a check multiple of 31).
+fn is_zlib_header(cmf: u8, flg: u8) -> bool {
+    cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
+}
+
 /// RFC 9659: a zstd content coding needs no window over 8 MiB, and a
 /// decoder that allowed zstd's default 128 MiB would let every page ask for
 /// that much memory.
@@ -140,19 +256,17 @@ pub struct Capped {
     pub decoder: Decoder,
     limit: usize,
     produced: usize,
+    /// Whether any byte came at all.
+    fed: bool,
 }
 
 impl Capped {
     pub fn new(coding: Coding, limit: usize) -> Result<Capped, CodecError> {
-        let sink = Sink {
-            ready: Vec::new(),
-            room: limit,
-            overflowed: false,
-        };
+        let sink = Sink::new(limit);
         let decoder = match coding {
             Coding::Identity => Decoder::Identity,
-            Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
-            Coding::Deflate => Decoder::Deflate(flate2::write::ZlibDecoder::new(sink)),
+            Coding::Gzip => Decoder::Gzip(GzipMembers::new(sink)),
+            Coding::Deflate => Decoder::DeflateUnsure(sink, Vec::with_capacity(2)),
             Coding::Br => Decoder::Br(Box::new(brotli::DecompressorWriter::new(sink, 8192))),
             Coding::Zstd => {
                 let mut d = zstd::stream::write::Decoder::new(sink).map_err(CodecError::Corrupt)?;
@@ -165,15 +279,22 @@ impl Capped {
             decoder,
             limit,
             produced: 0,
+            fed: false,
         })
     }
 
     /// Feeds one chunk; returns the decoded bytes ready so far.
     pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, CodecError> {
+        self.fed |= !chunk.is_empty();
         let write = match &mut self.decoder {
             Decoder::Identity => return self.count(chunk.to_vec()),
             Decoder::Gzip(d) => d.write_all(chunk),
-            Decoder::Deflate(d) => d.write_all(chunk),
+            Decoder::DeflateUnsure(_, start) => {
+                start.extend_from_slice(chunk);
+                self.choose_deflate()
+            }
+            Decoder::Zlib(d) => d.write_all(chunk),
+            Decoder::RawDeflate(d) => d.write_all(chunk),
             Decoder::Br(d) => d.write_all(chunk),
             Decoder::Zstd(d) => d.write_all(chunk),
         };
@@ -182,12 +303,46 @@ impl Capped {
         self.count(ready)
     }
 
+    /// Once a `deflate` stream's first two bytes are in, the decoder for it,
+    /// given those bytes and any after them.
+    fn choose_deflate(&mut self) -> std::io::Result<()> {
+        let Decoder::DeflateUnsure(_, start) = &self.decoder else {
+            return Ok(());
+        };
+        let &[cmf, flg, ..] = start.as_slice() else {
+            return Ok(());
+        };
+        let Decoder::DeflateUnsure(sink, start) =
+            std::mem::replace(&mut self.decoder, Decoder::Identity)
+        else {
+            return Ok(());
+        };
+        if is_zlib_header(cmf, flg) {
+            let mut d = flate2::write::ZlibDecoder::new(sink);
+            let written = d.write_all(&start);
+            self.decoder = Decoder::Zlib(d);
+            written
+        } else {
+            let mut d = flate2::write::DeflateDecoder::new(sink);
+            let written = d.write_all(&start);
+            self.decoder = Decoder::RawDeflate(d);
+            written
+        }
+    }
+
     /// Ends the stream: the last decoded bytes, or an error for a truncated one.
     pub fn finish(mut self) -> Result<Vec<u8>, CodecError> {
+        if !self.fed {
+            // An empty body says `Content-Encoding` and has nothing to decode.
+            return Ok(Vec::new());
+        }
         let done = match &mut self.decoder {
             Decoder::Identity => Ok(()),
             Decoder::Gzip(d) => d.try_finish(),
-            Decoder::Deflate(d) => d.try_finish(),
+            // One byte of deflate: not even a header.
+            Decoder::DeflateUnsure(..) => Err(std::io::Error::other("truncated deflate stream")),
+            Decoder::Zlib(d) => d.try_finish(),
+            Decoder::RawDeflate(d) => d.try_finish(),
             Decoder::Br(d) => d.flush().and_then(|()| {
                 // A brotli stream that ended early has produced no end marker.
                 if d.close().is_err() {
@@ -207,8 +362,10 @@ impl Capped {
     fn sink(&mut self) -> Option<&mut Sink> {
         match &mut self.decoder {
             Decoder::Identity => None,
-            Decoder::Gzip(d) => Some(d.get_mut()),
-            Decoder::Deflate(d) => Some(d.get_mut()),
+            Decoder::Gzip(d) => Some(d.sink()),
+            Decoder::DeflateUnsure(sink, _) => Some(sink),
+            Decoder::Zlib(d) => Some(d.get_mut()),
+            Decoder::RawDeflate(d) => Some(d.get_mut()),
             Decoder::Br(d) => Some(d.get_mut()),
             Decoder::Zstd(d) => Some(d.get_mut()),
         }
@@ -274,6 +431,23 @@ impl Encoder {
             }
             Encoder::Br(e) => {
                 e.write_all(chunk)?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+        }
+    }
+
+    /// Everything written so far, encoded now (a sync flush), for when the
+    /// origin makes the page wait: the client gets what is here instead of
+    /// waiting for the encoder's buffer to fill or the page to end.
+    pub fn flush(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Identity => Ok(Vec::new()),
+            Encoder::Gzip(e) => {
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+            Encoder::Br(e) => {
+                e.flush()?;
                 Ok(std::mem::take(e.get_mut()))
             }
         }
@@ -387,6 +561,82 @@ mod tests {
             decode_in_chunks(Coding::Zstd, &page[..page.len() - 3], 1 << 20),
             Err(CodecError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn gzip_and_deflate_are_read_as_browsers_read_them() {
+        let page = b"<html><head></head><body>tide tables</body></html>";
+        let mut members = encoded(Coding::Gzip, &page[..20]);
+        members.extend(encoded(Coding::Gzip, &page[20..]));
+        let mut trailing = encoded(Coding::Gzip, page);
+        trailing.extend_from_slice(b"\n\0 garbage");
+        // In one chunk, and with a chunk ending at every byte (a member's
+        // end, a magic number, a trailer split anywhere).
+        for (what, stream) in [("two members", &members), ("trailing bytes", &trailing)] {
+            assert_eq!(
+                decode_in_chunks(Coding::Gzip, stream, 1 << 20).unwrap(),
+                page,
+                "{what}"
+            );
+            for at in 0..stream.len() {
+                let mut d = Capped::new(Coding::Gzip, 1 << 20).unwrap();
+                let mut out = d.decode(&stream[..at]).unwrap();
+                out.extend(d.decode(&stream[at..]).unwrap());
+                out.extend(d.finish().unwrap());
+                assert_eq!(out, page, "{what}, split at {at}");
+            }
+        }
+        // A second member that is corrupt is still an error.
+        let mut bad = encoded(Coding::Gzip, page);
+        let mut second = encoded(Coding::Gzip, page);
+        second[12] ^= 0xff;
+        bad.extend(second);
+        assert!(decode_in_chunks(Coding::Gzip, &bad, 1 << 20).is_err());
+
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        raw.write_all(page).unwrap();
+        let raw = raw.finish().unwrap();
+        let zlib = encoded(Coding::Deflate, page);
+        for stream in [&raw, &zlib] {
+            for at in 0..4 {
+                let mut d = Capped::new(Coding::Deflate, 1 << 20).unwrap();
+                let mut out = d.decode(&stream[..at]).unwrap();
+                out.extend(d.decode(&stream[at..]).unwrap());
+                out.extend(d.finish().unwrap());
+                assert_eq!(out, page, "split at {at}");
+            }
+        }
+        // No bytes at all: an empty page, whatever the coding says.
+        for coding in [Coding::Gzip, Coding::Deflate, Coding::Br, Coding::Zstd] {
+            let d = Capped::new(coding, 1 << 20).unwrap();
+            assert_eq!(d.finish().unwrap(), b"", "{coding:?}");
+        }
+        let mut one_byte = Capped::new(Coding::Deflate, 1 << 20).unwrap();
+        one_byte.decode(&zlib[..1]).unwrap();
+        assert!(one_byte.finish().is_err());
+    }
+
+    #[test]
+    fn a_flush_sends_what_the_encoder_holds() {
+        for coding in [Coding::Gzip, Coding::Br] {
+            let mut e = Encoder::new(coding);
+            let mut wire = e.encode(b"<html><head></head><body>first").unwrap();
+            wire.extend(e.flush().unwrap());
+            let mut partial = Vec::new();
+            match coding {
+                Coding::Gzip => {
+                    let mut d = flate2::write::GzDecoder::new(&mut partial);
+                    d.write_all(&wire).unwrap();
+                    d.flush().unwrap();
+                }
+                _ => {
+                    let mut d = brotli::DecompressorWriter::new(&mut partial, 4096);
+                    d.write_all(&wire).unwrap();
+                    d.flush().unwrap();
+                }
+            }
+            assert_eq!(partial, b"<html><head></head><body>first", "{coding:?}");
+        }
     }
 
     /// A zstd frame (no checksum, no content size) with window log

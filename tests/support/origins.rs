@@ -374,6 +374,9 @@ pub enum Fault {
     IdleJunk,
     /// Streams a 64 MiB HTML page.
     HugeHtml,
+    /// Sends a chunked `200 text/html` page's head, [`HEAD_THEN_SILENCE`],
+    /// then goes silent with the connection open.
+    HtmlHeadThenSilence,
     /// Sends `103 Early Hints` (a `Link` preload) before a `200 text/html`
     /// page, [`SMALL_HTML`], framed by `Content-Length`. A `HEAD` gets the
     /// same heads and no body.
@@ -392,6 +395,10 @@ pub const SMALL_HTML: &str = "<head></head>";
 pub const DRIP_BYTES: usize = 8000;
 pub const DRIP_PARTS: usize = 8;
 pub const DRIP_PAUSE: Duration = Duration::from_millis(300);
+
+/// What [`Fault::HtmlHeadThenSilence`] sends before its silence.
+pub const HEAD_THEN_SILENCE: &str =
+    "<!doctype html><html><head><title>Later</title></head><body><p>loading</p>";
 
 /// The size of the [`Fault::HugeHtml`] page.
 pub const HUGE_HTML_BYTES: usize = 64 << 20;
@@ -510,6 +517,12 @@ impl FaultyOrigin {
                                 }
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!".to_vec()
+                            }
+                            Fault::HtmlHeadThenSilence => {
+                                let r = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{HEAD_THEN_SILENCE}\r\n", HEAD_THEN_SILENCE.len());
+                                let _ = stream.write_all(r.as_bytes()).await;
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
                             }
                             Fault::HugeHtml => {
                                 let start = b"<!doctype html><html><head><title>Huge</title></head><body>";
