@@ -360,6 +360,10 @@ fn rewriter(
     // Nothing goes into a <template>: its head and body are inert.
     let template = page.clone();
     settings = settings.append_element_content_handler(handler(&selectors.template, move |el| {
+        // `<template/>` in SVG or MathML is empty and has no end tag to wait for.
+        if !el.can_have_content() {
+            return Ok(());
+        }
         template.template_depth.fetch_add(1, Ordering::Relaxed);
         let template = template.clone();
         let leave: EndTagHandler<'static> = Box::new(move |_end| {
@@ -1109,6 +1113,11 @@ mod tests {
             ),
             ("<head><title>t</ti", "<head><title>t</ti".to_owned()),
             ("no markup at all", "no markup at all".to_owned()),
+            // An empty template in SVG has no end tag; the page goes on.
+            (
+                "<html><svg><template/></svg><head></head><body>x</body></html>",
+                format!("<html><svg><template/></svg><head>{S}</head><body>x</body></html>"),
+            ),
         ];
         for (page, expected) in cases {
             assert_eq!(rewrite_in_chunks(page.as_bytes(), &[]), expected, "{page}");
