@@ -91,6 +91,7 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
         "/cached",
         Page::html(PAGE)
             .with("cache-control", "public, max-age=3600")
+            .with("accept-ranges", "bytes")
             .with("etag", "\"v2\""),
     )])
     .await;
@@ -142,6 +143,8 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     // and carries no validator.
     let cached = ada.get("/cached").await;
     assert!(settings(&cached.body).is_some());
+    // Ranges of the origin's bytes are not ranges of these.
+    assert!(!cached.headers.contains_key("accept-ranges"));
     let cache_control: Vec<_> = cached.headers.get_all("cache-control").iter().collect();
     assert_eq!(cache_control, ["private, no-store"]);
     assert!(!cached.headers.contains_key("etag"));

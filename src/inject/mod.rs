@@ -150,6 +150,9 @@ pub fn rewrite(
 /// ETag (none on a personalised page), and private caching when personalised.
 pub fn fix_headers(headers: &mut HeaderMap, personalised: bool, to: Coding) {
     headers.remove(header::CONTENT_LENGTH);
+    // A range of these bytes cannot be had: a range request is passed to the
+    // origin, whose bytes differ, and a resumed download would mix the two.
+    headers.remove(header::ACCEPT_RANGES);
     headers.remove(header::CONTENT_ENCODING);
     if to != Coding::Identity {
         headers.insert(
