@@ -85,6 +85,25 @@ fn claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&json).unwrap()
 }
 
+/// The `Accept-Encoding` the origin got for an anonymous visitor's request
+/// for a page, sent with `headers` and `Accept-Encoding: gzip`.
+async fn origin_asked(
+    gw: &Gateway,
+    origin: &PageOrigin,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    let mut headers = headers.to_vec();
+    headers.push(("accept-encoding", "gzip"));
+    Browser::new(gw).get_with("/blog/tides", &headers).await;
+    origin
+        .accept_encodings
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     let origin = PageOrigin::start(vec![(
@@ -115,10 +134,37 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     assert!(!page.headers.contains_key("content-length"));
     assert_eq!(page.headers["etag"], "W/\"v1\"");
     assert!(page.headers.get_all("vary").iter().any(|v| v == "Cookie"));
-    // The origin was asked for the page uncompressed, so it can be rewritten.
+    // A browser's page load: the origin is asked for the page uncompressed,
+    // so it can be rewritten. A script or a fetch keeps the client's wish.
+    let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+    assert_eq!(origin_asked(&gw, &origin, &[("accept", html)]).await, None);
     assert_eq!(
-        origin.accept_encodings.lock().unwrap().last().unwrap(),
-        &None
+        origin_asked(
+            &gw,
+            &origin,
+            &[("sec-fetch-dest", "document"), ("accept", "*/*")]
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        origin_asked(&gw, &origin, &[("sec-fetch-dest", "iframe")]).await,
+        None
+    );
+    let gzip = Some("gzip".to_owned());
+    assert_eq!(origin_asked(&gw, &origin, &[("accept", "*/*")]).await, gzip);
+    assert_eq!(
+        origin_asked(
+            &gw,
+            &origin,
+            &[("sec-fetch-dest", "script"), ("accept", html)]
+        )
+        .await,
+        gzip
+    );
+    assert_eq!(
+        origin_asked(&gw, &origin, &[("sec-fetch-dest", "empty")]).await,
+        gzip
     );
 
     let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;

@@ -186,7 +186,7 @@ async fn phases<'r>(
         &parts.method,
         &parts.headers,
     );
-    if widget.is_some() {
+    if widget.as_ref().is_some_and(|plan| plan.page_load) {
         // The page is rewritten on its way: ask the origin for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }

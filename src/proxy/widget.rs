@@ -22,6 +22,10 @@ pub struct Plan {
     pub client_coding: inject::Coding,
     /// The logout's chat-reset cookie came with the request.
     pub reset: bool,
+    /// A browser loading a page (not a script, style or image the chat's
+    /// paths also cover): the origin is asked for it uncompressed, since it
+    /// will be rewritten. Anything else keeps the client's `Accept-Encoding`.
+    pub page_load: bool,
 }
 
 /// Whether this request's page gets the widget. Only GET requests for pages
@@ -55,7 +59,23 @@ pub fn plan(
         decision,
         client_coding: inject::codec::preferred(&accepted),
         reset: crate::session::cookie_values(headers, reset_cookie).any(|v| v == "1"),
+        page_load: is_page_load(headers),
     })
+}
+
+/// Whether a request is for a page to show: the browser says so in
+/// `Sec-Fetch-Dest`, or, without it, asks for HTML in `Accept`.
+fn is_page_load(headers: &http::HeaderMap) -> bool {
+    const SEC_FETCH_DEST: header::HeaderName = header::HeaderName::from_static("sec-fetch-dest");
+    let first = |name| headers.get(name).map(HeaderValue::as_bytes);
+    match first(SEC_FETCH_DEST) {
+        Some(dest) => matches!(dest, b"document" | b"iframe" | b"frame"),
+        None => first(header::ACCEPT).is_some_and(|accept| {
+            accept
+                .windows(b"text/html".len())
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+        }),
+    }
 }
 
 /// The member's token when the plan identifies them; `None` otherwise, or
