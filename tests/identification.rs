@@ -861,6 +861,13 @@ async fn the_page_csp_is_honoured_never_loosened() {
             "/no-transform",
             Page::html(PAGE).with("cache-control", "max-age=60, No-Transform"),
         ),
+        (
+            "/trying-a-policy",
+            Page::html(PAGE).with(
+                "content-security-policy-report-only",
+                "script-src 'self'; report-uri /csp-reports",
+            ),
+        ),
     ])
     .await;
     let gw = start(
@@ -910,6 +917,15 @@ async fn the_page_csp_is_honoured_never_loosened() {
     let page = b.get("/no-transform").await;
     assert_eq!(page.body, PAGE);
     assert_eq!(page.headers["content-length"], PAGE.len().to_string());
+    // A policy being tried out is not sent a report for our script on
+    // every page, and is not made an enforced one.
+    let page = b.get("/trying-a-policy").await;
+    let hash = settings_hash(&page.body);
+    assert_eq!(
+        page.headers["content-security-policy-report-only"],
+        format!("script-src 'self' {hash}; report-uri /csp-reports").as_str()
+    );
+    assert!(!page.headers.contains_key("content-security-policy"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

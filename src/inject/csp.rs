@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderMap;
-use http::header::{CONTENT_SECURITY_POLICY, HeaderValue};
+use http::header::{
+    CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY_REPORT_ONLY, HeaderName, HeaderValue,
+};
 use sha2::{Digest, Sha256};
 
 /// The directive that governs `<script>` elements in one policy.
@@ -117,30 +119,34 @@ fn allow_with_hash(field: &str, hash: &str, nonce: Option<&str>) -> Option<Strin
     Some(policies.join(",").trim().to_owned())
 }
 
-/// Makes every enforced policy allow the inline `script` (its text between
-/// the tags), adding its hash only where nothing else already allows it.
+/// Makes every policy allow the inline `script` (its text between the
+/// tags), adding its hash only where nothing else already allows it: the
+/// enforced ones, so that it runs, and the report-only ones, so that a site
+/// trying a policy out is not sent a violation report for it on every page.
 pub fn allow_inline_script(headers: &mut HeaderMap, script: &str, nonce: Option<&str>) {
-    if !headers.contains_key(CONTENT_SECURITY_POLICY) {
-        return;
+    let mut hash = None;
+    for name in [CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY_REPORT_ONLY] {
+        if headers.contains_key(&name) {
+            let hash = hash.get_or_insert_with(|| hash_source(script));
+            allow_in_fields(headers, name, hash, nonce);
+        }
     }
-    let hash = hash_source(script);
-    let fields: Vec<HeaderValue> = headers
-        .get_all(CONTENT_SECURITY_POLICY)
-        .iter()
-        .cloned()
-        .collect();
+}
+
+fn allow_in_fields(headers: &mut HeaderMap, name: HeaderName, hash: &str, nonce: Option<&str>) {
+    let fields: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
     let mut rewritten = Vec::with_capacity(fields.len());
     for value in fields {
         let allowing = value
             .to_str()
             .ok()
-            .and_then(|field| allow_with_hash(field, &hash, nonce))
+            .and_then(|field| allow_with_hash(field, hash, nonce))
             .and_then(|field| HeaderValue::from_str(&field).ok());
         rewritten.push(allowing.unwrap_or(value));
     }
-    headers.remove(CONTENT_SECURITY_POLICY);
+    headers.remove(&name);
     for value in rewritten {
-        headers.append(CONTENT_SECURITY_POLICY, value);
+        headers.append(&name, value);
     }
 }
 
@@ -202,6 +208,47 @@ mod tests {
     }
 
     const HASH: &str = "'sha256-D6IGS8VMvCoyaR/l0h9tERrBTATY01CoPS7l6xDv0kI='";
+
+    #[test]
+    fn report_only_policies_allow_the_script_too_and_forbid_nothing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            CONTENT_SECURITY_POLICY_REPORT_ONLY,
+            "script-src 'self'; report-uri /csp".parse().unwrap(),
+        );
+        h.append(
+            CONTENT_SECURITY_POLICY_REPORT_ONLY,
+            "script-src 'none'".parse().unwrap(),
+        );
+        // Only reported, never enforced: the widget can still load.
+        assert!(!forbids_scripts(&h));
+        allow_inline_script(&mut h, "x()", None);
+        let report_only: Vec<_> = h
+            .get_all(CONTENT_SECURITY_POLICY_REPORT_ONLY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            report_only,
+            [
+                format!("script-src 'self' {HASH}; report-uri /csp"),
+                format!("script-src 'none' {HASH}"),
+            ]
+        );
+        assert!(!h.contains_key(CONTENT_SECURITY_POLICY));
+        // Beside an enforced policy, each gets what it needs.
+        let mut h = csp(&["script-src 'nonce-n1'"]);
+        h.append(
+            CONTENT_SECURITY_POLICY_REPORT_ONLY,
+            "script-src 'strict-dynamic'".parse().unwrap(),
+        );
+        allow_inline_script(&mut h, "x()", Some("n1"));
+        assert_eq!(h[CONTENT_SECURITY_POLICY], "script-src 'nonce-n1'");
+        assert_eq!(
+            h[CONTENT_SECURITY_POLICY_REPORT_ONLY],
+            format!("script-src 'strict-dynamic' {HASH}").as_str()
+        );
+    }
 
     #[test]
     fn nonces_are_found_in_the_directive_that_governs_scripts() {
