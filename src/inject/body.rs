@@ -251,7 +251,7 @@ impl Page {
         if policy.contains('&') {
             return Ok(());
         }
-        if super::csp::field_forbids_scripts(&policy) {
+        if super::csp::meta_forbids_scripts(&policy) {
             self.policy_forbids.store(true, Ordering::Relaxed);
             return Ok(());
         }
@@ -259,7 +259,7 @@ impl Page {
             return Ok(());
         };
         if let Some(allowing) =
-            super::csp::allow_in_field(&policy, script, self.snippet.nonce.as_deref())
+            super::csp::allow_in_meta(&policy, script, self.snippet.nonce.as_deref())
         {
             el.set_attribute("content", &allowing)?;
         }
@@ -991,11 +991,11 @@ mod tests {
     #[test]
     fn a_policy_in_the_head_gets_the_settings_hash_at_every_chunk_boundary() {
         let page = "<html><head><meta http-equiv=\"Content-Security-Policy\" \
-                    content=\"default-src 'self', img-src *\"><title>t</title></head><body>x</body>";
+                    content=\"default-src 'self'; img-src *\"><title>t</title></head><body>x</body>";
         let expected = page
             .replace(
-                "content=\"default-src 'self', img-src *\"",
-                &format!("content=\"default-src 'self'; script-src 'self' {X_HASH}, img-src *\""),
+                "content=\"default-src 'self'; img-src *\"",
+                &format!("content=\"default-src 'self'; img-src *; script-src 'self' {X_HASH}\""),
             )
             .replace("</head>", &format!("{SETTINGS}</head>"));
         for at in 0..=page.len() {
@@ -1052,8 +1052,13 @@ mod tests {
             let page = meta(content);
             assert_eq!(with_settings(&page, &[], Some("n1")), inserted(&page));
         }
-        // No script allowed at all: the page stays as it is.
-        for content in ["script-src 'none'", "img-src *, default-src 'none'"] {
+        // No script allowed at all, or a comma that browsers read two ways:
+        // the page stays as it is.
+        for content in [
+            "script-src 'none'",
+            "img-src *, default-src 'none'",
+            "default-src 'self', img-src *",
+        ] {
             let page = meta(content);
             assert_eq!(with_settings(&page, &[], None), page);
         }

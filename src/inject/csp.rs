@@ -79,10 +79,13 @@ pub fn forbids_scripts(headers: &HeaderMap) -> bool {
     policies(headers).any(policy_forbids_scripts)
 }
 
-/// Whether one of the comma-separated policies in `field` (a header's value,
-/// or a `<meta http-equiv>`'s content) allows no script element at all.
-pub fn field_forbids_scripts(field: &str) -> bool {
-    field.split(',').any(policy_forbids_scripts)
+/// Whether a `<meta http-equiv>` policy allows no script element at all,
+/// as far as the gateway can tell. A comma in it counts as no: browsers
+/// read one differently (Chromium splits the content into policies as in a
+/// header, the HTML standard parses it as one), and no added hash is sure
+/// to allow our script in both readings without loosening the policy in one.
+pub fn meta_forbids_scripts(content: &str) -> bool {
+    content.contains(',') || policy_forbids_scripts(content)
 }
 
 fn policy_forbids_scripts(policy: &str) -> bool {
@@ -102,10 +105,14 @@ fn hash_source(script: &str) -> String {
     )
 }
 
-/// `field` (one or more comma-separated policies) rewritten so that every
-/// policy in it allows the inline `script`; `None` when each already does.
-pub fn allow_in_field(field: &str, script: &str, nonce: Option<&str>) -> Option<String> {
-    allow_with_hash(field, &hash_source(script), nonce)
+/// A `<meta http-equiv>` policy, one with no comma (see
+/// [`meta_forbids_scripts`]), rewritten to allow the inline `script`;
+/// `None` when it already does.
+pub fn allow_in_meta(content: &str, script: &str, nonce: Option<&str>) -> Option<String> {
+    match allow_in_policy(content, &hash_source(script), nonce) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(policy) => Some(policy),
+    }
 }
 
 fn allow_with_hash(field: &str, hash: &str, nonce: Option<&str>) -> Option<String> {
@@ -247,6 +254,24 @@ mod tests {
         assert_eq!(
             h[CONTENT_SECURITY_POLICY_REPORT_ONLY],
             format!("script-src 'strict-dynamic' {HASH}").as_str()
+        );
+    }
+
+    #[test]
+    fn a_meta_policy_with_a_comma_is_left_alone() {
+        // One policy with odd tokens to the standard, two to Chromium.
+        assert!(meta_forbids_scripts("default-src 'self', img-src *"));
+        assert!(!meta_forbids_scripts("default-src 'self'; img-src *"));
+        assert!(meta_forbids_scripts("default-src 'none'"));
+        assert_eq!(
+            allow_in_meta("default-src 'self'; img-src *", "x()", None),
+            Some(format!(
+                "default-src 'self'; img-src *; script-src 'self' {HASH}"
+            ))
+        );
+        assert_eq!(
+            allow_in_meta("script-src 'nonce-a'", "x()", Some("a")),
+            None
         );
     }
 
