@@ -603,6 +603,31 @@ async fn compressed_pages_are_read_as_browsers_read_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_too_large_to_rewrite_arrives_as_it_came() {
+    // One tag in the head larger than the rewriter's memory (1 MiB).
+    let page = format!(
+        "<!doctype html><html><head><title>Map</title><script src=\"data:,{}\"></script></head><body>x</body></html>",
+        "a".repeat(1_200_000)
+    );
+    let origin = PageOrigin::start(vec![("/map", Page::html(&page))]).await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    for coding in ["identity", "gzip"] {
+        let response = gw
+            .client()
+            .get(gw.https_url("/map"))
+            .header("accept", "text/html")
+            .header("accept-encoding", coding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = decompressed(coding, &response.bytes().await.unwrap());
+        assert!(body == page, "{coding}: {} bytes", body.len());
+    }
+    gw.wait_for_log("the page passes as it came").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_rewrite_sends_what_it_has_while_the_origin_is_silent() {
     use std::io::Write;
     let origin = FaultyOrigin::start(Fault::HtmlHeadThenSilence).await;

@@ -209,6 +209,9 @@ struct Page {
     policy_forbids: AtomicBool,
     /// How many `<template>` elements the parser is inside.
     template_depth: AtomicUsize,
+    /// A `<meta>` policy was given the settings script's hash: from there
+    /// on, the rewriter's output is no longer the page's bytes.
+    rewrote_meta: AtomicBool,
 }
 
 impl Page {
@@ -219,6 +222,7 @@ impl Page {
         self.foreign_charset.store(false, Ordering::Relaxed);
         self.policy_forbids.store(false, Ordering::Relaxed);
         self.template_depth.store(0, Ordering::Relaxed);
+        self.rewrote_meta.store(false, Ordering::Relaxed);
     }
 
     /// Whether the snippet may go in here, and if so, claims it: once only,
@@ -261,6 +265,7 @@ impl Page {
         if let Some(allowing) =
             super::csp::allow_in_meta(&policy, script, self.snippet.nonce.as_deref())
         {
+            self.rewrote_meta.store(true, Ordering::Relaxed);
             el.set_attribute("content", &allowing)?;
         }
         Ok(())
@@ -422,6 +427,10 @@ pub struct InjectBody<B> {
     unbuilt: Option<Unbuilt>,
     /// From the first bytes until the snippet is in.
     rewriter: Option<HtmlRewriter<'static, Collected>>,
+    /// What the rewriter has taken and not yet given back (a tag cut by a
+    /// chunk's end, say), in order. Until anything is changed, its output
+    /// is its input, so a page whose rewrite fails can go on as it came.
+    held: Vec<Bytes>,
     page: Arc<Page>,
     output: Collected,
     encoder: Option<Encoder>,
@@ -458,6 +467,7 @@ impl<B> InjectBody<B> {
             foreign_charset: AtomicBool::new(false),
             policy_forbids: AtomicBool::new(false),
             template_depth: AtomicUsize::new(0),
+            rewrote_meta: AtomicBool::new(false),
         });
         let decoder = match from {
             Coding::Identity => None,
@@ -478,6 +488,7 @@ impl<B> InjectBody<B> {
                 encoding,
             }),
             rewriter: None,
+            held: Vec::new(),
             page,
             output,
             encoder,
@@ -520,42 +531,9 @@ impl<B> InjectBody<B> {
             }
             return Ok((Bytes::from(self.output.take()), decoded));
         }
-        // The first bytes decide what the rewriter watches. When that is
-        // less than every `<meta>`, it rests on the likely insertion point
-        // being the real one, which lol_html confirms or not once it has read
-        // that far.
-        let mut narrowed = None;
-        if !decoded.is_empty()
-            && let Some(unbuilt) = self.unbuilt.take()
-        {
-            let header_names_charset = unbuilt.encoding.is_some();
-            let likely = likely_insertion(&decoded);
-            let watch = meta_watch(&decoded, likely, header_names_charset);
-            self.build_rewriter(unbuilt, watch);
-            if let Some(likely) = likely
-                && watch != MetaWatch::all(header_names_charset)
-            {
-                narrowed = Some((unbuilt, likely));
-            }
-        }
-        let offset = match narrowed {
-            None => self.feed(&decoded)?,
-            Some((unbuilt, likely)) => {
-                let offset = self.feed(&decoded[..likely.end])?;
-                if self.page.injected.load(Ordering::Relaxed) {
-                    offset
-                } else {
-                    // The likely point was text (in a comment or a script,
-                    // say), and `<meta>` tags after it went unwatched.
-                    // Nothing has been sent yet: read these bytes again,
-                    // watching every `<meta>`.
-                    self.rewriter = None;
-                    self.output.take();
-                    self.page.reset();
-                    self.build_rewriter(unbuilt, MetaWatch::all(unbuilt.encoding.is_some()));
-                    self.feed(&decoded)?
-                }
-            }
+        let offset = match self.feed_chunk(&decoded) {
+            Ok(offset) => offset,
+            Err(error) => return self.give_up(decoded, error),
         };
         if self.rewriter.is_none() {
             return Ok((decoded, Bytes::new()));
@@ -566,10 +544,97 @@ impl<B> InjectBody<B> {
             if let Some(rewriter) = self.rewriter.take() {
                 rewriter.end()?;
             }
+            self.held.clear();
             ready.extend_from_slice(&self.output.take());
             return Ok((Bytes::from(ready), decoded.slice(offset..)));
         }
+        self.hold(decoded, ready.len());
         Ok((Bytes::from(ready), Bytes::new()))
+    }
+
+    /// Builds the rewriter at the first bytes and writes the chunk to it,
+    /// until the snippet is in; returns how many bytes it took.
+    fn feed_chunk(&mut self, decoded: &Bytes) -> Result<usize, BoxError> {
+        // The first bytes decide what the rewriter watches. When that is
+        // less than every `<meta>`, it rests on the likely insertion point
+        // being the real one, which lol_html confirms or not once it has read
+        // that far.
+        let mut narrowed = None;
+        if !decoded.is_empty()
+            && let Some(unbuilt) = self.unbuilt.take()
+        {
+            let header_names_charset = unbuilt.encoding.is_some();
+            let likely = likely_insertion(decoded);
+            let watch = meta_watch(decoded, likely, header_names_charset);
+            self.build_rewriter(unbuilt, watch);
+            if let Some(likely) = likely
+                && watch != MetaWatch::all(header_names_charset)
+            {
+                narrowed = Some((unbuilt, likely));
+            }
+        }
+        let Some((unbuilt, likely)) = narrowed else {
+            return self.feed(decoded);
+        };
+        let offset = self.feed(&decoded[..likely.end])?;
+        if self.page.injected.load(Ordering::Relaxed) {
+            return Ok(offset);
+        }
+        // The likely point was text (in a comment or a script, say), and
+        // `<meta>` tags after it went unwatched. Nothing has been sent yet:
+        // read these bytes again, watching every `<meta>`.
+        self.rewriter = None;
+        self.output.take();
+        self.page.reset();
+        self.build_rewriter(unbuilt, MetaWatch::all(unbuilt.encoding.is_some()));
+        self.feed(decoded)
+    }
+
+    /// Keeps what the rewriter took of `decoded` (all of it: the snippet is
+    /// not in) and of what it held before, less the `given_back` bytes it
+    /// has just put out.
+    fn hold(&mut self, decoded: Bytes, given_back: usize) {
+        if self.held.is_empty() && given_back == decoded.len() {
+            return; // All given back: the usual case, nothing to keep.
+        }
+        if !decoded.is_empty() {
+            self.held.push(decoded);
+        }
+        let mut skip = given_back;
+        while skip > 0 && !self.held.is_empty() {
+            if self.held[0].len() <= skip {
+                skip -= self.held.remove(0).len();
+            } else {
+                self.held[0] = self.held[0].slice(skip..);
+                skip = 0;
+            }
+        }
+    }
+
+    /// The rewriter failed (a tag larger than its memory allows, say). Until
+    /// the snippet is in or a `<meta>` is changed, what it put out is the
+    /// page's own start: the rest of the page follows it as it came, with
+    /// nothing inserted. Otherwise the response is cut short.
+    fn give_up(&mut self, decoded: Bytes, error: BoxError) -> Result<(Bytes, Bytes), BoxError> {
+        if self.page.injected.load(Ordering::Relaxed)
+            || self.page.rewrote_meta.load(Ordering::Relaxed)
+        {
+            return Err(error);
+        }
+        tracing::warn!(error = %error, "page rewriting failed before anything was changed; the page passes as it came");
+        self.rewriter = None;
+        let given_back = self.output.take();
+        let mut skip = given_back.len();
+        let mut rest = BytesMut::new();
+        for part in self.held.drain(..).chain([decoded]) {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            rest.extend_from_slice(&part[skip..]);
+            skip = 0;
+        }
+        Ok((Bytes::from(given_back), rest.freeze()))
     }
 
     /// Builds the page's rewriter, writing into the body's output.
@@ -648,8 +713,17 @@ impl<B> InjectBody<B> {
         let mut out = BytesMut::from(&start[..]);
         out.extend_from_slice(&tail);
         if let Some(rewriter) = self.rewriter.take() {
-            rewriter.end()?;
-            out.extend_from_slice(&self.output.take());
+            match rewriter.end() {
+                Ok(()) => {
+                    self.held.clear();
+                    out.extend_from_slice(&self.output.take());
+                }
+                Err(error) => {
+                    let (given_back, rest) = self.give_up(Bytes::new(), error.into())?;
+                    out.extend_from_slice(&given_back);
+                    out.extend_from_slice(&rest);
+                }
+            }
         }
         let mut last = BytesMut::from(&self.encode(out.freeze())?[..]);
         if let Some(encoder) = self.encoder.take() {
@@ -986,6 +1060,50 @@ mod tests {
             Coding::Identity,
         );
         String::from_utf8(out.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_page_the_rewriter_cannot_read_passes_as_it_came() {
+        // A tag larger than the rewriter's memory, before the end of head.
+        let huge = format!(
+            "<script src=\"data:,{}\"></script>",
+            "a".repeat(MAX_REWRITER_MEMORY + 1)
+        );
+        let page = format!("<html><head><title>t</title>{huge}</head><body>x</body></html>");
+        let page = page.as_bytes();
+        let tag = page.len() - huge.len() - "</head><body>x</body></html>".len();
+        // In one chunk, and cut in the text before the tag, inside it, and
+        // in many small chunks, so that what the rewriter held comes from
+        // several of them.
+        let many: Vec<usize> = (1..page.len() / 4096).map(|i| i * 4096 + 7).collect();
+        for split in [
+            vec![],
+            vec![10],
+            vec![tag + 3],
+            vec![tag - 2, tag + 20],
+            many,
+        ] {
+            let out = run(split_at(page, &split), Coding::Identity, Coding::Identity);
+            assert!(
+                out.as_ref().unwrap() == page,
+                "split at {:?}",
+                &split[..split.len().min(3)]
+            );
+        }
+        // Once a policy in the page has been changed, its bytes are no longer
+        // the origin's: the response is cut short instead.
+        let policy = "<meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'self'\">";
+        let page = format!("<html><head>{policy}{huge}</head><body>x</body></html>");
+        let start = SETTINGS.find('>').unwrap() + 1;
+        let snippet = Snippet {
+            html: SETTINGS.to_owned(),
+            inline_script: Some(start..start + 3),
+            loads_widget: true,
+            nonce: None,
+        };
+        let chunks = split_at(page.as_bytes(), &[]);
+        let out = run_snippet(snippet, None, chunks, Coding::Identity, Coding::Identity);
+        assert!(out.is_err());
     }
 
     #[test]
