@@ -373,6 +373,19 @@ async fn g6_a_refused_request_with_a_body_closes_the_connection() {
     assert_eq!(status_of(&answer), 421);
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(w.members.requests().is_empty());
+
+    // The catalogue's case: an anonymous POST to a members-only page, on a
+    // keep-alive connection, refused after routing (the login redirect).
+    let w = world_with(Setup::new().rule("/members", "members", &[])).await;
+    let inner = "GET /public/smuggled HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let raw = format!(
+        "POST /members/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    let answer = w.gw.raw(raw.as_bytes()).await;
+    assert_eq!(status_of(&answer), 302, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(w.total_requests(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
