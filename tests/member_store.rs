@@ -301,6 +301,12 @@ async fn sessions_are_stored_touched_and_ended(store: Store) {
     assert_eq!(store.delete_member_sessions(m.id, 3_001).await.unwrap(), 2);
     assert!(store.session([4; 32]).await.unwrap().is_none());
     assert!(store.session([3; 32]).await.unwrap().is_some());
+    // A log-out ends its one session and tells every process the member changed.
+    let (_, before) = store.changes_since(0).await.unwrap();
+    store.end_session([3; 32], m.id, 3_002).await.unwrap();
+    assert!(store.session([3; 32]).await.unwrap().is_none());
+    let (changed, _) = store.changes_since(before).await.unwrap();
+    assert_eq!(changed, [m.id]);
 }
 
 async fn tokens_work_once_for_their_purpose_epoch_and_lifetime(store: Store) {

@@ -162,6 +162,52 @@ async fn register_verify_login_read_and_log_out() {
     );
 }
 
+/// D4 under load: requests with the session cookie that are in flight while
+/// the member logs out must not bring the ended session back into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d4_a_session_in_use_while_it_logs_out_stays_dead() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut b = member(&gw, "ada@example.com", "Ada").await;
+    let client = gw.client();
+    for trial in 0..5 {
+        if trial > 0 {
+            assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 303);
+        }
+        let cookie = format!("__Host-membergate={}", b.session_cookie().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammers: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, cookie, stop) = (client.clone(), cookie.clone(), stop.clone());
+                let url = gw.https_url("/members/");
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = client.get(&url).header("cookie", &cookie).send().await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(b.logout().await.status, 303);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for hammer in hammers {
+            hammer.await.unwrap();
+        }
+        for _ in 0..2 {
+            let replay = client
+                .get(gw.https_url("/members/"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                replay.status(),
+                302,
+                "trial {trial}: the ended session let a request in"
+            );
+        }
+    }
+}
+
 /// Also attack catalogue D6: the member's session is in the cache from a
 /// members-only page, and a rule that needs more is still checked on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,14 @@ pub trait MemberStore: Send + Sync {
     fn session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<Option<SessionRecord>>>;
     fn touch_session(&self, id_hash: [u8; 32], now: i64) -> BoxFuture<'_, StoreResult<()>>;
     fn delete_session(&self, id_hash: [u8; 32]) -> BoxFuture<'_, StoreResult<()>>;
+    /// Ends one session at the member's request (log out): deletes it and
+    /// records a member change, so that every process drops it from memory.
+    fn end_session(
+        &self,
+        id_hash: [u8; 32],
+        member: MemberId,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     /// Renews a session: marks `old` replaced (expiring by `old_expires_by`)
     /// and creates `new`, in one transaction. `false` when `old` was already
     /// replaced or is gone (another request renewed it first).

@@ -494,6 +494,27 @@ impl MemberStore for SqliteStore {
         })
     }
 
+    fn end_session(
+        &self,
+        id_hash: [u8; 32],
+        member: MemberId,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin().await.map_err(backend)?;
+            sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+                .bind(&id_hash[..])
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            SqliteStore::changed(&mut tx, member, false, now).await?;
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(())
+        })
+    }
+
     fn replace_session(
         &self,
         old: [u8; 32],

@@ -420,7 +420,7 @@ impl Request<'_> {
     /// Ends any current session and starts a new one (a fresh id: catalogue D1).
     async fn start_session(&mut self, member: &Member, return_to: &str) -> Response<GatewayBody> {
         if let Some(old) = &self.visitor {
-            self.m.sessions.destroy(old.id_hash).await;
+            self.m.sessions.destroy(old.id_hash, old.member_id).await;
         }
         match self.m.sessions.create(member).await {
             Ok(created) => {
@@ -453,7 +453,10 @@ impl Request<'_> {
                     .await;
                 self.m.sessions.forget_member(visitor.member_id);
             } else {
-                self.m.sessions.destroy(visitor.id_hash).await;
+                self.m
+                    .sessions
+                    .destroy(visitor.id_hash, visitor.member_id)
+                    .await;
             }
         }
         self.set_cookies.push(self.m.sessions.clear_cookie());

@@ -118,6 +118,10 @@ pub struct Created {
 pub struct Sessions {
     store: Arc<dyn MemberStore>,
     cache: moka::sync::Cache<[u8; 32], Arc<Visitor>>,
+    /// Sessions ended here in the last seconds. A request that read one from
+    /// the store just before it was deleted must not put it back in the cache
+    /// after the log-out cleared it (see [`Sessions::destroy`]).
+    ended: moka::sync::Cache<[u8; 32], ()>,
     seal: Seal,
     pub cookie_name: String,
     /// `<cookie_name>-chat-reset`, built once.
@@ -161,6 +165,12 @@ impl Sessions {
         Sessions {
             store,
             cache,
+            // Longer than a store read takes, and than the change follower's
+            // period, which covers other processes.
+            ended: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
             seal: Seal::new(secret),
             cookie_name: config.cookie_name.clone(),
             chat_reset_name: format!("{}-chat-reset", config.cookie_name),
@@ -300,6 +310,13 @@ impl Sessions {
             record.last_seen_at,
         ));
         self.cache.insert(id_hash, visitor.clone());
+        // Checked after the insert: a log-out marks the session ended before it
+        // clears the cache, so either its clearing comes after this insert or
+        // its mark is seen here.
+        if self.ended.contains_key(&id_hash) {
+            self.cache.invalidate(&id_hash);
+            return Lookup::Invalid;
+        }
         Lookup::Member(visitor)
     }
 
@@ -376,12 +393,15 @@ impl Sessions {
         })
     }
 
-    /// Ends one session.
-    pub async fn destroy(&self, id_hash: [u8; 32]) {
-        self.cache.invalidate(&id_hash);
-        if let Err(e) = self.store.delete_session(id_hash).await {
+    /// Ends one session (log out): no request that starts after this
+    /// returns is let in with it, here or, within the change follower's
+    /// period, in another process.
+    pub async fn destroy(&self, id_hash: [u8; 32], member: MemberId) {
+        self.ended.insert(id_hash, ());
+        if let Err(e) = self.store.end_session(id_hash, member, now()).await {
             tracing::error!(error = %e, "could not delete a session");
         }
+        self.cache.invalidate(&id_hash);
     }
 
     /// Drops a member's cached sessions; the next request re-reads the store.
