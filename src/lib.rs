@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod hygiene;
 pub mod identity;
 pub mod inject;
+pub mod limits;
 pub mod mail;
 pub mod members;
 pub mod policy;

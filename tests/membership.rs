@@ -860,6 +860,23 @@ async fn behind_a_trusted_proxy_limits_follow_the_visitor_not_the_proxy() {
     assert_eq!(other, 303);
     let held = login("lea@example.com".into(), PASSWORD, "198.51.100.7".into()).await;
     assert_eq!(held, 429);
+
+    // An IPv6 visitor is counted by its /64: a new address from it each
+    // time is still the same visitor.
+    let mut limited = None;
+    for i in 1..40 {
+        let forwarded = format!("2001:db8:7:7::{i:x}");
+        let status = login(format!("ghost6-{i}@example.com"), "guess", forwarded).await;
+        if status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let attempt = limited.expect("addresses of one /64 were never limited");
+    assert!((30..=32).contains(&attempt), "limited at attempt {attempt}");
+    let other = login("lea@example.com".into(), PASSWORD, "2001:db8:7:8::1".into()).await;
+    assert_eq!(other, 303, "another /64 is another visitor");
 }
 
 /// E1, lockout as a denial of service: guesses at an account from one

@@ -87,6 +87,7 @@ pub async fn handle(
     }
     // Counted without adding: only failures add to this budget.
     let rate = &gateway.identifier.api_rate;
+    let client = crate::limits::client_key(client);
     if rate.observe(&("api-fail", client), 0) >= FAILURES_PER_IP {
         return too_many();
     }

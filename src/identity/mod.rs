@@ -135,7 +135,7 @@ impl Identifier {
             default_keys: Keys::new(vec![Key::new("default", default_secret)?])?,
             outcomes,
             cached,
-            api_rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
+            api_rate: crate::limits::per_minute(),
         })
     }
 

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -136,7 +135,7 @@ pub enum Browser {
 impl RateLimits {
     pub fn new(per_ip: u32, per_account: u32, per_account_per_ip: u32) -> RateLimits {
         RateLimits {
-            rate: pingora_limits::rate::Rate::new(Duration::from_secs(60)),
+            rate: crate::limits::per_minute(),
             per_ip: per_ip as isize,
             per_account: per_account as isize,
             per_account_per_ip: per_account_per_ip as isize,
@@ -159,6 +158,7 @@ impl RateLimits {
         browser: Browser,
     ) -> bool {
         let action = action as u8;
+        let ip = crate::limits::client_key(ip);
         let ip_count = self.rate.observe(&(action, 0u8, ip), 1);
         let Some(account) = account else {
             return ip_count > self.per_ip;

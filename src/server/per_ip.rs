@@ -33,7 +33,7 @@ impl PerIpConnections {
         if cap == 0 || is_trusted(ip, trusted) {
             return Some(OpenConnection { _counted: None });
         }
-        let (guard, open) = self.open.incr(ip, 1);
+        let (guard, open) = self.open.incr(crate::limits::client_key(ip), 1);
         // The estimate never undercounts; over the cap, the guard's drop
         // takes this connection back out.
         (open <= isize::try_from(cap).unwrap_or(isize::MAX)).then_some(OpenConnection {
