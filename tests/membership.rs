@@ -283,6 +283,37 @@ async fn a_password_change_ends_the_other_sessions() {
     );
 }
 
+/// E1 through the account page: whoever holds a session (a shared
+/// computer) cannot guess the current password faster than at the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_at_the_current_password_are_limited_like_logins() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut a = member(&gw, "carl@example.com", "Carl").await;
+    let csrf = a.get("/_membergate/account").await.csrf();
+    let mut limited = None;
+    for i in 0..20 {
+        let guess = format!("guess number {i}");
+        let page = a
+            .post(
+                "/_membergate/account/password",
+                &[
+                    ("csrf", &csrf),
+                    ("current", &guess),
+                    ("password", "a brand new secret"),
+                ],
+            )
+            .await;
+        if page.status == 429 {
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(page.status, 422, "guess {i}");
+    }
+    // The login spent one attempt of the (account, address) budget of 10.
+    let attempt = limited.expect("guesses at the current password were never limited");
+    assert_eq!(attempt, 9);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     let (gw, _origin) = start(|s| s).await;

@@ -903,6 +903,24 @@ impl Request<'_> {
         let Some(member) = member else {
             return see_other(&format!("{PREFIX}/login"));
         };
+        // A guess at the current password is a guess at the login's: it
+        // spends the same budget, so a borrowed session is no way round it.
+        let browser = if self
+            .m
+            .devices
+            .vouches_for(&self.headers, &member.email, now())
+        {
+            Browser::Known
+        } else {
+            Browser::Unknown
+        };
+        if self
+            .m
+            .limits
+            .exceeded(Action::Login, self.client, Some(&member.email), browser)
+        {
+            return self.too_many();
+        }
         let stored = member.password_hash.clone().unwrap_or_default();
         let work = password::off_thread(move || {
             (password::verify(&current, &stored) != Check::Wrong)
