@@ -1042,6 +1042,29 @@ async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
         .await;
     assert_eq!(page.status, 422);
     assert_eq!(gw.mail_count("eve@example.com"), 0);
+    // Nor can a value that already looks encoded (RFC 8187 reads the
+    // charset in any case, with a language): it is encoded again, so it
+    // decodes to exactly what the member registered.
+    let email = "utf-8''admin%40corp.example@example.org";
+    let mut mal = Browser::new(&gw);
+    let page = mal
+        .register(email, PASSWORD, "utf-8'en'Mal%0D%0AX", "Tester")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    // The outbox names its files with `_` for such characters.
+    let mail = gw.mail_to("utf_8__admin_40corp.example@example.org").await;
+    assert_eq!(mal.get(&Gateway::link_in(&mail)).await.status, 303);
+    assert_eq!(mal.login(email, PASSWORD).await.status, 303);
+    mal.get("/members/").await;
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(
+        seen.header("x-member-email"),
+        Some("UTF-8''utf-8%27%27admin%2540corp.example%40example.org")
+    );
+    assert_eq!(
+        seen.header("x-member-name"),
+        Some("UTF-8''utf-8%27en%27Mal%250D%250AX%20Tester")
+    );
     // Anonymous requests carry no identity at all (B1).
     let mut anon = Browser::new(&gw);
     anon.get_with("/blog/", &[("x-member-email", "admin@example.com")])

@@ -275,8 +275,15 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// Plain printable ASCII as is; anything else as an RFC 8187 ext-value.
+/// A value with an apostrophe counts as anything else: as it is, one like
+/// `utf-8''admin%40corp.example` or `UTF-8'en'…` would be read as an
+/// ext-value (charset matched in any case) and decode to another member's
+/// email, or to a line break.
 pub fn header_text(value: &str) -> String {
-    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) && !value.starts_with("UTF-8''") {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'\'')
+    {
         return value.to_owned();
     }
     let mut out = String::from("UTF-8''");
