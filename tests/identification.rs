@@ -1121,6 +1121,65 @@ async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
     }
     assert_eq!(token, Some("hs-token-1".into()));
     assert_eq!(slow.calls(), 1);
+
+    // Never answering: the call is given up after ten page waits (2 s
+    // here), and a later page asks again.
+    let hanging = FakeHubSpot::start(HubSpotMode::HangFirst).await;
+    let gw = start(&origin, &chat(hanging.url()), |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+            .identification("mint_timeout = \"200ms\"")
+    })
+    .await;
+    let mut b = member(&gw, "ann@example.com", "Ann", &[]).await;
+    assert!(settings(&b.get("/").await.body).is_none());
+    gw.wait_for_log("HubSpot did not answer within").await;
+    let page = b.get("/").await;
+    assert_eq!(
+        settings(&page.body).map(|s| s["identificationToken"].clone()),
+        Some("hs-token-2".into()),
+        "{}",
+        page.body
+    );
+    assert_eq!(hanging.calls(), 2);
+}
+
+/// A token from one HubSpot portal is no token for another: after a reload
+/// that changes the portal, the next page gets a token from the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_hubspot_portal_retires_cached_tokens() {
+    let old = FakeHubSpot::start(HubSpotMode::Answer).await;
+    let new = FakeHubSpot::start(HubSpotMode::Answer).await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = |portal: &str, url: String| {
+        format!("provider = \"hubspot\"\nportal_id = \"{portal}\"\napi_base = \"{url}\"")
+    };
+    let gw = start(&origin, &chat("2222", old.url()), |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut b = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let page = b.get("/").await;
+    assert!(page.body.contains("2222.js"));
+    assert_eq!(
+        settings(&page.body).unwrap()["identificationToken"],
+        "hs-token-1"
+    );
+
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        config.replace(&chat("2222", old.url()), &chat("1111", new.url())),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    let page = b.get("/").await;
+    assert!(page.body.contains("1111.js"), "{}", page.body);
+    assert_eq!(
+        settings(&page.body).unwrap()["identificationToken"],
+        "hs-token-1"
+    );
+    assert_eq!((old.calls(), new.calls()), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

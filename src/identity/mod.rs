@@ -81,15 +81,53 @@ fn query_matches(wanted: Option<&(String, Option<String>)>, query: Option<&str>)
 }
 
 /// A token in the cache, with the identity it was minted for (a member who
-/// changes their name gets a new one) and the key that signed it.
+/// changes their name gets a new one) and who issued it.
 #[derive(Debug)]
 struct Minted {
     identity: Identity,
     token: Arc<str>,
     reuse_for: Duration,
-    /// The signing key's id for a self-minted token, `None` for HubSpot's.
-    signed_with: Option<Box<str>>,
+    issuer: Issuer,
 }
+
+/// Who issued a cached token. After a key rotation, or a change of provider
+/// or of HubSpot portal, the chat backend may no longer accept it.
+#[derive(Debug)]
+enum Issuer {
+    /// The id of the key that signed a self-minted token.
+    Key(Box<str>),
+    HubSpot {
+        portal_id: Box<str>,
+        api_base: http::Uri,
+    },
+}
+
+impl Issuer {
+    /// Whether a token from this issuer is one `provider` would give now.
+    fn is_current(&self, provider: &ChatProvider, signing_id: &str) -> bool {
+        match (self, provider) {
+            (Issuer::Key(id), ChatProvider::Builtin { .. }) => **id == *signing_id,
+            (
+                Issuer::HubSpot {
+                    portal_id,
+                    api_base,
+                },
+                ChatProvider::HubSpot {
+                    portal_id: now_portal,
+                    api_base: now_base,
+                    ..
+                },
+            ) => **portal_id == **now_portal && api_base == now_base,
+            _ => false,
+        }
+    }
+}
+
+/// How long a HubSpot call may run, as a multiple of how long a page waits
+/// for it (`mint_timeout`). It goes on after the page has stopped waiting,
+/// so that the next page finds the token; one that never ends would hold
+/// every later page of the member to the same wait, since they join it.
+const MINT_DEADLINE_PAGES: u32 = 10;
 
 struct ReuseFor;
 
@@ -164,21 +202,13 @@ impl Identifier {
         visitor: &Visitor,
     ) -> Option<Arc<str>> {
         let key = (visitor.member_id, site.clone());
-        let signer = match chat.provider {
-            ChatProvider::Builtin { .. } => {
-                Some(configured_keys.unwrap_or(&self.default_keys).signing_id())
-            }
-            ChatProvider::HubSpot { .. } => None,
-        };
+        let signing_id = configured_keys.unwrap_or(&self.default_keys).signing_id();
         if let Some(found) = self.cache.get(&key).await {
             let same = &found.identity;
-            // After a key rotation (or a change of provider) the cached token
-            // may be one the chat backend can no longer verify.
-            let same_signer = found.signed_with.as_deref() == signer;
             if same.email == visitor.email
                 && same.first_name == visitor.first_name
                 && same.last_name == visitor.last_name
-                && same_signer
+                && found.issuer.is_current(&chat.provider, signing_id)
             {
                 self.cached.inc();
                 return Some(found.token.clone());
@@ -206,25 +236,39 @@ impl Identifier {
                     identity,
                     token: token.clone(),
                     reuse_for: lifetime.mul_f64(0.9),
-                    signed_with: Some(keys.signing_id().into()),
+                    issuer: Issuer::Key(keys.signing_id().into()),
                 });
                 self.cache.insert(key, minted).await;
                 self.count("minted");
                 Some(token)
             }
             ChatProvider::HubSpot {
+                portal_id,
                 api_base,
                 access_token,
-                ..
             } => {
                 let (cache, hubspot) = (self.cache.clone(), self.hubspot.clone());
-                let (api_base, access_token) = (api_base.clone(), access_token.clone());
+                let (portal_id, api_base) = (portal_id.clone(), api_base.clone());
+                let access_token = access_token.clone();
                 let outcomes = self.outcomes.clone();
+                let deadline = settings.mint_timeout.saturating_mul(MINT_DEADLINE_PAGES);
+                let member = visitor.member_id;
                 // Spawned, so that a page that stops waiting does not cancel the mint.
                 let mint = tokio::spawn(async move {
                     cache
                         .try_get_with(key, async move {
-                            let token = hubspot.mint(&api_base, &access_token, &identity).await?;
+                            let call = hubspot.mint(&api_base, &access_token, &identity);
+                            let answer =
+                                tokio::time::timeout(deadline, call)
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(format!("HubSpot did not answer within {deadline:?}"))
+                                    });
+                            // Logged here, once per call, whether or not a
+                            // page is still waiting for it.
+                            let token = answer.inspect_err(|error| {
+                                tracing::warn!(member, %error, "no identification token");
+                            })?;
                             outcomes
                                 .get_or_create(&OutcomeLabels { result: "minted" })
                                 .inc();
@@ -233,16 +277,18 @@ impl Identifier {
                                 token: token.into(),
                                 // Reused until an hour before HubSpot's 12 hours run out.
                                 reuse_for: hubspot::TOKEN_LIFETIME - Duration::from_secs(3600),
-                                signed_with: None,
+                                issuer: Issuer::HubSpot {
+                                    portal_id: portal_id.into(),
+                                    api_base,
+                                },
                             }))
                         })
                         .await
                 });
                 match tokio::time::timeout(settings.mint_timeout, mint).await {
                     Ok(Ok(Ok(minted))) => Some(minted.token.clone()),
-                    Ok(Ok(Err(error))) => {
+                    Ok(Ok(Err(_logged))) => {
                         self.count("failed");
-                        tracing::warn!(member = visitor.member_id, %error, "no identification token");
                         None
                     }
                     Ok(Err(join)) => {

@@ -130,6 +130,9 @@ pub enum HubSpotMode {
     Fail,
     /// Answers after this long.
     Slow(Duration),
+    /// Never answers the first call (its connection stays open); answers
+    /// every later one at once.
+    HangFirst,
 }
 
 /// A local HubSpot Visitor Identification API.
@@ -178,7 +181,11 @@ impl FakeHubSpot {
                         tokio::time::sleep(delay).await;
                         json(200, serde_json::json!({"token": format!("hs-token-{n}")}))
                     }
-                    HubSpotMode::Answer => {
+                    HubSpotMode::HangFirst if n == 1 => {
+                        std::future::pending::<()>().await;
+                        unreachable!()
+                    }
+                    HubSpotMode::Answer | HubSpotMode::HangFirst => {
                         json(200, serde_json::json!({"token": format!("hs-token-{n}")}))
                     }
                 }
