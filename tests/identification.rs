@@ -1190,7 +1190,12 @@ async fn check_config_explains_chat_settings() {
             "provider = \"hubspot\"\nportal_id = \"abc\"\naccess_token_env = \"MG_TEST_UNSET_TOKEN\"\nshow = \"sometimes\"\n\
              [[sites.chat.rules]]\npath = \"/a\"\nshow = \"groups\"\n",
         )
-        .identification("token_lifetime = \"10s\"\n[[identification.keys]]\nid = \"k1\"\nsecret_env = \"MG_TEST_UNSET_KEY\"");
+        .identification(&format!(
+            "token_lifetime = \"10s\"\n[[identification.keys]]\nid = \"k1\"\nsecret_env = \"MG_TEST_UNSET_KEY\"\n\
+             [[identification.api_keys]]\nname = \"a\"\nkey_sha256 = \"{0}\"\nscopes = [\"create\"]\nsites = [\"main\"]\n\
+             [[identification.api_keys]]\nname = \"b\"\nkey_sha256 = \"{0}\"\nscopes = [\"create\"]\n",
+            sha256_hex("one key for two names")
+        ));
     let (code, text) = support::check_config(&setup);
     assert_eq!(code, Some(2), "{text}");
     for expected in [
@@ -1200,6 +1205,7 @@ async fn check_config_explains_chat_settings() {
         "sites[0].chat.rules[0].groups: show = \"groups\" needs a non-empty groups list",
         "identification.token_lifetime: expected at least 1m",
         "identification.keys[0]: the environment variable MG_TEST_UNSET_KEY is not set",
+        "identification.api_keys[1].key_sha256: the same key as \"a\"; give each key its own",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }

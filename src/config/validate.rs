@@ -915,6 +915,12 @@ fn identification(p: &mut Problems, s: &IdentificationSection) -> Identification
                 &format!("{key}.key_sha256"),
                 "expected the key's SHA-256 as 64 hex digits (printf %s \"$KEY\" | sha256sum)",
             );
+        } else if let Some(other) = api_keys.iter().find(|other| other.sha256 == sha256) {
+            // One key would be two keys' names, scopes and sites at once.
+            p.add(
+                &format!("{key}.key_sha256"),
+                format!("the same key as {:?}; give each key its own", other.name),
+            );
         }
         let (mut create, mut verify) = (false, false);
         for (j, scope) in k.scopes.iter().enumerate() {
