@@ -570,28 +570,27 @@ impl Request<'_> {
             password_hash: Some(hash),
             status,
         };
-        let created = self.m.store.create_member(new, now()).await;
-        let counted = match &created {
-            Ok(_) => "created",
-            Err(StoreError::Duplicate) => "duplicate",
-            Err(_) => "failed",
+        let signup = Signup {
+            mailing: self.mailing(),
+            counters: self.m.counters.clone(),
+            new,
+            return_to: query["return_to"].clone(),
         };
-        self.m.counters.registration(counted);
-        match created {
-            Ok(member) if status == Status::Pending => {
-                self.send_verification(&member, &query["return_to"]).await
-            }
-            Ok(_) => {}
-            Err(StoreError::Duplicate) => self.send_already_registered(&canonical).await,
-            Err(e) => {
-                tracing::error!(error = %e, "registration failed");
-                return self.message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Try again",
-                    "Your account could not be created just now. Please try again.",
-                    None,
-                );
-            }
+        if self.config.require_verification || self.config.registration == Registration::Approval {
+            // Stored and mailed after the answer, in a task of its own: a new
+            // address costs a member and a token written, a taken one a
+            // refused insert, and an answer that waited for either would
+            // tell them apart by its time (catalogue E3). The answer promises
+            // only mail, or an approval later.
+            tokio::spawn(signup.run());
+        } else if signup.run().await.is_err() {
+            // The account is said to be ready: it must be, before the answer.
+            return self.message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "Your account could not be created just now. Please try again.",
+                None,
+            );
         }
         // The same answer whether or not the address was already registered (E3).
         let login = format!(
@@ -605,45 +604,14 @@ impl Request<'_> {
         }
     }
 
-    /// Mails the verification link; it carries `return_to` (already checked
-    /// to be a local path, and checked again when the link is opened) so the
-    /// new member lands where they started.
-    async fn send_verification(&self, member: &Member, return_to: &str) {
-        let Some(token) = new_token(
-            self.m.store.as_ref(),
-            TokenPurpose::Verify,
-            member,
-            VERIFY_LIFETIME,
-        )
-        .await
-        else {
-            return;
-        };
-        let back = if return_to == "/" {
-            String::new()
-        } else {
-            format!("&return_to={}", urlencode(return_to))
-        };
-        let link = format!(
-            "{}{PREFIX}/verify?token={token}{back}",
-            self.config.public_url
-        );
-        self.m.mailer.send(Message {
-            to: member.email.clone(),
-            subject: format!("Confirm your email for {}", self.site_name),
-            body: format!("Hello,\n\nopen this link to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
-        })
-        .await;
-    }
-
-    async fn send_already_registered(&self, canonical: &str) {
-        let link = format!("{}{PREFIX}/reset", self.config.public_url);
-        self.m.mailer.send(Message {
-            to: canonical.to_owned(),
-            subject: format!("Someone tried to register your email at {}", self.site_name),
-            body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
-        })
-        .await;
+    /// What the portal's mail needs, for a task of its own.
+    fn mailing(&self) -> Mailing {
+        Mailing {
+            store: self.m.store.clone(),
+            mailer: self.m.mailer.clone(),
+            public_url: self.config.public_url.clone(),
+            site_name: self.site_name.to_owned(),
+        }
     }
 
     async fn verify(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
@@ -736,13 +704,7 @@ impl Request<'_> {
             // own: an answer that waited for the token and the mail would
             // take longer for a registered address than for any other
             // (catalogue E3). The rate limit above still holds.
-            let mail = ResetMail {
-                store: self.m.store.clone(),
-                mailer: self.m.mailer.clone(),
-                public_url: self.config.public_url.clone(),
-                site_name: self.site_name.to_owned(),
-            };
-            tokio::spawn(mail.send_to(canonical));
+            tokio::spawn(self.mailing().reset_link(canonical));
         }
         self.message(
             StatusCode::OK,
@@ -1035,17 +997,91 @@ async fn new_token(
 }
 
 /// A password-reset link, sent after the request has been answered.
-struct ResetMail {
+/// The portal's mail, with what it needs to run in a task of its own.
+struct Mailing {
     store: Arc<dyn crate::members::MemberStore>,
     mailer: crate::mail::Mailer,
     public_url: String,
     site_name: String,
 }
 
-impl ResetMail {
+/// A registration past its checks: the member to store and what to mail.
+struct Signup {
+    mailing: Mailing,
+    counters: crate::admin::metrics::MembershipCounters,
+    new: NewMember,
+    return_to: String,
+}
+
+impl Signup {
+    /// Stores the member and mails them: a verification link for a new
+    /// address that needs one, a note for one that already has an account.
+    /// `Err` when the store failed (logged and counted).
+    async fn run(self) -> Result<(), ()> {
+        let pending = self.new.status == Status::Pending;
+        let canonical = self.new.email.clone();
+        let created = self.mailing.store.create_member(self.new, now()).await;
+        let counted = match &created {
+            Ok(_) => "created",
+            Err(StoreError::Duplicate) => "duplicate",
+            Err(_) => "failed",
+        };
+        self.counters.registration(counted);
+        match created {
+            Ok(member) if pending => self.mailing.verification(&member, &self.return_to).await,
+            Ok(_) => {}
+            Err(StoreError::Duplicate) => self.mailing.already_registered(&canonical).await,
+            Err(e) => {
+                tracing::error!(error = %e, "registration failed");
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Mailing {
+    /// Mails the verification link; it carries `return_to` (already checked
+    /// to be a local path, and checked again when the link is opened) so the
+    /// new member lands where they started.
+    async fn verification(&self, member: &Member, return_to: &str) {
+        let Some(token) = new_token(
+            self.store.as_ref(),
+            TokenPurpose::Verify,
+            member,
+            VERIFY_LIFETIME,
+        )
+        .await
+        else {
+            return;
+        };
+        let back = if return_to == "/" {
+            String::new()
+        } else {
+            format!("&return_to={}", urlencode(return_to))
+        };
+        let link = format!("{}{PREFIX}/verify?token={token}{back}", self.public_url);
+        self.mailer.send(Message {
+            to: member.email.clone(),
+            subject: format!("Confirm your email for {}", self.site_name),
+            body: format!("Hello,\n\nopen this link to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
+        })
+        .await;
+    }
+
+    async fn already_registered(&self, canonical: &str) {
+        let link = format!("{}{PREFIX}/reset", self.public_url);
+        self.mailer.send(Message {
+            to: canonical.to_owned(),
+            subject: format!("Someone tried to register your email at {}", self.site_name),
+            body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
+        })
+        .await;
+    }
+
     /// Mails a link to the member with this canonical address, if there is
     /// one that may log in; nothing otherwise.
-    async fn send_to(self, canonical: String) {
+    async fn reset_link(self, canonical: String) {
         let member = self.store.member_by_email(&canonical).await.ok().flatten();
         let Some(member) = member.filter(|m| m.status != Status::Disabled) else {
             return;
