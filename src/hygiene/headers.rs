@@ -333,9 +333,16 @@ pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
     let mut kept = String::from("private");
     for value in headers.get_all(header::CACHE_CONTROL) {
         let Ok(text) = value.to_str() else { continue };
-        for directive in text.split(',').map(str::trim) {
-            let name = directive.split('=').next().unwrap_or("").trim();
-            if name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store") {
+        for directive in directives(text) {
+            let (name, argument) = match directive.split_once('=') {
+                Some((name, argument)) => (name.trim(), Some(argument)),
+                None => (directive, None),
+            };
+            // `private="Set-Cookie"` keeps one field private, not the page.
+            let whole_page = argument.is_none();
+            if whole_page
+                && (name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store"))
+            {
                 // Already kept from shared caches: leave the origin's words.
                 return;
             }
@@ -352,6 +359,29 @@ pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_str(&kept) {
         headers.insert(header::CACHE_CONTROL, value);
     }
+}
+
+/// The directives of a `Cache-Control` field, trimmed: split at commas
+/// outside quoted strings (`ext="a, private"` is one directive).
+fn directives(field: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    let mut ends = Vec::new();
+    for (i, b) in field.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                ends.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    ends.push((start, field.len()));
+    ends.into_iter().map(move |(a, b)| field[a..b].trim())
 }
 
 /// Removes the cache directives aimed at a CDN or other shared cache, which
@@ -440,6 +470,42 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_is_kept_from_shared_caches_unless_the_whole_of_it_already_is() {
+        let kept = |fields: &[&str]| {
+            let mut h = HeaderMap::new();
+            for f in fields {
+                h.append(header::CACHE_CONTROL, f.parse().unwrap());
+            }
+            keep_from_shared_caches(&mut h);
+            h.get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kept(&["public, s-maxage=600, max-age=60"]),
+            ["private, max-age=60"]
+        );
+        // Private or not stored as a whole: the origin's words stand.
+        assert_eq!(kept(&["private, max-age=60"]), ["private, max-age=60"]);
+        assert_eq!(kept(&["no-store"]), ["no-store"]);
+        // One field private is not the page private.
+        assert_eq!(
+            kept(&["public, max-age=600, private=\"Set-Cookie\""]),
+            ["private, max-age=600, private=\"Set-Cookie\""]
+        );
+        // A quoted comma does not start a directive.
+        assert_eq!(
+            kept(&["public, s-maxage=600, ext=\"a, private\""]),
+            ["private, ext=\"a, private\""]
+        );
+        assert_eq!(
+            kept(&["public", "ext=\"a\\\", no-store\", max-age=5"]),
+            ["private, ext=\"a\\\", no-store\", max-age=5"]
+        );
+    }
 
     #[test]
     fn the_hop_by_hop_lookup_knows_each_hop_by_hop_header() {

@@ -149,6 +149,16 @@ fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
     !name.is_empty() && memchr::memmem::find(haystack, name).is_some()
 }
 
+/// The name a browser reads in a `Set-Cookie` value: what comes before the
+/// first `=`, trimmed; none (empty) without one (RFC 6265bis 5.6).
+fn cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|&b| b == b';').next().unwrap_or_default();
+    match pair.iter().position(|&b| b == b'=') {
+        Some(end) => pair[..end].trim_ascii(),
+        None => &[],
+    }
+}
+
 /// After the origin answered: private caching for protected paths, no origin
 /// attempt to set the gateway's cookies (catalogue I2), and the session
 /// cookie to set (a dead one cleared, a renewed one's new id).
@@ -170,12 +180,10 @@ pub fn finish(
             .get_all(header::SET_COOKIE)
             .iter()
             .filter(|v| {
-                let name = v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.split('=').next())
-                    .map(str::trim);
-                !name.is_some_and(|n| own.iter().any(|o| o.eq_ignore_ascii_case(n)))
+                // Read as bytes: a value with any byte outside visible ASCII
+                // (an attribute `x=é`) is still a cookie to a browser.
+                let name = cookie_name(v.as_bytes());
+                !own.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(name))
             })
             .cloned()
             .collect();

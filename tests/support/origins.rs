@@ -612,7 +612,9 @@ pub struct CookieOrigin {
 }
 
 impl CookieOrigin {
-    pub async fn start(cookie: &'static str) -> CookieOrigin {
+    /// Answers every request with these `Set-Cookie` values (any bytes),
+    /// then `theme=dark`.
+    pub async fn start(cookies: &'static [&'static [u8]]) -> CookieOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -622,8 +624,12 @@ impl CookieOrigin {
                 };
                 tokio::spawn(async move {
                     let service = service_fn(move |_req: Request<Incoming>| async move {
-                        let response = Response::builder()
-                            .header("set-cookie", cookie)
+                        let mut response = Response::builder();
+                        for cookie in cookies {
+                            let value = hyper::header::HeaderValue::from_bytes(cookie).unwrap();
+                            response = response.header("set-cookie", value);
+                        }
+                        let response = response
                             .header("set-cookie", "theme=dark; Path=/")
                             .body(Full::new(Bytes::from_static(b"ok")))
                             .unwrap();
