@@ -347,6 +347,37 @@ async fn plain_http_redirects_to_https_in_redirect_mode() {
 
 /// A route's `idle_timeout` gives up on an origin that goes silent in the
 /// middle of a body: the client sees the body fail instead of waiting on.
+/// `response_timeout` is the origin's time to answer once it has the whole
+/// request: a client that uploads slowly but steadily (each pause well
+/// within `body_idle_timeout`) is not cut off with a 504 that blames the
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_upload_is_not_an_origin_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = EchoOrigin::start().await;
+    let gw =
+        Gateway::start(Setup::new().route_with("/", &origin.url(), "response_timeout = \"1s\""))
+            .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let parts = 6;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        parts * 100
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Six parts 400 ms apart: 2.4 s in all, over the response timeout.
+    for _ in 0..parts {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream.write_all(&[b'u'; 100]).await.unwrap();
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = origin.only_request();
+    assert!(seen.body_complete);
+    assert_eq!(seen.body, vec![b'u'; parts * 100]);
+}
+
 /// It times each wait, not the whole body: an origin that pauses often, each
 /// pause well within the timeout, is waited for to the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

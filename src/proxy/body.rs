@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
@@ -159,6 +160,8 @@ pub struct ForwardBody {
     inner: Incoming,
     remaining: u64,
     timer: IdleTimer,
+    /// Told when the last of the body has been handed on.
+    sent: Option<oneshot::Sender<()>>,
 }
 
 impl ForwardBody {
@@ -167,6 +170,21 @@ impl ForwardBody {
             inner,
             remaining: max_bytes,
             timer: IdleTimer::new(idle),
+            sent: None,
+        }
+    }
+
+    /// Resolves once the whole body has been handed on to the origin's
+    /// connection (or the body has failed, or been dropped).
+    pub fn when_sent(&mut self) -> oneshot::Receiver<()> {
+        let (tell, told) = oneshot::channel();
+        self.sent = Some(tell);
+        told
+    }
+
+    fn all_sent(&mut self) {
+        if let Some(tell) = self.sent.take() {
+            let _ = tell.send(());
         }
     }
 }
@@ -197,6 +215,10 @@ impl Body for ForwardBody {
                             return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
                         }
                         this.remaining -= len;
+                        // hyper stops polling a body that says it has ended.
+                        if this.inner.is_end_stream() {
+                            this.all_sent();
+                        }
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     // Request trailers are dropped: none of our origins needs
@@ -207,7 +229,10 @@ impl Body for ForwardBody {
                     tracing::debug!(error = %e, "request body unreadable");
                     Poll::Ready(Some(Err(BodyError::Malformed.into())))
                 }
-                None => Poll::Ready(None),
+                None => {
+                    this.all_sent();
+                    Poll::Ready(None)
+                }
             };
         }
     }

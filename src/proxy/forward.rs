@@ -5,7 +5,11 @@
 //! served in-process. WebSocket handshakes become a tunnel only once the origin
 //! has answered 101.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use http_body::Body;
+use tokio::sync::oneshot;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -83,6 +87,23 @@ async fn serve_dir(
     }
 }
 
+/// The origin's answer, given `timeout` from when the request's body has
+/// been sent in full, not from its start: how fast a client uploads is the
+/// body idle timeout's business, and a slow but steady upload is no fault of
+/// the origin's. An origin may answer before the body is all there (a 413).
+async fn answer_after_body<T>(
+    answer: impl Future<Output = T>,
+    body_sent: oneshot::Receiver<()>,
+    timeout: Duration,
+) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::pin!(answer);
+    tokio::select! {
+        early = &mut answer => return Ok(early),
+        _ = body_sent => {}
+    }
+    tokio::time::timeout(timeout, answer).await
+}
+
 /// Whether the path names the `.gz` or `.br` copy of a file beside it.
 /// Those copies are how `ServeDir` answers for the file itself to clients
 /// that accept the coding; asked for by name, they would be the file's
@@ -115,13 +136,20 @@ async fn proxy_http(
     let json = target.wants_json;
     // Built before the first await, so that the request's parts are not part
     // of this future's state: the state is moved as the request starts.
-    let (request, client_upgrade) =
-        match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
-            Ok(built) => built,
-            Err(refusal) => return respond::refusal(refusal, json),
-        };
+    let OriginRequest {
+        request,
+        client_upgrade,
+        body_sent,
+    } = match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
+        Ok(built) => built,
+        Err(refusal) => return respond::refusal(refusal, json),
+    };
     let sent = Instant::now();
-    let outcome = tokio::time::timeout(origin.response_timeout, origin.pool.send(request)).await;
+    let answer = origin.pool.send(request);
+    let outcome = match body_sent {
+        None => tokio::time::timeout(origin.response_timeout, answer).await,
+        Some(body_sent) => answer_after_body(answer, body_sent, origin.response_timeout).await,
+    };
     let mut response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -168,9 +196,19 @@ async fn proxy_http(
     response.map(|body| GatewayBody::upstream(body, origin.idle_timeout))
 }
 
+/// A request ready for its origin.
+struct OriginRequest {
+    request: http::Request<ForwardBody>,
+    /// The client's side of a WebSocket upgrade, if it asked for one.
+    client_upgrade: Option<OnUpgrade>,
+    /// Resolves when a body still to come has been sent; `None` without one.
+    body_sent: Option<oneshot::Receiver<()>>,
+}
+
 /// The request as the origin gets it: cleaned headers, the member's identity,
 /// the normalised path, and the body capped; with the client's side of a
-/// WebSocket upgrade, if it asked for one.
+/// WebSocket upgrade, if it asked for one, and word of when a body has been
+/// sent, if it has one.
 #[allow(clippy::too_many_arguments)]
 fn origin_request(
     runtime: &Runtime,
@@ -181,7 +219,7 @@ fn origin_request(
     target: Target,
     mut parts: http::request::Parts,
     body: Incoming,
-) -> Result<(http::Request<ForwardBody>, Option<OnUpgrade>), Refusal> {
+) -> Result<OriginRequest, Refusal> {
     if content_length(&parts.headers).is_some_and(|len| len > route.max_body_bytes) {
         return Err(Refusal::BodyTooLarge);
     }
@@ -237,16 +275,24 @@ fn origin_request(
     let uri = path_and_query
         .map(Uri::from)
         .map_err(|_| Refusal::BadRequest("The requested address is not valid."))?;
-    let mut request = http::Request::new(ForwardBody::new(
+    let mut body = ForwardBody::new(
         body,
         route.max_body_bytes,
         runtime.config.limits.body_idle_timeout,
-    ));
+    );
+    // Told when a body that is still to come has been sent; a request with
+    // none (nearly all) starts its response timeout at once.
+    let body_sent = (!body.is_end_stream()).then(|| body.when_sent());
+    let mut request = http::Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers;
-    Ok((request, client_upgrade))
+    Ok(OriginRequest {
+        request,
+        client_upgrade,
+        body_sent,
+    })
 }
 
 /// Answers the client's 101 and joins the two upgraded connections.
