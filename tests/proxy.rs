@@ -582,6 +582,73 @@ async fn tunnels_websockets_only_after_the_origin_agrees() {
         .find(|r| r.target == "/plain")
         .unwrap();
     assert_eq!(seen.header("upgrade"), Some("websocket"));
+
+    // A 101 to another protocol than the client asked for: no tunnel, and
+    // the client is told the origin failed (G7).
+    let switched = open_websocket(&gw, "/ws-h2c").await.unwrap_err();
+    assert!(switched.starts_with("HTTP/1.1 502"), "{switched}");
+}
+
+/// Opens a WebSocket through the gateway; the stream, once the 101 is read.
+async fn open_websocket(gw: &Gateway, path: &str) -> Result<tokio::net::TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let handshake = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(handshake.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err(format!("closed after {:?}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8(head).unwrap();
+    if head.starts_with("HTTP/1.1 101") {
+        Ok(stream)
+    } else {
+        Err(head)
+    }
+}
+
+/// A tunnel stays its client's connection: it counts towards
+/// `max_connections_per_ip` while it lives (catalogue H3), and it ends when
+/// nothing has gone either way for the route's `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_against_the_ip_cap_and_end_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .limits("max_connections_per_ip = 2")
+            .route_with("/", &origin.url(), "idle_timeout = \"1s\""),
+    )
+    .await;
+    let mut first = open_websocket(&gw, "/ws").await.unwrap();
+    let mut second = open_websocket(&gw, "/ws").await.unwrap();
+    // Two tunnels open from this address: a third connection is refused.
+    let third = open_websocket(&gw, "/ws").await;
+    assert!(third.is_err(), "a third tunnel opened past the cap");
+    // The first one, used every half second, outlives the idle timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.write_all(b"tick").await.unwrap();
+        let mut echoed = [0u8; 4];
+        first.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"tick");
+    }
+    // The second, silent all along, has been closed.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    // Its place is free again (the first still holds the other).
+    let _again = open_websocket(&gw, "/ws").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

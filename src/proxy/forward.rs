@@ -16,7 +16,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
 use super::ConnInfo;
@@ -24,9 +23,9 @@ use super::access::{self, Access};
 use super::body::{BodyError, ForwardBody, GatewayBody, body_error_in};
 use super::pipeline::Target;
 use super::respond::{self, Refusal};
+use super::tunnel::{self, HeldConnection};
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::headers::{self, ClientFacts};
-use crate::routing::pool::PooledBody;
 use crate::routing::{DirOrigin, HttpOrigin, Origin, Route};
 use crate::session::Visitor;
 
@@ -185,7 +184,13 @@ async fn proxy_http(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade {
-            Some(client) => tunnel(client, response),
+            Some((client, held)) if tunnel::switched_to_websocket(&response) => {
+                tunnel::open(client, held, response, origin.idle_timeout)
+            }
+            Some(_) => {
+                tracing::warn!(upstream = %origin.label, "upstream switched to a protocol other than websocket");
+                respond::refusal(Refusal::BadGateway, json)
+            }
             None => {
                 tracing::warn!(upstream = %origin.label, "upstream switched protocols unasked");
                 respond::refusal(Refusal::BadGateway, json)
@@ -199,8 +204,9 @@ async fn proxy_http(
 /// A request ready for its origin.
 struct OriginRequest {
     request: http::Request<ForwardBody>,
-    /// The client's side of a WebSocket upgrade, if it asked for one.
-    client_upgrade: Option<OnUpgrade>,
+    /// The client's side of a WebSocket upgrade, if it asked for one, with
+    /// what keeps its connection counted.
+    client_upgrade: Option<(OnUpgrade, Option<HeldConnection>)>,
     /// Resolves when a body still to come has been sent; `None` without one.
     body_sent: Option<oneshot::Receiver<()>>,
 }
@@ -254,7 +260,11 @@ fn origin_request(
         parts
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.extensions.remove::<OnUpgrade>()
+        let held = parts.extensions.remove::<HeldConnection>();
+        parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .map(|client| (client, held))
     } else {
         None
     };
@@ -293,33 +303,6 @@ fn origin_request(
         client_upgrade,
         body_sent,
     })
-}
-
-/// Answers the client's 101 and joins the two upgraded connections.
-fn tunnel(client: OnUpgrade, mut upstream: Response<PooledBody>) -> Response<GatewayBody> {
-    let upstream_upgrade = hyper::upgrade::on(&mut upstream);
-    let (mut parts, upstream_body) = upstream.into_parts();
-    tokio::spawn(async move {
-        // Holds the origin connection's sender until its side of the tunnel is up.
-        let _connection = upstream_body;
-        match tokio::try_join!(client, upstream_upgrade) {
-            Ok((client, upstream)) => {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "websocket tunnel closed");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
-    });
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Response::from_parts(parts, GatewayBody::Empty)
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

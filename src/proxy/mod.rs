@@ -3,13 +3,14 @@
 //! [`pipeline`] runs the phases in order; [`forward`] talks to origins;
 //! [`respond`] renders everything the gateway answers itself and the access
 //! log; [`body`] holds the streaming body types; [`widget`] puts the chat
-//! widget into pages.
+//! widget into pages; [`tunnel`] joins a WebSocket's two connections.
 
 pub mod access;
 pub mod body;
 pub mod forward;
 pub mod pipeline;
 pub mod respond;
+pub mod tunnel;
 pub mod widget;
 
 /// What the server knows about the connection a request arrived on.

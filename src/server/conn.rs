@@ -11,6 +11,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -23,14 +24,21 @@ use super::stall::StallWatch;
 use crate::admin;
 use crate::config::Limits;
 use crate::gateway::Gateway;
+use crate::proxy::tunnel::HeldConnection;
 use crate::proxy::{ConnInfo, pipeline};
 
 /// The per-connection service: every request goes through the pipeline.
 macro_rules! pipeline_service {
-    ($gateway:expr, $conn:expr) => {{
+    // HTTP/1.1: a request that may upgrade carries what keeps its connection
+    // counted, for a tunnel to hold once the exchange is over.
+    ($gateway:expr, $conn:expr, held: $held:expr) => {{
         let gateway = $gateway;
         let conn = $conn;
-        service_fn(move |request| {
+        let held: HeldConnection = $held;
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if request.extensions().get::<OnUpgrade>().is_some() {
+                request.extensions_mut().insert(held.clone());
+            }
             let gateway = gateway.clone();
             async move { pipeline::handle(&gateway, conn, request).await }
         })
@@ -136,15 +144,15 @@ pub async fn accept_loop(
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _counted = counted;
-            let _open = gateway.metrics.connection_opened();
+            // Counted until the connection closes, or a tunnel it became does.
+            let held = HeldConnection(Arc::new((counted, gateway.metrics.connection_opened())));
             let conn = ConnInfo {
                 peer,
                 tls: kind == Kind::Https,
             };
             match kind {
-                Kind::Https => serve_tls(stream, conn, gateway, shutdown).await,
-                _ => serve_http1(TokioIo::new(stream), conn, gateway, shutdown).await,
+                Kind::Https => serve_tls(stream, conn, gateway, shutdown, held).await,
+                _ => serve_http1(TokioIo::new(stream), conn, gateway, shutdown, held).await,
             }
         });
     }
@@ -167,6 +175,7 @@ async fn serve_tls(
     conn: ConnInfo,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
+    held: HeldConnection,
 ) {
     let runtime = gateway.runtime();
     let Some(tls) = runtime.tls.clone() else {
@@ -207,7 +216,7 @@ async fn serve_tls(
         }
     } else {
         drop(runtime);
-        serve_http1(io, conn, gateway, shutdown).await;
+        serve_http1(io, conn, gateway, shutdown, held).await;
     }
 }
 
@@ -216,12 +225,13 @@ async fn serve_http1<I>(
     conn: ConnInfo,
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
+    held: HeldConnection,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let limits = gateway.runtime().config.limits.clone();
     let connection = http1_builder(&limits)
-        .serve_connection(io, pipeline_service!(gateway, conn))
+        .serve_connection(io, pipeline_service!(gateway, conn, held: held))
         .with_upgrades();
     drive(connection, shutdown, None).await;
 }

@@ -178,7 +178,11 @@ async fn answer(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/ws" {
-        return Ok(websocket(req));
+        return Ok(websocket(req, "websocket"));
+    }
+    // Switches a WebSocket handshake to another protocol.
+    if path == "/ws-h2c" {
+        return Ok(websocket(req, "h2c"));
     }
     let (parts, body) = req.into_parts();
     let pairs = |fields: &http::HeaderMap| -> Vec<(String, String)> {
@@ -311,7 +315,8 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+/// Echoes through the upgraded connection; its 101 names `protocol`.
+fn websocket(mut req: Request<Incoming>, protocol: &'static str) -> Response<Body> {
     let wants = req
         .headers()
         .get("upgrade")
@@ -337,7 +342,7 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     Response::builder()
         .status(101)
         .header("connection", "upgrade")
-        .header("upgrade", "websocket")
+        .header("upgrade", protocol)
         .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         .body(Full::new(Bytes::new()).boxed())
         .unwrap()
