@@ -1,10 +1,22 @@
 //! Logging: human or JSON lines on stderr through a non-blocking writer, so a
-//! slow terminal or log pipe never stalls a request.
+//! slow terminal or log pipe never stalls a request. When the pipe stops
+//! taking lines and the writer's buffer is full, new lines are dropped and
+//! counted (`membergate_log_lines_dropped_total`): a gateway that stopped
+//! serving because nobody read its log would be down for everyone.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Log, LogFormat};
+
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// How many log lines have been dropped since start.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |counter| counter.dropped_lines() as u64)
+}
 
 /// Installs the global subscriber; keep the guard alive until exit so the last
 /// lines are flushed. `RUST_LOG` overrides the configured level.
@@ -13,8 +25,9 @@ pub fn init(log: &Log) -> WorkerGuard {
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
+        .lossy(true)
         .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -76,6 +76,7 @@ pub struct Metrics {
     session_cache_entries: Gauge,
     connections_over_ip_cap: Counter,
     http2_connections_stalled: Counter,
+    log_lines_dropped: Counter,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -121,6 +122,12 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log output was not being read fast enough",
+            log_lines_dropped.clone(),
+        );
         let tls_handshakes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "tls_handshakes",
@@ -157,6 +164,7 @@ impl Metrics {
             active_connections,
             reloads,
             tls_handshake_failures,
+            log_lines_dropped,
         }
     }
 
@@ -203,6 +211,14 @@ impl Metrics {
             "Identification tokens for page views by result (cached, minted, failed, timeout)",
             identifier.outcomes(),
         );
+    }
+
+    /// Brings the dropped log lines' counter up to the log writer's count.
+    pub fn update_log_lines_dropped(&self, dropped_since_start: u64) {
+        let counted = self.log_lines_dropped.get();
+        if dropped_since_start > counted {
+            self.log_lines_dropped.inc_by(dropped_since_start - counted);
+        }
     }
 
     pub fn set_session_cache_entries(&self, entries: u64) {

@@ -66,6 +66,9 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
         "/metrics" => {
             let sessions = &gateway.membership.sessions;
             gateway.metrics.set_session_cache_entries(sessions.cached());
+            gateway
+                .metrics
+                .update_log_lines_dropped(crate::telemetry::dropped_lines());
             let mut response = text(StatusCode::OK, gateway.metrics.render());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
