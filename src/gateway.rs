@@ -141,23 +141,36 @@ impl Gateway {
     /// configuration stays as it was. Listen addresses, worker count and log format
     /// take effect only on restart.
     pub fn reload(&self) -> Result<(), String> {
+        let current = self.runtime();
         let result = Config::load(&self.config_path)
             .map_err(|e| e.to_string())
-            .and_then(|config| Runtime::build(config, true));
+            .and_then(|mut config| {
+                if keep_restart_settings(&mut config, &current.config) {
+                    tracing::warn!(
+                        "listen addresses and workers changed in the file; they apply after a restart"
+                    );
+                }
+                Runtime::build(config, true)
+            });
         self.metrics.reload(result.is_ok());
-        let runtime = result?;
-        let current = self.runtime();
-        let (old, new) = (&current.config.server, &runtime.config.server);
-        if old.https_listen != new.https_listen
-            || old.http_listen != new.http_listen
-            || current.config.admin.listen != runtime.config.admin.listen
-            || old.workers != new.workers
-        {
-            tracing::warn!(
-                "listen addresses and workers changed in the file; they apply after a restart"
-            );
-        }
-        self.runtime.store(Arc::new(runtime));
+        self.runtime.store(Arc::new(result?));
         Ok(())
     }
+}
+
+/// Puts the running listen addresses and worker count back into a reloaded
+/// configuration, since the sockets and threads stay as they are: what the
+/// gateway builds (TLS for a bound HTTPS listener, the redirect port) must
+/// match them until a restart. Returns whether the file had changed any.
+fn keep_restart_settings(config: &mut Config, running: &Config) -> bool {
+    let (new, old) = (&mut config.server, &running.server);
+    let changed = new.https_listen != old.https_listen
+        || new.http_listen != old.http_listen
+        || config.admin.listen != running.admin.listen
+        || new.workers != old.workers;
+    new.https_listen = old.https_listen;
+    new.http_listen = old.http_listen;
+    new.workers = old.workers;
+    config.admin.listen = running.admin.listen;
+    changed
 }

@@ -15,7 +15,9 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// How many log lines have been dropped since start.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |counter| counter.dropped_lines() as u64)
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
 /// Installs the global subscriber; keep the guard alive until exit so the last

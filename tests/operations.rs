@@ -39,6 +39,31 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Listen addresses apply after a restart, as the reload says: a file that
+/// turns the HTTPS listener off leaves the bound one serving, with TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_listeners_keeps_the_running_ones_serving() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let line = config
+        .lines()
+        .find(|l| l.trim_start().starts_with("https_listen"))
+        .unwrap();
+    std::fs::write(&gw.config_path, config.replace(line, "https_listen = \"\"")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    assert!(gw.log().contains("apply after a restart"), "{}", gw.log());
+    let response = gw
+        .client()
+        .get(gw.https_url("/still"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(origin.only_request().target, "/still");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let first = EchoOrigin::start().await;
