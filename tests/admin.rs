@@ -325,11 +325,14 @@ async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
     let (gw, _origin) = start(|s| s).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
-    // No key, a wrong key, a key in the wrong scheme: 401 with a challenge.
+    // No key, a wrong key, a key in the wrong scheme or with anything around
+    // it: 401 with a challenge.
     for auth in [
         None,
         Some("Bearer wrong-key"),
         Some(&*format!("Basic {KEY}")),
+        Some(&*format!("Bearer  {KEY}")),
+        Some(&*format!("Bearer {KEY} x")),
     ] {
         let mut request = client.get(gw.admin_url("/api/v1/members"));
         if let Some(auth) = auth {
@@ -339,6 +342,15 @@ async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
         assert_eq!(response.status(), 401, "{auth:?}");
         assert!(response.headers().contains_key("www-authenticate"));
     }
+
+    // The scheme in any case (RFC 9110).
+    let lower = client
+        .get(gw.admin_url("/api/v1/members"))
+        .header("authorization", format!("bearer {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
 
     let api = Api::new(&gw);
     let member = |body: &str| {
@@ -453,6 +465,42 @@ async fn without_a_key_the_admin_api_is_off_and_short_keys_are_refused() {
         .arg("--config")
         .arg(&config)
         .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
+}
+
+/// A key from the environment is read as a key file is: a trailing newline
+/// (`KEY=$(cat file)` keeps none, `echo` into an env file does) is no part of
+/// it, and does not count towards its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_key_from_the_environment_is_trimmed() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .env("MEMBERGATE_ADMIN_KEY", &format!("{KEY}\n")),
+    )
+    .await;
+    assert_eq!(
+        Api::new(&gw).call("GET", "/api/v1/members", None).await.0,
+        200
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("membergate.toml");
+    std::fs::write(
+        &config,
+        Setup::new().route("/", &origin.url()).render(dir.path()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MEMBERGATE_ADMIN_KEY", format!("{}\n", &KEY[..31]))
         .output()
         .unwrap();
     assert!(!out.status.success());

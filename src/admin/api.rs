@@ -50,8 +50,10 @@ const MIN_KEY_LENGTH: usize = 32;
 
 /// The SHA-256 of the configured API key, if there is one.
 pub fn load_key(file: Option<&Path>) -> Result<Option<[u8; 32]>, String> {
+    // Trimmed, wherever it comes from: a newline from `echo` or a file's
+    // last line is no part of the key a client can send.
     let key = match std::env::var(KEY_ENV) {
-        Ok(key) => key,
+        Ok(key) => key.trim().to_owned(),
         Err(_) => match file {
             Some(file) => std::fs::read_to_string(file)
                 .map_err(|e| format!("admin.api_key_file: cannot read {}: {e}", file.display()))?
@@ -121,14 +123,10 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
 }
 
 fn authorised(headers: &http::HeaderMap, key: &[u8; 32]) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+    let Some(given) = crate::hygiene::headers::bearer_credential(headers) else {
         return false;
     };
-    let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     given.ct_eq(key).into()
 }
 

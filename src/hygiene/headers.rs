@@ -129,6 +129,26 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// The credential of a request's one `Authorization: Bearer <credential>`
+/// field. The scheme is matched in any case (RFC 9110, 11.1); everything else
+/// exactly: two fields, an empty credential or one with whitespace in or
+/// around it is none (catalogue J1, B6).
+pub fn bearer_credential(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let value = value.to_str().ok()?;
+    let (scheme, credential) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case("Bearer ")
+        || credential.is_empty()
+        || credential.bytes().any(|b| b.is_ascii_whitespace())
+    {
+        return None;
+    }
+    Some(credential)
+}
+
 /// The visitor's address, for rate limits: the peer, or, when the peer is a
 /// trusted proxy, the nearest address in `X-Forwarded-For` that is not a
 /// trusted proxy (read right to left, as each proxy appended its peer).
@@ -470,6 +490,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_credential_is_one_field_any_case_scheme_exact_credential() {
+        let credential = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::AUTHORIZATION, v.parse().unwrap());
+            }
+            bearer_credential(&h).map(str::to_owned)
+        };
+        assert_eq!(credential(&["Bearer k3y"]).as_deref(), Some("k3y"));
+        assert_eq!(credential(&["bearer k3y"]).as_deref(), Some("k3y"));
+        assert_eq!(credential(&["BEARER k3y"]).as_deref(), Some("k3y"));
+        for refused in [
+            &["Bearer k3y", "Bearer k3y"][..],
+            &["Bearer "],
+            &["Bearer  k3y"],
+            &["Bearer k3y "],
+            &["Bearer k 3y"],
+            &["Basic k3y"],
+            &["Bearerk3y"],
+            &[],
+        ] {
+            assert_eq!(credential(refused), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn a_page_is_kept_from_shared_caches_unless_the_whole_of_it_already_is() {

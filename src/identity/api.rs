@@ -204,16 +204,7 @@ pub async fn handle(
 /// The configured key whose digest matches the bearer token, compared in
 /// constant time against every key.
 fn authenticate<'k>(keys: &'k [ApiKey], headers: &http::HeaderMap) -> Option<&'k ApiKey> {
-    // Exactly one credential, spelled exactly: two Authorization fields, or a
-    // key with anything around it, is no key (catalogue J1, B6).
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    let given = value.to_str().ok()?.strip_prefix("Bearer ")?;
-    if given.is_empty() || given.bytes().any(|b| b.is_ascii_whitespace()) {
-        return None;
-    }
+    let given = crate::hygiene::headers::bearer_credential(headers)?;
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     let mut found = None;
     for key in keys {
