@@ -94,6 +94,8 @@ pub struct Gateway {
     config_path: PathBuf,
     /// The port the HTTPS listener actually bound (differs from the file for port 0).
     https_port: AtomicU16,
+    /// `/readyz`'s last answer.
+    pub readiness: crate::admin::Readiness,
 }
 
 impl Gateway {
@@ -116,6 +118,7 @@ impl Gateway {
             membership: Arc::new(membership),
             config_path: config_path.to_owned(),
             https_port: AtomicU16::new(0),
+            readiness: crate::admin::Readiness::default(),
         })
     }
 

@@ -710,6 +710,25 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     assert_eq!(origin.requests().last().unwrap().target, "/metrics");
 }
 
+/// `/readyz` probes each origin once, however many routes share it, and
+/// calls that come together share one probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probes_each_origin_once() {
+    let origin = EchoOrigin::start().await;
+    let mut setup = Setup::new();
+    for prefix in ["/", "/a", "/b", "/c", "/d", "/e"] {
+        setup = setup.route(prefix, &origin.url());
+    }
+    let gw = Gateway::start(setup).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let calls = (0..4).map(|_| client.get(gw.admin_url("/readyz")).send());
+    for response in futures_util::future::join_all(calls).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    // Six routes, four calls: one probe (24 without sharing either way).
+    assert_eq!(origin.connections(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_when_an_origin_is_down() {
     let closed = closed_port().await;

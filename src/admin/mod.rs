@@ -53,7 +53,7 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            let problems = readiness(gateway).await;
+            let problems = gateway.readiness.problems(gateway).await;
             if problems.is_empty() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
@@ -82,12 +82,42 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
     }
 }
 
-/// Probes every origin of the current configuration, and the member store, concurrently.
+/// The last readiness probe's problems, reused for a second: `/readyz` is
+/// polled by every replica's orchestrator and may be reachable by more, and
+/// each probe opens a connection to every origin. Callers that arrive while
+/// a probe runs wait for it and share its answer.
+#[derive(Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+}
+
+const READINESS_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Readiness {
+    async fn problems(&self, gateway: &Gateway) -> Arc<Vec<String>> {
+        let mut last = self.last.lock().await;
+        if let Some((at, problems)) = last.as_ref()
+            && at.elapsed() < READINESS_FRESH_FOR
+        {
+            return problems.clone();
+        }
+        let problems = Arc::new(readiness(gateway).await);
+        *last = Some((std::time::Instant::now(), problems.clone()));
+        problems
+    }
+}
+
+/// Probes every origin of the current configuration once (routes that share
+/// one are one probe), and the member store, concurrently.
 async fn readiness(gateway: &Gateway) -> Vec<String> {
     let runtime = gateway.runtime();
     let mut probes = tokio::task::JoinSet::new();
+    let mut probed = std::collections::HashSet::new();
     for (site_index, site) in runtime.router.sites().enumerate() {
-        for (route_index, _) in site.routes().enumerate() {
+        for (route_index, route) in site.routes().enumerate() {
+            if !probed.insert(route.origin.label().clone()) {
+                continue;
+            }
             let runtime = runtime.clone();
             probes.spawn(async move {
                 let site = runtime.router.sites().nth(site_index)?;
