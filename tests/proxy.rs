@@ -254,6 +254,39 @@ async fn verifies_https_origins_against_configured_roots() {
     assert_eq!(origin.requests().len(), 1);
 }
 
+/// An origin's redirect to itself sends the client back through the
+/// gateway, not to the origin's address (nginx's `proxy_redirect default`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_the_origin_come_back_through_the_gateway() {
+    let origin = support::origins::RedirectOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let client = gw.client();
+    let location = |path: &'static str| {
+        let request = client.get(gw.https_url(path)).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 302, "{path}");
+            response.headers()["location"].to_str().unwrap().to_owned()
+        }
+    };
+    let gateway = format!("https://localhost:{}", gw.https.port());
+    assert_eq!(
+        location("/own").await,
+        format!("{gateway}/landed?from=own#top")
+    );
+    assert_eq!(location("/by-host").await, format!("{gateway}/landed"));
+    assert_eq!(location("/elsewhere").await, "https://example.com/landed");
+    assert_eq!(location("/relative").await, "/landed");
+    // Over the plain listener, the client's scheme and host.
+    let raw = gw
+        .raw(b"GET /own HTTP/1.1\r\nHost: gw.test:8080\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(
+        raw.contains("location: http://gw.test:8080/landed?from=own#top\r\n"),
+        "{raw}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_host_when_asked() {
     let origin = EchoOrigin::start().await;

@@ -12,7 +12,7 @@ use http_body::Body;
 use tokio::sync::oneshot;
 
 use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -139,6 +139,7 @@ async fn proxy_http(
         request,
         client_upgrade,
         body_sent,
+        client_authority,
     } = match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
         Ok(built) => built,
         Err(refusal) => return respond::refusal(refusal, json),
@@ -198,7 +199,58 @@ async fn proxy_http(
         };
     }
     headers::strip_hop_by_hop(response.headers_mut());
+    if let Some(location) = response.headers().get(header::LOCATION)
+        && let Some(ours) = redirect_to_gateway(location, origin, conn.tls, &client_authority)
+    {
+        response.headers_mut().insert(header::LOCATION, ours);
+    }
     response.map(|body| GatewayBody::upstream(body, origin.idle_timeout))
+}
+
+/// An origin's redirect to itself, as the client must be sent it: to the
+/// gateway's scheme and the host the client asked for (what nginx's
+/// `proxy_redirect default` does). Either the origin named its own address
+/// (`http://10.0.0.5:8080/kb/`), or it built the URL from the `Host` it was
+/// given with its own scheme and port (`http://docs.example.com:8080/kb/`).
+/// Anything else, relative paths included, stays as it is.
+fn redirect_to_gateway(
+    location: &HeaderValue,
+    origin: &HttpOrigin,
+    client_tls: bool,
+    client_authority: &str,
+) -> Option<HeaderValue> {
+    let text = location.to_str().ok()?;
+    let (url, fragment) = match text.split_once('#') {
+        Some((url, fragment)) => (url, Some(fragment)),
+        None => (text, None),
+    };
+    let uri: Uri = url.parse().ok()?;
+    let (scheme, authority) = (uri.scheme()?, uri.authority()?);
+    if *scheme != origin.scheme || authority.as_str().contains('@') {
+        return None;
+    }
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let origin_port = origin.authority.port_u16().unwrap_or(default_port);
+    let client_host = client_authority
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(client_authority, |(host, _)| host);
+    let own_address = authority
+        .host()
+        .eq_ignore_ascii_case(origin.authority.host());
+    let clients_host = authority.host().eq_ignore_ascii_case(client_host);
+    if port != origin_port || !(own_address || clients_host) {
+        return None;
+    }
+    let gateway_scheme = if client_tls { "https" } else { "http" };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut ours = format!("{gateway_scheme}://{client_authority}{path}");
+    if let Some(fragment) = fragment {
+        ours.push('#');
+        ours.push_str(fragment);
+    }
+    HeaderValue::from_str(&ours).ok()
 }
 
 /// A request ready for its origin.
@@ -209,6 +261,8 @@ struct OriginRequest {
     client_upgrade: Option<(OnUpgrade, Option<HeldConnection>)>,
     /// Resolves when a body still to come has been sent; `None` without one.
     body_sent: Option<oneshot::Receiver<()>>,
+    /// The host (and port) the client asked for, for the origin's redirects.
+    client_authority: String,
 }
 
 /// The request as the origin gets it: cleaned headers, the member's identity,
@@ -302,6 +356,7 @@ fn origin_request(
         request,
         client_upgrade,
         body_sent,
+        client_authority: target.host.authority,
     })
 }
 

@@ -605,6 +605,57 @@ impl FaultyOrigin {
     }
 }
 
+/// Answers with redirects to itself, as origins behind a proxy do:
+/// `/own` to its own address, `/by-host` to the `Host` it was given with its
+/// own scheme and port, `/elsewhere` to another site, `/relative` to a path.
+pub struct RedirectOrigin {
+    pub addr: SocketAddr,
+}
+
+impl RedirectOrigin {
+    pub async fn start() -> RedirectOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .split(':')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
+                        let location = match req.uri().path() {
+                            "/own" => format!("http://{addr}/landed?from=own#top"),
+                            "/by-host" => format!("http://{host}:{}/landed", addr.port()),
+                            "/elsewhere" => "https://example.com/landed".to_owned(),
+                            _ => "/landed".to_owned(),
+                        };
+                        let response = Response::builder()
+                            .status(302)
+                            .header("location", location)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        RedirectOrigin { addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// An address where nothing listens.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
