@@ -79,6 +79,7 @@ fn serve(path: &Path) -> ExitCode {
         let built = Runtime::build(config, true)?;
         let gateway = Arc::new(Gateway::new(built, path, membership)?);
         let listeners = Listeners::bind(&gateway).await?;
+        let signals = server::Signals::install()?;
         if let Some(addr) = listeners.https.as_ref().and_then(|l| l.local_addr().ok()) {
             gateway.set_https_port(addr.port());
         }
@@ -87,7 +88,7 @@ fn serve(path: &Path) -> ExitCode {
         // A stable line on stdout that scripts and tests wait for.
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "membergate listening {addresses}").and_then(|()| stdout.flush());
-        server::run(gateway, listeners).await
+        server::run(gateway, listeners, signals).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

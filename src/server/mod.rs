@@ -68,9 +68,35 @@ pub enum Kind {
     Admin,
 }
 
+/// The signals the gateway answers: SIGHUP reloads, SIGTERM and SIGINT stop.
+/// Installed before the gateway says it is listening, since until then a
+/// signal does what it does by default, which for all three is to end the
+/// process at once (no reload, no drain).
+pub struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).map_err(|e| format!("cannot install signal handler: {e}"));
+        Ok(Signals {
+            hangup: listen(SignalKind::hangup())?,
+            terminate: listen(SignalKind::terminate())?,
+            interrupt: listen(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish for up
 /// to `shutdown_grace` before returning.
-pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), String> {
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listeners: Listeners,
+    signals: Signals,
+) -> Result<(), String> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut accept_loops = tokio::task::JoinSet::new();
     // One count per IP for every client listener together.
@@ -93,7 +119,7 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), Stri
     drop(shutdown_rx);
     let sessions = gateway.membership.sessions.clone();
     let follower = tokio::spawn(sessions.follow_changes(std::time::Duration::from_secs(1)));
-    wait_for_signals(&gateway).await?;
+    wait_for_signals(&gateway, signals).await;
     follower.abort();
 
     let grace = gateway.runtime().config.server.shutdown_grace;
@@ -118,12 +144,12 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners) -> Result<(), Stri
 }
 
 /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(gateway: &Arc<Gateway>) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind| signal(kind).map_err(|e| format!("cannot install signal handler: {e}"));
-    let mut hangup = listen(SignalKind::hangup())?;
-    let mut terminate = listen(SignalKind::terminate())?;
-    let mut interrupt = listen(SignalKind::interrupt())?;
+async fn wait_for_signals(gateway: &Arc<Gateway>, signals: Signals) {
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -134,8 +160,8 @@ async fn wait_for_signals(gateway: &Arc<Gateway>) -> Result<(), String> {
                     Err(e) => tracing::error!(error = %e, "configuration reload failed"),
                 }
             }
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return,
+            _ = interrupt.recv() => return,
         }
     }
 }
