@@ -254,6 +254,45 @@ async fn groups_are_data_with_counts(store: Store) {
     );
 }
 
+/// D5 with a login in flight: a session for a member read before a password
+/// change or a disable committed is not stored, and nor is a renewal.
+async fn a_session_is_stored_only_for_the_member_as_it_is_now(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    store
+        .set_password(m.id, "another hash", 1_001)
+        .await
+        .unwrap();
+    let stale = store.create_session(session(1, m.id, m.epoch, 5_000)).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    assert!(store.session([1; 32]).await.unwrap().is_none());
+    let now = store.member_by_id(m.id).await.unwrap().unwrap();
+    store
+        .create_session(session(2, m.id, now.epoch, 5_000))
+        .await
+        .unwrap();
+    store
+        .set_status(m.id, Status::Disabled, 1_002)
+        .await
+        .unwrap();
+    let disabled = store.member_by_id(m.id).await.unwrap().unwrap();
+    let refused = store
+        .create_session(session(3, m.id, disabled.epoch, 5_000))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Stale)), "{refused:?}");
+    let renewed = store
+        .replace_session([2; 32], session(4, m.id, now.epoch, 5_000), 1_003)
+        .await;
+    // (The disable ended the old session, so there is nothing to renew.)
+    assert!(
+        matches!(renewed, Ok(false) | Err(StoreError::Stale)),
+        "{renewed:?}"
+    );
+    assert!(store.session([4; 32]).await.unwrap().is_none());
+}
+
 async fn sessions_are_stored_touched_and_ended(store: Store) {
     let m = store
         .create_member(new_member("ada@example.com"), 1_000)
@@ -433,6 +472,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn groups_are_data_with_counts() {
                 run(super::groups_are_data_with_counts).await
+            }
+            #[tokio::test]
+            async fn a_session_is_stored_only_for_the_member_as_it_is_now() {
+                run(super::a_session_is_stored_only_for_the_member_as_it_is_now).await
             }
             #[tokio::test]
             async fn sessions_are_stored_touched_and_ended() {

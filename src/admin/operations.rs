@@ -44,6 +44,7 @@ fn store_error(e: StoreError) -> Refused {
     match e {
         StoreError::Duplicate => Refused::Conflict("a member with this email exists".into()),
         StoreError::NotFound => Refused::NotFound("no such member".into()),
+        StoreError::Stale => Refused::Conflict("the member changed meanwhile; try again".into()),
         StoreError::Backend(e) => Refused::Store(e),
     }
 }

@@ -134,6 +134,8 @@ pub enum StoreError {
     /// A member with this canonical email exists.
     Duplicate,
     NotFound,
+    /// The member changed (epoch or status) since it was read.
+    Stale,
     Backend(String),
 }
 
@@ -142,6 +144,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Duplicate => f.write_str("a member with this email exists"),
             StoreError::NotFound => f.write_str("no such member"),
+            StoreError::Stale => f.write_str("the member changed meanwhile"),
             StoreError::Backend(e) => write!(f, "member store: {e}"),
         }
     }

@@ -105,13 +105,17 @@ fn session_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SessionRecord> {
 }
 
 /// The statement that stores a new session.
+/// Stores a session only while its member is active at the session's epoch:
+/// a login or renewal that read the member just before a disable, a password
+/// change or a reset committed inserts nothing (catalogue D5).
 fn insert_session(
     s: &SessionRecord,
 ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
     sqlx::query(
         "INSERT INTO sessions \
          (id_hash, member_id, epoch, grants, created_at, expires_at, last_seen_at, replaced) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS \
+         (SELECT 1 FROM members WHERE id = ? AND epoch = ? AND status = 'active')",
     )
     .bind(&s.id_hash[..])
     .bind(s.member_id)
@@ -121,6 +125,8 @@ fn insert_session(
     .bind(s.expires_at)
     .bind(s.last_seen_at)
     .bind(s.replaced)
+    .bind(s.member_id)
+    .bind(s.epoch)
 }
 
 impl SqliteStore {
@@ -452,10 +458,13 @@ impl MemberStore for SqliteStore {
 
     fn create_session(&self, s: SessionRecord) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            insert_session(&s)
+            let inserted = insert_session(&s)
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
+            if inserted.rows_affected() == 0 {
+                return Err(StoreError::Stale);
+            }
             Ok(())
         })
     }
@@ -538,10 +547,17 @@ impl MemberStore for SqliteStore {
                 conn.done();
                 return Ok(false);
             }
-            insert_session(&new)
+            let inserted = insert_session(&new)
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
+            if inserted.rows_affected() == 0 {
+                // The member changed meanwhile: the old id stays as it was,
+                // and its next request finds the epoch moved on.
+                tx.rollback().await.map_err(backend)?;
+                conn.done();
+                return Err(StoreError::Stale);
+            }
             tx.commit().await.map_err(backend)?;
             conn.done();
             Ok(true)

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config;
 use crate::hygiene::headers::header_text;
-use crate::members::{Member, MemberId, MemberStore, SessionRecord, Status, now};
+use crate::members::{Member, MemberId, MemberStore, SessionRecord, Status, StoreError, now};
 
 pub use seal::{Seal, cookie_values};
 
@@ -354,6 +354,9 @@ impl Sessions {
                 }
             }
             Ok(false) => Lookup::Replaced,
+            // Disabled, or its password changed, since it was read: the
+            // session is over.
+            Err(StoreError::Stale) => Lookup::Invalid,
             Err(e) => {
                 tracing::error!(error = %e, "cannot renew a session");
                 Lookup::Unavailable
