@@ -591,6 +591,36 @@ async fn mail_goes_out_over_smtp_and_temporary_refusals_are_retried() {
     gw.wait_for_log("retrying").await;
 }
 
+/// The admin CLI's mail goes out before the command ends (its process, and
+/// any delivery still in the background, end right after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_from_the_cli_is_delivered_over_smtp() {
+    let sink = SmtpSink::start().await;
+    let (gw, _origin) = start(|s| {
+        s.mail(&format!(
+            "from = \"club@example.com\"\nsmtp_url = \"{}\"",
+            sink.url()
+        ))
+    })
+    .await;
+    let (ok, out) = gw.cli(
+        &[
+            "member",
+            "add",
+            "mia@example.com",
+            "--invite",
+            "--first-name",
+            "Mia",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let message = sink
+        .message_to("mia@example.com", Duration::from_secs(20))
+        .await;
+    assert!(message.data.contains("/_membergate/"), "{}", message.data);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teaser_rules_show_anonymous_visitors_a_teaser_and_members_the_page() {
     let teaser = "<h1>Premium</h1><p>{{ path }} is for members.</p>\

@@ -67,7 +67,8 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             .await
             .map_err(|e| e.to_string())?,
     );
-    let mailer = Mailer::new(&config.mail)?;
+    // The process ends right after the command: mail goes out before it does.
+    let mailer = Mailer::new(&config.mail)?.in_foreground();
     let admin = Admin {
         store: &store,
         config,

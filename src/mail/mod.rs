@@ -26,35 +26,54 @@ pub struct Message {
 }
 
 #[derive(Clone)]
-pub enum Mailer {
+pub struct Mailer {
+    transport: Transport,
+    /// Deliver before `send` returns, for a process that ends right after
+    /// (the admin CLI), where a background delivery would be cancelled.
+    in_foreground: bool,
+}
+
+#[derive(Clone)]
+enum Transport {
     Outbox(Arc<Outbox>),
     Smtp(Arc<smtp::Smtp>),
 }
 
 impl Mailer {
     pub fn new(config: &Mail) -> Result<Mailer, String> {
-        Ok(match &config.transport {
-            MailTransport::Outbox(dir) => Mailer::Outbox(Arc::new(Outbox::new(dir))),
+        let transport = match &config.transport {
+            MailTransport::Outbox(dir) => Transport::Outbox(Arc::new(Outbox::new(dir))),
             MailTransport::Smtp { url } => {
                 let password = std::env::var(SMTP_PASSWORD_ENV).ok();
-                Mailer::Smtp(Arc::new(smtp::Smtp::new(
+                Transport::Smtp(Arc::new(smtp::Smtp::new(
                     url,
                     password.as_deref(),
                     &config.from,
                 )?))
             }
+        };
+        Ok(Mailer {
+            transport,
+            in_foreground: false,
         })
     }
 
+    /// This mailer, delivering before `send` returns.
+    pub fn in_foreground(self) -> Mailer {
+        Mailer {
+            in_foreground: true,
+            ..self
+        }
+    }
+
     /// Hands the message over. The outbox writes it before returning; SMTP
-    /// delivery runs in the background with retries, and failures are logged.
+    /// delivery runs in the background with retries (or, in the foreground,
+    /// before returning), and failures are logged.
     pub async fn send(&self, message: Message) {
-        match self {
-            Mailer::Outbox(outbox) => outbox.send(message).await,
-            Mailer::Smtp(smtp) => {
-                let smtp = smtp.clone();
-                tokio::spawn(async move { smtp.deliver(message).await });
-            }
+        match &self.transport {
+            Transport::Outbox(outbox) => outbox.send(message).await,
+            Transport::Smtp(smtp) if self.in_foreground => smtp.deliver(message).await,
+            Transport::Smtp(smtp) => smtp.clone().deliver_later(message),
         }
     }
 }

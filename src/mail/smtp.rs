@@ -9,12 +9,24 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::Message;
 
-/// Delivery attempts for temporary failures (4xx answers, lost connections).
+/// Delivery attempts for temporary failures (4xx answers, lost connections,
+/// a server that stops answering).
 const ATTEMPTS: u32 = 3;
+/// How long one attempt may take, greeting to last reply. lettre's own
+/// timeout covers only the connect: a server that accepts and then says
+/// nothing would hold the attempt, and its socket, for ever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deliveries in progress at once; more wait their turn.
+const IN_FLIGHT: usize = 8;
+/// Deliveries waiting for a turn; more are dropped (and logged), so a mail
+/// server that is down cannot make the gateway's memory grow without end.
+const MAX_WAITING: usize = 10_000;
 
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    turns: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Smtp {
@@ -32,7 +44,29 @@ impl Smtp {
         let from = from
             .parse()
             .map_err(|e| format!("mail.from: {from:?} is not an address ({e})"))?;
-        Ok(Smtp { transport, from })
+        Ok(Smtp {
+            transport,
+            from,
+            turns: tokio::sync::Semaphore::new(IN_FLIGHT),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Delivers in a task of its own, when a turn is free.
+    pub fn deliver_later(self: std::sync::Arc<Self>, message: Message) {
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(to = %message.to, "mail not delivered: too many mails waiting for the mail server");
+            return;
+        }
+        tokio::spawn(async move {
+            let turn = self.turns.acquire().await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if turn.is_ok() {
+                self.deliver(message).await;
+            }
+        });
     }
 
     pub async fn deliver(&self, message: Message) {
@@ -45,20 +79,25 @@ impl Smtp {
             }
         };
         for attempt in 1..=ATTEMPTS {
-            match self.transport.send(email.clone()).await {
-                Ok(_) => {
+            let sent = tokio::time::timeout(ATTEMPT_TIMEOUT, self.transport.send(email.clone()));
+            let failure = match sent.await {
+                Ok(Ok(_)) => {
                     tracing::info!(to = %to, "mail sent");
                     return;
                 }
-                Err(e) if e.is_permanent() || attempt == ATTEMPTS => {
+                Ok(Err(e)) if e.is_permanent() => {
                     tracing::error!(to = %to, error = %e, attempt, "mail not delivered");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(to = %to, error = %e, attempt, "mail delivery failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
-                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("the mail server gave no answer in {ATTEMPT_TIMEOUT:?}"),
+            };
+            if attempt == ATTEMPTS {
+                tracing::error!(to = %to, error = %failure, attempt, "mail not delivered");
+                return;
             }
+            tracing::warn!(to = %to, error = %failure, attempt, "mail delivery failed; retrying");
+            tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
         }
     }
 
@@ -97,7 +136,34 @@ fn with_password(url: &str, password: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_password;
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_answers_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream); // accepted, and never a word
+            }
+        });
+        let smtp = Smtp::new(&url, None, "club@example.com").unwrap();
+        let message = Message {
+            to: "ada@example.com".into(),
+            subject: "s".into(),
+            body: "b".into(),
+        };
+        // Paused time runs on while nothing else can: each attempt ends at
+        // its timeout, and delivery gives up after the last.
+        let gave_up = tokio::time::timeout(Duration::from_secs(3600), smtp.deliver(message));
+        assert!(gave_up.await.is_ok(), "still waiting after an hour");
+        let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(accepted, ATTEMPTS as usize);
+    }
 
     #[test]
     fn the_password_replaces_the_urls_own() {
