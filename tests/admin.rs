@@ -591,6 +591,37 @@ async fn mail_goes_out_over_smtp_and_temporary_refusals_are_retried() {
     gw.wait_for_log("retrying").await;
 }
 
+/// The admin CLI beside a gateway that is writing: its writes wait their
+/// turn (the store's busy timeout), whatever they read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_waits_for_the_gateways_writes() {
+    use sqlx::Connection;
+    let (gw, _origin) = start(|s| s).await;
+    let (ok, out) = gw.cli(
+        &["member", "add", "bob@example.com"],
+        "a long enough password\n",
+    );
+    assert!(ok, "{out}");
+    let path = gw.dir.path().join("data/membergate.db");
+    let (locked, lock_taken) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(async move {
+        let mut db = support::store_connection(&path).await;
+        let mut held = db.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("UPDATE members SET last_login_at = 1")
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        locked.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        held.commit().await.unwrap();
+    });
+    lock_taken.await.unwrap();
+    let (ok, out) =
+        tokio::task::block_in_place(|| gw.cli(&["group", "add", "bob@example.com", "vip"], ""));
+    assert!(ok, "{out}");
+    holder.await.unwrap();
+}
+
 /// The admin CLI's mail goes out before the command ends (its process, and
 /// any delivery still in the background, end right after).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

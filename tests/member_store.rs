@@ -497,6 +497,24 @@ conformance!(sqlite, |dir: std::path::PathBuf| async move {
     Arc::new(SqliteStore::open(&dir.join("members.db")).await.unwrap()) as Store
 });
 
+/// Members' emails and password hashes are for the gateway's user alone.
+#[tokio::test]
+async fn a_new_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/members.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .create_member(new_member("ada@example.com"), 1)
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("data")), 0o700);
+    for file in ["members.db", "members.db-wal", "members.db-shm"] {
+        assert_eq!(mode(&dir.path().join("data").join(file)), 0o600, "{file}");
+    }
+}
+
 /// Specific to a file-backed store: everything survives closing and reopening.
 #[tokio::test]
 async fn sqlite_keeps_everything_across_a_reopen() {

@@ -27,6 +27,18 @@ struct WriteConnection {
 }
 
 impl WriteConnection {
+    /// A write transaction that takes the write lock at its start (`BEGIN
+    /// IMMEDIATE`), waiting out `busy_timeout` for another process's
+    /// writes. A plain `BEGIN` that reads first asks for the lock only at
+    /// its first write, where SQLite answers BUSY at once instead of waiting
+    /// (the admin CLI beside a busy gateway).
+    async fn begin_write(&mut self) -> StoreResult<sqlx::Transaction<'_, sqlx::Sqlite>> {
+        self.conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
     /// The write went through: the connection may serve again.
     fn done(&mut self) {
         self.done = true;
@@ -137,10 +149,36 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        // Members' emails and password hashes: a directory and a file the
+        // gateway makes are its user's alone (SQLite gives the -wal and -shm
+        // files the database's permissions). Existing ones keep theirs.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                })?;
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+            match created {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot create {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
         }
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(backend)?
@@ -204,7 +242,7 @@ impl SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         let mut conn = self.write_connection().await?;
-        let mut tx = conn.begin().await.map_err(backend)?;
+        let mut tx = conn.begin_write().await?;
         let mut query = sqlx::query(statement);
         for value in binds {
             query = query.bind(value);
@@ -234,7 +272,7 @@ impl MemberStore for SqliteStore {
     fn create_member(&self, new: NewMember, now: i64) -> BoxFuture<'_, StoreResult<Member>> {
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO members (email, first_name, last_name, password_hash, status, created_at) \
                  VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -379,7 +417,7 @@ impl MemberStore for SqliteStore {
         let group = group.to_owned();
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM members WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -419,7 +457,7 @@ impl MemberStore for SqliteStore {
         let group = group.to_owned();
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             let done =
                 sqlx::query("DELETE FROM member_groups WHERE member_id = ? AND group_name = ?")
                     .bind(id)
@@ -511,7 +549,7 @@ impl MemberStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
                 .bind(&id_hash[..])
                 .execute(&mut *tx)
@@ -532,7 +570,7 @@ impl MemberStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<bool>> {
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             let marked = sqlx::query(
                 "UPDATE sessions SET replaced = 1, expires_at = min(expires_at, ?) \
                  WHERE id_hash = ? AND replaced = 0",
@@ -567,7 +605,7 @@ impl MemberStore for SqliteStore {
     fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
             let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin().await.map_err(backend)?;
+            let mut tx = conn.begin_write().await?;
             let done = sqlx::query("DELETE FROM sessions WHERE member_id = ?")
                 .bind(id)
                 .execute(&mut *tx)
