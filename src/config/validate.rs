@@ -18,6 +18,10 @@ use super::{
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
 
+/// The longest duration any setting takes: longer ones are typing slips, and
+/// some (cache lifetimes) would overflow what their libraries accept.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A host name pattern, matched against the normalised (lower-case, no trailing
 /// dot, no port) request host or TLS server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +84,22 @@ impl HostPattern {
                 && l.len() <= 63
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
-        let is_ip = name.parse::<std::net::IpAddr>().is_ok()
-            || name
-                .strip_prefix('[')
-                .and_then(|n| n.strip_suffix(']'))
-                .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
-        if !is_ip && (name.is_empty() || !name.split('.').all(valid_label)) {
+        // An IP address in the canonical form requests are matched in:
+        // IPv6 in brackets, as a Host header writes it (`::1` is `[::1]`).
+        let bare = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(name);
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) if !wildcard => {
+                return Ok(HostPattern::Exact(format!("[{v6}]")));
+            }
+            Ok(std::net::IpAddr::V4(v4)) if !wildcard && bare == name => {
+                return Ok(HostPattern::Exact(v4.to_string()));
+            }
+            _ => {}
+        }
+        if name.is_empty() || !name.split('.').all(valid_label) {
             return Err(format!(
                 "expected a host name, \"*.domain\" or \"*\"; got {text:?}"
             ));
@@ -111,9 +125,13 @@ impl Problems {
         match value {
             None => default,
             Some(text) => match humantime::parse_duration(text) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
+                Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
+                Ok(d) if d.is_zero() => {
                     self.add(key, "expected a duration above zero");
+                    default
+                }
+                Ok(_) => {
+                    self.add(key, "expected a duration of at most 100 years");
                     default
                 }
                 Err(_) => {
@@ -209,7 +227,16 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             "127.0.0.1:8080",
         ),
         http_mode,
-        https_redirect_port: s.https_redirect_port,
+        https_redirect_port: match s.https_redirect_port {
+            Some(0) => {
+                p.add(
+                    "server.https_redirect_port",
+                    "expected a port from 1 to 65535",
+                );
+                None
+            }
+            port => port,
+        },
         trusted_proxies,
         shutdown_grace: p.duration(
             "server.shutdown_grace",
@@ -444,6 +471,13 @@ fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
     }
     let default = match s.default_policy.as_deref() {
         None => Access::Public,
+        Some("groups") => {
+            p.add(
+                &format!("{key}.default_policy"),
+                "expected public or members; for groups, end the rules with one for \"/\" that names them",
+            );
+            Access::Members
+        }
         Some(text) => access(p, &format!("{key}.default_policy"), text, &[]),
     };
     let mut rules = Vec::with_capacity(s.rules.len());
@@ -1177,6 +1211,11 @@ mod tests {
         assert!(!w.matches("aexample.com"));
         assert!(HostPattern::parse("gw@evil").is_err());
         assert!(HostPattern::parse("[::1]").is_ok());
+        // IP addresses as requests name them: IPv6 bracketed and compressed.
+        for v6 in ["::1", "[::1]", "[0:0::0001]"] {
+            let pattern = HostPattern::parse(v6).unwrap();
+            assert_eq!(pattern, HostPattern::Exact("[::1]".into()), "{v6}");
+        }
     }
 
     #[test]

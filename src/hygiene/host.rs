@@ -59,12 +59,16 @@ pub fn request_host(parts: &Parts) -> Result<RequestHost, HostError> {
 /// Parses `host[:port]` into (name, authority), refusing userinfo, empty names and
 /// any character not valid in a DNS name or IP literal.
 fn parse(text: &str) -> Result<(String, String), HostError> {
+    // An IPv6 literal's name is its canonical form (`[0:0::1]` is `[::1]`),
+    // as the configuration's host patterns hold it.
+    let mut ipv6 = None;
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let end = rest.find(']').ok_or(HostError::Malformed)?;
         let literal = &rest[..end];
-        literal
+        let address = literal
             .parse::<std::net::Ipv6Addr>()
             .map_err(|_| HostError::Malformed)?;
+        ipv6 = Some(format!("[{address}]"));
         (&text[..end + 2], &rest[end + 1..])
     } else {
         match text.rfind(':') {
@@ -96,7 +100,8 @@ fn parse(text: &str) -> Result<(String, String), HostError> {
     authority.push_str(host);
     authority.make_ascii_lowercase();
     authority.push_str(port);
-    Ok((authority[..host.len()].to_owned(), authority))
+    let name = ipv6.unwrap_or_else(|| authority[..host.len()].to_owned());
+    Ok((name, authority))
 }
 
 #[cfg(test)]
@@ -114,6 +119,8 @@ mod tests {
         assert_eq!(h.name, "gw.example.com");
         assert_eq!(h.authority, "gw.example.com:8443");
         let h = host_of(http::Request::get("/").header("host", "[::1]:8080")).unwrap();
+        assert_eq!(h.name, "[::1]");
+        let h = host_of(http::Request::get("/").header("host", "[0:0:0::0001]")).unwrap();
         assert_eq!(h.name, "[::1]");
     }
 

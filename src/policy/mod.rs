@@ -56,6 +56,12 @@ impl PathPattern {
     /// A normalised prefix, or a glob when `path` holds `*`, `?`, `[` or `{`.
     pub fn new(path: &str) -> Result<PathPattern, String> {
         if is_glob(path) {
+            // Matched without its trailing `/`, as `matches` tries paths with
+            // and without theirs: `/reports/*/` covers `/reports/q3` too.
+            let path = match path.strip_suffix('/') {
+                Some(bare) if !bare.is_empty() => bare,
+                _ => path,
+            };
             let glob = globset::GlobBuilder::new(path)
                 .case_insensitive(true)
                 .literal_separator(true)
@@ -169,6 +175,18 @@ mod tests {
                 rule("/kb/**/private", Access::Members),
             ],
             default: Access::Public,
+        }
+    }
+
+    #[test]
+    fn a_glob_covers_its_paths_with_and_without_a_trailing_slash() {
+        for glob in ["/reports/*/", "/reports/*"] {
+            let pattern = PathPattern::new(glob).unwrap();
+            for path in ["/reports/q3", "/reports/q3/", "/REPORTS/Q3"] {
+                assert!(pattern.matches(path), "{glob} {path}");
+            }
+            assert!(!pattern.matches("/reports/q3/x"), "{glob}");
+            assert!(!pattern.matches("/reports"), "{glob}");
         }
     }
 
