@@ -148,13 +148,16 @@ fn check_config_lists_every_problem_with_its_key_path() {
 [server]
 http_mode = "sideways"
 trusted_proxies = ["10.0.0.0/8", "not-a-cidr"]
+https_redirect_port = 0
 [limits]
 header_timeout = "soon"
+body_idle_timeout = "2000years"
 [log]
 format = "xml"
 [[sites]]
 name = "a"
 hosts = ["gw@evil"]
+default_policy = "groups"
   [[sites.routes]]
   path = "/members/../x"
   upstream = "ftp://origin"
@@ -168,8 +171,11 @@ hosts = ["gw@evil"]
         "server.http_mode: expected one of redirect, serve; got \"sideways\"",
         "server.trusted_proxies[1]: expected a CIDR block",
         "limits.header_timeout: expected a duration",
+        "limits.body_idle_timeout: expected a duration of at most 100 years",
+        "server.https_redirect_port: expected a port from 1 to 65535",
         "log.format: expected one of human, json; got \"xml\"",
         "sites[0].hosts[0]: expected a host name",
+        "sites[0].default_policy: expected public or members; for groups, end the rules with one for \"/\" that names them",
         "sites[0].routes[0].path: expected a path prefix",
         "sites[0].routes[0].upstream: expected http://host:port, https://host:port or dir:PATH; got \"ftp://origin\"",
         "sites[0].routes[1].upstream: directory /definitely/not/here does not exist",

@@ -41,9 +41,12 @@ fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    // At most 100 characters of the address: a file name has 255 bytes, and
+    // an address may have 254 (the stamp keeps names apart).
     let safe_to: String = message
         .to
         .chars()
+        .take(100)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '@' || c == '.' {
                 c
@@ -69,4 +72,31 @@ fn httpdate(time: std::time::SystemTime) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("@{secs}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_address_still_gets_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // 254 characters, the most an address may have.
+        let to = format!(
+            "{}@{}.{}.{}.com",
+            "a".repeat(64),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(57)
+        );
+        assert_eq!(to.len(), 254);
+        let message = Message {
+            to: to.clone(),
+            subject: "Invitation".into(),
+            body: "hello".into(),
+        };
+        let path = write(dir.path(), &message).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.starts_with(&format!("To: {to}\r\n")));
+    }
 }
