@@ -189,6 +189,35 @@ async fn serves_a_directory_origin() {
     assert_eq!(status_of(&raw), 404, "{raw}");
 }
 
+/// A directory origin answers `/kb/` with `/kb/index.html`: a rule written
+/// for the file, by prefix or by glob, covers that address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_index_is_covered_by_the_rules_for_its_file() {
+    let site = tempfile::tempdir().unwrap();
+    for dir in ["kb", "docs", "blog"] {
+        std::fs::create_dir_all(site.path().join(dir)).unwrap();
+        std::fs::write(site.path().join(dir).join("index.html"), "<h1>index</h1>").unwrap();
+    }
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &format!("dir:{}", site.path().display()))
+            .rule("/kb/index.html", "members", &[])
+            .rule("/docs/*.html", "members", &[]),
+    )
+    .await;
+    let client = gw.client();
+    for (path, status) in [
+        ("/kb/", 302),
+        ("/kb/index.html", 302),
+        ("/docs/", 302),
+        ("/docs/index.html", 302),
+        ("/blog/", 200),
+    ] {
+        let response = client.get(gw.https_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn precompressed_copies_of_protected_files_are_not_served_by_name() {
     let site = tempfile::tempdir().unwrap();

@@ -152,6 +152,18 @@ pub fn decide(rules: &Rules, path: &str, visitor: Visitor<'_>) -> (Decision, Opt
     (decision, matched)
 }
 
+impl Decision {
+    /// How much a decision keeps out: of two decisions for one page, the
+    /// stricter holds.
+    pub fn strictness(self) -> u8 {
+        match self {
+            Decision::Allow => 0,
+            Decision::Login => 1,
+            Decision::Forbidden => 2,
+        }
+    }
+}
+
 impl Rules {
     /// True when the path needs a member.
     pub fn is_protected(&self, path: &str) -> bool {

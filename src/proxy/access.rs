@@ -35,10 +35,15 @@ pub struct Access {
     pub set_cookie: Option<String>,
 }
 
+/// Who the visitor is and whether the site's rules let them in. `served_as`
+/// is the path the origin will answer with when it differs from the one
+/// asked for (a directory origin's `index.html` for `/dir/`): the stricter of
+/// the two decisions holds, so a rule written for the file covers its alias.
 pub async fn authorise(
     gateway: &Gateway,
     site: &Site,
     target: &Target,
+    served_as: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Access, Response<GatewayBody>> {
     let sessions = &gateway.membership.sessions;
@@ -59,7 +64,14 @@ pub async fn authorise(
         None => policy::Visitor::Anonymous,
     };
     let path = &target.path.decoded;
-    let (decision, matched) = policy::decide(&site.rules, path, who);
+    let mut decided = policy::decide(&site.rules, path, who);
+    if let Some(served) = served_as {
+        let alias = policy::decide(&site.rules, served, who);
+        if alias.0.strictness() > decided.0.strictness() {
+            decided = alias;
+        }
+    }
+    let (decision, matched) = decided;
     let rule = matched.map(|i| &site.rules.rules[i]);
     let mut refused = match decision {
         Decision::Allow => {

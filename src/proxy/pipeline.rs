@@ -36,7 +36,7 @@ use crate::hygiene::host::{self, HostError, RequestHost};
 use crate::hygiene::path::{self, NormalPath};
 use crate::identity;
 use crate::portal;
-use crate::routing::{Route, Site};
+use crate::routing::{Origin, Route, Site};
 
 /// The outcome of a phase: go on with `T`, or answer now.
 // Returned by value and unwrapped at once; boxing the response would cost an
@@ -174,7 +174,11 @@ async fn phases<'r>(
         record.route = Some(route.id.clone());
         record.upstream = Some(route.origin.label().clone());
     }
-    let access = proceed!(authorise(gateway, site, &target, &parts.headers).await);
+    // A directory origin answers `/dir/` with `/dir/index.html`.
+    let served_as = (matches!(route.origin, Origin::Dir(_)) && target.path.decoded.ends_with('/'))
+        .then(|| format!("{}index.html", target.path.decoded));
+    let access =
+        proceed!(authorise(gateway, site, &target, served_as.as_deref(), &parts.headers).await);
     if let (Some(record), Some(visitor)) = (record, &access.visitor) {
         record.member = Some(visitor.member_id);
     }
@@ -211,9 +215,10 @@ async fn authorise(
     gateway: &Gateway,
     site: &Site,
     target: &Target,
+    served_as: Option<&str>,
     headers: &http::HeaderMap,
 ) -> Flow<Access> {
-    match access::authorise(gateway, site, target, headers).await {
+    match access::authorise(gateway, site, target, served_as, headers).await {
         Ok(access) => Flow::Continue(access),
         Err(response) => Flow::Respond(response),
     }
