@@ -384,24 +384,25 @@ pub fn keep_from_shared_caches(headers: &mut HeaderMap) {
 /// The directives of a `Cache-Control` field, trimmed: split at commas
 /// outside quoted strings (`ext="a, private"` is one directive).
 fn directives(field: &str) -> impl Iterator<Item = &str> {
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut start = 0;
-    let mut ends = Vec::new();
-    for (i, b) in field.bytes().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                ends.push((start, i));
-                start = i + 1;
+    let mut rest = Some(field);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in text.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(text[..i].trim());
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    ends.push((start, field.len()));
-    ends.into_iter().map(move |(a, b)| field[a..b].trim())
+        rest = None;
+        Some(text.trim())
+    })
 }
 
 /// Removes the cache directives aimed at a CDN or other shared cache, which

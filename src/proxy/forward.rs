@@ -199,7 +199,10 @@ async fn proxy_http(
         };
     }
     headers::strip_hop_by_hop(response.headers_mut());
-    if let Some(location) = response.headers().get(header::LOCATION)
+    // Redirects, and a 201's new resource; a page's `Location` is not read.
+    let status = response.status();
+    if (status.is_redirection() || status == StatusCode::CREATED)
+        && let Some(location) = response.headers().get(header::LOCATION)
         && let Some(ours) = redirect_to_gateway(location, origin, conn.tls, &client_authority)
     {
         response.headers_mut().insert(header::LOCATION, ours);
