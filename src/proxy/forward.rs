@@ -311,12 +311,7 @@ fn origin_request(
         access::set_identity(&mut parts.headers, runtime, visitor);
     }
     let client_upgrade = if target.websocket {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        tunnel::ask_for_websocket(&mut parts.headers);
         let held = parts.extensions.remove::<HeldConnection>();
         parts
             .extensions

@@ -63,13 +63,16 @@ pub fn open(
         }
     });
     headers::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts
-        .headers
-        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    ask_for_websocket(&mut parts.headers);
     Response::from_parts(parts, GatewayBody::Empty)
+}
+
+/// The hop-by-hop pair that asks for (or answers with) a switch to
+/// websocket on this hop: the gateway sets it on each side itself, since
+/// hop-by-hop headers do not pass through.
+pub fn ask_for_websocket(headers: &mut http::HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// Copies both ways until both sides have closed, or until no byte has
