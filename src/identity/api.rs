@@ -87,13 +87,13 @@ pub async fn handle(
     }
     // Counted without adding: only failures add to this budget.
     let rate = &gateway.identifier.api_rate;
-    let client = crate::limits::client_key(client);
-    if rate.observe(&("api-fail", client), 0) >= FAILURES_PER_IP {
+    let counted_as = crate::limits::client_key(client);
+    if rate.observe(&("api-fail", counted_as), 0) >= FAILURES_PER_IP {
         return too_many();
     }
     let settings = &runtime.config.identification;
     let Some(key) = authenticate(&settings.api_keys, &parts.headers) else {
-        rate.observe(&("api-fail", client), 1);
+        rate.observe(&("api-fail", counted_as), 1);
         let mut response = error(
             StatusCode::UNAUTHORIZED,
             "INVALID_AUTHENTICATION",
