@@ -497,6 +497,24 @@ conformance!(sqlite, |dir: std::path::PathBuf| async move {
     Arc::new(SqliteStore::open(&dir.join("members.db")).await.unwrap()) as Store
 });
 
+/// Processes that open a new database at the same moment (the gateway and
+/// a CLI job at first start) migrate it one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_together_on_a_new_file_all_open() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.db");
+        let opens = (0..6).map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { SqliteStore::open(&path).await.map(|_| ()) })
+        });
+        for opened in futures_util::future::join_all(opens).await {
+            let opened = opened.unwrap();
+            assert!(opened.is_ok(), "{:?}", opened.err().map(|e| e.to_string()));
+        }
+    }
+}
+
 /// Members' emails and password hashes are for the gateway's user alone.
 #[tokio::test]
 async fn a_new_store_is_readable_by_its_owner_only() {

@@ -1,6 +1,6 @@
 //! The embedded member store: one SQLite file in WAL mode, migrated on open.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -141,6 +141,31 @@ fn insert_session(
     .bind(s.epoch)
 }
 
+/// An exclusive lock on `<database>.lock`, held until dropped; waits for
+/// another process that holds it.
+async fn opening_lock(database: &Path) -> StoreResult<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = PathBuf::from(format!("{}.lock", database.display()));
+    let failed =
+        |e: std::io::Error| StoreError::Backend(format!("cannot lock {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
+    match locked {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(e) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl SqliteStore {
     async fn write_connection(&self) -> StoreResult<WriteConnection> {
         let conn = self.pool.acquire().await.map_err(backend)?;
@@ -180,6 +205,11 @@ impl SqliteStore {
                 }
             }
         }
+        // One process opens and migrates at a time: sqlx's SQLite migrator
+        // takes no lock, and two processes opening a new or older file
+        // together (the gateway and a CLI job at first start) would both
+        // apply a migration, or race to switch the new file to WAL.
+        let _opening = opening_lock(path).await?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(backend)?
             .create_if_missing(true)
