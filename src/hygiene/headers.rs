@@ -129,6 +129,17 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
+/// Whether any `name` field lists `token` among its comma-separated items,
+/// in any case (`Connection: keep-alive, Upgrade` lists `upgrade`).
+pub fn lists_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
 /// The credential of a request's one `Authorization: Bearer <credential>`
 /// field. The scheme is matched in any case (RFC 9110, 11.1); everything else
 /// exactly: two fields, an empty credential or one with whitespace in or

@@ -106,12 +106,7 @@ fn ascii_compatible(label: &[u8]) -> Option<&'static encoding_rs::Encoding> {
 
 /// `Cache-Control: no-transform` in any of the response's fields.
 fn has_no_transform(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+    crate::hygiene::headers::lists_token(headers, header::CACHE_CONTROL, "no-transform")
 }
 
 /// Wraps a rewritable response so the snippet is inserted before `</head>` (or

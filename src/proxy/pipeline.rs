@@ -326,17 +326,9 @@ fn has_body(request: &Request<Incoming>) -> bool {
 }
 
 fn is_websocket_handshake(parts: &http::request::Parts) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        parts
-            .headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    use crate::hygiene::headers::lists_token;
     parts.version == Version::HTTP_11
         && parts.method == Method::GET
-        && has_token(header::UPGRADE, "websocket")
-        && has_token(header::CONNECTION, "upgrade")
+        && lists_token(&parts.headers, header::UPGRADE, "websocket")
+        && lists_token(&parts.headers, header::CONNECTION, "upgrade")
 }

@@ -30,13 +30,7 @@ pub struct HeldConnection(pub Arc<dyn Send + Sync>);
 
 /// Whether an origin's 101 switched to what the client asked for.
 pub fn switched_to_websocket(upstream: &Response<PooledBody>) -> bool {
-    upstream
-        .headers()
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"))
+    headers::lists_token(upstream.headers(), header::UPGRADE, "websocket")
 }
 
 /// Answers the client's 101 and joins the two upgraded connections.
