@@ -26,6 +26,7 @@ use super::respond::{self, Refusal};
 use super::tunnel::{self, HeldConnection};
 use crate::gateway::{Gateway, Runtime};
 use crate::hygiene::headers::{self, ClientFacts};
+use crate::hygiene::host::RequestHost;
 use crate::routing::{DirOrigin, HttpOrigin, Origin, Route};
 use crate::session::Visitor;
 
@@ -139,7 +140,7 @@ async fn proxy_http(
         request,
         client_upgrade,
         body_sent,
-        client_authority,
+        client_host,
     } = match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
         Ok(built) => built,
         Err(refusal) => return respond::refusal(refusal, json),
@@ -203,7 +204,7 @@ async fn proxy_http(
     let status = response.status();
     if (status.is_redirection() || status == StatusCode::CREATED)
         && let Some(location) = response.headers().get(header::LOCATION)
-        && let Some(ours) = redirect_to_gateway(location, origin, conn.tls, &client_authority)
+        && let Some(ours) = redirect_to_gateway(location, origin, conn.tls, &client_host)
     {
         response.headers_mut().insert(header::LOCATION, ours);
     }
@@ -220,7 +221,7 @@ fn redirect_to_gateway(
     location: &HeaderValue,
     origin: &HttpOrigin,
     client_tls: bool,
-    client_authority: &str,
+    client: &RequestHost,
 ) -> Option<HeaderValue> {
     let text = location.to_str().ok()?;
     let (url, fragment) = match text.split_once('#') {
@@ -235,20 +236,16 @@ fn redirect_to_gateway(
     let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
     let port = authority.port_u16().unwrap_or(default_port);
     let origin_port = origin.authority.port_u16().unwrap_or(default_port);
-    let client_host = client_authority
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(client_authority, |(host, _)| host);
     let own_address = authority
         .host()
         .eq_ignore_ascii_case(origin.authority.host());
-    let clients_host = authority.host().eq_ignore_ascii_case(client_host);
+    let clients_host = authority.host().eq_ignore_ascii_case(&client.name);
     if port != origin_port || !(own_address || clients_host) {
         return None;
     }
     let gateway_scheme = if client_tls { "https" } else { "http" };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut ours = format!("{gateway_scheme}://{client_authority}{path}");
+    let mut ours = format!("{gateway_scheme}://{}{path}", client.authority);
     if let Some(fragment) = fragment {
         ours.push('#');
         ours.push_str(fragment);
@@ -265,7 +262,7 @@ struct OriginRequest {
     /// Resolves when a body still to come has been sent; `None` without one.
     body_sent: Option<oneshot::Receiver<()>>,
     /// The host (and port) the client asked for, for the origin's redirects.
-    client_authority: String,
+    client_host: RequestHost,
 }
 
 /// The request as the origin gets it: cleaned headers, the member's identity,
@@ -354,7 +351,7 @@ fn origin_request(
         request,
         client_upgrade,
         body_sent,
-        client_authority: target.host.authority,
+        client_host: target.host,
     })
 }
 
