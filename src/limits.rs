@@ -20,11 +20,11 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A per-minute rate estimator sized for a flood from many addresses.
-/// pingora-limits' default sketch (4 × 1,024 slots) lets a thousand busy
-/// addresses fill the slots of about a third of all innocent ones; with
-/// 4 × 16,384 it takes some ten thousand to reach one in a few hundred.
-/// It holds 1 MiB.
+/// A per-minute rate estimator sized for a flood from many addresses. An
+/// innocent key is over-counted when all four of its slots hold a busy key:
+/// with pingora-limits' default sketch (4 × 1,024 slots) 2,000 busy
+/// addresses do that to about half of all others, with 4 × 16,384 to about
+/// one in 6,000 (decision 0009). It holds 1 MiB.
 pub fn per_minute() -> Rate {
     Rate::new_with_estimator_config(Duration::from_secs(60), 4, 16_384)
 }

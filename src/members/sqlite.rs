@@ -116,10 +116,10 @@ fn session_from(row: &sqlx::sqlite::SqliteRow) -> StoreResult<SessionRecord> {
     })
 }
 
-/// The statement that stores a new session.
-/// Stores a session only while its member is active at the session's epoch:
-/// a login or renewal that read the member just before a disable, a password
-/// change or a reset committed inserts nothing (catalogue D5).
+/// The statement that stores a new session, only while its member is active
+/// at the session's epoch: a login or renewal that read the member just
+/// before a disable, a password change or a reset committed inserts nothing
+/// (catalogue D5).
 fn insert_session(
     s: &SessionRecord,
 ) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
@@ -155,15 +155,10 @@ async fn opening_lock(database: &Path) -> StoreResult<std::fs::File> {
         .mode(0o600)
         .open(&path)
         .map_err(failed)?;
-    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
-    match locked {
-        Ok(Ok(file)) => Ok(file),
-        Ok(Err(e)) => Err(failed(e)),
-        Err(e) => Err(StoreError::Backend(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
-    }
+    tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(failed)
 }
 
 impl SqliteStore {
@@ -187,24 +182,9 @@ impl SqliteStore {
                     StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
                 })?;
         }
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path);
-            match created {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(StoreError::Backend(format!(
-                        "cannot create {}: {e}",
-                        path.display()
-                    )));
-                }
-            }
-        }
+        // An empty file is an empty database.
+        crate::files::write_whole(path, b"", 0o600, crate::files::IfExists::Keep)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         // One process opens and migrates at a time: sqlx's SQLite migrator
         // takes no lock, and two processes opening a new or older file
         // together (the gateway and a CLI job at first start) would both
