@@ -29,7 +29,7 @@ async fn member(gw: &Gateway, email: &str, first: &str) -> Browser {
     let page = b.register(email, PASSWORD, first, "Tester").await;
     assert_eq!(page.status, 200, "{}", page.body);
     let link = Gateway::link_in(&gw.mail_to(email).await);
-    let verified = b.get(&link).await;
+    let verified = b.confirm_address(&link).await;
     assert_eq!(verified.status, 303);
     let login = b.login(email, PASSWORD).await;
     assert_eq!(login.status, 303, "{}", login.body);
@@ -99,16 +99,30 @@ async fn register_verify_login_read_and_log_out() {
     assert!(link.starts_with("/_membergate/verify?token="), "{link}");
     // A return_to slipped into the mailed link is checked again: not off-site.
     let link = format!("{link}&return_to=%2F%2Fevil.example%2Fx");
-    // A mail scanner's HEAD does not spend the link.
+    // A mail scanner's HEAD and GET do not spend the link, nor confirm the
+    // address for whoever registered it: only the page's button does.
     let head = gw.client().head(gw.https_url(&link)).send().await.unwrap();
     assert_eq!(head.status(), 200);
-    let verified = b.get(&link).await;
+    let scanner = gw.client().get(gw.https_url(&link)).send().await.unwrap();
+    assert_eq!(scanner.status(), 200);
+    assert!(scanner.text().await.unwrap().contains("Confirm my address"));
+    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 401);
+    let page = b.get(&link).await;
+    assert_eq!(page.field("return_to"), "/");
+    // Posted by hand, the off-site return_to is refused again.
+    let fields = [
+        ("csrf", page.csrf()),
+        ("token", page.field("token")),
+        ("return_to", "//evil.example/x".to_owned()),
+    ];
+    let fields = fields.each_ref().map(|(k, v)| (*k, v.as_str()));
+    let verified = b.post("/_membergate/verify", &fields).await;
     assert_eq!(
         (verified.status, verified.location()),
         (303, "/_membergate/login?notice=verified")
     );
     // The link works once.
-    assert_eq!(b.get(&link).await.status, 400);
+    assert_eq!(b.confirm_address(&link).await.status, 400);
 
     let login = b
         .login_to("Ada@example.com ", PASSWORD, "/members/welcome?x=1")
@@ -1053,7 +1067,10 @@ async fn clients_cannot_forge_identity_and_names_cannot_inject_headers() {
     assert_eq!(page.status, 200, "{}", page.body);
     // The outbox names its files with `_` for such characters.
     let mail = gw.mail_to("utf_8__admin_40corp.example@example.org").await;
-    assert_eq!(mal.get(&Gateway::link_in(&mail)).await.status, 303);
+    assert_eq!(
+        mal.confirm_address(&Gateway::link_in(&mail)).await.status,
+        303
+    );
     assert_eq!(mal.login(email, PASSWORD).await.status, 303);
     mal.get("/members/").await;
     let seen = origin.requests().pop().unwrap();
@@ -1294,7 +1311,7 @@ async fn invite_domain_and_approval_registration_modes() {
     let mut b = Browser::new(&gw);
     b.register("ola@example.com", PASSWORD, "", "").await;
     let link = Gateway::link_in(&gw.mail_to("ola@example.com").await);
-    let page = b.get(&link).await;
+    let page = b.confirm_address(&link).await;
     assert!(page.body.contains("approves"), "{}", page.body);
     assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 401);
     let (ok, out) = gw.cli(&["member", "approve", "ola@example.com"], "");

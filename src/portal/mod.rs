@@ -117,10 +117,9 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/register") => {
             req.register_page(&query, None, &HashMap::new())
         }
-        // Link checkers and mail scanners send HEAD: it must not spend the
-        // link the member is about to open.
-        (&Method::HEAD, "/verify") => req.message(StatusCode::OK, "Confirm your address", "", None),
-        (&Method::GET, "/verify") => req.verify(&query).await,
+        // Opening the link only shows a button: mail scanners and link
+        // checkers fetch links (GET and HEAD) without a person behind them.
+        (&Method::GET | &Method::HEAD, "/verify") => req.verify_page(&query),
         (&Method::GET | &Method::HEAD, "/reset") => req.reset_page(&query, None),
         (&Method::GET | &Method::HEAD, "/account") => req.account_page(&query, None).await,
         (&Method::POST, path) => match req.checked_form(body, body_timeout).await {
@@ -128,6 +127,7 @@ pub async fn handle(
             Ok(form) => match path {
                 "/login" => req.login(&form).await,
                 "/register" => req.register(&form).await,
+                "/verify" => req.verify(&form).await,
                 "/logout" => req.logout(&form).await,
                 "/reset" => req.reset_request(&form).await,
                 "/reset/confirm" => req.reset_confirm(&form).await,
@@ -614,8 +614,22 @@ impl Request<'_> {
         }
     }
 
-    async fn verify(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
+    /// The mailed link's page. It spends nothing: a scanner that fetches
+    /// every link in a mail would otherwise confirm an address on behalf of
+    /// whoever registered it, password and all (account pre-hijacking).
+    fn verify_page(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
+        let csrf = self.csrf_token();
         let token = query.get("token").map(String::as_str).unwrap_or("");
+        let return_to = return_to::safe(query.get("return_to").map(String::as_str));
+        self.page(
+            StatusCode::OK,
+            "verify_confirm.html",
+            context! { csrf, token, return_to },
+        )
+    }
+
+    async fn verify(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let token = form.get("token").map(String::as_str).unwrap_or("");
         let taken = self
             .m
             .store
@@ -656,7 +670,7 @@ impl Request<'_> {
                 None,
             );
         }
-        let return_to = return_to::safe(query.get("return_to").map(String::as_str));
+        let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         if return_to == "/" {
             return see_other(&format!("{PREFIX}/login?notice=verified"));
         }
@@ -1064,7 +1078,7 @@ impl Mailing {
         self.mailer.send(Message {
             to: member.email.clone(),
             subject: format!("Confirm your email for {}", self.site_name),
-            body: format!("Hello,\n\nopen this link to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
+            body: format!("Hello,\n\nopen this link and press its button to confirm your email address and finish creating your account:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not register, ignore this message.\n"),
         })
         .await;
     }

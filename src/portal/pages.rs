@@ -6,7 +6,7 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const DEFAULTS: [(&str, &str); 7] = [
+const DEFAULTS: [(&str, &str); 8] = [
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("register.html", include_str!("templates/register.html")),
@@ -20,6 +20,10 @@ const DEFAULTS: [(&str, &str); 7] = [
         include_str!("templates/reset_confirm.html"),
     ),
     ("account.html", include_str!("templates/account.html")),
+    (
+        "verify_confirm.html",
+        include_str!("templates/verify_confirm.html"),
+    ),
 ];
 
 pub struct Templates {

@@ -22,14 +22,25 @@ impl Page {
 
     /// The value of the hidden `csrf` field of the page's form.
     pub fn csrf(&self) -> String {
-        let marker = "name=\"csrf\" value=\"";
+        self.field("csrf")
+    }
+
+    /// The value of the form field `name` on the page, unescaped.
+    pub fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
         let start = self
             .body
-            .find(marker)
-            .unwrap_or_else(|| panic!("no csrf field in {}", self.body))
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} field in {}", self.body))
             + marker.len();
         let end = self.body[start..].find('"').unwrap() + start;
-        self.body[start..end].to_owned()
+        self.body[start..end]
+            .replace("&#x2f;", "/")
+            .replace("&quot;", "\"")
+            .replace("&#x27;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
     }
 
     pub fn set_cookies(&self) -> Vec<String> {
@@ -171,6 +182,17 @@ impl Browser {
         ];
         self.submit("/_membergate/register", "/_membergate/register", &fields)
             .await
+    }
+
+    /// Opens a mailed verification link and presses its button, as a person does.
+    pub async fn confirm_address(&mut self, link: &str) -> Page {
+        let page = self.get(link).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let fields = ["csrf", "token", "return_to"].map(|name| (name, page.field(name)));
+        let fields = fields
+            .each_ref()
+            .map(|(name, value)| (*name, value.as_str()));
+        self.post("/_membergate/verify", &fields).await
     }
 
     pub async fn login(&mut self, email: &str, password: &str) -> Page {
