@@ -1123,7 +1123,7 @@ async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
     assert_eq!(slow.calls(), 1);
 
     // Never answering: the call is given up after ten page waits (2 s
-    // here), and a later page asks again.
+    // here), and once the pause that starts (1 s) is over, a page asks again.
     let hanging = FakeHubSpot::start(HubSpotMode::HangFirst).await;
     let gw = start(&origin, &chat(hanging.url()), |s| {
         s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
@@ -1133,14 +1133,122 @@ async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
     let mut b = member(&gw, "ann@example.com", "Ann", &[]).await;
     assert!(settings(&b.get("/").await.body).is_none());
     gw.wait_for_log("HubSpot did not answer within").await;
-    let page = b.get("/").await;
     assert_eq!(
-        settings(&page.body).map(|s| s["identificationToken"].clone()),
-        Some("hs-token-2".into()),
-        "{}",
-        page.body
+        identified_within(&mut b, 40).await,
+        Some("hs-token-2".into())
     );
     assert_eq!(hanging.calls(), 2);
+}
+
+/// The token on the first page of `b` that has one, polling every 100 ms.
+async fn identified_within(b: &mut Browser, polls: usize) -> Option<String> {
+    for _ in 0..polls {
+        if let Some(s) = settings(&b.get("/").await.body) {
+            return s["identificationToken"].as_str().map(str::to_owned);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// During an outage, pages do not each call HubSpot: a failed call pauses
+/// calls to the account (for as long as a `Retry-After` asks), pages go out
+/// at once without identification, and after the pause one call tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hubspot_account_is_given_a_rest() {
+    let limiting = FakeHubSpot::start(HubSpotMode::FailFirst {
+        status: 429,
+        calls: 1,
+    })
+    .await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"1\"\napi_base = \"{}\"",
+        limiting.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut ann = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let mut bob = member(&gw, "bob@example.com", "Bob", &[]).await;
+    let page = ann.get("/").await;
+    assert!(page.body.contains("id=\"hs-script-loader\""));
+    assert!(settings(&page.body).is_none());
+    assert_eq!(limiting.calls(), 1);
+    // Another member's pages, during the pause: no call, no wait.
+    for _ in 0..3 {
+        let page = bob.get("/").await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("id=\"hs-script-loader\""));
+        assert!(settings(&page.body).is_none());
+    }
+    // Past the 1 s a first failure rests, but within the 3 s HubSpot asked for.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(settings(&bob.get("/").await.body).is_none());
+    assert_eq!(limiting.calls(), 1);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_identification_tokens_total{result=\"paused\"} 4"),
+        "{metrics}"
+    );
+    assert_eq!(
+        identified_within(&mut bob, 60).await,
+        Some("hs-token-2".into())
+    );
+    assert_eq!(
+        identified_within(&mut ann, 1).await,
+        Some("hs-token-3".into())
+    );
+    assert_eq!(limiting.calls(), 3);
+}
+
+/// HubSpot's refusal of one member (a 400) is remembered for a while: the
+/// member's next pages do not call again, and other members are not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_refusing_one_member_costs_one_call() {
+    let refusing = FakeHubSpot::start(HubSpotMode::FailFirst {
+        status: 400,
+        calls: 1,
+    })
+    .await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"1\"\napi_base = \"{}\"",
+        refusing.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut ann = member(&gw, "ann@example.com", "Ann", &[]).await;
+    for _ in 0..3 {
+        assert!(settings(&ann.get("/").await.body).is_none());
+    }
+    assert_eq!(refusing.calls(), 1);
+    let mut bob = member(&gw, "bob@example.com", "Bob", &[]).await;
+    assert_eq!(
+        identified_within(&mut bob, 1).await,
+        Some("hs-token-2".into())
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_identification_tokens_total{result=\"refused\"} 3"),
+        "{metrics}"
+    );
+    // A new name is a new identity: HubSpot is asked again at once.
+    let renamed = ann
+        .submit(
+            "/_membergate/account",
+            "/_membergate/account/name",
+            &[("first_name", "Anne"), ("last_name", "Tester")],
+        )
+        .await;
+    assert_eq!(renamed.status, 303, "{}", renamed.body);
+    assert_eq!(
+        identified_within(&mut ann, 1).await,
+        Some("hs-token-3".into())
+    );
 }
 
 /// A token from one HubSpot portal is no token for another: after a reload

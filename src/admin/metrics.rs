@@ -204,11 +204,12 @@ impl Metrics {
         );
     }
 
-    /// Exports identification token outcomes (cached, minted, failed, timeout).
+    /// Exports identification token outcomes (cached, minted, failed,
+    /// timeout, refused, paused).
     pub fn register_identification(&mut self, identifier: &crate::identity::Identifier) {
         self.registry.register(
             "identification_tokens",
-            "Identification tokens for page views by result (cached, minted, failed, timeout)",
+            "Identification tokens for page views by result (cached, minted, failed, timeout; refused: HubSpot refused the member lately; paused: HubSpot is resting after failures)",
             identifier.outcomes(),
         );
     }

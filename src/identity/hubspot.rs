@@ -23,6 +23,40 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 const PATH: &str = "/conversations/v3/visitor-identification/tokens/create";
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Why HubSpot gave no token.
+#[derive(Debug)]
+pub enum MintError {
+    /// HubSpot answered and refused this visitor (a 4xx other than 401, 403,
+    /// 408 and 429, or an answer without a token): asking again at once for
+    /// the same visitor will not help.
+    Refused(String),
+    /// HubSpot could not be reached, did not answer in time, failed, limited
+    /// us or refused our access token: it is down for every visitor.
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl MintError {
+    fn unavailable(reason: String) -> MintError {
+        MintError::Unavailable {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for MintError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MintError::Refused(reason) | MintError::Unavailable { reason, .. } => {
+                f.write_str(reason)
+            }
+        }
+    }
+}
+
 pub struct HubSpotClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -45,7 +79,7 @@ impl HubSpotClient {
         api_base: &http::Uri,
         access_token: &str,
         identity: &Identity,
-    ) -> Result<String, String> {
+    ) -> Result<String, MintError> {
         let body = serde_json::json!({
             "email": identity.email,
             "firstName": identity.first_name,
@@ -56,8 +90,12 @@ impl HubSpotClient {
             api_base.scheme_str().unwrap_or("https"),
             api_base.authority().map_or("", |a| a.as_str())
         );
-        let authorization = HeaderValue::from_str(&format!("Bearer {access_token}"))
-            .map_err(|_| "the HubSpot access token is not a valid header value".to_owned())?;
+        let authorization =
+            HeaderValue::from_str(&format!("Bearer {access_token}")).map_err(|_| {
+                MintError::unavailable(
+                    "the HubSpot access token is not a valid header value".into(),
+                )
+            })?;
         let request = Request::builder()
             .method(Method::POST)
             .uri(uri)
@@ -65,29 +103,55 @@ impl HubSpotClient {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| MintError::unavailable(e.to_string()))?;
         let response = self
             .client
             .request(request)
             .await
-            .map_err(|e| format!("HubSpot request failed: {e}"))?;
+            .map_err(|e| MintError::unavailable(format!("HubSpot request failed: {e}")))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("HubSpot answer unreadable: {e}"))?
+            .map_err(|e| MintError::unavailable(format!("HubSpot answer unreadable: {e}")))?
             .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!("HubSpot answered {status}"));
+        match status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS => {
+                return Err(MintError::Unavailable {
+                    reason: format!("HubSpot answered {status}"),
+                    retry_after,
+                });
+            }
+            s if s.is_client_error() => {
+                return Err(MintError::Refused(format!("HubSpot answered {status}")));
+            }
+            _ => {
+                return Err(MintError::Unavailable {
+                    reason: format!("HubSpot answered {status}"),
+                    retry_after,
+                });
+            }
         }
         #[derive(serde::Deserialize)]
         struct Answer {
             token: String,
         }
         let answer: Answer = serde_json::from_slice(&bytes)
-            .map_err(|_| "HubSpot's answer has no token".to_owned())?;
+            .map_err(|_| MintError::Refused("HubSpot's answer has no token".into()))?;
         if answer.token.is_empty() || answer.token.len() > 4096 {
-            return Err("HubSpot's token is empty or too long".into());
+            return Err(MintError::Refused(
+                "HubSpot's token is empty or too long".into(),
+            ));
         }
         Ok(answer.token)
     }

@@ -7,9 +7,12 @@
 //! coalesces them). A page never waits longer than `mint_timeout`: a slow or
 //! failing mint is counted and logged, the page goes out without
 //! identification, and the mint that was started keeps going in the
-//! background so the next page has its token.
+//! background so the next page has its token. HubSpot's refusal of one
+//! member is remembered for a while, and an account that is down is given a
+//! rest (`backoff`), so that neither costs a call per page view.
 
 pub mod api;
+mod backoff;
 pub mod hubspot;
 pub mod token;
 
@@ -81,11 +84,13 @@ fn query_matches(wanted: Option<&(String, Option<String>)>, query: Option<&str>)
 }
 
 /// A token in the cache, with the identity it was minted for (a member who
-/// changes their name gets a new one) and who issued it.
+/// changes their name gets a new one) and who issued it. `None`: HubSpot
+/// refused this identity, and is not asked again for it until `reuse_for`
+/// has passed.
 #[derive(Debug)]
 struct Minted {
     identity: Identity,
-    token: Arc<str>,
+    token: Option<Arc<str>>,
     reuse_for: Duration,
     issuer: Issuer,
 }
@@ -129,6 +134,18 @@ impl Issuer {
 /// every later page of the member to the same wait, since they join it.
 const MINT_DEADLINE_PAGES: u32 = 10;
 
+/// How long HubSpot's refusal of one identity is remembered.
+const REFUSAL_REMEMBERED: Duration = Duration::from_secs(600);
+
+/// Why a page has no HubSpot token.
+#[derive(Debug)]
+enum NoToken {
+    /// The account is resting after failures; no call was made.
+    Paused,
+    /// The call failed (already logged).
+    Failed,
+}
+
 struct ReuseFor;
 
 impl moka::Expiry<(MemberId, Arc<str>), Arc<Minted>> for ReuseFor {
@@ -145,6 +162,7 @@ impl moka::Expiry<(MemberId, Arc<str>), Arc<Minted>> for ReuseFor {
 pub struct Identifier {
     cache: moka::future::Cache<(MemberId, Arc<str>), Arc<Minted>>,
     hubspot: Arc<hubspot::HubSpotClient>,
+    backoff: Arc<backoff::Backoff>,
     /// Used when the configuration names no keys: derived from the gateway secret.
     default_keys: Keys,
     /// `cached`, `minted`, `failed`, `timeout`.
@@ -170,6 +188,7 @@ impl Identifier {
                 .support_invalidation_closures()
                 .build(),
             hubspot: Arc::new(hubspot::HubSpotClient::new()?),
+            backoff: Arc::default(),
             default_keys: Keys::new(vec![Key::new("default", default_secret)?])?,
             outcomes,
             cached,
@@ -210,8 +229,12 @@ impl Identifier {
                 && same.last_name == visitor.last_name
                 && found.issuer.is_current(&chat.provider, signing_id)
             {
+                if found.token.is_none() {
+                    self.count("refused");
+                    return None;
+                }
                 self.cached.inc();
-                return Some(found.token.clone());
+                return found.token.clone();
             }
             self.cache.invalidate(&key).await;
         }
@@ -234,7 +257,7 @@ impl Identifier {
                     .into();
                 let minted = Arc::new(Minted {
                     identity,
-                    token: token.clone(),
+                    token: Some(token.clone()),
                     reuse_for: lifetime.mul_f64(0.9),
                     issuer: Issuer::Key(keys.signing_id().into()),
                 });
@@ -247,7 +270,13 @@ impl Identifier {
                 api_base,
                 access_token,
             } => {
+                let account = hubspot_account(site, api_base, portal_id, access_token);
+                if self.backoff.paused(account, Instant::now()) {
+                    self.count("paused");
+                    return None;
+                }
                 let (cache, hubspot) = (self.cache.clone(), self.hubspot.clone());
+                let backoff = self.backoff.clone();
                 let (portal_id, api_base) = (portal_id.clone(), api_base.clone());
                 let access_token = access_token.clone();
                 let outcomes = self.outcomes.clone();
@@ -257,26 +286,47 @@ impl Identifier {
                 let mint = tokio::spawn(async move {
                     cache
                         .try_get_with(key, async move {
+                            let ticket = backoff
+                                .ticket(account, Instant::now())
+                                .ok_or(NoToken::Paused)?;
                             let call = hubspot.mint(&api_base, &access_token, &identity);
-                            let answer =
-                                tokio::time::timeout(deadline, call)
-                                    .await
-                                    .unwrap_or_else(|_| {
-                                        Err(format!("HubSpot did not answer within {deadline:?}"))
-                                    });
+                            let answer = tokio::time::timeout(deadline, call)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(hubspot::MintError::Unavailable {
+                                        reason: format!("HubSpot did not answer within {deadline:?}"),
+                                        retry_after: None,
+                                    })
+                                });
                             // Logged here, once per call, whether or not a
                             // page is still waiting for it.
-                            let token = answer.inspect_err(|error| {
-                                tracing::warn!(member, %error, "no identification token");
-                            })?;
-                            outcomes
-                                .get_or_create(&OutcomeLabels { result: "minted" })
-                                .inc();
-                            Ok::<_, String>(Arc::new(Minted {
+                            let (token, reuse_for) = match answer {
+                                Ok(token) => {
+                                    outcomes
+                                        .get_or_create(&OutcomeLabels { result: "minted" })
+                                        .inc();
+                                    // Reused until an hour before HubSpot's 12 hours run out.
+                                    let reuse_for =
+                                        hubspot::TOKEN_LIFETIME - Duration::from_secs(3600);
+                                    (Some(token.into()), reuse_for)
+                                }
+                                Err(hubspot::MintError::Refused(error)) => {
+                                    tracing::warn!(member, %error, "no identification token; HubSpot is not asked again for this member for 10 minutes");
+                                    (None, REFUSAL_REMEMBERED)
+                                }
+                                Err(hubspot::MintError::Unavailable { reason, retry_after }) => {
+                                    tracing::warn!(member, error = %reason, "no identification token");
+                                    if let Some(pause) = backoff.failed(ticket, Instant::now(), retry_after) {
+                                        tracing::warn!(?pause, "HubSpot unavailable; pages go out without identification until the pause ends");
+                                    }
+                                    return Err(NoToken::Failed);
+                                }
+                            };
+                            backoff.answered(ticket);
+                            Ok(Arc::new(Minted {
                                 identity,
-                                token: token.into(),
-                                // Reused until an hour before HubSpot's 12 hours run out.
-                                reuse_for: hubspot::TOKEN_LIFETIME - Duration::from_secs(3600),
+                                token,
+                                reuse_for,
                                 issuer: Issuer::HubSpot {
                                     portal_id: portal_id.into(),
                                     api_base,
@@ -286,9 +336,17 @@ impl Identifier {
                         .await
                 });
                 match tokio::time::timeout(settings.mint_timeout, mint).await {
-                    Ok(Ok(Ok(minted))) => Some(minted.token.clone()),
-                    Ok(Ok(Err(_logged))) => {
-                        self.count("failed");
+                    Ok(Ok(Ok(minted))) => {
+                        if minted.token.is_none() {
+                            self.count("refused");
+                        }
+                        minted.token.clone()
+                    }
+                    Ok(Ok(Err(why))) => {
+                        self.count(match *why {
+                            NoToken::Paused => "paused",
+                            NoToken::Failed => "failed",
+                        });
                         None
                     }
                     Ok(Err(join)) => {
@@ -316,6 +374,20 @@ impl Identifier {
             .cache
             .invalidate_entries_if(move |(id, _), _| *id == member_id);
     }
+}
+
+/// Which HubSpot account a site's calls go to, for the back-off: a reload
+/// that changes the API base, the portal or the access token starts afresh.
+fn hubspot_account(
+    site: &str,
+    api_base: &http::Uri,
+    portal_id: &str,
+    access_token: &str,
+) -> backoff::Account {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (site, api_base, portal_id, access_token).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

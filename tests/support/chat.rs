@@ -133,6 +133,12 @@ pub enum HubSpotMode {
     /// Never answers the first call (its connection stays open); answers
     /// every later one at once.
     HangFirst,
+    /// Answers the first `calls` calls with `status` (and `Retry-After: 3`
+    /// with a 429), every later one with a token.
+    FailFirst {
+        status: u16,
+        calls: usize,
+    },
 }
 
 /// A local HubSpot Visitor Identification API.
@@ -185,7 +191,19 @@ impl FakeHubSpot {
                         std::future::pending::<()>().await;
                         unreachable!()
                     }
-                    HubSpotMode::Answer | HubSpotMode::HangFirst => {
+                    HubSpotMode::FailFirst { status, calls } if n <= calls => {
+                        let mut answer = json(status, serde_json::json!({"message": "no"}));
+                        if status == 429 {
+                            answer.headers_mut().insert(
+                                "retry-after",
+                                hyper::header::HeaderValue::from_static("3"),
+                            );
+                        }
+                        answer
+                    }
+                    HubSpotMode::Answer
+                    | HubSpotMode::HangFirst
+                    | HubSpotMode::FailFirst { .. } => {
                         json(200, serde_json::json!({"token": format!("hs-token-{n}")}))
                     }
                 }
