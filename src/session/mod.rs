@@ -13,7 +13,7 @@
 pub mod seal;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -122,6 +122,11 @@ pub struct Sessions {
     /// the store just before it was deleted must not put it back in the cache
     /// after the log-out cleared it (see [`Sessions::destroy`]).
     ended: moka::sync::Cache<[u8; 32], ()>,
+    /// Counts `forget_member` calls. A session read from the store before a
+    /// member change and cached after the change's `forget_member` ran would
+    /// stay in the cache with the old member; whoever caches one checks this
+    /// did not move meanwhile (see [`Sessions::cache_visitor`]).
+    forgets: AtomicU64,
     seal: Seal,
     pub cookie_name: String,
     /// `<cookie_name>-chat-reset`, built once.
@@ -171,6 +176,7 @@ impl Sessions {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(10))
                 .build(),
+            forgets: AtomicU64::new(0),
             seal: Seal::new(secret),
             cookie_name: config.cookie_name.clone(),
             chat_reset_name: format!("{}-chat-reset", config.cookie_name),
@@ -271,6 +277,7 @@ impl Sessions {
     /// its member is no longer valid, renewing it if the member has gained a
     /// privilege since it began.
     async fn load(&self, id_hash: [u8; 32], now: i64) -> Lookup {
+        let forgets = self.forgets.load(Ordering::SeqCst);
         let record = match self.store.session(id_hash).await {
             Ok(Some(record)) => record,
             Ok(None) => return Lookup::Invalid,
@@ -301,7 +308,7 @@ impl Sessions {
             return Lookup::Replaced;
         }
         if record.grants != member.grants {
-            return self.renew(&record, member, now).await;
+            return self.renew(&record, member, now, forgets).await;
         }
         let visitor = Arc::new(visitor(
             id_hash,
@@ -309,7 +316,7 @@ impl Sessions {
             record.expires_at,
             record.last_seen_at,
         ));
-        self.cache.insert(id_hash, visitor.clone());
+        self.cache_visitor(&visitor, forgets);
         // Checked after the insert: a log-out marks the session ended before it
         // clears the cache, so either its clearing comes after this insert or
         // its mark is seen here.
@@ -323,7 +330,7 @@ impl Sessions {
     /// Moves a session to a new id after its member gained a privilege: the
     /// old id is marked replaced in the same transaction that stores the new
     /// one, so of two requests racing with the old cookie only one renews it.
-    async fn renew(&self, old: &SessionRecord, member: &Member, now: i64) -> Lookup {
+    async fn renew(&self, old: &SessionRecord, member: &Member, now: i64, forgets: u64) -> Lookup {
         let id = match fresh_id() {
             Ok(id) => id,
             Err(e) => {
@@ -347,7 +354,7 @@ impl Sessions {
                     "session renewed under a new id after a privilege change"
                 );
                 let visitor = Arc::new(visitor(record.id_hash, member, record.expires_at, now));
-                self.cache.insert(record.id_hash, visitor.clone());
+                self.cache_visitor(&visitor, forgets);
                 Lookup::Renewed {
                     visitor,
                     cookie_value: self.seal.seal(&id),
@@ -375,6 +382,19 @@ impl Sessions {
             expires_at: now + self.lifetime.as_secs() as i64,
             last_seen_at: now,
             replaced: false,
+        }
+    }
+
+    /// Caches a session whose member was read from the store when
+    /// `forgets` had the value given. If a member was forgotten since, this
+    /// one may have been read before the change: the entry is dropped again,
+    /// and the next request reads the store. Checked after the insert, so
+    /// either the forgetting's sweep comes after the insert or its count is
+    /// seen here.
+    fn cache_visitor(&self, visitor: &Arc<Visitor>, forgets: u64) {
+        self.cache.insert(visitor.id_hash, visitor.clone());
+        if self.forgets.load(Ordering::SeqCst) != forgets {
+            self.cache.invalidate(&visitor.id_hash);
         }
     }
 
@@ -409,6 +429,7 @@ impl Sessions {
 
     /// Drops a member's cached sessions; the next request re-reads the store.
     pub fn forget_member(&self, member_id: MemberId) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         let _ = self
             .cache
             .invalidate_entries_if(move |_, v| v.member_id == member_id);
