@@ -286,6 +286,31 @@ async fn b4_trusted_proxies_extend_the_chain() {
     );
 }
 
+/// On a dual-stack listener (`[::]`) an IPv4 client arrives as
+/// `::ffff:a.b.c.d`. It is the same client for `trusted_proxies` and for
+/// the per-IP connection cap as on an IPv4 listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b4_h3_ipv4_clients_of_a_dual_stack_listener_are_ipv4_clients() {
+    let mut setup = Setup::new()
+        .server("trusted_proxies = [\"127.0.0.0/8\"]")
+        .limits("max_connections_per_ip = 2");
+    setup.listen_host = "[::]";
+    let w = world_with(setup).await;
+    let over_ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], w.gw.http.port()));
+    let raw = b"GET /public/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+        X-Forwarded-For: 198.51.100.4\r\n\r\n";
+    assert_eq!(status_of(&support::raw_exchange(over_ipv4, raw).await), 200);
+    let seen = w.public.only_request();
+    assert_eq!(seen.all("x-forwarded-for"), ["198.51.100.4, 127.0.0.1"]);
+    // The trusted proxy is not held to the per-IP cap.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(over_ipv4).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(status_of(&support::raw_exchange(over_ipv4, raw).await), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b1_b2_b3_reserved_identity_headers_never_reach_the_origin() {
     let w = world().await;

@@ -180,6 +180,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         let Ok(ip) = hop.trim().parse::<IpAddr>() else {
             break;
         };
+        // A dual-stack proxy may write an IPv4 client as `::ffff:a.b.c.d`.
+        let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(ip, trusted) {
             break;
@@ -769,10 +771,12 @@ mod tests {
             h
         };
         let proxy = ip("10.0.0.2");
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&[], "10.0.0.2"),
             (&["198.51.100.7"], "198.51.100.7"),
             (&["6.6.6.6, 198.51.100.7, 10.0.0.9"], "198.51.100.7"),
+            // An IPv4 hop written by a dual-stack proxy is still a trusted one.
+            (&["6.6.6.6, 198.51.100.7, ::ffff:10.0.0.9"], "198.51.100.7"),
             (&["6.6.6.6", "198.51.100.7"], "198.51.100.7"),
             (&["10.0.0.5, 10.0.0.9"], "10.0.0.5"),
             (&["6.6.6.6, junk, 10.0.0.9"], "10.0.0.9"),

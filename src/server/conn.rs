@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // A dual-stack listener (`[::]`) sees IPv4 clients as `::ffff:a.b.c.d`.
+        // They are IPv4 clients to `trusted_proxies`, the per-IP cap, the
+        // forwarding headers and the log alike.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         if kind == Kind::Admin {
             tokio::spawn(admin::serve_connection(

@@ -27,6 +27,8 @@ pub use origins::{EchoOrigin, Fault, FaultyOrigin};
 /// What to put in the gateway's configuration file.
 pub struct Setup {
     pub http_mode: &'static str,
+    /// The host part of the HTTPS and HTTP listen addresses.
+    pub listen_host: &'static str,
     pub server_extra: String,
     pub limits: String,
     pub tls_extra: String,
@@ -50,6 +52,7 @@ impl Setup {
     pub fn new() -> Setup {
         Setup {
             http_mode: "serve",
+            listen_host: "127.0.0.1",
             server_extra: String::new(),
             limits: String::new(),
             tls_extra: String::new(),
@@ -196,7 +199,7 @@ impl Setup {
             ));
         }
         format!(
-            "[server]\nworkers = 2\nhttps_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+            "[server]\nworkers = 2\nhttps_listen = \"{host}:0\"\nhttp_listen = \"{host}:0\"\n\
              http_mode = {:?}\nshutdown_grace = \"5s\"\n{}\n\
              [limits]\n{}\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
@@ -223,6 +226,7 @@ impl Setup {
                 format!("[sites.chat]\n{}", self.chat)
             },
             self.sites.join("\n"),
+            host = self.listen_host,
         )
     }
 }
