@@ -141,16 +141,19 @@ impl Gateway {
     }
 
     /// Re-reads the configuration file and swaps it in; on any error the running
-    /// configuration stays as it was. Listen addresses, worker count and log format
-    /// take effect only on restart.
+    /// configuration stays as it was. Settings the process built its sockets,
+    /// threads, store, sessions and mailer from take effect only on restart
+    /// (see `keep_restart_settings`).
     pub fn reload(&self) -> Result<(), String> {
         let current = self.runtime();
         let result = Config::load(&self.config_path)
             .map_err(|e| e.to_string())
             .and_then(|mut config| {
-                if keep_restart_settings(&mut config, &current.config) {
+                let changed = keep_restart_settings(&mut config, &current.config);
+                if !changed.is_empty() {
                     tracing::warn!(
-                        "listen addresses and workers changed in the file; they apply after a restart"
+                        settings = changed.join(", "),
+                        "these settings changed in the file; they apply after a restart"
                     );
                 }
                 Runtime::build(config, true)
@@ -161,19 +164,110 @@ impl Gateway {
     }
 }
 
-/// Puts the running listen addresses and worker count back into a reloaded
-/// configuration, since the sockets and threads stay as they are: what the
-/// gateway builds (TLS for a bound HTTPS listener, the redirect port) must
-/// match them until a restart. Returns whether the file had changed any.
-fn keep_restart_settings(config: &mut Config, running: &Config) -> bool {
+/// Puts back into a reloaded configuration the settings the running process
+/// was built from: the listen addresses and worker count (the sockets and
+/// threads stay as they are), and what the store, the sessions, the portal's
+/// templates and limits and the mailer were made with at start. Everything
+/// that reads the configuration per request must agree with them until a
+/// restart: a session cookie under a new `cookie_name`, say, would no longer
+/// be withheld from origins while the sessions still accept it. Returns the
+/// keys that the file had changed.
+fn keep_restart_settings(config: &mut Config, running: &Config) -> Vec<&'static str> {
+    fn keep<T: PartialEq + Clone>(
+        changed: &mut Vec<&'static str>,
+        key: &'static str,
+        new: &mut T,
+        old: &T,
+    ) {
+        if new != old {
+            changed.push(key);
+            new.clone_from(old);
+        }
+    }
+    let mut changed = Vec::new();
+    let c = &mut changed;
     let (new, old) = (&mut config.server, &running.server);
-    let changed = new.https_listen != old.https_listen
-        || new.http_listen != old.http_listen
-        || config.admin.listen != running.admin.listen
-        || new.workers != old.workers;
-    new.https_listen = old.https_listen;
-    new.http_listen = old.http_listen;
-    new.workers = old.workers;
-    config.admin.listen = running.admin.listen;
+    keep(
+        c,
+        "server.https_listen",
+        &mut new.https_listen,
+        &old.https_listen,
+    );
+    keep(
+        c,
+        "server.http_listen",
+        &mut new.http_listen,
+        &old.http_listen,
+    );
+    keep(c, "server.workers", &mut new.workers, &old.workers);
+    keep(
+        c,
+        "admin.listen",
+        &mut config.admin.listen,
+        &running.admin.listen,
+    );
+    let (new, old) = (&mut config.members, &running.members);
+    keep(c, "members.database", &mut new.database, &old.database);
+    keep(
+        c,
+        "members.secret_file",
+        &mut new.secret_file,
+        &old.secret_file,
+    );
+    keep(
+        c,
+        "members.cookie_name",
+        &mut new.cookie_name,
+        &old.cookie_name,
+    );
+    keep(
+        c,
+        "members.cookie_secure",
+        &mut new.cookie_secure,
+        &old.cookie_secure,
+    );
+    keep(
+        c,
+        "members.session_lifetime",
+        &mut new.session_lifetime,
+        &old.session_lifetime,
+    );
+    keep(
+        c,
+        "members.session_idle",
+        &mut new.session_idle,
+        &old.session_idle,
+    );
+    keep(
+        c,
+        "members.session_cache_capacity",
+        &mut new.session_cache_capacity,
+        &old.session_cache_capacity,
+    );
+    keep(
+        c,
+        "members.templates_dir",
+        &mut new.templates_dir,
+        &old.templates_dir,
+    );
+    keep(
+        c,
+        "members.max_attempts_per_ip",
+        &mut new.max_attempts_per_ip,
+        &old.max_attempts_per_ip,
+    );
+    keep(
+        c,
+        "members.max_attempts_per_account",
+        &mut new.max_attempts_per_account,
+        &old.max_attempts_per_account,
+    );
+    keep(
+        c,
+        "members.max_attempts_per_account_per_ip",
+        &mut new.max_attempts_per_account_per_ip,
+        &old.max_attempts_per_account_per_ip,
+    );
+    keep(c, "mail", &mut config.mail, &running.mail);
     changed
 }

@@ -1126,6 +1126,27 @@ async fn origins_never_receive_the_gateway_cookies() {
     assert_eq!(seen.header("x-member-email"), Some("ada@example.com"));
 }
 
+/// Sessions are built at start: a reload that renames the session cookie
+/// applies after a restart, and until then the cookie the sessions accept is
+/// still the one withheld from origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_renames_the_session_cookie_keeps_it_from_origins() {
+    let (gw, origin) = start(|s| s).await;
+    let mut ada = member(&gw, "ada@example.com", "Ada").await;
+    let session = ada.session_cookie().unwrap();
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let renamed = config.replacen("[members]\n", "[members]\ncookie_name = \"renamed\"\n", 1);
+    assert_ne!(config, renamed);
+    std::fs::write(&gw.config_path, renamed).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    assert!(gw.log().contains("members.cookie_name"), "{}", gw.log());
+    assert_eq!(ada.get("/members/").await.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-email"), Some("ada@example.com"));
+    assert!(!format!("{seen:?}").contains(&session), "{seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_replaces_any_earlier_session_id() {
     let (gw, _origin) = start(|s| s).await;

@@ -127,7 +127,7 @@ pub enum ChatShow {
 }
 
 /// Outgoing mail (verification, reset and invitation links).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
     /// The `From` mailbox, e.g. `Example Members <members@example.com>`.
     pub from: String,
