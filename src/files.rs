@@ -1,5 +1,5 @@
 //! Files the gateway writes for itself (its secret, the development
-//! certificate), written whole or not at all: a crash mid-write must never
+//! certificate, the outbox's mail), in directories of its own, written whole or not at all: a crash mid-write must never
 //! leave a truncated file that stops the next start (catalogue K1). Each goes
 //! to a temporary file beside the target, is synced, then linked or renamed
 //! into place, and the directory is synced so the name survives too.
@@ -28,7 +28,7 @@ pub fn write_whole(
         Some(dir) => dir,
         None => Path::new("."),
     };
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -45,6 +45,18 @@ pub fn write_whole(
     };
     std::fs::File::open(dir)?.sync_all()?;
     Ok(written)
+}
+
+/// Creates `dir` and any missing parents for the gateway's user alone
+/// (0700): what the gateway keeps (its secret, the member database, mail
+/// with sign-in links) is nobody else's to list or read. Existing
+/// directories keep their permissions.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -67,5 +79,10 @@ mod tests {
             std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
             1
         );
+        let mode = std::fs::metadata(dir.path().join("sub"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

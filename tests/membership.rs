@@ -1126,6 +1126,33 @@ async fn origins_never_receive_the_gateway_cookies() {
     assert_eq!(seen.header("x-member-email"), Some("ada@example.com"));
 }
 
+/// Everything the gateway keeps under its data folder (the secret, the
+/// member database, the outbox with its sign-in links) is its user's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_folder_is_the_gateway_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "ada@example.com", "Ada").await;
+    let mut pending = vec![gw.dir.path().join("data")];
+    let mut files = 0;
+    while let Some(dir) = pending.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    // The secret, the database and its WAL files, the lock, one mail.
+    assert!(files >= 5, "{files}");
+}
+
 /// Sessions are built at start: a reload that renames the session cookie
 /// applies after a restart, and until then the cookie the sessions accept is
 /// still the one withheld from origins.

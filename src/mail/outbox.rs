@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Message;
+use crate::files::IfExists;
 
 pub struct Outbox {
     dir: PathBuf,
@@ -37,7 +38,6 @@ impl Outbox {
 }
 
 fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -61,9 +61,8 @@ fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
         "To: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
         message.to, message.subject, message.body
     );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    // Mail holds sign-in links: the gateway's user's alone, like the folder.
+    crate::files::write_whole(&path, text.as_bytes(), 0o600, IfExists::Replace)?;
     Ok(path)
 }
 
@@ -95,8 +94,13 @@ mod tests {
             subject: "Invitation".into(),
             body: "hello".into(),
         };
-        let path = write(dir.path(), &message).unwrap();
-        let text = std::fs::read_to_string(path).unwrap();
+        let path = write(&dir.path().join("outbox"), &message).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(&format!("To: {to}\r\n")));
+        // Sign-in links are nobody else's to read.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("outbox")), 0o700);
     }
 }

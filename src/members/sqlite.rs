@@ -172,16 +172,6 @@ impl SqliteStore {
         // Members' emails and password hashes: a directory and a file the
         // gateway makes are its user's alone (SQLite gives the -wal and -shm
         // files the database's permissions). Existing ones keep theirs.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-                })?;
-        }
         // An empty file is an empty database.
         crate::files::write_whole(path, b"", 0o600, crate::files::IfExists::Keep)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
