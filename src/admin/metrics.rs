@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -77,6 +78,9 @@ pub struct Metrics {
     connections_over_ip_cap: Counter,
     http2_connections_stalled: Counter,
     log_lines_dropped: Counter,
+    /// The log writer's count that `log_lines_dropped` has been brought up
+    /// to, so that two scrapes at once add each dropped line once.
+    log_lines_counted: AtomicU64,
 }
 
 /// The route label for requests refused before a route was chosen.
@@ -165,6 +169,7 @@ impl Metrics {
             reloads,
             tls_handshake_failures,
             log_lines_dropped,
+            log_lines_counted: AtomicU64::new(0),
         }
     }
 
@@ -216,7 +221,9 @@ impl Metrics {
 
     /// Brings the dropped log lines' counter up to the log writer's count.
     pub fn update_log_lines_dropped(&self, dropped_since_start: u64) {
-        let counted = self.log_lines_dropped.get();
+        let counted = self
+            .log_lines_counted
+            .fetch_max(dropped_since_start, Ordering::Relaxed);
         if dropped_since_start > counted {
             self.log_lines_dropped.inc_by(dropped_since_start - counted);
         }
