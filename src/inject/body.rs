@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use lol_html::html_content::ContentType;
 use lol_html::send::{Element, ElementContentHandlers, EndTagHandler, HtmlRewriter, Settings};
@@ -430,7 +430,9 @@ pub struct InjectBody<B> {
     /// What the rewriter has taken and not yet given back (a tag cut by a
     /// chunk's end, say), in order. Until anything is changed, its output
     /// is its input, so a page whose rewrite fails can go on as it came.
-    held: Vec<Bytes>,
+    /// One buffer, not the chunks: a tag cut into a million one-byte chunks
+    /// costs a copy of each byte, not a million entries shifted one by one.
+    held: BytesMut,
     page: Arc<Page>,
     output: Collected,
     encoder: Option<Encoder>,
@@ -488,7 +490,7 @@ impl<B> InjectBody<B> {
                 encoding,
             }),
             rewriter: None,
-            held: Vec::new(),
+            held: BytesMut::new(),
             page,
             output,
             encoder,
@@ -597,18 +599,8 @@ impl<B> InjectBody<B> {
         if self.held.is_empty() && given_back == decoded.len() {
             return; // All given back: the usual case, nothing to keep.
         }
-        if !decoded.is_empty() {
-            self.held.push(decoded);
-        }
-        let mut skip = given_back;
-        while skip > 0 && !self.held.is_empty() {
-            if self.held[0].len() <= skip {
-                skip -= self.held.remove(0).len();
-            } else {
-                self.held[0] = self.held[0].slice(skip..);
-                skip = 0;
-            }
-        }
+        self.held.extend_from_slice(&decoded);
+        self.held.advance(given_back.min(self.held.len()));
     }
 
     /// The rewriter failed (a tag larger than its memory allows, say). Until
@@ -624,16 +616,9 @@ impl<B> InjectBody<B> {
         tracing::warn!(error = %error, "page rewriting failed before anything was changed; the page passes as it came");
         self.rewriter = None;
         let given_back = self.output.take();
-        let mut skip = given_back.len();
-        let mut rest = BytesMut::new();
-        for part in self.held.drain(..).chain([decoded]) {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            rest.extend_from_slice(&part[skip..]);
-            skip = 0;
-        }
+        let mut rest = std::mem::take(&mut self.held);
+        rest.extend_from_slice(&decoded);
+        rest.advance(given_back.len().min(rest.len()));
         Ok((Bytes::from(given_back), rest.freeze()))
     }
 
@@ -1104,6 +1089,17 @@ mod tests {
         let chunks = split_at(page.as_bytes(), &[]);
         let out = run_snippet(snippet, None, chunks, Coding::Identity, Coding::Identity);
         assert!(out.is_err());
+    }
+
+    #[test]
+    fn a_long_tag_in_many_small_chunks_is_held_and_given_back_whole() {
+        // The rewriter holds the whole tag until it ends, then gives it back
+        // at once: thousands of pieces to let go of together.
+        let tag = format!("<script src=\"data:,{}\"></script>", "a".repeat(200_000));
+        let page = format!("<html><head><title>t</title>{tag}</head><body>x</body></html>");
+        let pieces: Vec<usize> = (1..page.len() / 50).map(|i| i * 50 + 3).collect();
+        let expected = page.replace("</head>", &format!("{SETTINGS}</head>"));
+        assert!(with_settings(&page, &pieces, None) == expected);
     }
 
     #[test]
