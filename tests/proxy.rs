@@ -102,6 +102,32 @@ async fn speaks_http2_over_tls_by_alpn() {
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
 }
 
+/// A HEAD answer has no body, over HTTP/2 as over HTTP/1.1, whether the
+/// origin or the gateway itself (its pages, its refusals) answers it: a
+/// DATA frame after a HEAD's headers is a protocol error to clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_have_no_body_over_http2() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let h2 = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    for (path, status) in [
+        ("/page", 200),
+        ("/_membergate/login", 200),
+        ("/_membergate/nope", 404),
+        ("/_membergate/logout", 405),
+        ("/x%5c", 400),
+    ] {
+        let response = h2.head(gw.https_url(path)).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), status, "{path}");
+        let body = response.bytes().await;
+        assert!(
+            body.as_ref().is_ok_and(|b| b.is_empty()),
+            "{path}: {body:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chooses_certificates_by_sni() {
     let origin = EchoOrigin::start().await;

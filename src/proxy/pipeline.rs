@@ -97,6 +97,7 @@ pub async fn handle(
     });
     let mut route_label = None;
     let had_body = has_body(&request);
+    let is_head = request.method() == Method::HEAD;
     let mut response = phases(
         gateway,
         &runtime,
@@ -106,6 +107,12 @@ pub async fn handle(
         record.as_deref_mut(),
     )
     .await;
+    // hyper's HTTP/1 server leaves out a HEAD answer's body, its HTTP/2
+    // server does not: the gateway's own pages would go out as DATA frames,
+    // which clients take for a protocol error. Content-Length stays.
+    if is_head && !matches!(response.body(), GatewayBody::Empty) {
+        *response.body_mut() = GatewayBody::Empty;
+    }
     let status = response.status().as_u16();
     // A refused request may still have body bytes in flight; do not let them
     // be read as the next request on this connection (attack catalogue G6).
