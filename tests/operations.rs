@@ -185,6 +185,62 @@ default_policy = "groups"
     }
 }
 
+/// Mistakes that would otherwise pass: a host a later site can never serve
+/// (its rules would silently not apply), listeners on one address (the
+/// gateway would fail at start as if another process held the port), and a
+/// templates folder that is missing or does not compile.
+#[test]
+fn check_config_refuses_what_would_silently_not_apply() {
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::write(templates.path().join("register.html"), "{% if %}").unwrap();
+    let (code, out) = check_config(&format!(
+        r#"
+[server]
+https_listen = ""
+http_listen = "0.0.0.0:8080"
+[admin]
+listen = "127.0.0.1:8080"
+[members]
+templates_dir = {:?}
+[[sites]]
+name = "docs"
+hosts = ["docs.example", "*.example"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:9"
+[[sites]]
+name = "club"
+hosts = ["club.example", "DOCS.example.", "*.example"]
+  [[sites.rules]]
+  path = "/members"
+  policy = "members"
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:9"
+"#,
+        templates.path().display().to_string()
+    ));
+    assert_eq!(code, 2, "{out}");
+    for expected in [
+        "sites[1].hosts: \"docs.example\" is already served by sites[0] (\"docs\")",
+        "sites[1].hosts: \"*.example\" is already served by sites[0] (\"docs\")",
+        "admin.listen: 127.0.0.1:8080 overlaps server.http_listen",
+        "members.templates_dir: template register.html: syntax error",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("club.example"), "{out}");
+    let (code, out) = check_config(
+        "[members]\ntemplates_dir = \"/definitely/not/here\"\n\
+         [[sites]]\nname = \"a\"\nhosts = [\"*\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("members.templates_dir: directory /definitely/not/here does not exist"),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
     let (code, out) = check_config(

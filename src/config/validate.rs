@@ -61,6 +61,15 @@ impl HostPattern {
         }
     }
 
+    /// The pattern as it is written in the configuration.
+    fn describe(&self) -> String {
+        match self {
+            HostPattern::Exact(name) => format!("{name:?}"),
+            HostPattern::Wildcard(suffix) => format!("\"*{suffix}\""),
+            HostPattern::Any => "\"*\"".to_owned(),
+        }
+    }
+
     /// Exact names rank before wildcards, and wildcards before `*`.
     fn rank(&self) -> u8 {
         match self {
@@ -330,6 +339,29 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         ),
         api_key_file: file.admin.api_key_file.as_deref().map(PathBuf::from),
     };
+    let listeners = [
+        ("server.https_listen", server.https_listen),
+        ("server.http_listen", server.http_listen),
+        ("admin.listen", admin.listen),
+    ];
+    for (i, (key, addr)) in listeners.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        let clash = listeners[..i].iter().find(|(_, other)| {
+            other.is_some_and(|o| {
+                o.port() == addr.port()
+                    && addr.port() != 0
+                    && (o.ip() == addr.ip()
+                        || o.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            })
+        });
+        if let Some((other, _)) = clash {
+            p.add(
+                key,
+                format!("{addr} overlaps {other}; each listener needs an address of its own"),
+            );
+        }
+    }
 
     let log = Log {
         format: match file.log.format.as_deref() {
@@ -388,6 +420,20 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
                 &format!("sites[{i}].name"),
                 format!("{:?} is used by an earlier site", a.name),
             );
+        }
+        // The first site that names a host serves it: a later one's rules
+        // for the same host would never apply, and that is always a mistake.
+        for host in &a.hosts {
+            if let Some(k) = sites[..i].iter().position(|b| b.hosts.contains(host)) {
+                p.add(
+                    &format!("sites[{i}].hosts"),
+                    format!(
+                        "{} is already served by sites[{k}] ({:?}); a host belongs to one site",
+                        host.describe(),
+                        sites[k].name
+                    ),
+                );
+            }
         }
     }
     for (i, key) in identification.api_keys.iter().enumerate() {
@@ -566,6 +612,22 @@ fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
         ca_file: r.ca_file.as_deref().map(PathBuf::from),
     };
     Some(route)
+}
+
+/// The folder of the site's own portal templates: it must exist (a typo
+/// would quietly give the built-in pages), and every template in it must
+/// compile, as the gateway will at start.
+fn templates_dir(p: &mut Problems, dir: Option<&str>) -> Option<PathBuf> {
+    let dir = PathBuf::from(dir?);
+    if !dir.is_dir() {
+        p.add(
+            "members.templates_dir",
+            format!("directory {} does not exist", dir.display()),
+        );
+    } else if let Err(e) = crate::portal::pages::Templates::load(Some(&dir)) {
+        p.add("members.templates_dir", e);
+    }
+    Some(dir)
 }
 
 /// A route prefix must already be in the normal form the path normaliser produces,
@@ -867,7 +929,7 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         registration,
         allowed_domains,
         require_verification: m.require_verification.unwrap_or(true),
-        templates_dir: m.templates_dir.as_deref().map(PathBuf::from),
+        templates_dir: templates_dir(p, m.templates_dir.as_deref()),
         identity_headers: m.identity_headers.unwrap_or(true),
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
         max_attempts_per_account: m.max_attempts_per_account.unwrap_or(100).max(1),
