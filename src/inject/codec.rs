@@ -286,17 +286,20 @@ impl Capped {
     /// Feeds one chunk; returns the decoded bytes ready so far.
     pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, CodecError> {
         self.fed |= !chunk.is_empty();
+        // flate2's and zstd's writers pass a write's output on only at the
+        // next write or flush: without the flush, the decoded bytes of a
+        // chunk would wait for the origin's next one (decision 0025).
         let write = match &mut self.decoder {
             Decoder::Identity => return self.count(chunk.to_vec()),
-            Decoder::Gzip(d) => d.write_all(chunk),
+            Decoder::Gzip(d) => d.write_all(chunk).and_then(|()| d.flush()),
             Decoder::DeflateUnsure(_, start) => {
                 start.extend_from_slice(chunk);
                 self.choose_deflate()
             }
-            Decoder::Zlib(d) => d.write_all(chunk),
-            Decoder::RawDeflate(d) => d.write_all(chunk),
+            Decoder::Zlib(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Decoder::RawDeflate(d) => d.write_all(chunk).and_then(|()| d.flush()),
             Decoder::Br(d) => d.write_all(chunk),
-            Decoder::Zstd(d) => d.write_all(chunk),
+            Decoder::Zstd(d) => d.write_all(chunk).and_then(|()| d.flush()),
         };
         self.checked(write)?;
         let ready = self.take();
@@ -319,12 +322,12 @@ impl Capped {
         };
         if is_zlib_header(cmf, flg) {
             let mut d = flate2::write::ZlibDecoder::new(sink);
-            let written = d.write_all(&start);
+            let written = d.write_all(&start).and_then(|()| d.flush());
             self.decoder = Decoder::Zlib(d);
             written
         } else {
             let mut d = flate2::write::DeflateDecoder::new(sink);
-            let written = d.write_all(&start);
+            let written = d.write_all(&start).and_then(|()| d.flush());
             self.decoder = Decoder::RawDeflate(d);
             written
         }
@@ -534,6 +537,48 @@ mod tests {
                 "{coding:?}"
             );
         }
+    }
+
+    /// An origin that streams compressed pages flushes its encoder when it
+    /// pauses: what it flushed decodes at once, not with its next chunk.
+    #[test]
+    fn a_flushed_start_of_page_decodes_without_waiting_for_more() {
+        let head = b"<html><head><title>t</title></head><body>hello";
+        let flushed = |coding: Coding| -> Vec<u8> {
+            let mut out = Vec::new();
+            let level = flate2::Compression::fast();
+            match coding {
+                Coding::Gzip => {
+                    let mut e = flate2::write::GzEncoder::new(&mut out, level);
+                    e.write_all(head).unwrap();
+                    e.flush().unwrap();
+                }
+                Coding::Deflate => {
+                    let mut e = flate2::write::ZlibEncoder::new(&mut out, level);
+                    e.write_all(head).unwrap();
+                    e.flush().unwrap();
+                }
+                Coding::Zstd => {
+                    let mut e = zstd::stream::write::Encoder::new(&mut out, 3).unwrap();
+                    e.write_all(head).unwrap();
+                    e.flush().unwrap();
+                }
+                _ => unreachable!(),
+            }
+            out
+        };
+        for coding in [Coding::Gzip, Coding::Deflate, Coding::Zstd] {
+            let mut d = Capped::new(coding, 1 << 20).unwrap();
+            assert_eq!(d.decode(&flushed(coding)).unwrap(), head, "{coding:?}");
+        }
+        // Raw deflate (no zlib header), as some servers send `deflate`.
+        let mut raw = Vec::new();
+        let mut e = flate2::write::DeflateEncoder::new(&mut raw, flate2::Compression::fast());
+        e.write_all(head).unwrap();
+        e.flush().unwrap();
+        drop(e);
+        let mut d = Capped::new(Coding::Deflate, 1 << 20).unwrap();
+        assert_eq!(d.decode(&raw).unwrap(), head);
     }
 
     #[test]
