@@ -111,6 +111,10 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
         Page::html(PAGE)
             .with("cache-control", "public, max-age=3600")
             .with("accept-ranges", "bytes")
+            .with("content-digest", "sha-256=:AAAA:")
+            .with("repr-digest", "sha-256=:AAAA:")
+            .with("digest", "SHA-256=AAAA")
+            .with("content-md5", "AAAA")
             .with("etag", "\"v2\""),
     )])
     .await;
@@ -189,8 +193,12 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     // and carries no validator.
     let cached = ada.get("/cached").await;
     assert!(settings(&cached.body).is_some());
-    // Ranges of the origin's bytes are not ranges of these.
+    // Ranges of the origin's bytes are not ranges of these, and its digests
+    // are not digests of these.
     assert!(!cached.headers.contains_key("accept-ranges"));
+    for digest in ["content-digest", "repr-digest", "digest", "content-md5"] {
+        assert!(!cached.headers.contains_key(digest), "{digest}");
+    }
     let cache_control: Vec<_> = cached.headers.get_all("cache-control").iter().collect();
     assert_eq!(cache_control, ["private, no-store"]);
     assert!(!cached.headers.contains_key("etag"));

@@ -14,7 +14,7 @@ pub mod csp;
 
 use std::fmt::Write;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 pub use body::InjectBody;
@@ -140,6 +140,14 @@ pub fn rewrite(
     )
 }
 
+/// Headers that carry a digest of the body.
+const DIGESTS: [HeaderName; 4] = [
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("repr-digest"),
+    HeaderName::from_static("digest"),
+    HeaderName::from_static("content-md5"),
+];
+
 /// The header edits a rewritten page needs, for its GET or its HEAD: no
 /// length or coding of the origin's, the client's coding, `Vary`, a weak
 /// ETag (none on a personalised page), and private caching when personalised.
@@ -148,6 +156,11 @@ pub fn fix_headers(headers: &mut HeaderMap, personalised: bool, to: Coding) {
     // A range of these bytes cannot be had: a range request is passed to the
     // origin, whose bytes differ, and a resumed download would mix the two.
     headers.remove(header::ACCEPT_RANGES);
+    // Digests of the origin's bytes (RFC 9530, RFC 3230, RFC 1864) would not
+    // match these: a client that checks them would refuse the page.
+    for digest in &DIGESTS {
+        headers.remove(digest);
+    }
     headers.remove(header::CONTENT_ENCODING);
     if to != Coding::Identity {
         headers.insert(
