@@ -371,7 +371,14 @@ fn rewriter(
         }
         template.template_depth.fetch_add(1, Ordering::Relaxed);
         let template = template.clone();
-        let leave: EndTagHandler<'static> = Box::new(move |_end| {
+        let leave: EndTagHandler<'static> = Box::new(move |end| {
+            // lol_html also ends the template at an end tag that closes an
+            // element around it (`<head><template></head>`). A browser does
+            // not: in a template, such an end tag is ignored, and what
+            // follows is still inert.
+            if !end.name().eq_ignore_ascii_case("template") {
+                return Ok(());
+            }
             template.template_depth.fetch_sub(1, Ordering::Relaxed);
             Ok(())
         });
@@ -412,6 +419,38 @@ enum Sniff {
     Done,
 }
 
+/// The first bytes of a page, other than white space and a UTF-8 byte order
+/// mark, lower-cased: enough to tell a document (a doctype, a comment,
+/// `<html>` or `<head>`) from a fragment.
+#[derive(Default)]
+struct Opening {
+    seen: [u8; 9],
+    len: usize,
+}
+
+impl Opening {
+    fn see(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len == self.seen.len() {
+                return;
+            }
+            let leading =
+                self.len == 0 && (b.is_ascii_whitespace() || [0xEF, 0xBB, 0xBF].contains(&b));
+            if !leading {
+                self.seen[self.len] = b.to_ascii_lowercase();
+                self.len += 1;
+            }
+        }
+    }
+
+    fn is_document(&self) -> bool {
+        let seen = &self.seen[..self.len];
+        [b"<!doctype".as_slice(), b"<!--", b"<html", b"<head"]
+            .iter()
+            .any(|start| seen.starts_with(start))
+    }
+}
+
 /// What building a page's rewriter waits for: its first bytes, which tell
 /// whether it must watch the page's `<meta>` tags.
 #[derive(Clone, Copy)]
@@ -441,6 +480,11 @@ pub struct InjectBody<B> {
     pending: Option<Bytes>,
     /// How far the look for a byte order mark has got.
     sniff: Sniff,
+    /// How the page begins, for the snippet's last chance at its end.
+    opening: Opening,
+    /// The last byte other than white space the rewriter was given: a page
+    /// that ends inside a tag gets nothing added after it.
+    last_byte: u8,
     /// Whether the encoder has been given bytes since it last flushed.
     unflushed: bool,
     finished: bool,
@@ -496,6 +540,8 @@ impl<B> InjectBody<B> {
             encoder,
             pending: None,
             sniff: Sniff::Start,
+            opening: Opening::default(),
+            last_byte: 0,
             unflushed: false,
             finished: false,
         })
@@ -524,6 +570,12 @@ impl<B> InjectBody<B> {
     /// afterwards they pass as they are. Returns the rewritten start and the
     /// untouched rest of the chunk.
     fn rewrite(&mut self, decoded: Bytes) -> Result<(Bytes, Bytes), BoxError> {
+        if self.rewriter.is_some() || self.unbuilt.is_some() {
+            self.opening.see(&decoded);
+            if let Some(&last) = decoded.iter().rfind(|b| !b.is_ascii_whitespace()) {
+                self.last_byte = last;
+            }
+        }
         if self.utf16_bom(&decoded) {
             // Nothing went in yet (the rewriter saw one byte at most): flush
             // it and pass the page on as it is.
@@ -702,6 +754,13 @@ impl<B> InjectBody<B> {
                 Ok(()) => {
                     self.held.clear();
                     out.extend_from_slice(&self.output.take());
+                    // HTML lets a document leave out both `</head>` and
+                    // `<body>`; then the page's end is the snippet's place.
+                    // Not a fragment's (an htmx or Turbo partial, `<tr>...`):
+                    // the page it goes into has the widget.
+                    if self.opening.is_document() && self.last_byte == b'>' && self.page.claim() {
+                        out.extend_from_slice(self.page.snippet.html.as_bytes());
+                    }
                 }
                 Err(error) => {
                     let (given_back, rest) = self.give_up(Bytes::new(), error.into())?;
@@ -1092,6 +1151,54 @@ mod tests {
     }
 
     #[test]
+    fn the_snippet_goes_where_a_browser_can_run_it() {
+        let cases = [
+            // `</head>` and `<body>` left out, as HTML allows: the page's end.
+            (
+                "<!doctype html><title>x</title><link rel=icon href=/i><p>hi</p>\n",
+                "<!doctype html><title>x</title><link rel=icon href=/i><p>hi</p>\n<S>",
+            ),
+            (
+                "\u{feff} <HEAD><meta charset=utf-8><noscript><link rel=x></noscript><div>a</div>",
+                "\u{feff} <HEAD><meta charset=utf-8><noscript><link rel=x></noscript><div>a</div><S>",
+            ),
+            // Cut off inside a tag: nothing is added after it.
+            ("<!doctype html><p>a</p><p", "<!doctype html><p>a</p><p"),
+            // A `</head>` inside a template is ignored, and so is what follows
+            // while the template is open.
+            (
+                "<head><template></head><body>x",
+                "<head><template></head><body>x",
+            ),
+            (
+                "<head><template><p>a</p></template></head><body>x",
+                "<head><template><p>a</p></template><S></head><body>x",
+            ),
+            (
+                "<html><head><title>t</title></head><body>x</body></html>",
+                "<html><head><title>t</title><S></head><body>x</body></html>",
+            ),
+            // A fragment (an htmx or Turbo partial) is no document: the page
+            // it goes into has the widget.
+            ("<tr><td>x</td></tr>", "<tr><td>x</td></tr>"),
+            (
+                "<title>t</title><div>x</div>",
+                "<title>t</title><div>x</div>",
+            ),
+        ];
+        for (page, expected) in cases {
+            let expected = expected.replace("<S>", SETTINGS);
+            for at in 0..=page.len() {
+                assert_eq!(
+                    with_settings(page, &[at], None),
+                    expected,
+                    "{page} split at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_long_tag_in_many_small_chunks_is_held_and_given_back_whole() {
         // The rewriter holds the whole tag until it ends, then gives it back
         // at once: thousands of pieces to let go of together.
@@ -1233,6 +1340,12 @@ mod tests {
             ("<head><title>t</ti", "<head><title>t</ti".to_owned()),
             ("no markup at all", "no markup at all".to_owned()),
             // An empty template in SVG has no end tag; the page goes on.
+            (
+                "<head><template><svg><template/></svg></template></head><body>x</body>",
+                format!(
+                    "<head><template><svg><template/></svg></template>{S}</head><body>x</body>"
+                ),
+            ),
             (
                 "<html><svg><template/></svg><head></head><body>x</body></html>",
                 format!("<html><svg><template/></svg><head>{S}</head><body>x</body></html>"),
