@@ -67,7 +67,7 @@ fn injection(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("member page", name), &page, |b, page| {
             b.iter(|| {
                 let snippet =
-                    inject::snippet(&chat, Some(("bench@example.com", token)), None, false);
+                    inject::snippet(&chat, Some(("bench@example.com", token)), None, None);
                 let upstream = response(page, content_type);
                 let rewritable =
                     inject::rewritable(&Method::GET, StatusCode::OK, upstream.headers()).unwrap();

@@ -243,6 +243,59 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
     );
 }
 
+/// After a log-out, the next page with the widget tells it to forget its
+/// visitor, and its own script clears the request for that: in Chromium the
+/// chat-reset cookie is gone once the page ran, and the page after it has no
+/// reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_forgets_the_chat_visitor_once_after_log_out() {
+    use support::chat::PageOrigin;
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\""),
+    )
+    .await;
+    let email = "kim@example.com";
+    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
+    assert!(ok, "{out}");
+    let wd = WebDriver::start().await;
+    wd.goto(&gw.https_url("/_membergate/login")).await;
+    wd.fill("#email", email).await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd.find("form button[type=submit]").await;
+    wd.click(&submit).await;
+    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
+        .await;
+    wd.goto(&gw.https_url("/_membergate/account")).await;
+    let logout = wd
+        .find("form[action='/_membergate/logout'] button[type=submit]")
+        .await;
+    wd.click(&logout).await;
+    // The log-out lands on the site's front page, which has the widget.
+    let url = wd
+        .wait_for_url("a page after log-out", |u| !u.contains("/_membergate/"))
+        .await;
+    assert_eq!(url, gw.https_url("/"));
+    wd.wait_for_text("High water at noon.").await;
+    let queued = "return (window.hsConversationsOnReady || []).length;";
+    assert_eq!(wd.execute(queued, json!([])).await, json!(1));
+    let names: Vec<String> = wd
+        .cookies()
+        .await
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with("-chat-reset")),
+        "{names:?}"
+    );
+    wd.goto(&gw.https_url("/tides")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+}
+
 /// The page's Content-Security-Policy in a real browser: our settings script
 /// runs under it (by the page's nonce, or by the hash the gateway adds), and
 /// nothing else the policy blocked before runs now. One of the pages sends

@@ -100,7 +100,7 @@ fuzz_target!(|input: Input| {
         inline_embed_selector: None,
         loader: WidgetLoader::Membergate,
     };
-    let build = || snippet(&chat, Some((&input.email, &input.token)), None, false);
+    let build = || snippet(&chat, Some((&input.email, &input.token)), None, None);
     let snippet = build().html;
     let page = Bytes::from(input.page);
 

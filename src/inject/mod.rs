@@ -215,13 +215,13 @@ impl Snippet {
 
 /// The HTML inserted into a page: the settings (when there are any) and the
 /// provider's loader. `identified` is `(email, token)`.
-/// With `reset`, the widget is told to forget its visitor and conversation
-/// once it is ready (after a logout).
+/// With `reset` (the statement that clears the logout's cookie), the widget
+/// is told to forget its visitor and conversation once it is ready.
 pub fn snippet(
     chat: &Chat,
     identified: Option<(&str, &str)>,
     nonce: Option<&str>,
-    reset: bool,
+    reset: Option<&str>,
 ) -> Snippet {
     // Appended piece by piece, straight into one string sized for it: this
     // runs for every page with the widget. The `data-membergate` attribute
@@ -246,10 +246,11 @@ pub fn snippet(
     );
     let has_settings = push_settings(&mut html, chat, identified);
     html.push_str(");");
-    if reset {
+    if let Some(clearing) = reset {
         html.push_str(RESET_SCRIPT);
+        html.push_str(clearing);
     }
-    let inline_script = if has_settings || reset {
+    let inline_script = if has_settings || reset.is_some() {
         let script = script_start..html.len();
         html.push_str("</script>");
         Some(script)
@@ -532,13 +533,7 @@ mod tests {
             inline_embed_selector: None,
             loader: WidgetLoader::Membergate,
         };
-        let html = snippet(
-            &chat,
-            Some(("ada@example.com", "tok")),
-            Some("n0nce"),
-            false,
-        )
-        .html;
+        let html = snippet(&chat, Some(("ada@example.com", "tok")), Some("n0nce"), None).html;
         assert!(html.contains("\"identificationEmail\":\"ada@example.com\""));
         assert!(html.contains("\"identificationToken\":\"tok\""));
         assert!(html.contains("\"loadImmediately\":false"));
@@ -548,14 +543,24 @@ mod tests {
             load_immediately: None,
             ..chat
         };
-        let html = snippet(&anonymous, None, None, false).html;
+        let html = snippet(&anonymous, None, None, None).html;
         assert!(!html.contains("hsConversationsSettings"));
         assert!(html.starts_with("<script data-membergate=\"loader\""));
-        let reset = snippet(&anonymous, None, None, true);
+        let reset = snippet(
+            &anonymous,
+            None,
+            None,
+            Some("document.cookie=\"r=;Max-Age=0\";"),
+        );
         assert!(
             reset
                 .html
                 .contains("window.HubSpotConversations.clear({resetWidget:true})")
+        );
+        assert!(
+            reset
+                .html
+                .contains("document.cookie=\"r=;Max-Age=0\";</script>")
         );
         assert!(!reset.html.contains("identificationEmail"));
         // A page that loads the widget itself gets the settings alone, and
@@ -564,11 +569,11 @@ mod tests {
             loader: WidgetLoader::Page,
             ..anonymous.clone()
         };
-        let identified = snippet(&page_loads, Some(("ada@example.com", "tok")), None, false);
+        let identified = snippet(&page_loads, Some(("ada@example.com", "tok")), None, None);
         assert!(identified.html.contains("\"identificationToken\":\"tok\""));
         assert!(!identified.html.contains("data-membergate=\"loader\""));
         assert!(!identified.loads_widget);
-        assert_eq!(snippet(&page_loads, None, None, false).html, "");
+        assert_eq!(snippet(&page_loads, None, None, None).html, "");
         // The script text for a CSP hash is exactly the settings element's content.
         let script = reset.inline_script().unwrap();
         assert!(script.starts_with("window.hsConversationsSettings=") && script.ends_with(";"));
@@ -576,7 +581,7 @@ mod tests {
             "<script data-membergate=\"settings\">{script}</script>"
         )));
         assert!(
-            snippet(&anonymous, None, None, false)
+            snippet(&anonymous, None, None, None)
                 .inline_script()
                 .is_none()
         );

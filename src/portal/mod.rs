@@ -461,8 +461,7 @@ impl Request<'_> {
         }
         self.set_cookies.push(self.m.sessions.clear_cookie());
         // The next page with the chat widget resets it (see proxy::widget).
-        self.set_cookies
-            .push(self.m.sessions.chat_reset_cookie(true));
+        self.set_cookies.push(self.m.sessions.chat_reset_cookie());
         self.visitor = None;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)

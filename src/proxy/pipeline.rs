@@ -208,13 +208,8 @@ async fn phases<'r>(
         forward::forward(gateway, runtime, conn, route, &access, target, parts, body),
         widget::token(gateway, runtime, site, &access, widget.as_ref()),
     );
-    let (response, was_reset) =
-        widget::rewrite(site, &access, max_rewrite, widget, token, &method, response);
-    let mut response = access::finish(runtime, &access, response);
-    if was_reset {
-        widget::clear_reset(gateway, &mut response);
-    }
-    response
+    let response = widget::rewrite(site, &access, max_rewrite, widget, token, &method, response);
+    access::finish(runtime, &access, response)
 }
 
 /// Who the visitor is and whether the policy lets them in.

@@ -20,8 +20,9 @@ pub struct Plan {
     pub decision: ChatDecision,
     /// The coding the rewritten page is sent in (from the client's `Accept-Encoding`).
     pub client_coding: inject::Coding,
-    /// The logout's chat-reset cookie came with the request.
-    pub reset: bool,
+    /// The logout's chat-reset cookie came with the request: the statement
+    /// that clears it, for the reset script.
+    pub reset: Option<Arc<str>>,
     /// A browser loading a page (not a script, style or image the chat's
     /// paths also cover): the origin is asked for it uncompressed, since it
     /// will be rewritten. Anything else keeps the client's `Accept-Encoding`.
@@ -54,11 +55,13 @@ pub fn plan(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let reset_cookie = gateway.membership.sessions.chat_reset_name();
+    let sessions = &gateway.membership.sessions;
+    let reset =
+        crate::session::cookie_values(headers, sessions.chat_reset_name()).any(|v| v == "1");
     Some(Plan {
         decision,
         client_coding: inject::codec::preferred(&accepted),
-        reset: crate::session::cookie_values(headers, reset_cookie).any(|v| v == "1"),
+        reset: reset.then(|| sessions.chat_reset_clearing().clone()),
         page_load: is_page_load(headers),
     })
 }
@@ -103,8 +106,9 @@ pub async fn token(
 
 /// Puts the widget into the page if the response is one that may be rewritten.
 /// A plan with `reset` (the logout cookie was sent) makes the widget forget
-/// its visitor; the returned flag says the reset went out, so the cookie can
-/// be cleared.
+/// its visitor. The reset script clears the cookie itself when it runs: the
+/// gateway cannot know, when it sends the headers, whether the snippet will
+/// find its place in the page.
 pub fn rewrite(
     site: &Site,
     access: &Access,
@@ -113,28 +117,27 @@ pub fn rewrite(
     token: Option<Arc<str>>,
     method: &Method,
     response: Response<GatewayBody>,
-) -> (Response<GatewayBody>, bool) {
+) -> Response<GatewayBody> {
     let (Some(plan), Some(chat)) = (plan, site.chat.as_ref()) else {
-        return (response, false);
+        return response;
     };
     // A HEAD answer has the headers a GET would get (RFC 9110, 9.3.2): the
     // same rewritable test, the same header edits, no body to rewrite.
     let head = method == Method::HEAD;
     let as_get = if head { &Method::GET } else { method };
     let Some(page) = inject::rewritable(as_get, response.status(), response.headers()) else {
-        return (response, false);
+        return response;
     };
     let identified = match (&token, access.visitor.as_deref()) {
         (Some(token), Some(visitor)) => Some((visitor.email.as_str(), &**token)),
         _ => None,
     };
     let nonce = inject::csp::script_nonce(response.headers());
-    let reset = plan.reset;
-    let snippet = inject::snippet(chat, identified, nonce.as_deref(), reset);
+    let snippet = inject::snippet(chat, identified, nonce.as_deref(), plan.reset.as_deref());
     if snippet.html.is_empty() {
         // Nothing to add: the page loads the widget itself, and this
         // visitor is not identified.
-        return (response, false);
+        return response;
     }
     let mut response = response;
     if let Some(script) = snippet.inline_script() {
@@ -145,17 +148,7 @@ pub fn rewrite(
     if head {
         let (mut parts, body) = response.into_parts();
         inject::fix_headers(&mut parts.headers, personalised, to);
-        // No page carried the reset: it stays for the next GET.
-        return (Response::from_parts(parts, body), false);
+        return Response::from_parts(parts, body);
     }
-    let response = inject::rewrite(response, page, snippet, personalised, to, max_decoded);
-    (response, reset)
-}
-
-/// Clears the chat-reset cookie once a page has carried the reset.
-pub fn clear_reset(gateway: &Gateway, response: &mut Response<GatewayBody>) {
-    let cookie = gateway.membership.sessions.chat_reset_cookie(false);
-    if let Ok(clear) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, clear);
-    }
+    inject::rewrite(response, page, snippet, personalised, to, max_decoded)
 }

@@ -131,6 +131,9 @@ pub struct Sessions {
     pub cookie_name: String,
     /// `<cookie_name>-chat-reset`, built once.
     chat_reset_name: String,
+    /// The statement in the reset script that clears that cookie: it is
+    /// cleared by the page that carried the reset, once a browser ran it.
+    chat_reset_clearing: Arc<str>,
     pub cookie_secure: bool,
     lifetime: Duration,
     idle: Duration,
@@ -180,6 +183,12 @@ impl Sessions {
             seal: Seal::new(secret),
             cookie_name: config.cookie_name.clone(),
             chat_reset_name: format!("{}-chat-reset", config.cookie_name),
+            chat_reset_clearing: format!(
+                "document.cookie=\"{}-chat-reset=;Max-Age=0;Path=/;SameSite=Lax{}\";",
+                config.cookie_name,
+                if config.cookie_secure { ";Secure" } else { "" }
+            )
+            .into(),
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
             idle: config.session_idle,
@@ -498,10 +507,22 @@ impl Sessions {
         &self.chat_reset_name
     }
 
-    /// Sets (`on`) or clears the chat-reset cookie.
-    pub fn chat_reset_cookie(&self, on: bool) -> String {
-        let (value, age) = if on { ("1", 86_400) } else { ("", 0) };
-        self.cookie(&self.chat_reset_name, value, age)
+    /// The chat-reset cookie, set at logout. Not `HttpOnly`: it holds no
+    /// secret, and the page whose script resets the widget clears it, so it
+    /// stays until a page really did (see `proxy::widget`).
+    pub fn chat_reset_cookie(&self) -> String {
+        cookie::Cookie::build((self.chat_reset_name.as_str(), "1"))
+            .path("/")
+            .secure(self.cookie_secure)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::days(1))
+            .build()
+            .to_string()
+    }
+
+    /// The script statement that clears the chat-reset cookie.
+    pub fn chat_reset_clearing(&self) -> &Arc<str> {
+        &self.chat_reset_clearing
     }
 
     pub fn clear_cookie(&self) -> String {
