@@ -145,11 +145,39 @@ async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
     assert_eq!((status, &body["status"]), (200, &json!("disabled")));
     assert_eq!(b.get("/members/").await.status, 302);
     assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 401);
+    // Approval is for members waiting for it: it does not undo a disable.
+    let (status, body) = api
+        .call("POST", "/api/v1/members/grace@example.com/approve", None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is disabled: enable them instead"),
+        "{body}"
+    );
+    assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 401);
     let (status, _) = api
         .call("POST", "/api/v1/members/grace@example.com/enable", None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 303);
+    // Enabling or approving an active member changes nothing.
+    for action in ["enable", "approve"] {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/api/v1/members/grace@example.com/{action}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("active")),
+            "{action}"
+        );
+    }
 
     // Log out everywhere.
     let mut other = Browser::new(&gw);

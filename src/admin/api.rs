@@ -35,10 +35,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::operations::{AddMember, Admin, MemberView, Refused};
+use super::operations::{AddMember, Admin, MemberView, Refused, StatusChange};
 use crate::gateway::Gateway;
 use crate::hygiene::path;
-use crate::members::{Member, Status};
+use crate::members::Member;
 
 /// The environment variable that holds the API key (overrides the file).
 pub const KEY_ENV: &str = "MEMBERGATE_ADMIN_KEY";
@@ -202,12 +202,13 @@ async fn route(
         }
         (&Method::GET, ["members", email]) => Ok(Answer::One(admin.member(email).await?)),
         (&Method::POST, ["members", email, action]) => {
-            let status = match *action {
-                "enable" | "approve" => Status::Active,
-                "disable" => Status::Disabled,
+            let change = match *action {
+                "enable" => StatusChange::Enable,
+                "approve" => StatusChange::Approve,
+                "disable" => StatusChange::Disable,
                 _ => return Err(not_found()),
             };
-            Ok(Answer::Changed(admin.set_status(email, status).await?))
+            Ok(Answer::Changed(admin.change_status(email, change).await?))
         }
         (&Method::PUT, ["members", email, "password"]) => {
             #[derive(Deserialize)]

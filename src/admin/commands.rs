@@ -7,12 +7,12 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::operations::{AddMember, Admin};
+use super::operations::{AddMember, Admin, StatusChange};
 use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCommand};
 use crate::config::Config;
 use crate::mail::Mailer;
 use crate::members::sqlite::SqliteStore;
-use crate::members::{Member, MemberStore, Status};
+use crate::members::{Member, MemberStore};
 
 /// Runs an admin command; problems are printed and give exit code 1 (2 for a bad config).
 pub fn run(command: Command) -> ExitCode {
@@ -110,11 +110,13 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             .map(|m| describe(&m))
             .map_err(|e| e.to_string())?,
         Work::Member(MemberCommand::Disable { email }) => {
-            status(&admin, &email, Status::Disabled).await?
+            status(&admin, &email, StatusChange::Disable).await?
         }
-        Work::Member(MemberCommand::Enable { email })
-        | Work::Member(MemberCommand::Approve { email }) => {
-            status(&admin, &email, Status::Active).await?
+        Work::Member(MemberCommand::Enable { email }) => {
+            status(&admin, &email, StatusChange::Enable).await?
+        }
+        Work::Member(MemberCommand::Approve { email }) => {
+            status(&admin, &email, StatusChange::Approve).await?
         }
         Work::Member(MemberCommand::SetPassword { email }) => {
             let password = password_from_stdin()?;
@@ -181,9 +183,9 @@ fn describe(m: &Member) -> String {
     )
 }
 
-async fn status(admin: &Admin<'_>, address: &str, status: Status) -> Result<String, String> {
+async fn status(admin: &Admin<'_>, address: &str, change: StatusChange) -> Result<String, String> {
     let member = admin
-        .set_status(address, status)
+        .change_status(address, change)
         .await
         .map_err(|e| e.to_string())?;
     Ok(format!("{} is {}", member.email, member.status.as_str()))

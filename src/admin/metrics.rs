@@ -44,7 +44,9 @@ pub struct OutcomeLabels {
 /// Portal outcomes, counted by the portal and exported here.
 #[derive(Clone, Default)]
 pub struct MembershipCounters {
-    /// `ok`, `failed` (wrong email or password, or an account that cannot log in), `limited`.
+    /// `ok`, `failed` (wrong email or password, or a disabled account),
+    /// `not_ready` (the right password for an account not yet confirmed or
+    /// approved), `limited`.
     pub logins: Family<OutcomeLabels, Counter>,
     /// `created`, `duplicate` (the address has an account), `refused` (mode
     /// or domain), `limited`, `failed` (the store failed).

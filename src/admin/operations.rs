@@ -18,6 +18,14 @@ use crate::members::{
 };
 use crate::policy::{self, Decision};
 
+/// What an administrator does to a member's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Enable,
+    Approve,
+    Disable,
+}
+
 /// Why an operation was refused; each kind maps to one HTTP status.
 #[derive(Debug)]
 pub enum Refused {
@@ -25,7 +33,7 @@ pub enum Refused {
     Invalid(String),
     /// No such member, or not in that group (404).
     NotFound(String),
-    /// The member exists already (409).
+    /// The member exists already, or is not in a state the change is for (409).
     Conflict(String),
     /// The store failed (500; details are logged, not shown).
     Store(String),
@@ -176,12 +184,39 @@ impl Admin<'_> {
             .ok_or_else(|| Refused::NotFound(format!("no member {canonical}")))
     }
 
-    /// Enables, approves (both: active) or disables a member. Disabling ends
-    /// their sessions.
-    pub async fn set_status(&self, address: &str, status: Status) -> Result<Member, Refused> {
+    /// Disables a member (their sessions end), enables a disabled one, or
+    /// approves one waiting for approval. Each change applies only from the
+    /// status it is for: approving must not undo a disable, nor enabling
+    /// skip an approval or an unconfirmed address. Asking for the status a
+    /// member already has changes nothing.
+    pub async fn change_status(
+        &self,
+        address: &str,
+        change: StatusChange,
+    ) -> Result<Member, Refused> {
         let member = self.member(address).await?;
+        let from = member.status;
+        let refuse = |why: &str| Err(Refused::Conflict(format!("{} {why}", member.email)));
+        let to = match (change, from) {
+            (StatusChange::Disable, _) => Status::Disabled,
+            (_, Status::Active) => return Ok(member),
+            (StatusChange::Enable, Status::Disabled)
+            | (StatusChange::Approve, Status::AwaitingApproval) => Status::Active,
+            (StatusChange::Enable, Status::AwaitingApproval) => {
+                return refuse("is awaiting approval: approve them instead");
+            }
+            (StatusChange::Approve, Status::Disabled) => {
+                return refuse("is disabled: enable them instead");
+            }
+            (_, Status::Pending) => {
+                return refuse("has not confirmed their email address yet");
+            }
+        };
+        if to == from {
+            return Ok(member);
+        }
         self.store
-            .set_status(member.id, status, now())
+            .set_status(member.id, to, now())
             .await
             .map_err(store_error)?;
         self.member(address).await
