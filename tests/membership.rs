@@ -91,8 +91,14 @@ async fn register_verify_login_read_and_log_out() {
         .await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Check your email"));
-    // Not verified yet: logging in fails with the generic message.
-    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 401);
+    // Not verified yet: logging in fails. The right password is told why,
+    // a wrong one gets the generic message.
+    let early = b.login("ada@example.com", PASSWORD).await;
+    assert_eq!(early.status, 403);
+    assert!(early.body.contains("not confirmed yet"), "{}", early.body);
+    let wrong = b.login("ada@example.com", "not the password at all").await;
+    assert_eq!(wrong.status, 401);
+    assert!(!wrong.body.contains("not confirmed"), "{}", wrong.body);
 
     let mail = gw.mail_to("ada@example.com").await;
     let link = Gateway::link_in(&mail);
@@ -106,7 +112,7 @@ async fn register_verify_login_read_and_log_out() {
     let scanner = gw.client().get(gw.https_url(&link)).send().await.unwrap();
     assert_eq!(scanner.status(), 200);
     assert!(scanner.text().await.unwrap().contains("Confirm my address"));
-    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 401);
+    assert_eq!(b.login("ada@example.com", PASSWORD).await.status, 403);
     let page = b.get(&link).await;
     assert_eq!(page.field("return_to"), "/");
     // Posted by hand, the off-site return_to is refused again.
@@ -1361,7 +1367,13 @@ async fn invite_domain_and_approval_registration_modes() {
     let link = Gateway::link_in(&gw.mail_to("ola@example.com").await);
     let page = b.confirm_address(&link).await;
     assert!(page.body.contains("approves"), "{}", page.body);
-    assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 401);
+    let early = b.login("ola@example.com", PASSWORD).await;
+    assert_eq!(early.status, 403);
+    assert!(
+        early.body.contains("Waiting for approval"),
+        "{}",
+        early.body
+    );
     let (ok, out) = gw.cli(&["member", "approve", "ola@example.com"], "");
     assert!(ok, "{out}");
     assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 303);
