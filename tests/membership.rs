@@ -485,9 +485,17 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
             .post_with("/_membergate/logout", &fields, headers)
             .await;
         assert_eq!(page.status, 403, "{headers:?}");
+        // Said as it is: the token was fine, where the form came from was not.
+        assert!(
+            page.body.contains("not sent from this site"),
+            "{}",
+            page.body
+        );
     }
     // Right origin, no or wrong token.
-    assert_eq!(victim.post("/_membergate/logout", &[]).await.status, 403);
+    let page = victim.post("/_membergate/logout", &[]).await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("Form expired"), "{}", page.body);
     assert_eq!(
         victim
             .post("/_membergate/logout", &[("csrf", "forged")])

@@ -216,7 +216,17 @@ impl Request<'_> {
             )
         };
         if !csrf::same_origin(&self.headers, &self.target.host.authority, self.conn.tls) {
-            return Err(forbidden());
+            let origin = self.headers.get(header::ORIGIN);
+            tracing::info!(
+                ?origin,
+                "portal form refused: not sent from this site's page"
+            );
+            return Err(message_response(
+                StatusCode::FORBIDDEN,
+                "Form refused",
+                "This form was not sent from this site's own page: the request names another \
+                 site as its origin, or none. Open the page and send the form from there.",
+            ));
         }
         let limited = http_body_util::Limited::new(body, MAX_FORM_BYTES);
         let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
@@ -260,7 +270,12 @@ impl Request<'_> {
         let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
         match binding {
             Some(binding) if csrf::token_matches(&self.m.csrf_key, &binding, submitted) => Ok(form),
-            _ => Err(forbidden()),
+            _ => {
+                tracing::info!(
+                    "portal form refused: its token is not this browser's (an old page, or cookies cleared)"
+                );
+                Err(forbidden())
+            }
         }
     }
 
