@@ -55,9 +55,12 @@ pub fn canonical(input: &str) -> Result<String, EmailError> {
         && local.chars().all(|c| {
             !c.is_control()
                 && !c.is_whitespace()
+                // `/`, `?` and `#` are legal in a mailbox name, but would
+                // make the address unusable in a URL path (the admin API's
+                // /members/{email}); no real provider hands them out.
                 && !matches!(
                     c,
-                    '"' | '(' | ')' | ',' | ':' | ';' | '<' | '>' | '[' | '\\' | ']'
+                    '"' | '(' | ')' | ',' | ':' | ';' | '<' | '>' | '[' | '\\' | ']' | '/' | '?' | '#'
                 )
         });
     if !local_ok {
@@ -126,6 +129,10 @@ mod tests {
             ("a\r\nb@example.com", EmailError::BadLocalPart),
             (".a@example.com", EmailError::BadLocalPart),
             ("a..b@example.com", EmailError::BadLocalPart),
+            // Unusable in the admin API's /members/{email}.
+            ("a/b@example.com", EmailError::BadLocalPart),
+            ("a?b@example.com", EmailError::BadLocalPart),
+            ("a#b@example.com", EmailError::BadLocalPart),
             ("a@localhost", EmailError::BadDomain),
             ("a@exa mple.com", EmailError::BadDomain),
             ("a@example..com", EmailError::BadDomain),
