@@ -1385,6 +1385,25 @@ async fn invite_domain_and_approval_registration_modes() {
     let (ok, out) = gw.cli(&["member", "approve", "ola@example.com"], "");
     assert!(ok, "{out}");
     assert_eq!(b.login("ola@example.com", PASSWORD).await.status, 303);
+
+    // An administrator's invitation is the approval: the invited member is
+    // active once they have set a password.
+    let (ok, out) = gw.cli(&["member", "add", "ivy@example.com", "--invite"], "");
+    assert!(ok, "{out}");
+    let link = Gateway::link_in(&gw.mail_to("ivy@example.com").await);
+    let mut ivy = Browser::new(&gw);
+    let page = ivy.get(&link).await;
+    let fields = [
+        ("csrf", page.csrf()),
+        ("token", page.field("token")),
+        ("password", PASSWORD.to_owned()),
+    ];
+    let fields = fields.each_ref().map(|(k, v)| (*k, v.as_str()));
+    assert_eq!(
+        ivy.post("/_membergate/reset/confirm", &fields).await.status,
+        303
+    );
+    assert_eq!(ivy.login("ivy@example.com", PASSWORD).await.status, 303);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -809,9 +809,13 @@ impl Request<'_> {
                 None,
             );
         }
-        // The link proved the address: a pending (or invited) member is verified now.
+        // The link proved the address: a pending (or invited) member is
+        // verified now. An invited one (pending without a password, which
+        // registration always sets) was let in by an administrator: the
+        // invitation is the approval.
         if member.status == Status::Pending {
-            let next = if self.config.registration == Registration::Approval {
+            let invited = member.password_hash.is_none();
+            let next = if self.config.registration == Registration::Approval && !invited {
                 Status::AwaitingApproval
             } else {
                 Status::Active
