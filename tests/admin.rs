@@ -715,6 +715,14 @@ async fn teaser_rules_show_anonymous_visitors_a_teaser_and_members_the_page() {
         .get_with("/kb/premium-tides.html", &[("accept", "application/json")])
         .await;
     assert_eq!(json.status, 401);
+    // `policy check` says a visitor gets the teaser meanwhile.
+    let url = gw.https_url("/kb/premium-tides.html");
+    let (ok, out) = gw.cli(&["policy", "check", "--url", &url], "");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("teaser page is shown meanwhile (200)"),
+        "{out}"
+    );
     // The same page with a trailing slash, in any case, is covered too.
     for spelling in ["/kb/premium-tides.html/", "/KB/Premium-Tides.HTML/"] {
         assert_eq!(b.get(spelling).await.status, 200, "{spelling}");

@@ -228,7 +228,11 @@ async fn a_directory_index_is_covered_by_the_rules_for_its_file() {
         Setup::new()
             .route("/", &format!("dir:{}", site.path().display()))
             .rule("/kb/index.html", "members", &[])
-            .rule("/docs/*.html", "members", &[]),
+            .rule("/docs/*.html", "members", &[])
+            .chat(
+                "provider = \"builtin\"\nwidget_url = \"/w.js\"\n\
+                 [[sites.chat.rules]]\npath = \"/blog/*.html\"\nshow = \"never\"",
+            ),
     )
     .await;
     let client = gw.client();
@@ -241,6 +245,23 @@ async fn a_directory_index_is_covered_by_the_rules_for_its_file() {
     ] {
         let response = client.get(gw.https_url(path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
+    }
+    // The chat rules too: no widget on the file, none on its directory.
+    for path in ["/blog/index.html", "/blog/"] {
+        let page = client.get(gw.https_url(path)).send().await.unwrap();
+        assert_eq!(page.text().await.unwrap(), "<h1>index</h1>", "{path}");
+    }
+    // And `policy check` says what the gateway does.
+    for (path, decision, why) in [
+        ("/docs/", "login required", "rule: sites[main].rules[1]"),
+        ("/blog/", "allow", "chat: off (sites[main].chat.rules[0]"),
+    ] {
+        let (ok, out) = gw.cli(&["policy", "check", "--url", &gw.https_url(path)], "");
+        assert!(ok, "{out}");
+        assert!(
+            out.starts_with(decision) && out.contains(why),
+            "{path}: {out}"
+        );
     }
 }
 

@@ -298,7 +298,19 @@ impl Admin<'_> {
             Some(m) if m.status == Status::Active => policy::Visitor::Member { groups: &m.groups },
             _ => policy::Visitor::Anonymous,
         };
-        let (decision, rule) = policy::decide(&site.rules, &path.decoded, visitor);
+        // As the gateway decides: a directory origin's `/dir/` is also its
+        // `/dir/index.html`, and the stricter decision holds.
+        let lower = path.decoded.to_ascii_lowercase();
+        let route = site
+            .routes
+            .iter()
+            .filter(|r| crate::routing::prefix_matches(&r.path.to_ascii_lowercase(), &lower))
+            .max_by_key(|r| r.path.len());
+        let dir_origin =
+            route.is_some_and(|r| matches!(r.upstream, crate::config::Upstream::Dir(_)));
+        let alias = crate::routing::directory_index(dir_origin, &path.decoded);
+        let alias = alias.as_deref();
+        let (decision, rule) = policy::decide_page(&site.rules, &path.decoded, alias, visitor);
         let groups = match visitor {
             policy::Visitor::Member { groups } => Some(groups),
             policy::Visitor::Anonymous => None,
@@ -306,7 +318,8 @@ impl Admin<'_> {
         let chat = match &site.chat {
             None => "off (the site has no chat widget)".to_owned(),
             Some(chat) => {
-                let (shown, chat_rule) = identity::decide(chat, &path.decoded, uri.query(), groups);
+                let (shown, chat_rule) =
+                    identity::decide_page(chat, &path.decoded, alias, uri.query(), groups);
                 let page_loads = chat.loader == WidgetLoader::Page;
                 let shown = match shown {
                     ChatDecision::Off => "off",
@@ -330,6 +343,7 @@ impl Admin<'_> {
                 }
             }
         };
+        let teaser = rule.and_then(|i| site.rules.rules[i].teaser.as_ref());
         let rule = match rule {
             Some(i) => format!(
                 "sites[{}].rules[{i}] (path {:?})",
@@ -347,6 +361,9 @@ impl Admin<'_> {
         Ok(PolicyReport {
             decision: match decision {
                 Decision::Allow => "allow",
+                Decision::Login if teaser.is_some() => {
+                    "login required; the rule's teaser page is shown meanwhile (200)"
+                }
                 Decision::Login => "login required",
                 Decision::Forbidden => "forbidden",
             },

@@ -69,6 +69,36 @@ pub fn decide(
     (decision, matched)
 }
 
+/// The decision for a page that is also served under another path (`alias`:
+/// a directory origin's `/dir/index.html` for `/dir/`): the stricter of the
+/// two holds, so a rule that keeps the widget off a file keeps it off its
+/// alias too.
+pub fn decide_page(
+    chat: &Chat,
+    path: &str,
+    alias: Option<&str>,
+    query: Option<&str>,
+    groups: Option<&[String]>,
+) -> (ChatDecision, Option<usize>) {
+    let decided = decide(chat, path, query, groups);
+    match alias.map(|alias| decide(chat, alias, query, groups)) {
+        Some(other) if other.0.reach() < decided.0.reach() => other,
+        _ => decided,
+    }
+}
+
+impl ChatDecision {
+    /// How far a decision lets the widget go: of two for one page, the one
+    /// that goes less far holds.
+    fn reach(self) -> u8 {
+        match self {
+            ChatDecision::Off => 0,
+            ChatDecision::Anonymous => 1,
+            ChatDecision::Identified => 2,
+        }
+    }
+}
+
 /// Whether a rule's query condition holds for a request's query string.
 fn query_matches(wanted: Option<&(String, Option<String>)>, query: Option<&str>) -> bool {
     let Some((name, value)) = wanted else {

@@ -152,6 +152,22 @@ pub fn decide(rules: &Rules, path: &str, visitor: Visitor<'_>) -> (Decision, Opt
     (decision, matched)
 }
 
+/// The decision for a page that is also served under another path (`alias`:
+/// a directory origin's `/dir/index.html` for `/dir/`): the stricter of the
+/// two holds, so a rule written for the file covers its alias too.
+pub fn decide_page(
+    rules: &Rules,
+    path: &str,
+    alias: Option<&str>,
+    visitor: Visitor<'_>,
+) -> (Decision, Option<usize>) {
+    let decided = decide(rules, path, visitor);
+    match alias.map(|alias| decide(rules, alias, visitor)) {
+        Some(other) if other.0.strictness() > decided.0.strictness() => other,
+        _ => decided,
+    }
+}
+
 impl Decision {
     /// How much a decision keeps out: of two decisions for one page, the
     /// stricter holds.

@@ -63,15 +63,8 @@ pub async fn authorise(
         Some(v) => policy::Visitor::Member { groups: &v.groups },
         None => policy::Visitor::Anonymous,
     };
-    let path = &target.path.decoded;
-    let mut decided = policy::decide(&site.rules, path, who);
-    if let Some(served) = served_as {
-        let alias = policy::decide(&site.rules, served, who);
-        if alias.0.strictness() > decided.0.strictness() {
-            decided = alias;
-        }
-    }
-    let (decision, matched) = decided;
+    let (decision, matched) =
+        policy::decide_page(&site.rules, &target.path.decoded, served_as, who);
     let rule = matched.map(|i| &site.rules.rules[i]);
     let mut refused = match decision {
         Decision::Allow => {

@@ -182,8 +182,10 @@ async fn phases<'r>(
         record.upstream = Some(route.origin.label().clone());
     }
     // A directory origin answers `/dir/` with `/dir/index.html`.
-    let served_as = (matches!(route.origin, Origin::Dir(_)) && target.path.decoded.ends_with('/'))
-        .then(|| format!("{}index.html", target.path.decoded));
+    let served_as = crate::routing::directory_index(
+        matches!(route.origin, Origin::Dir(_)),
+        &target.path.decoded,
+    );
     let access =
         proceed!(authorise(gateway, site, &target, served_as.as_deref(), &parts.headers).await);
     if let (Some(record), Some(visitor)) = (record, &access.visitor) {
@@ -193,6 +195,7 @@ async fn phases<'r>(
         gateway,
         site,
         &target,
+        served_as.as_deref(),
         &access,
         &parts.method,
         &parts.headers,

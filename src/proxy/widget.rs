@@ -35,6 +35,7 @@ pub fn plan(
     gateway: &Gateway,
     site: &Site,
     target: &Target,
+    served_as: Option<&str>,
     access: &Access,
     method: &Method,
     headers: &http::HeaderMap,
@@ -46,7 +47,7 @@ pub fn plan(
     }
     let groups = access.visitor.as_deref().map(|v| v.groups.as_slice());
     let query = target.query.as_deref();
-    let (decision, _) = identity::decide(chat, &target.path.decoded, query, groups);
+    let (decision, _) = identity::decide_page(chat, &target.path.decoded, served_as, query, groups);
     if decision == ChatDecision::Off {
         return None;
     }

@@ -90,6 +90,12 @@ impl Site {
     }
 }
 
+/// The other path a directory origin serves `path` as: `/dir/` is
+/// `/dir/index.html`. Access and chat rules for either apply to both.
+pub fn directory_index(dir_origin: bool, path: &str) -> Option<String> {
+    (dir_origin && path.ends_with('/')).then(|| format!("{path}index.html"))
+}
+
 /// `prefix` is lower case and has no trailing `/` (unless it is `/`).
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
