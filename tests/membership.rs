@@ -1314,6 +1314,35 @@ async fn an_origin_cannot_set_the_gateway_cookie() {
         .map(|v| v.as_bytes())
         .collect();
     assert_eq!(cookies, [b"theme=dark; Path=/".as_slice()]);
+
+    // A cookie with an empty name is kept by browsers and sent back as its
+    // value alone: `=mg=x` comes back as `Cookie: mg=x`. (Browsers refuse
+    // that for a `__Host-` value, so this needs a name without the prefix.)
+    let origin = support::origins::CookieOrigin::start(&[
+        b"=mg=forged; Path=/",
+        b" = MG =forged",
+        b"mg",
+        b"=mg-device=z",
+        b"=theme=light",
+    ])
+    .await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .members("cookie_name = \"mg\""),
+    )
+    .await;
+    let response = gw.client().get(gw.https_url("/")).send().await.unwrap();
+    let cookies: Vec<&[u8]> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    assert_eq!(
+        cookies,
+        [b"=theme=light".as_slice(), b"theme=dark; Path=/".as_slice()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

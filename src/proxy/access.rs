@@ -154,14 +154,23 @@ fn memchr_name(haystack: &[u8], name: &[u8]) -> bool {
     !name.is_empty() && memchr::memmem::find(haystack, name).is_some()
 }
 
-/// The name a browser reads in a `Set-Cookie` value: what comes before the
-/// first `=`, trimmed; none (empty) without one (RFC 6265bis 5.6).
+/// The name a server will read in the `Cookie` header a browser sends back
+/// for a `Set-Cookie` value. Usually what comes before the first `=`,
+/// trimmed. A browser keeps a cookie with an empty name (`=mg=x`, or `mg`
+/// with no `=`) and sends back its value alone (RFC 6265bis 5.6, 5.7.3):
+/// `Cookie: mg=x`, so then the name is what comes first in the value.
 fn cookie_name(value: &[u8]) -> &[u8] {
     let pair = value.split(|&b| b == b';').next().unwrap_or_default();
-    match pair.iter().position(|&b| b == b'=') {
-        Some(end) => pair[..end].trim_ascii(),
-        None => &[],
-    }
+    let sent_back = match pair.iter().position(|&b| b == b'=') {
+        Some(end) if !pair[..end].trim_ascii().is_empty() => return pair[..end].trim_ascii(),
+        Some(end) => &pair[end + 1..],
+        None => pair,
+    };
+    let end = sent_back
+        .iter()
+        .position(|&b| b == b'=')
+        .unwrap_or(sent_back.len());
+    sent_back[..end].trim_ascii()
 }
 
 /// After the origin answered: private caching for protected paths, no origin
