@@ -135,7 +135,13 @@ async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
     store.set_name(m.id, "Ada", "King", 1_001).await.unwrap();
     store.record_login(m.id, 1_002).await.unwrap();
     store.add_to_group(m.id, "vip", 1_003).await.unwrap();
-    store.set_status(m.id, Status::Active, 1_004).await.unwrap();
+    // From a status it no longer has: refused, nothing changes.
+    assert!(matches!(
+        store
+            .set_status(m.id, Status::Pending, Status::Active, 1_004)
+            .await,
+        Err(StoreError::Stale)
+    ));
     assert_eq!(epoch(store.clone()).await, start, "no credential changed");
     let now = store.member_by_id(m.id).await.unwrap().unwrap();
     assert_eq!(now.password_hash.as_deref(), Some("$argon2id$new"));
@@ -151,7 +157,7 @@ async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
     let after_password = epoch(store.clone()).await;
     assert!(after_password > start);
     store
-        .set_status(m.id, Status::Disabled, 1_006)
+        .set_status(m.id, Status::Active, Status::Disabled, 1_006)
         .await
         .unwrap();
     let after_disable = epoch(store.clone()).await;
@@ -274,7 +280,7 @@ async fn a_session_is_stored_only_for_the_member_as_it_is_now(store: Store) {
         .await
         .unwrap();
     store
-        .set_status(m.id, Status::Disabled, 1_002)
+        .set_status(m.id, Status::Active, Status::Disabled, 1_002)
         .await
         .unwrap();
     let disabled = store.member_by_id(m.id).await.unwrap().unwrap();
@@ -422,7 +428,10 @@ async fn every_member_change_is_in_the_change_log(store: Store) {
         .unwrap();
     let (_, after_create) = store.changes_since(start).await.unwrap();
     store.add_to_group(a.id, "vip", 2).await.unwrap();
-    store.set_status(b.id, Status::Disabled, 3).await.unwrap();
+    store
+        .set_status(b.id, Status::Active, Status::Disabled, 3)
+        .await
+        .unwrap();
     let (changed, newest) = store.changes_since(after_create).await.unwrap();
     assert!(newest > after_create);
     assert!(

@@ -216,7 +216,7 @@ impl Admin<'_> {
             return Ok(member);
         }
         self.store
-            .set_status(member.id, to, now())
+            .set_status(member.id, from, to, now())
             .await
             .map_err(store_error)?;
         self.member(address).await

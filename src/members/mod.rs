@@ -174,8 +174,17 @@ pub trait MemberStore: Send + Sync {
         old: &str,
         new: &str,
     ) -> BoxFuture<'_, StoreResult<bool>>;
-    /// Sets the status; leaving `Active` bumps the epoch.
-    fn set_status(&self, id: MemberId, status: Status, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Moves the member from status `from` to `to`; leaving `Active` bumps
+    /// the epoch. `Stale` when the status is no longer `from`: a change made
+    /// meanwhile (an administrator's disable, say) is not overwritten by one
+    /// decided on what was read before it.
+    fn set_status(
+        &self,
+        id: MemberId,
+        from: Status,
+        to: Status,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     fn set_name(
         &self,
         id: MemberId,

@@ -373,15 +373,30 @@ impl MemberStore for SqliteStore {
         })
     }
 
-    fn set_status(&self, id: MemberId, status: Status, now: i64) -> BoxFuture<'_, StoreResult<()>> {
-        let bump = status != Status::Active;
-        Box::pin(self.update(
-            id,
-            "UPDATE members SET status = ? WHERE id = ?",
-            vec![status.as_str().to_owned()],
-            bump,
-            now,
-        ))
+    fn set_status(
+        &self,
+        id: MemberId,
+        from: Status,
+        to: Status,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let bump = to != Status::Active;
+        Box::pin(async move {
+            let updated = self
+                .update(
+                    id,
+                    "UPDATE members SET status = ? WHERE status = ? AND id = ?",
+                    vec![to.as_str().to_owned(), from.as_str().to_owned()],
+                    bump,
+                    now,
+                )
+                .await;
+            // The caller has just read the member: no row is a changed status.
+            match updated {
+                Err(StoreError::NotFound) => Err(StoreError::Stale),
+                other => other,
+            }
+        })
     }
 
     fn set_name(

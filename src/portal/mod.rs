@@ -686,14 +686,31 @@ impl Request<'_> {
         } else {
             Status::Active
         };
-        if let Err(e) = self.m.store.set_status(member.id, next, now()).await {
-            tracing::error!(error = %e, "could not activate a member");
-            return self.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again",
-                "Your address could not be confirmed just now. Open the link again.",
-                None,
-            );
+        match self
+            .m
+            .store
+            .set_status(member.id, Status::Pending, next, now())
+            .await
+        {
+            Ok(()) => {}
+            // Disabled (or confirmed) since it was read: the link is spent.
+            Err(StoreError::Stale) => {
+                return self.message(
+                    StatusCode::BAD_REQUEST,
+                    "Link not valid",
+                    "This link is not valid any more. If your address is already confirmed, log in.",
+                    Some(("/_membergate/login", "Log in")),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not activate a member");
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your address could not be confirmed just now. Open the link again.",
+                    None,
+                );
+            }
         }
         if next == Status::AwaitingApproval {
             return self.message(
@@ -820,7 +837,12 @@ impl Request<'_> {
             } else {
                 Status::Active
             };
-            let _ = self.m.store.set_status(member.id, next, at).await;
+            // Not over a disable made while the password was hashed.
+            let _ = self
+                .m
+                .store
+                .set_status(member.id, Status::Pending, next, at)
+                .await;
         }
         self.m.sessions.forget_member(member.id);
         see_other(&format!("{PREFIX}/login?notice=password"))
