@@ -254,6 +254,30 @@ fn session_set_by(response: &reqwest::Response) -> Option<String> {
         .map(|rest| rest.split(';').next().unwrap_or("").to_owned())
 }
 
+/// A form on a page made before a group grant is still the member's: the
+/// log-out that renews the session on its way is accepted, and ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_out_that_renews_the_session_still_logs_out() {
+    let (gw, _origin) = start(|s| s).await;
+    let api = Api::new(&gw);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "ida@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("ida@example.com", PASSWORD).await.status, 303);
+    let csrf = b.get("/_membergate/account").await.csrf();
+    let path = "/api/v1/members/ida@example.com/groups/vip";
+    assert_eq!(api.call("PUT", path, None).await.0, 200);
+    let out = b.post("/_membergate/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(b.get("/vip/").await.status, 302);
+}
+
 /// Attack catalogue D1 at a privilege change: a group grant moves the
 /// member's session to a new id at its next request, and the old id is dead.
 /// Requests racing with the old id: one renews it, the others are anonymous

@@ -60,6 +60,9 @@ struct Request<'a> {
     headers: http::HeaderMap,
     /// The logged-in member, if any.
     visitor: Option<Arc<Visitor>>,
+    /// The session id hash the request came with, when this request renewed
+    /// it: the page the form was on was made for that one.
+    renewed_from: Option<[u8; 32]>,
     /// The pre-session cookie, if the browser sent one.
     pre_session: Option<String>,
     /// Cookies to set on the response.
@@ -101,6 +104,7 @@ pub async fn handle(
         target,
         headers: parts.headers,
         visitor: settled.visitor,
+        renewed_from: settled.renewed_from,
         pre_session,
         set_cookies: settled.set_cookie.into_iter().collect(),
     };
@@ -268,7 +272,13 @@ impl Request<'_> {
             };
         let binding = self.csrf_binding(false);
         let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
+        // A session renewed by this very request (the member gained a group
+        // since the page was made) is still the one the form was made for.
+        let made_for_old = self
+            .renewed_from
+            .is_some_and(|old| csrf::token_matches(&self.m.csrf_key, &old, submitted));
         match binding {
+            _ if made_for_old => Ok(form),
             Some(binding) if csrf::token_matches(&self.m.csrf_key, &binding, submitted) => Ok(form),
             _ => {
                 tracing::info!(

@@ -85,6 +85,9 @@ pub enum Lookup {
     Renewed {
         visitor: Arc<Visitor>,
         cookie_value: String,
+        /// The hash of the id it replaced, which the page the browser is
+        /// on was made for (its forms' CSRF tokens are bound to it).
+        replaced: [u8; 32],
     },
     /// A session renewed under a new id moments ago: treat as anonymous and
     /// leave the cookie alone, since the browser may hold the new id by now.
@@ -105,6 +108,9 @@ pub enum Lookup {
 pub struct Settled {
     pub visitor: Option<Arc<Visitor>>,
     pub set_cookie: Option<String>,
+    /// The hash of the session id this request came with, when it was
+    /// renewed under a new one on the way.
+    pub renewed_from: Option<[u8; 32]>,
     /// The request named a session that could not be checked just now.
     pub unavailable: bool,
 }
@@ -238,15 +244,18 @@ impl Sessions {
     /// which is refused.
     pub fn settle(&self, lookup: Lookup) -> Option<Settled> {
         let unavailable = matches!(lookup, Lookup::Unavailable);
+        let mut renewed_from = None;
         let (visitor, set_cookie) = match lookup {
             Lookup::Anonymous | Lookup::Replaced | Lookup::Unavailable => (None, None),
             Lookup::Member(visitor) => (Some(visitor), None),
             Lookup::Renewed {
                 visitor,
                 cookie_value,
+                replaced,
             } => {
                 let left = (visitor.expires_at - now()).max(0);
                 let cookie = self.cookie(&self.cookie_name, &cookie_value, left);
+                renewed_from = Some(replaced);
                 (Some(visitor), Some(cookie))
             }
             Lookup::Invalid => (None, Some(self.clear_cookie())),
@@ -255,6 +264,7 @@ impl Sessions {
         Some(Settled {
             visitor,
             set_cookie,
+            renewed_from,
             unavailable,
         })
     }
@@ -367,6 +377,7 @@ impl Sessions {
                 Lookup::Renewed {
                     visitor,
                     cookie_value: self.seal.seal(&id),
+                    replaced: old.id_hash,
                 }
             }
             Ok(false) => Lookup::Replaced,
