@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// The configuration file (its [members] database is the one changed).
+    /// The configuration file.
     #[arg(long, short, global = true, default_value = "config/membergate.toml")]
     pub config: PathBuf,
 }
@@ -31,10 +31,13 @@ pub enum Command {
     },
     /// Check a configuration file and print every problem found (exit code 2 if any).
     CheckConfig {
-        /// The configuration file.
-        file: PathBuf,
+        /// The configuration file (or give it with --config).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Manage members. Changes reach a running gateway within a second.
+    /// Manage members in the [members] database of --config. Changes reach a
+    /// running gateway within a second.
     Member {
         #[command(flatten)]
         config: ConfigArg,

@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve(&config.config),
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, config } => check_config(&file.unwrap_or(config.config)),
         admin => membergate::admin::commands::run(admin),
     }
 }

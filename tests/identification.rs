@@ -1399,7 +1399,12 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
         (status, &body["category"]),
         (401, &"INVALID_AUTHENTICATION".into())
     );
-    assert_eq!(call(&gw, CREATE, Some("mgk_wrong"), ada).await.0, 401);
+    assert_eq!(body["message"], "send Authorization: Bearer <API key>");
+    let (status, body) = call(&gw, CREATE, Some("mgk_wrong"), ada).await;
+    assert_eq!(
+        (status, &body["message"]),
+        (401, &"the API key is not valid".into())
+    );
     let (status, body) = call(&gw, CREATE, Some(VERIFY_KEY), ada).await;
     assert_eq!((status, &body["category"]), (403, &"MISSING_SCOPES".into()));
 

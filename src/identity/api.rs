@@ -94,11 +94,12 @@ pub async fn handle(
     let settings = &runtime.config.identification;
     let Some(key) = authenticate(&settings.api_keys, &parts.headers) else {
         rate.observe(&("api-fail", counted_as), 1);
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_AUTHENTICATION",
-            "send Authorization: Bearer <API key>",
-        );
+        let message = if parts.headers.contains_key(header::AUTHORIZATION) {
+            "the API key is not valid"
+        } else {
+            "send Authorization: Bearer <API key>"
+        };
+        let mut response = error(StatusCode::UNAUTHORIZED, "INVALID_AUTHENTICATION", message);
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"membergate\""),
