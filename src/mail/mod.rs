@@ -42,7 +42,9 @@ enum Transport {
 impl Mailer {
     pub fn new(config: &Mail) -> Result<Mailer, String> {
         let transport = match &config.transport {
-            MailTransport::Outbox(dir) => Transport::Outbox(Arc::new(Outbox::new(dir))),
+            MailTransport::Outbox(dir) => {
+                Transport::Outbox(Arc::new(Outbox::new(dir, &config.from)?))
+            }
             MailTransport::Smtp { url } => {
                 let password = std::env::var(SMTP_PASSWORD_ENV).ok();
                 Transport::Smtp(Arc::new(smtp::Smtp::new(

@@ -8,21 +8,29 @@ use crate::files::IfExists;
 
 pub struct Outbox {
     dir: PathBuf,
+    /// The `From` header, as SMTP delivery would send it.
+    from: String,
 }
 
 impl Outbox {
-    pub fn new(dir: &Path) -> Outbox {
-        Outbox {
+    /// `from`: the configured sender (`mail.from`, checked by the config).
+    pub fn new(dir: &Path, from: &str) -> Result<Outbox, String> {
+        let from: lettre::message::Mailbox = from
+            .parse()
+            .map_err(|e| format!("mail.from: {from:?} is not an address ({e})"))?;
+        Ok(Outbox {
             dir: dir.to_owned(),
-        }
+            from: from.to_string(),
+        })
     }
 
     /// Writes the message; failures are logged, never shown to the visitor
     /// (the page must not reveal whether an address exists).
     pub async fn send(&self, message: Message) {
-        let dir = self.dir.clone();
+        let (dir, from) = (self.dir.clone(), self.from.clone());
         let written =
-            tokio::task::spawn_blocking(move || write(&dir, &message).map(|p| (p, message))).await;
+            tokio::task::spawn_blocking(move || write(&dir, &from, &message).map(|p| (p, message)))
+                .await;
         match written {
             Ok(Ok((path, message))) => tracing::info!(
                 to = %message.to,
@@ -37,7 +45,7 @@ impl Outbox {
     }
 }
 
-fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
+fn write(dir: &Path, from: &str, message: &Message) -> std::io::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -56,21 +64,16 @@ fn write(dir: &Path, message: &Message) -> std::io::Result<PathBuf> {
         })
         .collect();
     let path = dir.join(format!("{stamp}-{safe_to}.eml"));
-    let date = httpdate(std::time::SystemTime::now());
+    // HTTP's date format is RFC 5322's, with the zone written `GMT` (which
+    // RFC 5322 reads as +0000).
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let text = format!(
-        "To: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+        "From: {from}\r\nTo: {}\r\nSubject: {}\r\nDate: {date}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
         message.to, message.subject, message.body
     );
     // Mail holds sign-in links: the gateway's user's alone, like the folder.
     crate::files::write_whole(&path, text.as_bytes(), 0o600, IfExists::Replace)?;
     Ok(path)
-}
-
-fn httpdate(time: std::time::SystemTime) -> String {
-    let secs = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("@{secs}")
 }
 
 #[cfg(test)]
@@ -94,9 +97,13 @@ mod tests {
             subject: "Invitation".into(),
             body: "hello".into(),
         };
-        let path = write(&dir.path().join("outbox"), &message).unwrap();
+        let from = "Members <members@example.com>";
+        let path = write(&dir.path().join("outbox"), from, &message).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with(&format!("To: {to}\r\n")));
+        assert!(text.starts_with(&format!("From: {from}\r\nTo: {to}\r\n")));
+        // A date mail clients read (RFC 5322), not a bare count of seconds.
+        let date = text.lines().find_map(|l| l.strip_prefix("Date: ")).unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         // Sign-in links are nobody else's to read.
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
