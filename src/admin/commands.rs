@@ -191,8 +191,20 @@ async fn status(admin: &Admin<'_>, address: &str, change: StatusChange) -> Resul
     Ok(format!("{} is {}", member.email, member.status.as_str()))
 }
 
-/// The password, read from standard input so it stays out of shell history.
+/// The password, read from standard input so it stays out of shell history:
+/// at a terminal, asked for twice without echo; from a pipe, all of it.
 fn password_from_stdin() -> Result<String, String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let ask = |prompt| {
+            rpassword::prompt_password(prompt).map_err(|e| format!("reading the password: {e}"))
+        };
+        let password = ask("Password: ")?;
+        if ask("Password again: ")? != password {
+            return Err("the two passwords differ".into());
+        }
+        return Ok(password);
+    }
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
