@@ -164,6 +164,29 @@ async fn chromium_registers_verifies_logs_in_and_reads_a_members_page() {
     );
 }
 
+/// A gateway in front of `origin` with the builtin chat widget on every page.
+async fn with_widget(origin: &support::chat::PageOrigin) -> Gateway {
+    Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\""),
+    )
+    .await
+}
+
+/// Chromium, logged in as `email` through the login form.
+async fn logged_in(gw: &Gateway, email: &str) -> WebDriver {
+    let wd = WebDriver::start().await;
+    wd.goto(&gw.https_url("/_membergate/login")).await;
+    wd.fill("#email", email).await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd.find("form button[type=submit]").await;
+    wd.click(&submit).await;
+    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
+        .await;
+    wd
+}
+
 /// A member whose name is a script injection attempt: in a real browser the
 /// page holds exactly the page's nodes plus our two scripts, nothing of the
 /// name runs, and the widget settings hold the exact email and token.
@@ -171,12 +194,7 @@ async fn chromium_registers_verifies_logs_in_and_reads_a_members_page() {
 async fn chromium_runs_nothing_from_a_hostile_member_name() {
     use support::chat::{PAGE, PageOrigin};
     let origin = PageOrigin::start(vec![]).await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\""),
-    )
-    .await;
+    let gw = with_widget(&origin).await;
     let evil = "</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>";
     // The rest of attack catalogue F1's spellings: another case and a space,
     // a comment that would swallow the next script, a quote that would end
@@ -197,14 +215,7 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
     );
     assert!(ok, "{out}");
 
-    let wd = WebDriver::start().await;
-    wd.goto(&gw.https_url("/_membergate/login")).await;
-    wd.fill("#email", email).await;
-    wd.fill("#password", PASSWORD).await;
-    let submit = wd.find("form button[type=submit]").await;
-    wd.click(&submit).await;
-    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
-        .await;
+    let wd = logged_in(&gw, email).await;
     wd.goto(&gw.https_url("/tides")).await;
     wd.wait_for_text("High water at noon.").await;
 
@@ -251,23 +262,11 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
 async fn chromium_forgets_the_chat_visitor_once_after_log_out() {
     use support::chat::PageOrigin;
     let origin = PageOrigin::start(vec![]).await;
-    let gw = Gateway::start(
-        Setup::new()
-            .route("/", &origin.url())
-            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\""),
-    )
-    .await;
+    let gw = with_widget(&origin).await;
     let email = "kim@example.com";
     let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
     assert!(ok, "{out}");
-    let wd = WebDriver::start().await;
-    wd.goto(&gw.https_url("/_membergate/login")).await;
-    wd.fill("#email", email).await;
-    wd.fill("#password", PASSWORD).await;
-    let submit = wd.find("form button[type=submit]").await;
-    wd.click(&submit).await;
-    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
-        .await;
+    let wd = logged_in(&gw, email).await;
     wd.goto(&gw.https_url("/_membergate/account")).await;
     let logout = wd
         .find("form[action='/_membergate/logout'] button[type=submit]")

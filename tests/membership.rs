@@ -1305,15 +1305,18 @@ async fn an_origin_cannot_set_the_gateway_cookie() {
         b"__Host-membergate-chat-reset=0",
     ])
     .await;
+    let passed = |gw: Gateway| async move {
+        let response = gw.client().get(gw.https_url("/")).send().await.unwrap();
+        let cookies: Vec<Vec<u8>> = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        cookies
+    };
     let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
-    let response = gw.client().get(gw.https_url("/")).send().await.unwrap();
-    let cookies: Vec<&[u8]> = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    assert_eq!(cookies, [b"theme=dark; Path=/".as_slice()]);
+    assert_eq!(passed(gw).await, [b"theme=dark; Path=/".to_vec()]);
 
     // A cookie with an empty name is kept by browsers and sent back as its
     // value alone: `=mg=x` comes back as `Cookie: mg=x`. (Browsers refuse
@@ -1332,16 +1335,9 @@ async fn an_origin_cannot_set_the_gateway_cookie() {
             .members("cookie_name = \"mg\""),
     )
     .await;
-    let response = gw.client().get(gw.https_url("/")).send().await.unwrap();
-    let cookies: Vec<&[u8]> = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
     assert_eq!(
-        cookies,
-        [b"=theme=light".as_slice(), b"theme=dark; Path=/".as_slice()]
+        passed(gw).await,
+        [b"=theme=light".to_vec(), b"theme=dark; Path=/".to_vec()]
     );
 }
 
