@@ -420,8 +420,8 @@ enum Sniff {
 }
 
 /// The first bytes of a page, other than white space and a UTF-8 byte order
-/// mark, lower-cased: enough to tell a document (a doctype, a comment,
-/// `<html>` or `<head>`) from a fragment.
+/// mark, lower-cased: enough to tell a document (a doctype, `<html>` or
+/// `<head>`) from a fragment.
 #[derive(Default)]
 struct Opening {
     seen: [u8; 9],
@@ -445,9 +445,15 @@ impl Opening {
 
     fn is_document(&self) -> bool {
         let seen = &self.seen[..self.len];
-        [b"<!doctype".as_slice(), b"<!--", b"<html", b"<head"]
-            .iter()
-            .any(|start| seen.starts_with(start))
+        // `<head` must end there: `<header>` opens many a fragment. A
+        // comment proves nothing (partials start with them too).
+        let tag = |name: &[u8]| {
+            seen.strip_prefix(name).is_some_and(|rest| {
+                rest.first()
+                    .is_none_or(|&b| b.is_ascii_whitespace() || b == b'>' || b == b'/')
+            })
+        };
+        seen.starts_with(b"<!doctype") || tag(b"<html") || tag(b"<head")
     }
 }
 
@@ -1185,6 +1191,15 @@ mod tests {
                 "<title>t</title><div>x</div>",
                 "<title>t</title><div>x</div>",
             ),
+            (
+                "<header class=top><a href=/>Home</a></header>",
+                "<header class=top><a href=/>Home</a></header>",
+            ),
+            (
+                "<!--[--><div id=cart>3</div><!--]-->",
+                "<!--[--><div id=cart>3</div><!--]-->",
+            ),
+            ("<html><p>x</p>", "<html><p>x</p><S>"),
         ];
         for (page, expected) in cases {
             let expected = expected.replace("<S>", SETTINGS);
