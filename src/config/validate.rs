@@ -201,7 +201,9 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             .parse::<IpNet>()
             .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
         {
-            Ok(net) => trusted_proxies.push(net),
+            // Peers are read in their IPv4 form (`::ffff:a.b.c.d` from a
+            // dual-stack listener is a.b.c.d): so are these.
+            Ok(net) => trusted_proxies.push(ipv4_form(net)),
             Err(_) => p.add(
                 &format!("server.trusted_proxies[{i}]"),
                 format!("expected a CIDR block like \"10.0.0.0/8\"; got {cidr:?}"),
@@ -612,6 +614,20 @@ fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
         ca_file: r.ca_file.as_deref().map(PathBuf::from),
     };
     Some(route)
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network
+/// it maps (`10.0.0.0/8`); any other network as it is.
+fn ipv4_form(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 /// The folder of the site's own portal templates: it must exist (a typo
@@ -1278,6 +1294,15 @@ mod tests {
             let pattern = HostPattern::parse(v6).unwrap();
             assert_eq!(pattern, HostPattern::Exact("[::1]".into()), "{v6}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_written_as_mapped_ipv6_are_their_ipv4_networks() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(ipv4_form(net("::ffff:10.0.0.0/104")), net("10.0.0.0/8"));
+        assert_eq!(ipv4_form(net("::ffff:10.0.0.2/128")), net("10.0.0.2/32"));
+        assert_eq!(ipv4_form(net("2001:db8::/32")), net("2001:db8::/32"));
+        assert_eq!(ipv4_form(net("10.0.0.0/8")), net("10.0.0.0/8"));
     }
 
     #[test]
