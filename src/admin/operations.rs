@@ -126,7 +126,8 @@ pub struct Admin<'a> {
 
 impl Admin<'_> {
     pub async fn add_member(&self, new: AddMember) -> Result<Member, Refused> {
-        let canonical = canonical(&new.email)?;
+        let canonical = email::canonical_new(&new.email)
+            .map_err(|e| Refused::Invalid(format!("{:?}: {e}", new.email)))?;
         for group in &new.groups {
             validate_group_name(group).map_err(Refused::Invalid)?;
         }

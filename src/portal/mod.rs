@@ -556,7 +556,7 @@ impl Request<'_> {
             return self.register_page(&query, None, form);
         }
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-        let canonical = match email::canonical(field("email")) {
+        let canonical = match email::canonical_new(field("email")) {
             Ok(e) => e,
             Err(e) => return self.register_page(&query, Some(&e.to_string()), form),
         };
