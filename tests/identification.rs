@@ -322,10 +322,17 @@ async fn after_logout_the_next_widget_page_resets_the_widget_once() {
     );
     assert!(!page.body.contains("identificationEmail"));
     assert!(page.set_cookies().is_empty(), "{:?}", page.set_cookies());
+    // This browser's alone: no shared cache may hand the reset to others.
+    assert_eq!(page.headers["cache-control"], "private, no-store");
     assert!(b.get("/fragment").await.body.starts_with("<tr>"));
     assert!(b.get("/").await.body.contains(reset));
     // The browser ran the script (as tests/browser.rs shows in Chromium).
     b.cookies.remove("__Host-membergate-chat-reset");
+    assert!(!b.get("/").await.body.contains(reset));
+    // A cookie set before the script cleared it (`HttpOnly`, value 1) cannot
+    // be cleared by the script: it is ignored, not a reset on every page.
+    b.cookies
+        .insert("__Host-membergate-chat-reset".into(), "1".into());
     assert!(!b.get("/").await.body.contains(reset));
 }
 

@@ -57,8 +57,8 @@ pub fn plan(
         .filter_map(|v| v.to_str().ok())
         .collect();
     let sessions = &gateway.membership.sessions;
-    let reset =
-        crate::session::cookie_values(headers, sessions.chat_reset_name()).any(|v| v == "1");
+    let reset = crate::session::cookie_values(headers, sessions.chat_reset_name())
+        .any(|v| v == crate::session::CHAT_RESET_VALUE);
     Some(Plan {
         decision,
         client_coding: inject::codec::preferred(&accepted),
@@ -145,7 +145,9 @@ pub fn rewrite(
         inject::csp::allow_inline_script(response.headers_mut(), script, nonce.as_deref());
     }
     let to = plan.client_coding;
-    let personalised = identified.is_some();
+    // The reset is this browser's alone: a shared cache must not hand it to
+    // every visitor, wiping their chat on each page.
+    let personalised = identified.is_some() || plan.reset.is_some();
     if head {
         let (mut parts, body) = response.into_parts();
         inject::fix_headers(&mut parts.headers, personalised, to);

@@ -159,6 +159,12 @@ pub struct SessionCounters {
     pub unavailable: Counter,
 }
 
+/// The chat-reset cookie's value. Before the reset script cleared the cookie
+/// itself, the cookie was `HttpOnly` with the value `1`, which no script can
+/// clear: such a cookie, left from before an upgrade, is ignored (it expires
+/// within a day) rather than reset the widget on every page.
+pub const CHAT_RESET_VALUE: &str = "2";
+
 /// How stale `last_seen` may be in the store before it is written again.
 const TOUCH_INTERVAL: i64 = 60;
 /// How long a renewed session's old id is told apart from a dead one, so
@@ -522,7 +528,7 @@ impl Sessions {
     /// secret, and the page whose script resets the widget clears it, so it
     /// stays until a page really did (see `proxy::widget`).
     pub fn chat_reset_cookie(&self) -> String {
-        cookie::Cookie::build((self.chat_reset_name.as_str(), "1"))
+        cookie::Cookie::build((self.chat_reset_name.as_str(), CHAT_RESET_VALUE))
             .path("/")
             .secure(self.cookie_secure)
             .same_site(cookie::SameSite::Lax)
