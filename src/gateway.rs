@@ -150,6 +150,19 @@ impl Gateway {
             .map_err(|e| e.to_string())
             .and_then(|mut config| {
                 let changed = keep_restart_settings(&mut config, &current.config);
+                // The file was checked with its own listen addresses; what
+                // runs now is the file with the running ones.
+                let problems = crate::config::listener_problems(&config.server, &config.tls);
+                if !problems.is_empty() {
+                    let problems: Vec<String> = problems
+                        .iter()
+                        .map(|(key, problem)| format!("{key}: {problem}"))
+                        .collect();
+                    return Err(format!(
+                        "with the listen addresses running until a restart: {}",
+                        problems.join("; ")
+                    ));
+                }
                 if !changed.is_empty() {
                     tracing::warn!(
                         settings = changed.join(", "),
@@ -269,5 +282,8 @@ fn keep_restart_settings(config: &mut Config, running: &Config) -> Vec<&'static 
         &old.max_attempts_per_account_per_ip,
     );
     keep(c, "mail", &mut config.mail, &running.mail);
+    // The log's subscriber is installed once, at start.
+    keep(c, "log.level", &mut config.log.level, &running.log.level);
+    keep(c, "log.format", &mut config.log.format, &running.log.format);
     changed
 }

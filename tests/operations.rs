@@ -64,6 +64,48 @@ async fn a_reload_that_changes_listeners_keeps_the_running_ones_serving() {
     assert_eq!(origin.only_request().target, "/still");
 }
 
+/// A file that turns HTTPS off and drops its certificates is valid on its
+/// own, but not with the HTTPS listener that runs until a restart: the
+/// reload is refused, and HTTPS keeps its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_checked_with_the_listeners_that_keep_running() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let without_https: Vec<&str> = config
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("[[tls.certificates]]")
+                || l.starts_with("cert_file")
+                || l.starts_with("key_file")
+                || *l == "hosts = [\"localhost\"]")
+        })
+        .map(|l| {
+            if l.starts_with("https_listen") {
+                "https_listen = \"\""
+            } else {
+                l
+            }
+        })
+        .collect();
+    std::fs::write(&gw.config_path, without_https.join("\n")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload rejected").await;
+    assert!(
+        gw.log()
+            .contains("https_listen is set, so at least one certificate is needed"),
+        "{}",
+        gw.log()
+    );
+    let response = gw
+        .client()
+        .get(gw.https_url("/still"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let first = EchoOrigin::start().await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use validate::{HostPattern, site_for_host};
+pub use validate::{HostPattern, listener_problems, site_for_host};
 
 /// Checks a group name (letters, digits, `-`, `_`; 1 to 64 characters).
 pub fn validate_group_name(name: &str) -> Result<(), String> {

@@ -264,15 +264,6 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             "at least one of https_listen and http_listen must be set",
         );
     }
-    if server.https_listen.is_none()
-        && http_mode == HttpMode::Redirect
-        && server.http_listen.is_some()
-    {
-        p.add(
-            "server.http_mode",
-            "\"redirect\" needs an https_listen to redirect to; use \"serve\"",
-        );
-    }
 
     let l = file.limits;
     let limits = Limits {
@@ -398,11 +389,8 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             .filter_map(|(i, c)| certificate(&mut p, &format!("tls.certificates[{i}]"), c))
             .collect(),
     };
-    if server.https_listen.is_some() && tls.certificates.is_empty() {
-        p.add(
-            "tls.certificates",
-            "https_listen is set, so at least one certificate is needed",
-        );
+    for (key, problem) in listener_problems(&server, &tls) {
+        p.add(key, problem);
     }
 
     let members = members(&mut p, &file.members, &server);
@@ -614,6 +602,29 @@ fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
         ca_file: r.ca_file.as_deref().map(PathBuf::from),
     };
     Some(route)
+}
+
+/// What the listeners need of the rest: certificates for HTTPS, an HTTPS
+/// listener to redirect to. Checked again on reload, after the running
+/// listen addresses are put back (a reload does not move listeners).
+pub fn listener_problems(server: &Server, tls: &Tls) -> Vec<(&'static str, &'static str)> {
+    let mut problems = Vec::new();
+    if server.https_listen.is_none()
+        && server.http_mode == HttpMode::Redirect
+        && server.http_listen.is_some()
+    {
+        problems.push((
+            "server.http_mode",
+            "\"redirect\" needs an https_listen to redirect to; use \"serve\"",
+        ));
+    }
+    if server.https_listen.is_some() && tls.certificates.is_empty() {
+        problems.push((
+            "tls.certificates",
+            "https_listen is set, so at least one certificate is needed",
+        ));
+    }
+    problems
 }
 
 /// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network
