@@ -283,6 +283,46 @@ hosts = ["club.example", "DOCS.example.", "*.example"]
     );
 }
 
+/// What would pass the check but then fail, or go somewhere else, at
+/// serving time: an SMTP URL the mailer cannot read, a port out of range
+/// (it went to port 80), a `"*"` certificate (never chosen), and a site
+/// name that would break the metrics' label syntax.
+#[test]
+fn check_config_refuses_what_serving_would_trip_on() {
+    let (code, out) = check_config(
+        r#"
+[server]
+https_listen = "127.0.0.1:0"
+http_listen = ""
+[mail]
+smtp_url = "smtps://host:notaport"
+[[tls.certificates]]
+cert_file = "a.crt"
+key_file = "a.key"
+hosts = ["*"]
+[[sites]]
+name = 'demo "main"'
+hosts = ["x.test"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:84535"
+  [[sites.routes]]
+  path = "/v6"
+  upstream = "http://[::1]:8080"
+"#,
+    );
+    assert_eq!(code, 2, "{out}");
+    for expected in [
+        "mail.smtp_url: expected smtps://user@host:465",
+        "tls.certificates[0].hosts: a certificate names its hosts",
+        "sites[0].name: expected letters, digits, '-', '_' or '.'",
+        "sites[0].routes[0].upstream: expected a port from 1 to 65535",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("routes[1]"), "{out}");
+}
+
 #[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
     let (code, out) = check_config(

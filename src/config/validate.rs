@@ -464,6 +464,12 @@ fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Ce
         p.add(&format!("{key}.key_file"), "is required");
     }
     let hosts = p.hosts(&format!("{key}.hosts"), &c.hosts);
+    if hosts.contains(&HostPattern::Any) {
+        p.add(
+            &format!("{key}.hosts"),
+            "a certificate names its hosts; \"*\" is not one (the first certificate answers names no certificate lists)",
+        );
+    }
     Some(Certificate {
         cert_file: cert_file?,
         key_file: key_file?,
@@ -473,6 +479,14 @@ fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Ce
 
 fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
     let name = s.name.clone().unwrap_or_default();
+    // The name is a label in metrics and logs: letters, digits, `-`, `_`, `.`.
+    let label_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.is_empty() && !name.chars().all(label_safe) {
+        p.add(
+            &format!("{key}.name"),
+            format!("expected letters, digits, '-', '_' or '.'; got {name:?}"),
+        );
+    }
     if name.is_empty() {
         p.add(&format!("{key}.name"), "is required");
     }
@@ -701,6 +715,15 @@ fn parse_upstream(text: &str) -> Result<Upstream, String> {
         return Err(format!(
             "credentials in the upstream URL are not supported; got {text:?}"
         ));
+    }
+    // `http` parses a port of 84535 (or none after the colon) and then
+    // reports no port at all: the connection would go to 80 or 443.
+    let written_port = authority.as_str().rsplit_once(':').map(|(_, p)| p);
+    let bracketed_v6_without_port = authority.as_str().ends_with(']');
+    if let Some(port) = written_port.filter(|_| !bracketed_v6_without_port)
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err(format!("expected a port from 1 to 65535; got {text:?}"));
     }
     if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
         return Err(format!(
@@ -1272,11 +1295,15 @@ fn mail(p: &mut Problems, m: &MailSection) -> Mail {
             MailTransport::Outbox(PathBuf::new())
         }
         (Some(url), None) => {
+            let expected = "expected smtps://user@host:465 or smtp://user@host:587?tls=required";
             if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                p.add(
-                    "mail.smtp_url",
-                    format!("expected smtps://user@host:465 or smtp://user@host:587?tls=required; got {url:?}"),
-                );
+                p.add("mail.smtp_url", format!("{expected}; got {url:?}"));
+            } else if let Err(e) =
+                lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+            {
+                // As the gateway will read it at start (with no secrets
+                // involved: the password comes from the environment).
+                p.add("mail.smtp_url", format!("{expected}; {e}"));
             }
             MailTransport::Smtp { url: url.clone() }
         }
