@@ -341,11 +341,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         let Some(addr) = addr else { continue };
         let clash = listeners[..i].iter().find(|(_, other)| {
             other.is_some_and(|o| {
-                o.port() == addr.port()
-                    && addr.port() != 0
-                    && (o.ip() == addr.ip()
-                        || o.ip().is_unspecified()
-                        || addr.ip().is_unspecified())
+                o.port() == addr.port() && addr.port() != 0 && overlap(o.ip(), addr.ip())
             })
         });
         if let Some((other, _)) = clash {
@@ -616,6 +612,18 @@ fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
         ca_file: r.ca_file.as_deref().map(PathBuf::from),
     };
     Some(route)
+}
+
+/// Whether two listen addresses on one port would take the same
+/// connections: the same address, or an unspecified one that covers the
+/// other (`0.0.0.0` every IPv4 address; `::` every address, IPv4 too, as
+/// the gateway's sockets are dual-stack).
+fn overlap(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    let (a, b) = (a.to_canonical(), b.to_canonical());
+    let covers = |wide: std::net::IpAddr, other: std::net::IpAddr| {
+        wide.is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a == b || covers(a, b) || covers(b, a)
 }
 
 /// What the listeners need of the rest: certificates for HTTPS, an HTTPS
@@ -1341,6 +1349,17 @@ mod tests {
         assert_eq!(ipv4_form(net("::ffff:10.0.0.2/128")), net("10.0.0.2/32"));
         assert_eq!(ipv4_form(net("2001:db8::/32")), net("2001:db8::/32"));
         assert_eq!(ipv4_form(net("10.0.0.0/8")), net("10.0.0.0/8"));
+    }
+
+    #[test]
+    fn listen_addresses_overlap_as_sockets_do() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(overlap(ip("127.0.0.1"), ip("::ffff:127.0.0.1")));
+        assert!(overlap(ip("0.0.0.0"), ip("127.0.0.1")));
+        assert!(overlap(ip("::"), ip("127.0.0.1")));
+        assert!(overlap(ip("::1"), ip("::")));
+        assert!(!overlap(ip("0.0.0.0"), ip("::1")));
+        assert!(!overlap(ip("127.0.0.1"), ip("127.0.0.2")));
     }
 
     #[test]
