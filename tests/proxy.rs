@@ -128,6 +128,32 @@ async fn head_answers_have_no_body_over_http2() {
     }
 }
 
+/// `limits.max_headers` holds over HTTP/2 as over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_header_fields_get_431_over_either_protocol() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("max_headers = 8"),
+    )
+    .await;
+    for client in [
+        gw.client_builder().http1_only().build().unwrap(),
+        gw.client_builder().http2_prior_knowledge().build().unwrap(),
+    ] {
+        let mut request = client.get(gw.https_url("/many"));
+        for i in 0..12 {
+            request = request.header(format!("x-field-{i}"), "v");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 431, "{:?}", response.version());
+        let few = client.get(gw.https_url("/few")).send().await.unwrap();
+        assert_eq!(few.status(), 200, "{:?}", few.version());
+    }
+    assert!(origin.requests().iter().all(|r| r.target == "/few"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chooses_certificates_by_sni() {
     let origin = EchoOrigin::start().await;

@@ -242,9 +242,14 @@ fn accept(parts: &http::request::Parts, runtime: &Runtime) -> Flow<()> {
             json,
         ));
     }
+    let limits = &runtime.config.limits;
     let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > runtime.config.limits.max_uri_bytes {
+    if target_len > limits.max_uri_bytes {
         return Flow::Respond(respond::refusal(Refusal::UriTooLong, json));
+    }
+    // HTTP/1's parser counts fields itself; HTTP/2's does not.
+    if parts.headers.len() > limits.max_headers {
+        return Flow::Respond(respond::refusal(Refusal::TooManyHeaders, json));
     }
     Flow::Continue(())
 }

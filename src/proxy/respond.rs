@@ -29,6 +29,9 @@ pub enum Refusal {
     MethodNotAllowed,
     BodyTooLarge,
     UriTooLong,
+    /// More header fields than `limits.max_headers` (HTTP/2: hyper's
+    /// HTTP/1 parser refuses these itself).
+    TooManyHeaders,
     BodyTimeout,
     BadGateway,
     GatewayTimeout,
@@ -46,6 +49,7 @@ impl Refusal {
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -62,6 +66,9 @@ impl Refusal {
             Refusal::MethodNotAllowed => "This request method is not allowed here.",
             Refusal::BodyTooLarge => "The request body is larger than this address accepts.",
             Refusal::UriTooLong => "The requested address is too long.",
+            Refusal::TooManyHeaders => {
+                "The request has more header fields than this server accepts."
+            }
             Refusal::BodyTimeout => "The request body stopped arriving before it was complete.",
             Refusal::BadGateway => {
                 "The site behind this gateway could not be reached or gave an invalid answer. Please try again shortly."
