@@ -35,6 +35,14 @@ fn check_config(path: &Path) -> ExitCode {
     };
     let routes: usize = config.sites.iter().map(|s| s.routes.len()).sum();
     let sites = config.sites.len();
+    if let Some(Err(e)) = membergate::portal::membership::secret_from_env() {
+        eprintln!(
+            "{}: invalid configuration
+{e}",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
     match Runtime::build(config, false) {
         Ok(_) => {
             println!("{}: ok ({sites} sites, {routes} routes)", path.display());

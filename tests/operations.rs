@@ -355,6 +355,15 @@ fn the_demo_and_container_configs_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 sites, 1 routes)"));
+    // A secret in the environment that `serve` would refuse is reported too.
+    let out = Command::new(binary())
+        .current_dir(root)
+        .args(["check-config", "config/membergate.toml"])
+        .env("MEMBERGATE_SECRET", "too short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MEMBERGATE_SECRET must be at least 32"));
 }
 
 #[test]

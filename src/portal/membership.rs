@@ -67,14 +67,24 @@ impl Membership {
     }
 }
 
+/// The secret from `MEMBERGATE_SECRET` (hashed), if it is set: `check-config`
+/// asks this too, so that a secret the gateway would refuse is reported
+/// before it starts.
+pub fn secret_from_env() -> Option<Result<[u8; 32], String>> {
+    let text = std::env::var("MEMBERGATE_SECRET").ok()?;
+    if text.len() < 32 {
+        return Some(Err(
+            "MEMBERGATE_SECRET must be at least 32 characters".into()
+        ));
+    }
+    Some(Ok(Sha256::digest(text.as_bytes()).into()))
+}
+
 /// 32 secret bytes: `MEMBERGATE_SECRET` (hashed) if set, else the secret file,
 /// created with 32 random bytes (hex, owner-only) on first start.
 fn load_secret(path: &Path) -> Result<[u8; 32], String> {
-    if let Ok(text) = std::env::var("MEMBERGATE_SECRET") {
-        if text.len() < 32 {
-            return Err("MEMBERGATE_SECRET must be at least 32 characters".into());
-        }
-        return Ok(Sha256::digest(text.as_bytes()).into());
+    if let Some(secret) = secret_from_env() {
+        return secret;
     }
     if !path.exists() {
         let mut bytes = [0u8; 32];
