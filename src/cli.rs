@@ -58,6 +58,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// Ask a running gateway's admin listener for /healthz (exit 0 when
+    /// healthy), for container health checks.
+    Health {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Ask the access policy, with the code the gateway serves with.
     Policy {
         #[command(flatten)]

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve(&config.config),
         Command::CheckConfig { file, config } => check_config(&file.unwrap_or(config.config)),
+        Command::Health { config } => membergate::admin::probe::run(&config.config),
         admin => membergate::admin::commands::run(admin),
     }
 }

@@ -366,6 +366,43 @@ fn the_demo_and_container_configs_are_valid() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("MEMBERGATE_SECRET must be at least 32"));
 }
 
+/// `membergate health` (the container's health check) asks the running
+/// gateway's admin listener: healthy while it serves, not once it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_asks_the_running_gateway() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("0.0.0.0:{port}");
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .env("MEMBERGATE_ADMIN_LISTEN", &admin),
+    )
+    .await;
+    let health = |config: &std::path::Path| {
+        Command::new(binary())
+            .args(["health", "--config"])
+            .arg(config)
+            .env("MEMBERGATE_ADMIN_LISTEN", &admin)
+            .output()
+            .unwrap()
+    };
+    let out = health(&gw.config_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_dir, config) = gw.stop().await;
+    let out = health(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not healthy"));
+}
+
 #[test]
 fn prints_its_version() {
     let out = Command::new(binary()).arg("--version").output().unwrap();
@@ -427,6 +464,24 @@ fn docker_compose_is_consistent_with_the_repository() {
     assert_eq!(
         command,
         ["serve", "--config", "/etc/membergate/membergate.toml"]
+    );
+
+    // The health check asks the running gateway, not the file.
+    let test: Vec<&str> = gateway["healthcheck"]["test"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        test,
+        [
+            "CMD",
+            "membergate",
+            "health",
+            "--config",
+            "/etc/membergate/membergate.toml"
+        ]
     );
 
     // The mounted configuration is valid, with the compose environment applied.

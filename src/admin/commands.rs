@@ -21,7 +21,9 @@ pub fn run(command: Command) -> ExitCode {
         Command::Group { config, command } => (config.config, Work::Group(command)),
         Command::Session { config, command } => (config.config, Work::Session(command)),
         Command::Policy { config, command } => (config.config, Work::Policy(command)),
-        Command::Serve { .. } | Command::CheckConfig { .. } => return ExitCode::FAILURE,
+        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Health { .. } => {
+            return ExitCode::FAILURE;
+        }
     };
     let config = match Config::load(&config_path) {
         Ok(config) => config,

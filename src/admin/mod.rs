@@ -7,6 +7,7 @@ pub mod api;
 pub mod commands;
 pub mod metrics;
 pub mod operations;
+pub mod probe;
 
 use std::convert::Infallible;
 use std::sync::Arc;
