@@ -163,6 +163,18 @@ async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(b.login("grace@example.com", PASSWORD).await.status, 303);
+    // A disable remembers what it found: an invited member who has not set
+    // a password yet is pending again after an enable, not active.
+    let invited = json!({"email": "ivy@example.com", "invite": true});
+    assert_eq!(
+        api.call("POST", "/api/v1/members", Some(invited)).await.0,
+        201
+    );
+    for (action, status) in [("disable", "disabled"), ("enable", "pending")] {
+        let path = format!("/api/v1/members/ivy@example.com/{action}");
+        let (code, body) = api.call("POST", &path, None).await;
+        assert_eq!((code, &body["status"]), (200, &json!(status)), "{action}");
+    }
     // Enabling or approving an active member changes nothing.
     for action in ["enable", "approve"] {
         let (status, body) = api
@@ -234,7 +246,7 @@ async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
         .iter()
         .map(|m| m["email"].as_str().unwrap())
         .collect();
-    assert_eq!(emails.len(), 2, "{list}");
+    assert_eq!(emails.len(), 3, "{list}");
     assert!(emails.contains(&"grace@example.com") && emails.contains(&"linus@example.com"));
     let (status, groups) = api.call("GET", "/api/v1/groups", None).await;
     assert_eq!(

@@ -185,11 +185,12 @@ impl Admin<'_> {
             .ok_or_else(|| Refused::NotFound(format!("no member {canonical}")))
     }
 
-    /// Disables a member (their sessions end), enables a disabled one, or
-    /// approves one waiting for approval. Each change applies only from the
-    /// status it is for: approving must not undo a disable, nor enabling
-    /// skip an approval or an unconfirmed address. Asking for the status a
-    /// member already has changes nothing.
+    /// Disables a member (their sessions end), enables a disabled one (back
+    /// to the status the disable found), or approves one waiting for
+    /// approval. Each change applies only from the status it is for:
+    /// approving must not undo a disable, nor enabling skip an approval or
+    /// an unconfirmed address. Asking for the status a member already has
+    /// changes nothing.
     pub async fn change_status(
         &self,
         address: &str,
@@ -216,10 +217,12 @@ impl Admin<'_> {
         if to == from {
             return Ok(member);
         }
-        self.store
-            .set_status(member.id, from, to, now())
-            .await
-            .map_err(store_error)?;
+        let changed = if change == StatusChange::Enable {
+            self.store.enable(member.id, now()).await
+        } else {
+            self.store.set_status(member.id, from, to, now()).await
+        };
+        changed.map_err(store_error)?;
         self.member(address).await
     }
 

@@ -185,6 +185,10 @@ pub trait MemberStore: Send + Sync {
         to: Status,
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Lifts a disable: the member goes back to the status the disable
+    /// found (active for one disabled before that was recorded). `Stale`
+    /// when the member is not disabled.
+    fn enable(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>>;
     fn set_name(
         &self,
         id: MemberId,

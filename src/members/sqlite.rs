@@ -381,17 +381,42 @@ impl MemberStore for SqliteStore {
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>> {
         let bump = to != Status::Active;
+        // A disable remembers what it found, for `enable`.
+        let statement = if to == Status::Disabled {
+            "UPDATE members SET status = ?, status_before_disable = status WHERE status = ? AND id = ?"
+        } else {
+            "UPDATE members SET status = ? WHERE status = ? AND id = ?"
+        };
         Box::pin(async move {
             let updated = self
                 .update(
                     id,
-                    "UPDATE members SET status = ? WHERE status = ? AND id = ?",
+                    statement,
                     vec![to.as_str().to_owned(), from.as_str().to_owned()],
                     bump,
                     now,
                 )
                 .await;
             // The caller has just read the member: no row is a changed status.
+            match updated {
+                Err(StoreError::NotFound) => Err(StoreError::Stale),
+                other => other,
+            }
+        })
+    }
+
+    fn enable(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let updated = self
+                .update(
+                    id,
+                    "UPDATE members SET status = COALESCE(status_before_disable, 'active'), \
+                     status_before_disable = NULL WHERE status = 'disabled' AND id = ?",
+                    Vec::new(),
+                    false,
+                    now,
+                )
+                .await;
             match updated {
                 Err(StoreError::NotFound) => Err(StoreError::Stale),
                 other => other,
