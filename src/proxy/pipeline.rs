@@ -247,9 +247,14 @@ fn accept(parts: &http::request::Parts, runtime: &Runtime) -> Flow<()> {
     if target_len > limits.max_uri_bytes {
         return Flow::Respond(respond::refusal(Refusal::UriTooLong, json));
     }
-    // HTTP/1's parser counts fields itself; HTTP/2's does not.
+    // HTTP/1's parser counts fields itself; HTTP/2's does not. Browsers send
+    // each cookie as a field of its own over HTTP/2 (RFC 9113, 8.2.3): they
+    // count as the one `Cookie` field HTTP/1 would have.
     if parts.headers.len() > limits.max_headers {
-        return Flow::Respond(respond::refusal(Refusal::TooManyHeaders, json));
+        let cookies = parts.headers.get_all(header::COOKIE).iter().count();
+        if parts.headers.len() - cookies.saturating_sub(1) > limits.max_headers {
+            return Flow::Respond(respond::refusal(Refusal::TooManyHeaders, json));
+        }
     }
     Flow::Continue(())
 }
