@@ -301,7 +301,7 @@ cert_file = "a.crt"
 key_file = "a.key"
 hosts = ["*"]
 [[sites]]
-name = 'demo "main"'
+name = "demo\tmain"
 hosts = ["x.test"]
   [[sites.routes]]
   path = "/"
@@ -315,7 +315,7 @@ hosts = ["x.test"]
     for expected in [
         "mail.smtp_url: expected smtps://user@host:465",
         "tls.certificates[0].hosts: a certificate names its hosts",
-        "sites[0].name: expected letters, digits, '-', '_' or '.'",
+        "sites[0].name: expected a name on one line",
         "sites[0].routes[0].upstream: expected a port from 1 to 65535",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");

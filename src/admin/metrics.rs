@@ -20,8 +20,21 @@ use crate::portal::Membership;
 pub struct Label(pub Arc<str>);
 
 impl EncodeLabelValue for Label {
+    /// Escaped as the text exposition format needs (`\\`, `\"`, `\n`):
+    /// prometheus-client writes label values as they are, and a site or
+    /// route name may hold any of these.
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
-        encoder.write_str(&self.0)
+        let mut rest: &str = &self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            encoder.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
     }
 }
 
@@ -311,5 +324,29 @@ pub struct ConnectionGuard(Gauge);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A label value with a quote, a backslash or a newline (a site named
+    /// `Tom's "Club"`) stays one label in the exposition format.
+    #[test]
+    fn label_values_are_escaped() {
+        let family = Family::<RequestLabels, Counter>::default();
+        let route = Label("Tom's \"Club\" \\ A\nB:/".into());
+        family
+            .get_or_create(&RequestLabels { route, status: 200 })
+            .inc();
+        let mut registry = Registry::default();
+        registry.register("requests", "Requests", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"requests_total{route="Tom's \"Club\" \\ A\nB:/",status="200"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -475,12 +475,12 @@ fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Ce
 
 fn site(p: &mut Problems, key: &str, s: &SiteSection) -> Site {
     let name = s.name.clone().unwrap_or_default();
-    // The name is a label in metrics and logs: letters, digits, `-`, `_`, `.`.
-    let label_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !name.is_empty() && !name.chars().all(label_safe) {
+    // Shown in page titles and mail subjects, and a label in metrics and
+    // logs: any text on one line.
+    if name.chars().any(char::is_control) {
         p.add(
             &format!("{key}.name"),
-            format!("expected letters, digits, '-', '_' or '.'; got {name:?}"),
+            format!("expected a name on one line, without control characters; got {name:?}"),
         );
     }
     if name.is_empty() {
