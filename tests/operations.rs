@@ -285,8 +285,7 @@ hosts = ["club.example", "DOCS.example.", "*.example"]
 
 /// What would pass the check but then fail, or go somewhere else, at
 /// serving time: an SMTP URL the mailer cannot read, a port out of range
-/// (it went to port 80), a `"*"` certificate (never chosen), and a site
-/// name that would break the metrics' label syntax.
+/// (it went to port 80), and a site name with a control character.
 #[test]
 fn check_config_refuses_what_serving_would_trip_on() {
     let (code, out) = check_config(
@@ -314,7 +313,6 @@ hosts = ["x.test"]
     assert_eq!(code, 2, "{out}");
     for expected in [
         "mail.smtp_url: expected smtps://user@host:465",
-        "tls.certificates[0].hosts: a certificate names its hosts",
         "sites[0].name: expected a name on one line",
         "sites[0].routes[0].upstream: expected a port from 1 to 65535",
     ] {

@@ -173,6 +173,7 @@ async fn chooses_certificates_by_sni() {
     let certs = tempfile::tempdir().unwrap();
     let (a_cert, a_key) = make_certificate(certs.path(), "a", &["a.example.test"]);
     let (w_cert, w_key) = make_certificate(certs.path(), "w", &["*.wild.test"]);
+    let (d_cert, d_key) = make_certificate(certs.path(), "d", &["stray.test"]);
     let site = format!(
         "[[sites]]\nname = \"other\"\nhosts = [\"a.example.test\", \"*.wild.test\"]\n[[sites.routes]]\npath = \"/\"\nupstream = \"{}\"\n",
         origin.url()
@@ -182,10 +183,17 @@ async fn chooses_certificates_by_sni() {
             .route("/", &origin.url())
             .certificate(&a_cert, &a_key, &["a.example.test"])
             .certificate(&w_cert, &w_key, &["*.wild.test"])
+            .certificate(&d_cert, &d_key, &["*"])
             .site(&site),
     )
     .await;
-    for (host, pem) in [("a.example.test", &a_cert), ("x.wild.test", &w_cert)] {
+    // `"*"` makes a certificate the one for names no other lists, wherever
+    // it is in the list (no site serves stray.test: 421 after the handshake).
+    for (host, pem, status) in [
+        ("a.example.test", &a_cert, 200),
+        ("x.wild.test", &w_cert, 200),
+        ("stray.test", &d_cert, 421),
+    ] {
         let trust = reqwest::Certificate::from_pem(&std::fs::read(pem).unwrap()).unwrap();
         let client = reqwest::Client::builder()
             .tls_certs_only([trust])
@@ -199,7 +207,7 @@ async fn chooses_certificates_by_sni() {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{host}: {e:?}"));
-        assert_eq!(response.status(), 200, "{host}");
+        assert_eq!(response.status(), status, "{host}");
     }
     // The dev certificate answers for localhost.
     assert_eq!(

@@ -460,12 +460,6 @@ fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Ce
         p.add(&format!("{key}.key_file"), "is required");
     }
     let hosts = p.hosts(&format!("{key}.hosts"), &c.hosts);
-    if hosts.contains(&HostPattern::Any) {
-        p.add(
-            &format!("{key}.hosts"),
-            "a certificate names its hosts; \"*\" is not one (the first certificate answers names no certificate lists)",
-        );
-    }
     Some(Certificate {
         cert_file: cert_file?,
         key_file: key_file?,

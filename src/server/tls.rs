@@ -92,12 +92,17 @@ struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// The default was named by a `"*"`, not taken for being first.
+    default_named: bool,
 }
 
 impl SniResolver {
     fn add(&mut self, key: Arc<CertifiedKey>, hosts: &[HostPattern]) {
-        if self.default.is_none() {
+        // The default answers names no certificate lists: the first
+        // certificate, unless a later one says `"*"`.
+        if self.default.is_none() || (hosts.contains(&HostPattern::Any) && !self.default_named) {
             self.default = Some(key.clone());
+            self.default_named = hosts.contains(&HostPattern::Any);
         }
         for host in hosts {
             match host {
@@ -111,7 +116,7 @@ impl SniResolver {
                         .entry(suffix.clone())
                         .or_insert_with(|| key.clone());
                 }
-                HostPattern::Any => {}
+                HostPattern::Any => {} // the default, above
             }
         }
     }
