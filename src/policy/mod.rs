@@ -62,6 +62,16 @@ impl PathPattern {
                 Some(bare) if !bare.is_empty() => bare,
                 _ => path,
             };
+            // `/members/**` is everything in `/members`, and `/members`
+            // itself: an origin that serves `/members/` at `/members` too
+            // must not hand it out unprotected.
+            let whole_directory = match path.strip_suffix("/**") {
+                Some(base) if !base.is_empty() && !base.contains(['{', '}']) => {
+                    Some(format!("{{{base},{base}/**}}"))
+                }
+                _ => None,
+            };
+            let path = whole_directory.as_deref().unwrap_or(path);
             let glob = globset::GlobBuilder::new(path)
                 .case_insensitive(true)
                 .literal_separator(true)
@@ -215,6 +225,20 @@ mod tests {
             }
             assert!(!pattern.matches("/reports/q3/x"), "{glob}");
             assert!(!pattern.matches("/reports"), "{glob}");
+        }
+        // A directory's `/**` covers the directory itself.
+        for glob in ["/app/members/**", "/app/members/**/"] {
+            let pattern = PathPattern::new(glob).unwrap();
+            for path in [
+                "/app/members",
+                "/App/Members",
+                "/app/members/",
+                "/app/members/a/b",
+            ] {
+                assert!(pattern.matches(path), "{glob} {path}");
+            }
+            assert!(!pattern.matches("/app/membership"), "{glob}");
+            assert!(!pattern.matches("/app"), "{glob}");
         }
     }
 
