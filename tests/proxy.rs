@@ -293,6 +293,27 @@ async fn a_directory_index_is_covered_by_the_rules_for_its_file() {
         let response = client.get(gw.https_url(path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
     }
+    // A member reads the protected file under either address, and either
+    // way it is kept from shared caches.
+    let (ok, out) = gw.cli(
+        &["member", "add", "m@example.com"],
+        "a long enough password\n",
+    );
+    assert!(ok, "{out}");
+    let mut member = support::browser::Browser::new(&gw);
+    assert_eq!(
+        member
+            .login("m@example.com", "a long enough password")
+            .await
+            .status,
+        303
+    );
+    for path in ["/kb/", "/kb/index.html"] {
+        let page = member.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert_eq!(page.headers["cache-control"], "private, no-store", "{path}");
+        assert_eq!(page.headers["x-robots-tag"], "noindex", "{path}");
+    }
     // The chat rules too: no widget on the file, none on its directory.
     for path in ["/blog/index.html", "/blog/"] {
         let page = client.get(gw.https_url(path)).send().await.unwrap();

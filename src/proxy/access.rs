@@ -69,12 +69,26 @@ pub async fn authorise(
     let rule = matched.map(|i| &site.rules.rules[i]);
     let mut refused = match decision {
         Decision::Allow => {
-            let access = rule.map_or(&site.rules.default, |r| &r.access);
-            let members_only = *access != policy::Access::Public;
+            // What protects the page, under either of its paths: a member
+            // let into `/guide/` by the public default is still reading the
+            // members-only `/guide/index.html`.
+            let protection = |matched: Option<usize>| {
+                let rule = matched.map(|i| &site.rules.rules[i]);
+                let access = rule.map_or(&site.rules.default, |r| &r.access);
+                (*access != policy::Access::Public).then(|| rule.is_none_or(|r| r.private))
+            };
+            let own = protection(matched);
+            let alias =
+                served_as.and_then(|served| protection(policy::decide(&site.rules, served, who).1));
             return Ok(Access {
                 visitor,
-                members_only,
-                private: rule.is_none_or(|r| r.private),
+                members_only: own.is_some() || alias.is_some(),
+                // Kept from shared caches unless every rule that protects it
+                // says otherwise.
+                private: match (own, alias) {
+                    (None, None) => true,
+                    (own, alias) => own.unwrap_or(false) || alias.unwrap_or(false),
+                },
                 set_cookie,
             });
         }
