@@ -73,8 +73,9 @@ pub fn script_nonce(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether an enforced policy allows no script element at all: its governing
-/// directive lists no source or only `'none'`. The widget could not load
-/// there, and a hash beside `'none'` would make browsers ignore the `'none'`.
+/// directive lists no source that allows one (see `policy_forbids_scripts`).
+/// The widget could not load there, and a hash beside `'none'` would make
+/// browsers ignore the `'none'`.
 pub fn forbids_scripts(headers: &HeaderMap) -> bool {
     policies(headers).any(policy_forbids_scripts)
 }
@@ -88,13 +89,36 @@ pub fn meta_forbids_scripts(content: &str) -> bool {
     content.contains(',') || policy_forbids_scripts(content)
 }
 
+/// Whether the policy's script directive lets no script run: none of its
+/// sources allows one (`'none'`, and keywords that only qualify others:
+/// `'report-sample'`, `'strict-dynamic'`, `'unsafe-eval'` ...). Adding a hash
+/// beside them would let ours run where the page's author let none.
 fn policy_forbids_scripts(policy: &str) -> bool {
     script_directive(policy).is_some_and(|(_, directive)| {
-        directive
+        !directive
             .split_ascii_whitespace()
             .skip(1)
-            .all(|s| s.eq_ignore_ascii_case("'none'"))
+            .any(allows_some_script)
     })
+}
+
+/// Whether a source expression lets some script run by itself: a host or
+/// scheme, `'self'`, `'unsafe-inline'`, a nonce or a hash.
+fn allows_some_script(source: &str) -> bool {
+    let Some(keyword) = source.strip_prefix('\'') else {
+        return true;
+    };
+    let keyword = keyword.to_ascii_lowercase();
+    [
+        "self'",
+        "unsafe-inline'",
+        "nonce-",
+        "sha256-",
+        "sha384-",
+        "sha512-",
+    ]
+    .iter()
+    .any(|allowing| keyword.starts_with(allowing))
 }
 
 /// The source expression that allows exactly the inline `script`.
@@ -380,6 +404,10 @@ mod tests {
             "script-src 'NONE'; img-src *",
             "default-src 'self'; script-src",
             "script-src-elem 'none'; script-src 'self'",
+            // Keywords that only qualify other sources allow nothing alone.
+            "script-src 'none' 'report-sample'",
+            "script-src 'strict-dynamic'",
+            "script-src 'unsafe-eval' 'wasm-unsafe-eval' 'unsafe-hashes'",
         ] {
             assert!(forbids_scripts(&csp(&[policy])), "{policy}");
         }
@@ -388,6 +416,9 @@ mod tests {
             "default-src 'none'; script-src 'self'",
             "img-src 'none'",
             "script-src 'none' 'sha256-abc='",
+            "script-src 'strict-dynamic' 'nonce-n0'",
+            "script-src 'report-sample' https://cdn.example",
+            "script-src 'UNSAFE-INLINE'",
         ] {
             assert!(!forbids_scripts(&csp(&[policy])), "{policy}");
         }
