@@ -288,6 +288,18 @@ async fn a_log_out_that_renews_the_session_still_logs_out() {
     let out = b.post("/_membergate/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status, 303, "{}", out.body);
     assert_eq!(b.get("/vip/").await.status, 302);
+    // The same when another request (an image, another tab) renewed the
+    // session before the form was sent.
+    assert_eq!(b.login("ida@example.com", PASSWORD).await.status, 303);
+    let csrf = b.get("/_membergate/account").await.csrf();
+    let path = "/api/v1/members/ida@example.com/groups/crew";
+    assert_eq!(api.call("PUT", path, None).await.0, 200);
+    let before = b.session_cookie();
+    assert_eq!(b.get("/").await.status, 200);
+    assert_ne!(b.session_cookie(), before, "the session was not renewed");
+    let out = b.post("/_membergate/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(b.get("/vip/").await.status, 302);
 }
 
 /// Attack catalogue D1 at a privilege change: a group grant moves the

@@ -60,9 +60,6 @@ struct Request<'a> {
     headers: http::HeaderMap,
     /// The logged-in member, if any.
     visitor: Option<Arc<Visitor>>,
-    /// The session id hash the request came with, when this request renewed
-    /// it: the page the form was on was made for that one.
-    renewed_from: Option<[u8; 32]>,
     /// The pre-session cookie, if the browser sent one.
     pre_session: Option<String>,
     /// Cookies to set on the response.
@@ -104,7 +101,6 @@ pub async fn handle(
         target,
         headers: parts.headers,
         visitor: settled.visitor,
-        renewed_from: settled.renewed_from,
         pre_session,
         set_cookies: settled.set_cookie.into_iter().collect(),
     };
@@ -272,11 +268,11 @@ impl Request<'_> {
             };
         let binding = self.csrf_binding(false);
         let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
-        // A session renewed by this very request (the member gained a group
-        // since the page was made) is still the one the form was made for.
-        let made_for_old = self
-            .renewed_from
-            .is_some_and(|old| csrf::token_matches(&self.m.csrf_key, &old, submitted));
+        // A session renewed since the page was made (the member gained a
+        // group) is still the one the form was made for.
+        let renewed_from = self.visitor.as_ref().and_then(|v| v.renewed_from);
+        let made_for_old =
+            renewed_from.is_some_and(|old| csrf::token_matches(&self.m.csrf_key, &old, submitted));
         match binding {
             _ if made_for_old => Ok(form),
             Some(binding) if csrf::token_matches(&self.m.csrf_key, &binding, submitted) => Ok(form),

@@ -51,7 +51,6 @@ pub async fn authorise(
         visitor,
         set_cookie,
         unavailable,
-        ..
     }) = sessions.settle(sessions.lookup(headers).await)
     else {
         let why = "The request carries more than one session cookie.";

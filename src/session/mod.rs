@@ -37,6 +37,10 @@ pub struct Visitor {
     pub expires_at: i64,
     /// The identity headers' values for origins, encoded once per session.
     pub identity: IdentityValues,
+    /// The hash of the session id this one was renewed from (the member
+    /// gained a group), while it is cached: pages made before the renewal
+    /// carry forms whose CSRF tokens are bound to that id.
+    pub renewed_from: Option<[u8; 32]>,
     last_seen: AtomicI64,
 }
 
@@ -85,9 +89,6 @@ pub enum Lookup {
     Renewed {
         visitor: Arc<Visitor>,
         cookie_value: String,
-        /// The hash of the id it replaced, which the page the browser is
-        /// on was made for (its forms' CSRF tokens are bound to it).
-        replaced: [u8; 32],
     },
     /// A session renewed under a new id moments ago: treat as anonymous and
     /// leave the cookie alone, since the browser may hold the new id by now.
@@ -108,9 +109,6 @@ pub enum Lookup {
 pub struct Settled {
     pub visitor: Option<Arc<Visitor>>,
     pub set_cookie: Option<String>,
-    /// The hash of the session id this request came with, when it was
-    /// renewed under a new one on the way.
-    pub renewed_from: Option<[u8; 32]>,
     /// The request named a session that could not be checked just now.
     pub unavailable: bool,
 }
@@ -250,18 +248,15 @@ impl Sessions {
     /// which is refused.
     pub fn settle(&self, lookup: Lookup) -> Option<Settled> {
         let unavailable = matches!(lookup, Lookup::Unavailable);
-        let mut renewed_from = None;
         let (visitor, set_cookie) = match lookup {
             Lookup::Anonymous | Lookup::Replaced | Lookup::Unavailable => (None, None),
             Lookup::Member(visitor) => (Some(visitor), None),
             Lookup::Renewed {
                 visitor,
                 cookie_value,
-                replaced,
             } => {
                 let left = (visitor.expires_at - now()).max(0);
                 let cookie = self.cookie(&self.cookie_name, &cookie_value, left);
-                renewed_from = Some(replaced);
                 (Some(visitor), Some(cookie))
             }
             Lookup::Invalid => (None, Some(self.clear_cookie())),
@@ -270,7 +265,6 @@ impl Sessions {
         Some(Settled {
             visitor,
             set_cookie,
-            renewed_from,
             unavailable,
         })
     }
@@ -378,12 +372,14 @@ impl Sessions {
                     member = member.id,
                     "session renewed under a new id after a privilege change"
                 );
-                let visitor = Arc::new(visitor(record.id_hash, member, record.expires_at, now));
+                let visitor = Arc::new(Visitor {
+                    renewed_from: Some(old.id_hash),
+                    ..visitor(record.id_hash, member, record.expires_at, now)
+                });
                 self.cache_visitor(&visitor, forgets);
                 Lookup::Renewed {
                     visitor,
                     cookie_value: self.seal.seal(&id),
-                    replaced: old.id_hash,
                 }
             }
             Ok(false) => Lookup::Replaced,
@@ -557,6 +553,7 @@ fn visitor(id_hash: [u8; 32], member: &Member, expires_at: i64, last_seen: i64) 
         groups: member.groups.clone(),
         expires_at,
         identity: IdentityValues::of(member),
+        renewed_from: None,
         last_seen: AtomicI64::new(last_seen),
     }
 }
