@@ -33,33 +33,53 @@ pub struct Runtime {
 impl Runtime {
     /// Builds origins and TLS state; `create_dev_certificates` allows writing
     /// missing dev certificates (never done by `check-config`).
+    /// Every part is built, and every part's problem reported at once
+    /// (`check-config` shows them all).
     pub fn build(config: Config, create_dev_certificates: bool) -> Result<Runtime, String> {
         let tls = match config.server.https_listen {
-            Some(_) => Some(tls::server_config(&config.tls, create_dev_certificates)?),
-            None => None,
+            Some(_) => tls::server_config(&config.tls, create_dev_certificates).map(Some),
+            None => Ok(None),
         };
-        let router = Router::build(&config)?;
-        let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix)?;
-        let admin_api_key = crate::admin::api::load_key(config.admin.api_key_file.as_deref())?;
+        let router = Router::build(&config);
+        let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix);
+        let admin_api_key = crate::admin::api::load_key(config.admin.api_key_file.as_deref());
         let identity_keys = if config.identification.keys.is_empty() {
-            None
+            Ok(None)
         } else {
-            let keys = config
+            config
                 .identification
                 .keys
                 .iter()
                 .map(|(id, secret)| Key::new(id, secret))
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(Keys::new(keys)?)
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(Keys::new)
+                .map(Some)
         };
-        Ok(Runtime {
-            config,
-            router,
-            identity_headers,
-            tls,
-            admin_api_key,
-            identity_keys,
-        })
+        match (tls, router, identity_headers, admin_api_key, identity_keys) {
+            (Ok(tls), Ok(router), Ok(identity_headers), Ok(admin_api_key), Ok(identity_keys)) => {
+                Ok(Runtime {
+                    config,
+                    router,
+                    identity_headers,
+                    tls,
+                    admin_api_key,
+                    identity_keys,
+                })
+            }
+            (tls, router, headers, key, keys) => {
+                let problems: Vec<String> = [
+                    tls.err(),
+                    router.err(),
+                    headers.err(),
+                    key.err(),
+                    keys.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Err(problems.join("\n"))
+            }
+        }
     }
 }
 

@@ -321,6 +321,38 @@ hosts = ["x.test"]
     assert!(!out.contains("routes[1]"), "{out}");
 }
 
+/// Problems found while loading the files a configuration names (its
+/// certificates, the admin key) are all reported, each with its key path.
+#[test]
+fn check_config_reports_every_file_it_cannot_use() {
+    let (code, out) = check_config(
+        r#"
+[server]
+https_listen = "127.0.0.1:0"
+http_listen = ""
+[admin]
+api_key_file = "/definitely/not/here.key"
+[[tls.certificates]]
+cert_file = "/definitely/not/here.crt"
+key_file = "/definitely/not/here.key"
+hosts = ["x.test"]
+[[sites]]
+name = "a"
+hosts = ["x.test"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:9"
+"#,
+    );
+    assert_eq!(code, 2, "{out}");
+    for expected in [
+        "tls.certificates[0].cert_file: cannot read certificate /definitely/not/here.crt",
+        "admin.api_key_file: cannot read /definitely/not/here.key",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn check_config_names_unknown_keys_and_wrong_types() {
     let (code, out) = check_config(

@@ -21,7 +21,8 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = provider();
     let mut resolver = SniResolver::default();
-    for c in &tls.certificates {
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let key_path = format!("tls.certificates[{i}]");
         if tls.dev_certificate && !(c.cert_file.exists() && c.key_file.exists()) {
             if !create_dev_certificates {
                 continue;
@@ -30,15 +31,27 @@ pub fn server_config(
         }
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_file)
             .and_then(|iter| iter.collect())
-            .map_err(|e| format!("cannot read certificate {}: {e}", c.cert_file.display()))?;
+            .map_err(|e| {
+                format!(
+                    "{key_path}.cert_file: cannot read certificate {}: {e}",
+                    c.cert_file.display()
+                )
+            })?;
         if chain.is_empty() {
-            return Err(format!("{} holds no certificate", c.cert_file.display()));
+            return Err(format!(
+                "{key_path}.cert_file: {} holds no certificate",
+                c.cert_file.display()
+            ));
         }
-        let key = PrivateKeyDer::from_pem_file(&c.key_file)
-            .map_err(|e| format!("cannot read private key {}: {e}", c.key_file.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(|e| {
+            format!(
+                "{key_path}.key_file: cannot read private key {}: {e}",
+                c.key_file.display()
+            )
+        })?;
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
             format!(
-                "{} and {} do not form a usable pair: {e}",
+                "{key_path}: {} and {} do not form a usable pair: {e}",
                 c.cert_file.display(),
                 c.key_file.display()
             )
