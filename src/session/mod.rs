@@ -180,6 +180,11 @@ impl Sessions {
             .time_to_idle(config.session_idle)
             .support_invalidation_closures()
             .build();
+        let chat_reset_name = format!("{}-chat-reset", config.cookie_name);
+        let secure = if config.cookie_secure { ";Secure" } else { "" };
+        let chat_reset_clearing = format!(
+            "document.cookie=\"{chat_reset_name}=;Max-Age=0;Path=/;SameSite=Lax{secure}\";"
+        );
         Sessions {
             store,
             cache,
@@ -192,13 +197,8 @@ impl Sessions {
             forgets: AtomicU64::new(0),
             seal: Seal::new(secret),
             cookie_name: config.cookie_name.clone(),
-            chat_reset_name: format!("{}-chat-reset", config.cookie_name),
-            chat_reset_clearing: format!(
-                "document.cookie=\"{}-chat-reset=;Max-Age=0;Path=/;SameSite=Lax{}\";",
-                config.cookie_name,
-                if config.cookie_secure { ";Secure" } else { "" }
-            )
-            .into(),
+            chat_reset_name,
+            chat_reset_clearing: chat_reset_clearing.into(),
             cookie_secure: config.cookie_secure,
             lifetime: config.session_lifetime,
             idle: config.session_idle,
@@ -500,14 +500,24 @@ impl Sessions {
     /// One of the gateway's cookies: HttpOnly, SameSite=Lax, Path=/, Secure
     /// unless configured for plain HTTP; a zero `max_age` deletes it.
     fn cookie(&self, name: &str, value: &str, max_age: i64) -> String {
+        self.cookie_builder(name, value, max_age)
+            .http_only(true)
+            .build()
+            .to_string()
+    }
+
+    /// What every cookie of the gateway's has; `HttpOnly` is the caller's.
+    fn cookie_builder<'c>(
+        &self,
+        name: &'c str,
+        value: &'c str,
+        max_age: i64,
+    ) -> cookie::CookieBuilder<'c> {
         cookie::Cookie::build((name, value))
             .path("/")
             .secure(self.cookie_secure)
-            .http_only(true)
             .same_site(cookie::SameSite::Lax)
             .max_age(cookie::time::Duration::seconds(max_age))
-            .build()
-            .to_string()
     }
 
     pub fn set_cookie(&self, value: &str) -> String {
@@ -524,11 +534,7 @@ impl Sessions {
     /// secret, and the page whose script resets the widget clears it, so it
     /// stays until a page really did (see `proxy::widget`).
     pub fn chat_reset_cookie(&self) -> String {
-        cookie::Cookie::build((self.chat_reset_name.as_str(), CHAT_RESET_VALUE))
-            .path("/")
-            .secure(self.cookie_secure)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::days(1))
+        self.cookie_builder(&self.chat_reset_name, CHAT_RESET_VALUE, 86_400)
             .build()
             .to_string()
     }
