@@ -39,7 +39,7 @@ pub enum MintError {
 }
 
 impl MintError {
-    fn unavailable(reason: String) -> MintError {
+    pub fn unavailable(reason: String) -> MintError {
         MintError::Unavailable {
             reason,
             retry_after: None,
@@ -121,26 +121,24 @@ impl HubSpotClient {
             .await
             .map_err(|e| MintError::unavailable(format!("HubSpot answer unreadable: {e}")))?
             .to_bytes();
-        match status {
-            StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED
-            | StatusCode::FORBIDDEN
-            | StatusCode::REQUEST_TIMEOUT
-            | StatusCode::TOO_MANY_REQUESTS => {
-                return Err(MintError::Unavailable {
-                    reason: format!("HubSpot answered {status}"),
+        if status != StatusCode::OK {
+            let reason = format!("HubSpot answered {status}");
+            // These say nothing about the visitor: our token, or HubSpot's state.
+            let about_us = matches!(
+                status,
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            );
+            return Err(if status.is_client_error() && !about_us {
+                MintError::Refused(reason)
+            } else {
+                MintError::Unavailable {
+                    reason,
                     retry_after,
-                });
-            }
-            s if s.is_client_error() => {
-                return Err(MintError::Refused(format!("HubSpot answered {status}")));
-            }
-            _ => {
-                return Err(MintError::Unavailable {
-                    reason: format!("HubSpot answered {status}"),
-                    retry_after,
-                });
-            }
+                }
+            });
         }
         #[derive(serde::Deserialize)]
         struct Answer {

@@ -195,7 +195,7 @@ pub struct Identifier {
     backoff: Arc<backoff::Backoff>,
     /// Used when the configuration names no keys: derived from the gateway secret.
     default_keys: Keys,
-    /// `cached`, `minted`, `failed`, `timeout`.
+    /// `cached`, `minted`, `failed`, `timeout`, `refused`, `paused`.
     outcomes: Family<OutcomeLabels, Counter>,
     /// The `cached` counter of `outcomes`, looked up once: it counts nearly
     /// every page that identifies a member.
@@ -323,10 +323,9 @@ impl Identifier {
                             let answer = tokio::time::timeout(deadline, call)
                                 .await
                                 .unwrap_or_else(|_| {
-                                    Err(hubspot::MintError::Unavailable {
-                                        reason: format!("HubSpot did not answer within {deadline:?}"),
-                                        retry_after: None,
-                                    })
+                                    Err(hubspot::MintError::unavailable(format!(
+                                        "HubSpot did not answer within {deadline:?}"
+                                    )))
                                 });
                             // Logged here, once per call, whether or not a
                             // page is still waiting for it.
