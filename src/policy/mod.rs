@@ -171,10 +171,19 @@ pub fn decide_page(
     alias: Option<&str>,
     visitor: Visitor<'_>,
 ) -> (Decision, Option<usize>) {
-    let decided = decide(rules, path, visitor);
-    match alias.map(|alias| decide(rules, alias, visitor)) {
-        Some(other) if other.0.strictness() > decided.0.strictness() => other,
-        _ => decided,
+    let alias = alias.map(|alias| decide(rules, alias, visitor));
+    stricter(decide(rules, path, visitor), alias)
+}
+
+/// Of a page's decision and its alias's (see [`decide_page`]), the stricter;
+/// the page's own on a tie.
+pub fn stricter(
+    own: (Decision, Option<usize>),
+    alias: Option<(Decision, Option<usize>)>,
+) -> (Decision, Option<usize>) {
+    match alias {
+        Some(alias) if alias.0.strictness() > own.0.strictness() => alias,
+        _ => own,
     }
 }
 

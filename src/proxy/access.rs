@@ -63,8 +63,9 @@ pub async fn authorise(
         Some(v) => policy::Visitor::Member { groups: &v.groups },
         None => policy::Visitor::Anonymous,
     };
-    let (decision, matched) =
-        policy::decide_page(&site.rules, &target.path.decoded, served_as, who);
+    let own = policy::decide(&site.rules, &target.path.decoded, who);
+    let alias = served_as.map(|served| policy::decide(&site.rules, served, who));
+    let (decision, matched) = policy::stricter(own, alias);
     let rule = matched.map(|i| &site.rules.rules[i]);
     let mut refused = match decision {
         Decision::Allow => {
@@ -76,9 +77,8 @@ pub async fn authorise(
                 let access = rule.map_or(&site.rules.default, |r| &r.access);
                 (*access != policy::Access::Public).then(|| rule.is_none_or(|r| r.private))
             };
-            let own = protection(matched);
-            let alias =
-                served_as.and_then(|served| protection(policy::decide(&site.rules, served, who).1));
+            let own = protection(own.1);
+            let alias = alias.and_then(|(_, matched)| protection(matched));
             return Ok(Access {
                 visitor,
                 members_only: own.is_some() || alias.is_some(),
