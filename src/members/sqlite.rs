@@ -256,6 +256,22 @@ impl SqliteStore {
         conn.done();
         Ok(())
     }
+
+    /// An `update` that applies only from a given status. The caller has
+    /// just read the member, so no row means the status changed: `Stale`.
+    async fn update_status(
+        &self,
+        id: MemberId,
+        statement: &'static str,
+        binds: Vec<String>,
+        bump_epoch: bool,
+        now: i64,
+    ) -> StoreResult<()> {
+        match self.update(id, statement, binds, bump_epoch, now).await {
+            Err(StoreError::NotFound) => Err(StoreError::Stale),
+            other => other,
+        }
+    }
 }
 
 impl MemberStore for SqliteStore {
@@ -387,41 +403,19 @@ impl MemberStore for SqliteStore {
         } else {
             "UPDATE members SET status = ? WHERE status = ? AND id = ?"
         };
-        Box::pin(async move {
-            let updated = self
-                .update(
-                    id,
-                    statement,
-                    vec![to.as_str().to_owned(), from.as_str().to_owned()],
-                    bump,
-                    now,
-                )
-                .await;
-            // The caller has just read the member: no row is a changed status.
-            match updated {
-                Err(StoreError::NotFound) => Err(StoreError::Stale),
-                other => other,
-            }
-        })
+        let binds = vec![to.as_str().to_owned(), from.as_str().to_owned()];
+        Box::pin(self.update_status(id, statement, binds, bump, now))
     }
 
     fn enable(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move {
-            let updated = self
-                .update(
-                    id,
-                    "UPDATE members SET status = COALESCE(status_before_disable, 'active'), \
-                     status_before_disable = NULL WHERE status = 'disabled' AND id = ?",
-                    Vec::new(),
-                    false,
-                    now,
-                )
-                .await;
-            match updated {
-                Err(StoreError::NotFound) => Err(StoreError::Stale),
-                other => other,
-            }
-        })
+        Box::pin(self.update_status(
+            id,
+            "UPDATE members SET status = COALESCE(status_before_disable, 'active'), \
+             status_before_disable = NULL WHERE status = 'disabled' AND id = ?",
+            Vec::new(),
+            false,
+            now,
+        ))
     }
 
     fn set_name(

@@ -678,14 +678,17 @@ impl Request<'_> {
             Ok(Some(id)) => self.m.store.member_by_id(id).await.ok().flatten(),
             _ => None,
         };
-        let Some(member) = member.filter(|m| m.status == Status::Pending) else {
-            return self.message(
+        let link_spent = |req: &Self| {
+            req.message(
                 StatusCode::BAD_REQUEST,
                 "Link not valid",
                 "This link is not valid any more. Links work once and expire after a day; \
                  if your address is already confirmed, log in.",
                 Some(("/_membergate/login", "Log in")),
-            );
+            )
+        };
+        let Some(member) = member.filter(|m| m.status == Status::Pending) else {
+            return link_spent(self);
         };
         let next = if self.config.registration == Registration::Approval {
             Status::AwaitingApproval
@@ -700,14 +703,7 @@ impl Request<'_> {
         {
             Ok(()) => {}
             // Disabled (or confirmed) since it was read: the link is spent.
-            Err(StoreError::Stale) => {
-                return self.message(
-                    StatusCode::BAD_REQUEST,
-                    "Link not valid",
-                    "This link is not valid any more. If your address is already confirmed, log in.",
-                    Some(("/_membergate/login", "Log in")),
-                );
-            }
+            Err(StoreError::Stale) => return link_spent(self),
             Err(e) => {
                 tracing::error!(error = %e, "could not activate a member");
                 return self.message(
