@@ -1,8 +1,9 @@
 //! Files the gateway writes for itself (its secret, the development
-//! certificate, the outbox's mail), in directories of its own, written whole or not at all: a crash mid-write must never
-//! leave a truncated file that stops the next start (catalogue K1). Each goes
-//! to a temporary file beside the target, is synced, then linked or renamed
-//! into place, and the directory is synced so the name survives too.
+//! certificate, the outbox's mail), in directories of its own, written whole
+//! or not at all: a crash mid-write must never leave a truncated file that
+//! stops the next start (catalogue K1). Each goes to a temporary file beside
+//! the target, is synced, then linked or renamed into place, and the
+//! directory is synced so the name survives too.
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
