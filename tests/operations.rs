@@ -397,7 +397,8 @@ fn the_demo_and_container_configs_are_valid() {
 }
 
 /// `membergate health` (the container's health check) asks the running
-/// gateway's admin listener: healthy while it serves, not once it stopped.
+/// gateway's admin listener: healthy while it serves, whatever the file on
+/// disk now says, and not once it stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_asks_the_running_gateway() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -427,6 +428,35 @@ async fn health_asks_the_running_gateway() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The file alone names the listener. An edit the gateway would reject
+    // (here an origin folder that does not exist) does not make a serving
+    // gateway unhealthy: a liveness probe would restart it into a crash loop.
+    let edited = gw.config_path.with_file_name("edited.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n[[sites]]\nname = \"s\"\nhosts = [\"*\"]\n\n\
+             [[sites.routes]]\nprefix = \"/\"\nupstream = \"dir:/no/such/folder\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["health", "--config"])
+        .arg(&edited)
+        .env_remove("MEMBERGATE_ADMIN_LISTEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Command::new(binary())
+        .arg("check-config")
+        .arg(&edited)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2), "the edit is invalid");
     let (_dir, config) = gw.stop().await;
     let out = health(&config);
     assert_eq!(out.status.code(), Some(1));

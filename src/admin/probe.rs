@@ -1,6 +1,8 @@
 //! `membergate health`: asks a running gateway's admin listener for
 //! `/healthz`, for container health checks (the image has no curl). Exit 0
-//! when it answers 200 within five seconds, 1 otherwise.
+//! when it answers 200 within five seconds, 1 otherwise. Only `admin.listen`
+//! is read from the file: the gateway serves on the configuration it loaded,
+//! which may be older than the file.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -13,16 +15,16 @@ use crate::config::Config;
 const WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(config_path: &Path) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", config_path.display());
-            return ExitCode::from(2);
+    let listen = match Config::admin_listen(config_path) {
+        Ok(Some(listen)) => listen,
+        Ok(None) => {
+            eprintln!("the admin listener is off (admin.listen = \"\"): nothing to ask");
+            return ExitCode::FAILURE;
         }
-    };
-    let Some(listen) = config.admin.listen else {
-        eprintln!("the admin listener is off (admin.listen = \"\"): nothing to ask");
-        return ExitCode::FAILURE;
+        Err(why) => {
+            eprintln!("cannot tell where the admin listener is: {why}");
+            return ExitCode::FAILURE;
+        }
     };
     match healthz(reachable(listen)) {
         Ok(()) => {

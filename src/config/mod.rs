@@ -374,6 +374,38 @@ impl Config {
         validate::validate(file).map_err(ConfigError::Invalid)
     }
 
+    /// Where a running gateway's admin listener is (`None`: switched off):
+    /// `MEMBERGATE_ADMIN_LISTEN`, else the file's `admin.listen` alone. A
+    /// health probe must not call a serving gateway unhealthy because an edit
+    /// it rejected on reload (a missing folder, a bad route) is on disk.
+    pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, String> {
+        let text = match std::env::var("MEMBERGATE_ADMIN_LISTEN") {
+            Ok(value) => value,
+            Err(_) => {
+                let file = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let table: toml::Table = file
+                    .parse()
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                match table.get("admin").and_then(|admin| admin.get("listen")) {
+                    None => validate::DEFAULT_ADMIN_LISTEN.to_owned(),
+                    Some(toml::Value::String(listen)) => listen.clone(),
+                    Some(other) => {
+                        return Err(format!(
+                            "admin.listen: expected an address like \"127.0.0.1:9090\"; got {other}"
+                        ));
+                    }
+                }
+            }
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            format!("admin.listen: expected an address like \"127.0.0.1:9090\"; got {text:?}")
+        })
+    }
+
     /// Parses and validates TOML text without looking at the environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, std::iter::empty())

@@ -180,6 +180,9 @@ impl Problems {
     }
 }
 
+/// `admin.listen` when the file does not set it.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
 pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
     let mut p = Problems::default();
 
@@ -328,7 +331,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         listen: p.listen(
             "admin.listen",
             file.admin.listen.as_deref(),
-            "127.0.0.1:9090",
+            DEFAULT_ADMIN_LISTEN,
         ),
         api_key_file: file.admin.api_key_file.as_deref().map(PathBuf::from),
     };
