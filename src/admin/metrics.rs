@@ -58,8 +58,8 @@ pub struct OutcomeLabels {
 #[derive(Clone, Default)]
 pub struct MembershipCounters {
     /// `ok`, `failed` (wrong email or password, or a disabled account),
-    /// `not_ready` (the right password for an account not yet confirmed or
-    /// approved), `limited`.
+    /// `not_ready` (the right password for a confirmed address that waits
+    /// for approval), `limited`.
     pub logins: Family<OutcomeLabels, Counter>,
     /// `created`, `duplicate` (the address has an account), `refused` (mode
     /// or domain), `limited`, `failed` (the store failed).

@@ -400,24 +400,25 @@ impl Request<'_> {
         })
         .await
         .unwrap_or(Check::Wrong);
-        // The right password for an account that is not ready yet: say why.
-        // Only its owner gets this far, so it tells nobody else anything.
-        if check != Check::Wrong {
-            let not_ready = match member.as_ref().map(|m| m.status) {
-                Some(Status::Pending) => Some((
-                    "Confirm your address",
-                    "Your email address is not confirmed yet. Open the link in the mail we sent you and press its button; then log in.",
-                )),
-                Some(Status::AwaitingApproval) => Some((
-                    "Waiting for approval",
-                    "Your address is confirmed. Your account will be ready once the site's team approves it.",
-                )),
-                _ => None,
-            };
-            if let Some((heading, text)) = not_ready {
-                self.m.counters.login("not_ready");
-                return self.message(StatusCode::FORBIDDEN, heading, text, None);
-            }
+        // The right password for a confirmed address that waits for approval:
+        // say so. Only the mailbox's owner can have confirmed it. A password
+        // for an unconfirmed registration proves nothing (anyone may register
+        // any free address with a password of their own and log in to see
+        // whether it was free), so it gets the answer a wrong one gets, which
+        // names that case.
+        if check != Check::Wrong
+            && self.config.require_verification
+            && member
+                .as_ref()
+                .is_some_and(|m| m.status == Status::AwaitingApproval)
+        {
+            self.m.counters.login("not_ready");
+            return self.message(
+                StatusCode::FORBIDDEN,
+                "Waiting for approval",
+                "Your address is confirmed. Your account will be ready once the site's team approves it.",
+                None,
+            );
         }
         let member = member.filter(|m| check != Check::Wrong && m.status == Status::Active);
         let Some(member) = member else {

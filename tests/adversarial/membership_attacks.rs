@@ -188,3 +188,52 @@ async fn e3_registration_and_reset_take_as_long_for_either_kind_of_address() {
         );
     }
 }
+
+/// Registering a free address with a password of one's own, then logging in
+/// with it, must not tell a free address from a taken one (the taken one's
+/// password is the owner's, so that login fails). Before the address is
+/// confirmed the login gets the answer a wrong password gets, in either mode
+/// that stores a registration unconfirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e3_logging_in_to_ones_own_registration_tells_nothing() {
+    for mode in [
+        "require_verification = true",
+        "require_verification = false\nregistration = \"approval\"",
+    ] {
+        let origin = EchoOrigin::start().await;
+        let gw = Gateway::start(Setup::new().route("/", &origin.url()).members(mode)).await;
+        let (ok, out) = gw.cli(
+            &["member", "add", "ada@example.com"],
+            "the owner's own password\n",
+        );
+        assert!(ok, "{out}");
+        let mut attacker = Browser::new(&gw);
+        let mut answers = Vec::new();
+        for email in ["ada@example.com", "free@example.com"] {
+            let page = attacker.register(email, PASSWORD, "", "").await;
+            assert_eq!(page.status, 200, "{mode}: {}", page.body);
+        }
+        // The registration is stored after its answer; the free address's
+        // is there once a login with its password would pass the hash.
+        let mut stored = false;
+        for _ in 0..100 {
+            stored = gw.cli(&["member", "show", "free@example.com"], "").0;
+            if stored {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(stored, "{mode}: the registration was never stored");
+        for email in ["ada@example.com", "free@example.com"] {
+            let page = attacker.login(email, PASSWORD).await;
+            answers.push((page.status, page.body.replace(email, "EMAIL")));
+        }
+        assert_eq!(answers[0].0, 401, "{mode}: the taken address");
+        assert_eq!(answers[0], answers[1], "{mode}: the answers differ");
+        assert!(
+            answers[1].1.contains("not verified yet"),
+            "{mode}: the answer names the unconfirmed case: {}",
+            answers[1].1
+        );
+    }
+}
