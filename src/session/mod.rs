@@ -426,12 +426,16 @@ impl Sessions {
         let id_hash = hash_id(&id);
         let now = now();
         let record = self.record_for(member, id_hash, now);
+        // The store refuses the session if the member changed before the
+        // insert; one that changes after it is forgotten after its commit,
+        // and `cache_visitor` sees that count move.
+        let forgets = self.forgets.load(Ordering::SeqCst);
         self.store
             .create_session(record.clone())
             .await
             .map_err(|e| e.to_string())?;
         let visitor = Arc::new(visitor(id_hash, member, record.expires_at, now));
-        self.cache.insert(id_hash, visitor.clone());
+        self.cache_visitor(&visitor, forgets);
         Ok(Created {
             cookie_value: self.seal.seal(&id),
             visitor,
