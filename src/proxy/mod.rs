@@ -13,6 +13,12 @@ pub mod respond;
 pub mod tunnel;
 pub mod widget;
 
+/// Marks an HTTP/2 request whose address already has
+/// `limits.max_connections_per_ip` connections and streams open: the
+/// pipeline refuses it with 429, logged and counted as any refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct OverIpCap;
+
 /// What the server knows about the connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {

@@ -242,6 +242,13 @@ fn accept(parts: &http::request::Parts, runtime: &Runtime) -> Flow<()> {
             json,
         ));
     }
+    if parts.extensions.get::<super::OverIpCap>().is_some() {
+        let mut response = respond::refusal(Refusal::TooManyAtOnce, json);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Flow::Respond(response);
+    }
     let limits = &runtime.config.limits;
     let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {

@@ -33,6 +33,9 @@ pub enum Refusal {
     /// HTTP/1 parser refuses these itself).
     TooManyHeaders,
     BodyTimeout,
+    /// An HTTP/2 request from an address that already has
+    /// `limits.max_connections_per_ip` connections and streams open.
+    TooManyAtOnce,
     BadGateway,
     GatewayTimeout,
     /// The visitor's session could not be checked (the member store failed).
@@ -51,6 +54,7 @@ impl Refusal {
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::TooManyAtOnce => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -70,6 +74,9 @@ impl Refusal {
                 "The request has more header fields than this server accepts."
             }
             Refusal::BodyTimeout => "The request body stopped arriving before it was complete.",
+            Refusal::TooManyAtOnce => {
+                "Too many requests from your address are in progress at once. Please try again shortly."
+            }
             Refusal::BadGateway => {
                 "The site behind this gateway could not be reached or gave an invalid answer. Please try again shortly."
             }

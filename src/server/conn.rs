@@ -20,13 +20,13 @@ use tokio::time::Instant;
 use tokio_io_timeout::TimeoutWriter;
 
 use super::Kind;
-use super::per_ip::PerIpConnections;
+use super::per_ip::{PerIpConnections, Placed, StreamPlaces};
 use super::stall::StallWatch;
 use crate::admin;
 use crate::config::Limits;
 use crate::gateway::Gateway;
 use crate::proxy::tunnel::HeldConnection;
-use crate::proxy::{ConnInfo, pipeline};
+use crate::proxy::{ConnInfo, OverIpCap, pipeline};
 
 /// The per-connection service: every request goes through the pipeline.
 macro_rules! pipeline_service {
@@ -45,19 +45,29 @@ macro_rules! pipeline_service {
         })
     }};
     // HTTP/2: requests start the idle clock and are in flight until their
-    // body is dropped; bodies count their waits for window.
-    ($gateway:expr, $conn:expr, $watch:expr) => {{
+    // body is dropped; bodies count their waits for window. Each takes a
+    // place in its address's count until then, or is refused over the cap.
+    ($gateway:expr, $conn:expr, $watch:expr, $places:expr) => {{
         let gateway = $gateway;
         let conn = $conn;
         let watch: &Http2Watch = $watch;
+        let places: Option<StreamPlaces> = $places;
         let (idle, stall) = (watch.idle.clone(), watch.stall.clone());
-        service_fn(move |request| {
+        service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             idle.request_started();
             let in_flight = stall.request_started();
+            let place = match places.as_ref().map(StreamPlaces::take) {
+                Some(None) => {
+                    request.extensions_mut().insert(OverIpCap);
+                    None
+                }
+                Some(place) => place,
+                None => None,
+            };
             let gateway = gateway.clone();
             async move {
                 let response = pipeline::handle(&gateway, conn, request).await?;
-                Ok::<_, Infallible>(response.map(|body| in_flight.watch(body)))
+                Ok::<_, Infallible>(response.map(|body| in_flight.watch(Placed::new(body, place))))
             }
         })
     }};
@@ -144,6 +154,10 @@ pub async fn accept_loop(
             tracing::debug!(%peer, "connection closed: its IP is at max_connections_per_ip");
             continue;
         };
+        let places = (kind == Kind::Https).then(|| {
+            let cap = limits.max_connections_per_ip;
+            StreamPlaces::for_connection(&per_ip, peer.ip(), cap, &server.trusted_proxies)
+        });
         let stream = client_stream(stream, limits.send_timeout);
         drop(runtime);
         let gateway = gateway.clone();
@@ -156,7 +170,10 @@ pub async fn accept_loop(
                 tls: kind == Kind::Https,
             };
             match kind {
-                Kind::Https => serve_tls(stream, conn, gateway, shutdown, held).await,
+                Kind::Https => {
+                    let places = places.flatten();
+                    serve_tls(stream, conn, gateway, shutdown, held, places).await;
+                }
                 _ => serve_http1(TokioIo::new(stream), conn, gateway, shutdown, held).await,
             }
         });
@@ -181,6 +198,7 @@ async fn serve_tls(
     gateway: Arc<Gateway>,
     shutdown: watch::Receiver<bool>,
     held: HeldConnection,
+    places: Option<StreamPlaces>,
 ) {
     let runtime = gateway.runtime();
     let Some(tls) = runtime.tls.clone() else {
@@ -213,7 +231,7 @@ async fn serve_tls(
             stall: Arc::new(StallWatch::new()),
             send_timeout: limits.send_timeout,
         };
-        let service = pipeline_service!(gateway.clone(), conn, &watch);
+        let service = pipeline_service!(gateway.clone(), conn, &watch, places);
         let connection = http2_builder(limits).serve_connection(io, service);
         drop(runtime);
         if drive(connection, shutdown, Some(watch)).await == Ended::Stalled {
@@ -257,6 +275,12 @@ fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // What a stream may queue for its client beyond what the socket took
+        // (h2's default is 400 KiB). A client that grants a huge window and
+        // then stops reading makes every stream queue this much until
+        // `send_timeout`; 64 KiB is several TLS records, enough to keep the
+        // socket busy.
+        .max_send_buf_size(64 * 1024)
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)

@@ -2,10 +2,20 @@
 //! H3): a client that opens connections and then stalls can only hold its
 //! share. Counted in bounded memory (pingora-limits' in-flight estimator: a
 //! count-min sketch), so a spray of addresses cannot grow it.
+//!
+//! An HTTP/2 stream in flight counts as a connection does (as nginx's
+//! `limit_conn` counts it): it holds an origin connection and buffers as an
+//! HTTP/1.1 connection does, and one TCP connection carries up to
+//! `http2_max_concurrent_streams` of them.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use http_body::{Body, Frame, SizeHint};
 use ipnet::IpNet;
+use pin_project_lite::pin_project;
 use pingora_limits::inflight::{Guard, Inflight};
 
 use crate::hygiene::headers::is_trusted;
@@ -39,6 +49,74 @@ impl PerIpConnections {
         (open <= isize::try_from(cap).unwrap_or(isize::MAX)).then_some(OpenConnection {
             _counted: Some(guard),
         })
+    }
+}
+
+/// Where an HTTP/2 connection's streams take their places: its address's
+/// count, under the cap read when the connection was accepted.
+pub struct StreamPlaces {
+    per_ip: Arc<PerIpConnections>,
+    ip: IpAddr,
+    cap: u32,
+}
+
+impl StreamPlaces {
+    /// `None` when the address is not counted (a trusted proxy, or no cap).
+    pub fn for_connection(
+        per_ip: &Arc<PerIpConnections>,
+        ip: IpAddr,
+        cap: u32,
+        trusted: &[IpNet],
+    ) -> Option<StreamPlaces> {
+        (cap != 0 && !is_trusted(ip, trusted)).then(|| StreamPlaces {
+            per_ip: per_ip.clone(),
+            ip,
+            cap,
+        })
+    }
+
+    /// A place for one stream, or `None` when the address is at its cap.
+    pub fn take(&self) -> Option<OpenConnection> {
+        self.per_ip.admit(self.ip, self.cap, &[])
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its stream's place until it is dropped:
+    /// the stream holds its origin connection until then.
+    pub struct Placed<B> {
+        #[pin]
+        inner: B,
+        _place: Option<OpenConnection>,
+    }
+}
+
+impl<B> Placed<B> {
+    pub fn new(inner: B, place: Option<OpenConnection>) -> Placed<B> {
+        Placed {
+            inner,
+            _place: place,
+        }
+    }
+}
+
+impl<B: Body> Body for Placed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

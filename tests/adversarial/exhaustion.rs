@@ -267,6 +267,53 @@ async fn h3_an_http2_stream_waiting_on_a_slow_origin_is_served() {
     );
 }
 
+/// H3, per-IP caps over HTTP/2: each stream in flight holds an origin
+/// connection, so it takes a place in its address's count as a connection
+/// does. With `max_connections_per_ip = 4`, one connection carries three
+/// slow requests at once; the others get 429 with `Retry-After`, and the
+/// places come back when the responses end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_http2_streams_count_against_the_per_ip_cap() {
+    let (gw, origin) = start_with_limits("max_connections_per_ip = 4").await;
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let get = |path: &'static str| {
+        let (client, url) = (client.clone(), gw.https_url(path));
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            let status = response.status().as_u16();
+            let retry = response.headers().get("retry-after").cloned();
+            let body = response.bytes().await.unwrap();
+            (status, retry, body.len())
+        }
+    };
+    // One exchange first, so that the rest share its connection.
+    assert_eq!(get("/x").await.0, 200);
+    let slow: Vec<_> = (0..6).map(|_| tokio::spawn(get("/stream/50"))).collect();
+    let mut answers = Vec::new();
+    for task in slow {
+        answers.push(task.await.unwrap());
+    }
+    let served = answers.iter().filter(|(status, ..)| *status == 200).count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    assert_eq!((served, refused.len()), (3, 3), "{answers:?}");
+    for (_, retry, _) in &refused {
+        assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+    }
+    for (_, _, len) in answers.iter().filter(|(status, ..)| *status == 200) {
+        assert_eq!(*len, 50 * 1024, "a served stream was cut short");
+    }
+    // Refused streams never reached the origin.
+    assert_eq!(origin.requests().len(), 1 + 3);
+    let again: Vec<_> = (0..3).map(|_| tokio::spawn(get("/stream/5"))).collect();
+    for task in again {
+        assert_eq!(task.await.unwrap().0, 200, "the places were not given back");
+    }
+}
+
 /// H3, per-IP caps: with `max_connections_per_ip = 3`, a fourth connection
 /// from the same address is closed on arrival, unanswered, and counted;
 /// another address is served meanwhile, and a closed connection frees its
