@@ -83,6 +83,26 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Keeps the running TLS session cache and ticket keys across a reload,
+    /// so that returning clients still resume instead of paying for a full
+    /// handshake after every SIGHUP. They hold no certificate: a renewed one
+    /// applies to the next full handshake.
+    fn resume_sessions_of(&mut self, running: &Runtime) {
+        let (Some(new), Some(old)) = (self.tls.as_mut(), running.tls.as_ref()) else {
+            return;
+        };
+        // Just built, so not shared yet.
+        let Some(new) = Arc::get_mut(new) else {
+            return;
+        };
+        new.session_storage = old.session_storage.clone();
+        if new.ticketer.enabled() && old.ticketer.enabled() {
+            new.ticketer = old.ticketer.clone();
+        }
+    }
+}
+
 /// The names of the identity headers sent to origins.
 pub struct IdentityHeaders {
     pub id: http::HeaderName,
@@ -189,7 +209,9 @@ impl Gateway {
                         "these settings changed in the file; they apply after a restart"
                     );
                 }
-                Runtime::build(config, true)
+                let mut built = Runtime::build(config, true)?;
+                built.resume_sessions_of(&current);
+                Ok(built)
             });
         self.metrics.reload(result.is_ok());
         self.runtime.store(Arc::new(result?));

@@ -672,3 +672,49 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A reload keeps the TLS session cache and ticket keys: a client that
+/// resumed before a SIGHUP still resumes after it, rather than paying for a
+/// full handshake (every returning client did, after every reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_tls_sessions_resumable() {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    // One client configuration: its resumption store carries the tickets.
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let exchange = || async {
+        let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Read to the end: the ticket comes after the handshake.
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        kind
+    };
+    assert_eq!(exchange().await, Some(rustls::HandshakeKind::Full));
+    assert_eq!(exchange().await, Some(rustls::HandshakeKind::Resumed));
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    assert_eq!(
+        exchange().await,
+        Some(rustls::HandshakeKind::Resumed),
+        "the reload forgot the sessions"
+    );
+}
