@@ -718,3 +718,72 @@ async fn a_reload_keeps_tls_sessions_resumable() {
         "the reload forgot the sessions"
     );
 }
+
+/// The member database in the configuration is read from the working
+/// directory when relative. An admin command run from elsewhere used to
+/// create an empty database there and report success on it; now only adding
+/// a member creates one, and says where.
+#[test]
+fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = home.path().join("membergate.toml");
+    let setup = Setup::new().route("/", "http://127.0.0.1:9");
+    std::fs::write(&config, setup.render(home.path())).unwrap();
+    let cli = |args: &[&str], dir: &std::path::Path, stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let stray = elsewhere.path().join("data/membergate.db");
+    for command in [
+        &["member", "list"][..],
+        &["member", "disable", "ada@example.com"],
+        &["group", "list"],
+        &["policy", "check", "--url", "https://localhost/members/"],
+    ] {
+        let (ok, _, err) = cli(command, elsewhere.path(), "");
+        assert!(!ok, "{command:?} succeeded");
+        assert!(err.contains("there is no member database at"), "{err}");
+        assert!(err.contains(&stray.display().to_string()), "{err}");
+        assert!(!stray.exists(), "{command:?} created {}", stray.display());
+    }
+    // Adding the first member before the first start creates the store, and says where.
+    let (ok, out, err) = cli(
+        &["member", "add", "ada@example.com"],
+        home.path(),
+        "a long enough password\n",
+    );
+    assert!(ok, "{out}{err}");
+    let database = home.path().join("data/membergate.db");
+    assert!(
+        err.contains(&format!(
+            "creating a new member database at {}",
+            database.display()
+        )),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&["member", "list"], home.path(), "");
+    assert!(ok && out.contains("ada@example.com"), "{out}{err}");
+    assert!(!err.contains("creating"), "{err}");
+}

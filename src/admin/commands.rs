@@ -64,8 +64,27 @@ enum Work {
 }
 
 async fn execute(config: &Config, work: Work) -> Result<String, String> {
+    let database = &config.members.database;
+    // A relative `members.database` is read from the working directory: a
+    // command run elsewhere would work on a new, empty store of its own and
+    // report success. Only adding a member (the first one, before the
+    // gateway's first start) may create the store, and it says where.
+    let creates = matches!(work, Work::Member(MemberCommand::Add { .. }));
+    let absolute = std::path::absolute(database).unwrap_or_else(|_| database.clone());
+    if !database.exists() {
+        if !creates {
+            return Err(format!(
+                "there is no member database at {} (members.database, read from the working directory when relative): run the command where the gateway runs, or with its --config",
+                absolute.display()
+            ));
+        }
+        eprintln!(
+            "membergate: creating a new member database at {}",
+            absolute.display()
+        );
+    }
     let store: Arc<dyn MemberStore> = Arc::new(
-        SqliteStore::open(&config.members.database)
+        SqliteStore::open(database)
             .await
             .map_err(|e| e.to_string())?,
     );
