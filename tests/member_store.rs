@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use membergate::members::sqlite::SqliteStore;
 use membergate::members::{
-    MemberStore, NewMember, SessionRecord, Status, StoreError, TokenPurpose,
+    MemberStore, NewMember, SessionRecord, Status, StoreError, Taken, TokenPurpose,
 };
 
 type Store = Arc<dyn MemberStore>;
@@ -151,7 +151,7 @@ async fn credential_changes_bump_the_epoch_and_others_do_not(store: Store) {
     );
 
     store
-        .set_password(m.id, "$argon2id$other", 1_005)
+        .set_password(m.id, "$argon2id$other", None, 1_005)
         .await
         .unwrap();
     let after_password = epoch(store.clone()).await;
@@ -268,7 +268,7 @@ async fn a_session_is_stored_only_for_the_member_as_it_is_now(store: Store) {
         .await
         .unwrap();
     store
-        .set_password(m.id, "another hash", 1_001)
+        .set_password(m.id, "another hash", Some(m.epoch), 1_001)
         .await
         .unwrap();
     let stale = store.create_session(session(1, m.id, m.epoch, 5_000)).await;
@@ -382,7 +382,10 @@ async fn tokens_work_once_for_their_purpose_epoch_and_lifetime(store: Store) {
             .take_token(TokenPurpose::Reset, [1; 32], 1_100)
             .await
             .unwrap(),
-        Some(m.id)
+        Some(Taken {
+            member_id: m.id,
+            epoch: m.epoch
+        })
     );
     assert_eq!(
         store
@@ -403,7 +406,7 @@ async fn tokens_work_once_for_their_purpose_epoch_and_lifetime(store: Store) {
     );
     create(3, TokenPurpose::Reset, 5_000).await;
     store
-        .set_password(m.id, "$argon2id$x", 1_300)
+        .set_password(m.id, "$argon2id$x", None, 1_300)
         .await
         .unwrap();
     assert_eq!(
@@ -414,6 +417,77 @@ async fn tokens_work_once_for_their_purpose_epoch_and_lifetime(store: Store) {
         None,
         "issued before the password changed"
     );
+}
+
+/// Two reset links taken before either's password is written both pass
+/// `take_token`; the password is written at the epoch the link was taken
+/// at, so the second write finds the first's and is refused, not silently
+/// written over it. The same for a disable written meanwhile.
+async fn a_password_written_at_an_old_epoch_is_refused(store: Store) {
+    let m = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    for hash in [1, 2] {
+        store
+            .create_token(TokenPurpose::Reset, [hash; 32], m.id, m.epoch, 5_000)
+            .await
+            .unwrap();
+    }
+    let take = |hash: u8| {
+        let store = store.clone();
+        async move {
+            store
+                .take_token(TokenPurpose::Reset, [hash; 32], 1_100)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (first, second) = (take(1).await, take(2).await);
+    assert_eq!((first.epoch, second.epoch), (m.epoch, m.epoch));
+    store
+        .set_password(m.id, "$argon2id$first", Some(first.epoch), 1_101)
+        .await
+        .unwrap();
+    let late = store
+        .set_password(m.id, "$argon2id$second", Some(second.epoch), 1_102)
+        .await;
+    assert!(matches!(late, Err(StoreError::Stale)), "{late:?}");
+    let now = store.member_by_id(m.id).await.unwrap().unwrap();
+    assert_eq!(now.password_hash.as_deref(), Some("$argon2id$first"));
+    assert_eq!(now.epoch, m.epoch + 1, "the refused write bumped nothing");
+
+    // A disable written meanwhile is not written over either.
+    store
+        .set_status(m.id, Status::Active, Status::Disabled, 1_103)
+        .await
+        .unwrap();
+    let late = store
+        .set_password(m.id, "$argon2id$third", Some(now.epoch), 1_104)
+        .await;
+    assert!(matches!(late, Err(StoreError::Stale)), "{late:?}");
+    let disabled = store.member_by_id(m.id).await.unwrap().unwrap();
+    assert_eq!(disabled.password_hash.as_deref(), Some("$argon2id$first"));
+
+    // At the member's epoch, or with none (an administrator's), it applies.
+    store
+        .set_password(m.id, "$argon2id$fourth", Some(disabled.epoch), 1_105)
+        .await
+        .unwrap();
+    store
+        .set_password(m.id, "$argon2id$fifth", None, 1_106)
+        .await
+        .unwrap();
+    let last = store.member_by_id(m.id).await.unwrap().unwrap();
+    assert_eq!(last.password_hash.as_deref(), Some("$argon2id$fifth"));
+    assert_eq!(last.epoch, disabled.epoch + 2);
+    assert!(matches!(
+        store
+            .set_password(m.id + 1, "$argon2id$x", None, 1_107)
+            .await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn every_member_change_is_in_the_change_log(store: Store) {
@@ -493,6 +567,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn tokens_work_once_for_their_purpose_epoch_and_lifetime() {
                 run(super::tokens_work_once_for_their_purpose_epoch_and_lifetime).await
+            }
+            #[tokio::test]
+            async fn a_password_written_at_an_old_epoch_is_refused() {
+                run(super::a_password_written_at_an_old_epoch_is_refused).await
             }
             #[tokio::test]
             async fn every_member_change_is_in_the_change_log() {

@@ -412,6 +412,65 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     );
 }
 
+/// Two reset links for one member, confirmed at the same moment with two
+/// passwords: both links pass the token check before either password is
+/// hashed and written. One password is written; the other link is spent,
+/// not answered "password changed" over a password nobody can log in with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_reset_links_confirmed_at_once_one_sets_the_password() {
+    let (gw, _origin) = start(|s| s).await;
+    // Two links from one address without two reset requests: an invitation
+    // and a reset (both are reset links), which also keeps invitations in
+    // the race.
+    let (ok, out) = gw.cli(&["member", "add", "jo@example.com", "--invite"], "");
+    assert!(ok, "{out}");
+    let invitation = Gateway::link_in(&gw.mail_to("jo@example.com").await);
+    let asked = Browser::new(&gw)
+        .submit(
+            "/_membergate/reset",
+            "/_membergate/reset",
+            &[("email", "jo@example.com")],
+        )
+        .await;
+    assert_eq!(asked.status, 200);
+    let reset = Gateway::link_in(&gw.next_mail_to("jo@example.com", 1).await);
+    let passwords = ["the invitation's password", "the reset link's password"];
+    let mut browsers = Vec::new();
+    let mut forms = Vec::new();
+    for (link, password) in [&invitation, &reset].into_iter().zip(passwords) {
+        let mut b = Browser::new(&gw);
+        let page = b.get(link).await;
+        browsers.push(b);
+        forms.push([
+            ("csrf", page.csrf()),
+            ("token", page.field("token")),
+            ("password", password.to_owned()),
+        ]);
+    }
+    let forms: Vec<_> = forms
+        .iter()
+        .map(|form| form.each_ref().map(|(k, v)| (*k, v.as_str())))
+        .collect();
+    let [a, b] = &mut browsers[..] else {
+        unreachable!()
+    };
+    let (first, second) = tokio::join!(
+        a.post("/_membergate/reset/confirm", &forms[0]),
+        b.post("/_membergate/reset/confirm", &forms[1]),
+    );
+    let statuses = [first.status, second.status];
+    let (set, spent) = match statuses {
+        [303, 400] => (passwords[0], &second),
+        [400, 303] => (passwords[1], &first),
+        _ => panic!("both links answered {statuses:?}"),
+    };
+    assert!(spent.body.contains("Link not valid"), "{}", spent.body);
+    let mut c = Browser::new(&gw);
+    assert_eq!(c.login("jo@example.com", set).await.status, 303);
+    let lost = passwords.iter().find(|p| **p != set).unwrap();
+    assert_eq!(c.login("jo@example.com", lost).await.status, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_duplicate_cookies_mean_anonymous_never_an_error() {
     let (gw, _origin) = start(|s| s).await;

@@ -226,12 +226,13 @@ impl Admin<'_> {
         self.member(address).await
     }
 
-    /// Sets a new password; the member's sessions end.
+    /// Sets a new password; the member's sessions end. Whatever changed
+    /// while it was hashed: the administrator's word is the last.
     pub async fn set_password(&self, address: &str, password: &str) -> Result<Member, Refused> {
         let member = self.member(address).await?;
         let hash = hash(password).await?;
         self.store
-            .set_password(member.id, &hash, now())
+            .set_password(member.id, &hash, None, now())
             .await
             .map_err(store_error)?;
         self.member(address).await

@@ -129,6 +129,16 @@ impl TokenPurpose {
     }
 }
 
+/// A token that [`MemberStore::take_token`] consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub member_id: MemberId,
+    /// The epoch the token was checked against: what it allows is written
+    /// at this epoch (see [`MemberStore::set_password`]), since the token
+    /// alone cannot stop other links taken at the same epoch.
+    pub epoch: i64,
+}
+
 #[derive(Debug)]
 pub enum StoreError {
     /// A member with this canonical email exists.
@@ -164,7 +174,18 @@ pub trait MemberStore: Send + Sync {
     fn member_by_id(&self, id: MemberId) -> BoxFuture<'_, StoreResult<Option<Member>>>;
     fn list_members(&self) -> BoxFuture<'_, StoreResult<Vec<Member>>>;
     /// Sets a new password hash and bumps the epoch, ending every session.
-    fn set_password(&self, id: MemberId, hash: &str, now: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// With `epoch`, only while the member is still at it: `Stale` otherwise,
+    /// so a password decided on what was read before another change (a
+    /// second reset link's, taken before the first one's password was
+    /// written; one that raced a disable) does not overwrite it. `None`
+    /// (an administrator's) applies whatever the epoch.
+    fn set_password(
+        &self,
+        id: MemberId,
+        hash: &str,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
     /// Replaces the hash of the same password (parameter upgrade) if the
     /// stored hash is still `old`; sessions live on. False when the password
     /// changed meanwhile: the upgrade must not bring the old password back.
@@ -250,7 +271,7 @@ pub trait MemberStore: Send + Sync {
         purpose: TokenPurpose,
         token_hash: [u8; 32],
         now: i64,
-    ) -> BoxFuture<'_, StoreResult<Option<MemberId>>>;
+    ) -> BoxFuture<'_, StoreResult<Option<Taken>>>;
 
     /// Members changed after change number `after`, and the newest change number.
     fn changes_since(&self, after: i64) -> BoxFuture<'_, StoreResult<(Vec<MemberId>, i64)>>;

@@ -9,7 +9,7 @@ use sqlx::{Connection, Row, SqlitePool};
 
 use super::{
     BoxFuture, Member, MemberId, MemberStore, NewMember, SessionRecord, Status, StoreError,
-    StoreResult, TokenPurpose,
+    StoreResult, Taken, TokenPurpose,
 };
 
 pub struct SqliteStore {
@@ -357,15 +357,42 @@ impl MemberStore for SqliteStore {
         })
     }
 
-    fn set_password(&self, id: MemberId, hash: &str, now: i64) -> BoxFuture<'_, StoreResult<()>> {
+    fn set_password(
+        &self,
+        id: MemberId,
+        hash: &str,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
         let hash = hash.to_owned();
-        Box::pin(self.update(
-            id,
-            "UPDATE members SET password_hash = ? WHERE id = ?",
-            vec![hash],
-            true,
-            now,
-        ))
+        Box::pin(async move {
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin_write().await?;
+            // Checked and bumped in one write transaction: of two writes at
+            // one epoch, the second finds it moved on. No epoch: any.
+            let done = sqlx::query(
+                "UPDATE members SET password_hash = ? WHERE id = ? AND epoch = coalesce(?, epoch)",
+            )
+            .bind(hash)
+            .bind(id)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await.map_err(backend)?;
+                conn.done();
+                // The caller read the member at `epoch`: it changed since.
+                return Err(match epoch {
+                    Some(_) => StoreError::Stale,
+                    None => StoreError::NotFound,
+                });
+            }
+            SqliteStore::changed(&mut tx, id, true, now).await?;
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(())
+        })
     }
 
     fn rehash_password(
@@ -702,7 +729,7 @@ impl MemberStore for SqliteStore {
         purpose: TokenPurpose,
         token_hash: [u8; 32],
         now: i64,
-    ) -> BoxFuture<'_, StoreResult<Option<MemberId>>> {
+    ) -> BoxFuture<'_, StoreResult<Option<Taken>>> {
         Box::pin(async move {
             // DELETE ... RETURNING makes the token single-use even under races.
             let row = sqlx::query(
@@ -726,7 +753,7 @@ impl MemberStore for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-            Ok((current == Some(epoch)).then_some(member_id))
+            Ok((current == Some(epoch)).then_some(Taken { member_id, epoch }))
         })
     }
 

@@ -676,7 +676,13 @@ impl Request<'_> {
             .take_token(TokenPurpose::Verify, hash_id(token.as_bytes()), now())
             .await;
         let member = match taken {
-            Ok(Some(id)) => self.m.store.member_by_id(id).await.ok().flatten(),
+            Ok(Some(taken)) => self
+                .m
+                .store
+                .member_by_id(taken.member_id)
+                .await
+                .ok()
+                .flatten(),
             _ => None,
         };
         let link_spent = |req: &Self| {
@@ -794,16 +800,26 @@ impl Request<'_> {
             .take_token(TokenPurpose::Reset, hash_id(token.as_bytes()), now())
             .await;
         let member = match taken {
-            Ok(Some(id)) => self.m.store.member_by_id(id).await.ok().flatten(),
+            Ok(Some(taken)) => self
+                .m
+                .store
+                .member_by_id(taken.member_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|member| (member, taken.epoch)),
             _ => None,
         };
-        let Some(member) = member.filter(|m| m.status != Status::Disabled) else {
-            return self.message(
+        let link_spent = |req: &Self| {
+            req.message(
                 StatusCode::BAD_REQUEST,
                 "Link not valid",
                 "This link is not valid any more. Ask for a new one.",
                 Some(("/_membergate/reset", "Reset your password")),
-            );
+            )
+        };
+        let Some((member, epoch)) = member.filter(|(m, _)| m.status != Status::Disabled) else {
+            return link_spent(self);
         };
         let Some(Ok(hash)) = password::off_thread(move || password::hash(&new_password)).await
         else {
@@ -815,19 +831,26 @@ impl Request<'_> {
             );
         };
         let at = now();
-        if self
+        // Written at the epoch the link was taken at: whatever moved the
+        // epoch on while this password was hashed (another of the member's
+        // links, a password change, a disable) stands, and this link is spent.
+        match self
             .m
             .store
-            .set_password(member.id, &hash, at)
+            .set_password(member.id, &hash, Some(epoch), at)
             .await
-            .is_err()
         {
-            return self.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again",
-                "Your password could not be changed just now.",
-                None,
-            );
+            Ok(()) => {}
+            Err(StoreError::Stale) => return link_spent(self),
+            Err(e) => {
+                tracing::error!(error = %e, "could not set a password from a reset link");
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your password could not be changed just now.",
+                    None,
+                );
+            }
         }
         // The link proved the address: a pending (or invited) member is
         // verified now. An invited one (pending without a password, which
@@ -981,19 +1004,28 @@ impl Request<'_> {
                     .await;
             }
         };
-        if self
+        // Written at the epoch the current password was checked at: a reset
+        // or a disable made meanwhile is not overwritten.
+        match self
             .m
             .store
-            .set_password(member.id, &hash, now())
+            .set_password(member.id, &hash, Some(member.epoch), now())
             .await
-            .is_err()
         {
-            return self
-                .account_page(
-                    &HashMap::new(),
-                    Some("Your password could not be changed just now."),
-                )
-                .await;
+            Ok(()) => {}
+            Err(StoreError::Stale) => {
+                // That change ended the member's sessions, this one too.
+                self.m.sessions.forget_member(member.id);
+                return see_other(&format!("{PREFIX}/login"));
+            }
+            Err(_) => {
+                return self
+                    .account_page(
+                        &HashMap::new(),
+                        Some("Your password could not be changed just now."),
+                    )
+                    .await;
+            }
         }
         self.m.sessions.forget_member(member.id);
         // Every session ended with the old password; this browser gets a new one.
