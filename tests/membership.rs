@@ -337,7 +337,7 @@ async fn guesses_at_the_current_password_are_limited_like_logins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     let (gw, _origin) = start(|s| s).await;
-    let mut m = member(&gw, "dan@example.com", "Dan").await;
+    let m = member(&gw, "dan@example.com", "Dan").await;
     let mut other = Browser::new(&gw);
     let seen = gw.mail_count("dan@example.com");
     let asked = other
@@ -350,7 +350,14 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     assert_eq!(asked.status, 200);
     let first = Gateway::link_in(&gw.next_mail_to("dan@example.com", seen).await);
     assert!(first.starts_with("/_membergate/reset?token="));
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A second link within the mail cooldown is held back; a restart forgets
+    // the cooldown, not the links or the session.
+    let session = m.session_cookie().unwrap();
+    let gw = gw.restart().await;
+    let mut m = Browser::new(&gw);
+    m.cookies.insert("__Host-membergate".into(), session);
+    assert_eq!(m.get("/members/").await.status, 200);
+    let mut other = Browser::new(&gw);
     other
         .submit(
             "/_membergate/reset",
@@ -853,6 +860,79 @@ async fn answers_do_not_reveal_whether_an_email_is_registered() {
         mask(&wrong, "hana@example.com"),
         mask(&missing, "ghost@example.com")
     );
+}
+
+/// Anyone may ask for mail to any address. Asked again and again, in any
+/// spelling, the gateway mails the address one reset link and one "someone
+/// tried to register" note per cooldown; the answers do not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_requests_mail_an_address_once_per_cooldown() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "kai@example.com", "Kai").await;
+    member(&gw, "lou@example.com", "Lou").await;
+    let seen = gw.mail_count("kai@example.com");
+    let mut b = Browser::new(&gw);
+    let mut resets = Vec::new();
+    let mut registrations = Vec::new();
+    for email in ["kai@example.com", "KAI@example.com", "kai@example.com."] {
+        let page = b
+            .submit(
+                "/_membergate/reset",
+                "/_membergate/reset",
+                &[("email", email)],
+            )
+            .await;
+        resets.push((page.status, page.body));
+        let page = b.register(email, PASSWORD, "X", "Y").await;
+        registrations.push((page.status, page.body));
+    }
+    assert_eq!(resets[0].0, 200);
+    assert_eq!(registrations[0].0, 200);
+    assert!(resets.iter().all(|r| *r == resets[0]), "{resets:?}");
+    assert!(
+        registrations.iter().all(|r| *r == registrations[0]),
+        "{registrations:?}"
+    );
+    // Another address is not held back by this one's.
+    let lou = gw.mail_count("lou@example.com");
+    b.submit(
+        "/_membergate/reset",
+        "/_membergate/reset",
+        &[("email", "lou@example.com")],
+    )
+    .await;
+    assert!(
+        gw.next_mail_to("lou@example.com", lou)
+            .await
+            .contains("new password")
+    );
+    // Mail goes out after the answers, in tasks of their own: wait until
+    // the two held back of each kind are counted, then count the mail.
+    let held_back = |text: &str, kind: &str| {
+        let line = format!("membergate_mails_held_back_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let mut counted = (0.0, 0.0);
+    for _ in 0..100 {
+        let text = gw.metrics().await;
+        counted = (
+            held_back(&text, "reset"),
+            held_back(&text, "already_registered"),
+        );
+        if counted == (2.0, 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.next_mail_to("kai@example.com", seen + 1).await;
+    assert_eq!(
+        gw.mail_count("kai@example.com"),
+        seen + 2,
+        "held back: {counted:?}"
+    );
+    assert_eq!(counted, (2.0, 2.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

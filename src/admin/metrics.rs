@@ -54,6 +54,11 @@ pub struct OutcomeLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MailLabels {
+    pub kind: &'static str,
+}
+
 /// Portal outcomes, counted by the portal and exported here.
 #[derive(Clone, Default)]
 pub struct MembershipCounters {
@@ -64,6 +69,11 @@ pub struct MembershipCounters {
     /// `created`, `duplicate` (the address has an account), `refused` (mode
     /// or domain), `limited`, `failed` (the store failed).
     pub registrations: Family<OutcomeLabels, Counter>,
+    /// Mails not sent because the address had one of the same `kind`
+    /// within `portal::membership::MAIL_COOLDOWN`: `reset` (a reset link;
+    /// no token was stored either) and `already_registered` (the note to an
+    /// address someone tried to register again).
+    pub mails_held_back: Family<MailLabels, Counter>,
 }
 
 impl MembershipCounters {
@@ -74,6 +84,12 @@ impl MembershipCounters {
     pub fn registration(&self, result: &'static str) {
         self.registrations
             .get_or_create(&OutcomeLabels { result })
+            .inc();
+    }
+
+    pub fn mail_held_back(&self, kind: &'static str) {
+        self.mails_held_back
+            .get_or_create(&MailLabels { kind })
             .inc();
     }
 }
@@ -200,6 +216,11 @@ impl Metrics {
             "registrations",
             "Registration attempts by result (created, duplicate, refused, limited, failed)",
             counters.registrations.clone(),
+        );
+        self.registry.register(
+            "mails_held_back",
+            "Portal mails not sent because the address had one of the kind within the cooldown, by kind (reset, already_registered)",
+            counters.mails_held_back.clone(),
         );
         let sessions = membership.sessions.counters();
         self.registry.register(

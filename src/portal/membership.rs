@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -30,6 +31,8 @@ pub struct Membership {
     /// Browsers that logged in before, outside the account-wide login limit.
     pub devices: DeviceCookies,
     pub counters: MembershipCounters,
+    /// Mail sent to an address at anyone's request, at most once a while.
+    pub mail_cooldown: MailCooldown,
     /// The key self-minted identification tokens use when none is configured.
     pub identity_secret: [u8; 32],
 }
@@ -62,6 +65,7 @@ impl Membership {
                 config.cookie_secure,
             ),
             counters: MembershipCounters::default(),
+            mail_cooldown: MailCooldown::new(),
             identity_secret: derive(&secret, b"membergate identification v1"),
         })
     }
@@ -177,5 +181,69 @@ impl RateLimits {
         let over_ceiling = browser == Browser::Unknown
             && self.rate.observe(&(action, 1u8, account), 1) > self.per_account;
         ip_count > self.per_ip || pair_count > self.per_account_per_ip || over_ceiling
+    }
+}
+
+/// How long a mail sent to an address at anyone's request holds back the
+/// next of its kind. The attempt limits above let one client ask for
+/// several a minute per address (ten by default), and anyone may ask for
+/// any address: without this, one client could fill a stranger's inbox,
+/// and each reset would store another live token. Five minutes holds that to a dozen mails an hour,
+/// and a member who lost the mail does not wait long to ask again; a reset
+/// link lives an hour, so the one sent is still good meanwhile.
+pub const MAIL_COOLDOWN: Duration = Duration::from_secs(5 * 60);
+
+/// The mails [`MailCooldown`] holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MailKind {
+    Reset,
+    /// "Someone tried to register your email."
+    AlreadyRegistered,
+}
+
+impl MailKind {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::Reset => "reset",
+            MailKind::AlreadyRegistered => "already_registered",
+        }
+    }
+}
+
+/// At most one mail of each kind per canonical address per
+/// [`MAIL_COOLDOWN`]. In memory, per process: a restart forgets it, which
+/// costs at most one more mail per address. Bounded: the addresses are kept
+/// as SHA-256 digests, at most 100,000 of them; past that some are
+/// forgotten early (moka keeps the ones asked for most), and the attempt
+/// limits still hold.
+#[derive(Clone)]
+pub struct MailCooldown {
+    sent: moka::sync::Cache<(MailKind, [u8; 32]), ()>,
+}
+
+impl MailCooldown {
+    pub fn new() -> MailCooldown {
+        MailCooldown {
+            sent: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(MAIL_COOLDOWN)
+                .build(),
+        }
+    }
+
+    /// True for the first mail of `kind` to `canonical` in
+    /// [`MAIL_COOLDOWN`], which it starts; false while one is cooling down.
+    pub fn may_send(&self, kind: MailKind, canonical: &str) -> bool {
+        let key = (kind, Sha256::digest(canonical.as_bytes()).into());
+        // One atomic look-and-insert: of requests at the same moment, one
+        // finds the address free.
+        self.sent.entry(key).or_insert(()).is_fresh()
+    }
+}
+
+impl Default for MailCooldown {
+    fn default() -> MailCooldown {
+        MailCooldown::new()
     }
 }

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use minijinja::context;
 
 pub use membership::Membership;
-use membership::{Action, Browser};
+use membership::{Action, Browser, MailCooldown, MailKind};
 
 use crate::config::{self, Registration};
 use crate::gateway::Runtime;
@@ -612,7 +612,6 @@ impl Request<'_> {
         };
         let signup = Signup {
             mailing: self.mailing(),
-            counters: self.m.counters.clone(),
             new,
             return_to: query["return_to"].clone(),
         };
@@ -651,6 +650,8 @@ impl Request<'_> {
             mailer: self.m.mailer.clone(),
             public_url: self.config.public_url.clone(),
             site_name: self.site_name.to_owned(),
+            cooldown: self.m.mail_cooldown.clone(),
+            counters: self.m.counters.clone(),
         }
     }
 
@@ -1111,12 +1112,13 @@ struct Mailing {
     mailer: crate::mail::Mailer,
     public_url: String,
     site_name: String,
+    cooldown: MailCooldown,
+    counters: crate::admin::metrics::MembershipCounters,
 }
 
 /// A registration past its checks: the member to store and what to mail.
 struct Signup {
     mailing: Mailing,
-    counters: crate::admin::metrics::MembershipCounters,
     new: NewMember,
     return_to: String,
 }
@@ -1134,7 +1136,7 @@ impl Signup {
             Err(StoreError::Duplicate) => "duplicate",
             Err(_) => "failed",
         };
-        self.counters.registration(counted);
+        self.mailing.counters.registration(counted);
         match created {
             Ok(member) if pending => self.mailing.verification(&member, &self.return_to).await,
             Ok(_) => {}
@@ -1177,7 +1179,20 @@ impl Mailing {
         .await;
     }
 
+    /// Whether a mail of `kind` may go to `canonical` now (see
+    /// [`MailCooldown`]); one held back is counted.
+    fn may_send(&self, kind: MailKind, canonical: &str) -> bool {
+        let free = self.cooldown.may_send(kind, canonical);
+        if !free {
+            self.counters.mail_held_back(kind.as_str());
+        }
+        free
+    }
+
     async fn already_registered(&self, canonical: &str) {
+        if !self.may_send(MailKind::AlreadyRegistered, canonical) {
+            return;
+        }
         let link = format!("{}{PREFIX}/reset", self.public_url);
         self.mailer.send(Message {
             to: canonical.to_owned(),
@@ -1188,12 +1203,17 @@ impl Mailing {
     }
 
     /// Mails a link to the member with this canonical address, if there is
-    /// one that may log in; nothing otherwise.
+    /// one that may log in and no link went to it within the cooldown;
+    /// nothing otherwise.
     async fn reset_link(self, canonical: String) {
         let member = self.store.member_by_email(&canonical).await.ok().flatten();
         let Some(member) = member.filter(|m| m.status != Status::Disabled) else {
             return;
         };
+        // Before the token: a request held back stores none either.
+        if !self.may_send(MailKind::Reset, &canonical) {
+            return;
+        }
         let Some(token) = new_token(
             self.store.as_ref(),
             TokenPurpose::Reset,
