@@ -188,9 +188,10 @@ impl RateLimits {
 /// next of its kind. The attempt limits above let one client ask for
 /// several a minute per address (ten by default), and anyone may ask for
 /// any address: without this, one client could fill a stranger's inbox,
-/// and each reset would store another live token. Five minutes holds that to a dozen mails an hour,
-/// and a member who lost the mail does not wait long to ask again; a reset
-/// link lives an hour, so the one sent is still good meanwhile.
+/// and each reset would store another live token. Five minutes holds that
+/// to a dozen mails an hour, and a member who lost the mail does not wait
+/// long to ask again; a reset link lives an hour, so the one sent is still
+/// good meanwhile.
 pub const MAIL_COOLDOWN: Duration = Duration::from_secs(5 * 60);
 
 /// The mails [`MailCooldown`] holds back.
