@@ -315,6 +315,8 @@ hosts = ["x.test"]
         "mail.smtp_url: expected smtps://user@host:465",
         "sites[0].name: expected a name on one line",
         "sites[0].routes[0].upstream: expected a port from 1 to 65535",
+        "members.public_url: required when a site serves a name other than localhost \
+         (sites[0].hosts has \"x.test\"): links in mails would point at https://localhost:0",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
@@ -332,6 +334,8 @@ https_listen = "127.0.0.1:0"
 http_listen = ""
 [admin]
 api_key_file = "/definitely/not/here.key"
+[members]
+public_url = "https://x.test"
 [[tls.certificates]]
 cert_file = "/definitely/not/here.crt"
 key_file = "/definitely/not/here.key"

@@ -70,6 +70,24 @@ impl HostPattern {
         }
     }
 
+    /// Whether the pattern names only this machine (`localhost`, a loopback
+    /// address) or nothing in particular (`*`): no name the world uses.
+    fn is_local(&self) -> bool {
+        let loopback = |name: &str| {
+            let bare = name.trim_start_matches('[').trim_end_matches(']');
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        };
+        match self {
+            HostPattern::Exact(name) => loopback(name),
+            HostPattern::Wildcard(suffix) => suffix == ".localhost",
+            HostPattern::Any => true,
+        }
+    }
+
     /// Exact names rank before wildcards, and wildcards before `*`.
     fn rank(&self) -> u8 {
         match self {
@@ -402,6 +420,26 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
     }
     if sites.is_empty() {
         p.add("sites", "expected at least one [[sites]] entry");
+    }
+    // Links in mails start with `public_url`, and its default is this
+    // machine's name. A site named for the world with no `public_url` would
+    // mail every member a link to localhost, and nobody could confirm an
+    // address or reset a password.
+    if file.members.public_url.is_none() {
+        let named = sites.iter().enumerate().find_map(|(i, site)| {
+            let public = site.hosts.iter().find(|h| !h.is_local())?;
+            Some((i, public))
+        });
+        if let Some((i, host)) = named {
+            p.add(
+                "members.public_url",
+                format!(
+                    "required when a site serves a name other than localhost (sites[{i}].hosts has {}): links in mails would point at {}",
+                    host.describe(),
+                    members.public_url
+                ),
+            );
+        }
     }
     for (i, a) in sites.iter().enumerate() {
         if sites[..i].iter().any(|b| b.name == a.name) {
@@ -1346,6 +1384,28 @@ mod tests {
         assert_eq!(ipv4_form(net("::ffff:10.0.0.2/128")), net("10.0.0.2/32"));
         assert_eq!(ipv4_form(net("2001:db8::/32")), net("2001:db8::/32"));
         assert_eq!(ipv4_form(net("10.0.0.0/8")), net("10.0.0.0/8"));
+    }
+
+    #[test]
+    fn only_names_the_world_uses_need_a_public_url() {
+        for local in [
+            "localhost",
+            "app.localhost",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+            "*",
+        ] {
+            assert!(HostPattern::parse(local).unwrap().is_local(), "{local}");
+        }
+        for public in [
+            "members.example.com",
+            "*.example.com",
+            "10.0.0.5",
+            "[2001:db8::1]",
+        ] {
+            assert!(!HostPattern::parse(public).unwrap().is_local(), "{public}");
+        }
     }
 
     #[test]

@@ -198,6 +198,12 @@ impl Setup {
                 key.display().to_string()
             ));
         }
+        // The site serves `gw.test`, a name that needs a `public_url`.
+        let members = if self.members.contains("public_url") {
+            self.members.clone()
+        } else {
+            format!("public_url = \"https://gw.test\"\n{}", self.members)
+        };
         format!(
             "[server]\nworkers = 2\nhttps_listen = \"{host}:0\"\nhttp_listen = \"{host}:0\"\n\
              http_mode = {:?}\nshutdown_grace = \"5s\"\n{}\n\
@@ -215,7 +221,7 @@ impl Setup {
             self.admin,
             self.access_log,
             self.tls_extra,
-            self.members,
+            members,
             self.mail,
             self.identification,
             self.routes.join("\n"),
