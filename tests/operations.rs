@@ -548,9 +548,24 @@ fn docker_compose_is_consistent_with_the_repository() {
         ]
     );
 
-    // The mounted configuration is valid, with the compose environment applied.
+    // The mounted configuration is valid, with the compose environment
+    // applied, and reading the other bind mounts (the teasers) where they
+    // come from.
+    let mut translated = std::fs::read_to_string(&config_file).unwrap();
+    for volume in gateway["volumes"].as_vec().unwrap() {
+        let spec = volume.as_str().unwrap().trim_end_matches(":ro");
+        if let Some((source, target)) = spec.split_once(':')
+            && source.starts_with("./")
+        {
+            let source = root.join(source);
+            translated = translated.replace(target, &source.display().to_string());
+        }
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let translated_file = scratch.path().join("membergate.toml");
+    std::fs::write(&translated_file, translated).unwrap();
     let mut check = Command::new(binary());
-    check.arg("check-config").arg(&config_file);
+    check.arg("check-config").arg(&translated_file);
     if let Yaml::Hash(env) = &gateway["environment"] {
         for (k, v) in env {
             check.env(k.as_str().unwrap(), v.as_str().unwrap());
@@ -790,4 +805,110 @@ fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
     let (ok, out, err) = cli(&["member", "list"], home.path(), "");
     assert!(ok && out.contains("ada@example.com"), "{out}{err}");
     assert!(!err.contains("creating"), "{err}");
+}
+
+/// The Kubernetes sidecar example holds together: its configuration passes
+/// `check-config` with the pod's environment, the container listens where
+/// the configuration does, the probes ask the running gateway through the
+/// mounted file, the secrets come from a Secret, and it runs as the one
+/// replica an embedded store allows, as the image's user.
+#[test]
+fn the_kubernetes_sidecar_example_is_consistent() {
+    use yaml_rust2::YamlLoader;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/kubernetes/sidecar.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let config_text = kind("ConfigMap")["data"]["membergate.toml"]
+        .as_str()
+        .unwrap();
+    let deployment = kind("Deployment");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"].as_i64(), Some(1));
+    assert_eq!(spec["strategy"]["type"].as_str(), Some("Recreate"));
+    let pod = &spec["template"]["spec"];
+    let gateway = pod["containers"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("membergate"))
+        .unwrap();
+
+    // The configuration, with the pod's environment (secrets stand in).
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("membergate.toml");
+    std::fs::write(&config_file, config_text).unwrap();
+    let mut check = Command::new(binary());
+    check.arg("check-config").arg(&config_file);
+    for var in gateway["env"].as_vec().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert_eq!(
+            var["valueFrom"]["secretKeyRef"]["name"].as_str(),
+            Some("membergate"),
+            "{name} is not from the Secret"
+        );
+        check.env(name, "x".repeat(64));
+    }
+    let out = check.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Mounted where the arguments and probes read it.
+    let mounted = gateway["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str() == Some("config"))
+        .unwrap()["mountPath"]
+        .as_str()
+        .unwrap();
+    let path = format!("{mounted}/membergate.toml");
+    let strings = |y: &yaml_rust2::Yaml| -> Vec<String> {
+        y.as_vec()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(strings(&gateway["args"]), ["serve", "--config", &path]);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            strings(&gateway[probe]["exec"]["command"]),
+            ["membergate", "health", "--config", &path],
+            "{probe}"
+        );
+    }
+
+    // Listens where the container port says, on every interface.
+    let port = gateway["ports"][0]["containerPort"].as_i64().unwrap();
+    assert!(
+        config_text.contains(&format!("http_listen = \"0.0.0.0:{port}\"")),
+        "{config_text}"
+    );
+    // The data volume holds the store, and the grace period outlasts the drain.
+    let data = gateway["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str() == Some("data"))
+        .unwrap()["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(config_text.contains(&format!("database = \"{data}/")));
+    assert!(pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 30);
+    assert!(config_text.contains("shutdown_grace = \"30s\""));
+    // The image's user (the Dockerfile's numeric USER).
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert!(
+        dockerfile.contains(&format!("\nUSER {uid}\n")),
+        "the pod runs as {uid}, the image as another user"
+    );
 }
