@@ -38,6 +38,8 @@ pub struct OriginPool {
     idle_timeout: Duration,
     /// The most a connection's read buffer may grow to.
     max_buf_size: usize,
+    /// For TCP and TLS together (the connector's own covers TCP only).
+    connect_timeout: Duration,
 }
 
 struct Idle {
@@ -52,6 +54,7 @@ impl OriginPool {
         max_idle: usize,
         idle_timeout: Duration,
         max_buf_size: usize,
+        connect_timeout: Duration,
     ) -> Arc<OriginPool> {
         Arc::new(OriginPool {
             connector,
@@ -60,6 +63,7 @@ impl OriginPool {
             max_idle,
             idle_timeout,
             max_buf_size,
+            connect_timeout,
         })
     }
 
@@ -99,8 +103,16 @@ impl OriginPool {
         None
     }
 
+    /// A new connection, its TCP connect and TLS handshake together within
+    /// `connect_timeout`: an origin that takes the connection but never
+    /// answers the handshake would otherwise hold the request until
+    /// `response_timeout`.
     async fn connect(&self) -> Result<SendRequest<ForwardBody>, BoxError> {
-        let io = self.connector.clone().oneshot(self.address.clone()).await?;
+        let connecting = self.connector.clone().oneshot(self.address.clone());
+        let Ok(io) = tokio::time::timeout(self.connect_timeout, connecting).await else {
+            return Err(format!("connect timed out after {:?}", self.connect_timeout).into());
+        };
+        let io = io?;
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(self.max_buf_size)
             .handshake(io)

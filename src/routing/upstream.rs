@@ -75,6 +75,7 @@ impl Origin {
                     // default grows to ~400 KB on large bodies): memory per
                     // in-flight response stays independent of the page size.
                     64 * 1024,
+                    route.connect_timeout,
                 );
                 Ok(Origin::Http(HttpOrigin {
                     pool,
@@ -128,7 +129,8 @@ impl Origin {
 }
 
 /// An HTTP/1.1 connector for `http://` and `https://` (rustls, `roots`),
-/// with TCP_NODELAY and a connect timeout.
+/// with TCP_NODELAY and a timeout on the TCP connect. The TLS handshake is
+/// not timed here: callers bound the whole connect (`OriginPool::connect`).
 pub fn connector(roots: RootCertStore, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
     let tls_config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)

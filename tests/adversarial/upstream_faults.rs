@@ -1,11 +1,13 @@
 //! Catalogue I1, I2 and I4: origins that fail, lie about framing or send
 //! pages far larger than any buffer. Each is a raw TCP origin (`Fault`), so
 //! the bytes are exactly the bad ones. (G8, poisoned connections, is in
-//! `tests/proxy.rs`.)
+//! `tests/proxy.rs`.) Also an origin that never finishes the TLS handshake.
+
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::origins::HUGE_HTML_BYTES;
+use crate::support::origins::{HUGE_HTML_BYTES, SilentOrigin};
 use crate::support::{Fault, FaultyOrigin, Gateway, Setup, status_of};
 
 async fn gateway_for(fault: Fault) -> (Gateway, FaultyOrigin) {
@@ -129,4 +131,48 @@ async fn i4_a_huge_html_page_streams_through_the_rewriter_in_bounded_memory() {
         peak.saturating_sub(before) < 32 * 1024,
         "memory grew with the page: {before} -> {peak} KiB"
     );
+}
+
+/// A gateway whose only route goes to an https origin that never accepts:
+/// TCP connects (into the listen backlog), the TLS handshake never ends.
+async fn gateway_for_silent_tls() -> (Gateway, SilentOrigin) {
+    let origin = SilentOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route_with(
+        "/",
+        &origin.https_url(),
+        "connect_timeout = \"1s\"\nresponse_timeout = \"30s\"",
+    ))
+    .await;
+    (gw, origin)
+}
+
+/// `connect_timeout` covers the TLS handshake, not only the TCP connect: a
+/// 502 after about a second, not a 504 after `response_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_ends_is_a_connect_failure() {
+    let (gw, _origin) = gateway_for_silent_tls().await;
+    let request = gw.client().get(gw.https_url("/page")).send();
+    let response = tokio::time::timeout(Duration::from_secs(15), request)
+        .await
+        .expect("not answered within 15 s: the handshake was not timed")
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_upstream_errors_total{upstream=\"https://127.0.0.1:"),
+        "{metrics}"
+    );
+}
+
+/// The same with a body: the answer does not wait for the body to be sent to
+/// a connection that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_an_origin_whose_handshake_never_ends_is_answered() {
+    let (gw, _origin) = gateway_for_silent_tls().await;
+    let request = gw.client().post(gw.https_url("/form")).body("a=1").send();
+    let response = tokio::time::timeout(Duration::from_secs(15), request)
+        .await
+        .expect("not answered within 15 s: the POST waited on its body")
+        .unwrap();
+    assert_eq!(response.status(), 502);
 }

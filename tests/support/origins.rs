@@ -656,6 +656,29 @@ impl RedirectOrigin {
     }
 }
 
+/// An origin that listens but never accepts: the kernel completes each TCP
+/// connection into the backlog, and nothing ever answers on it (a TLS
+/// handshake there waits for ever).
+pub struct SilentOrigin {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+}
+
+impl SilentOrigin {
+    pub async fn start() -> SilentOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        SilentOrigin {
+            addr,
+            _listener: listener,
+        }
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
 /// An address where nothing listens.
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
