@@ -9,6 +9,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -162,6 +164,36 @@ pub struct ForwardBody {
     timer: IdleTimer,
     /// Told when the last of the body has been handed on.
     sent: Option<oneshot::Sender<()>>,
+    /// Frames handed on so far, and where they are shown to the request.
+    taken: u64,
+    progress: Option<Arc<Progress>>,
+}
+
+/// A request body under way, as the request waiting for its answer sees it.
+pub struct Upload {
+    /// Resolves once the whole body has been handed on to the origin's
+    /// connection (or the body has failed, or been dropped).
+    pub sent: oneshot::Receiver<()>,
+    pub progress: Arc<Progress>,
+}
+
+/// How far the origin's connection has taken a body: the frames it has
+/// taken, shifted left once, with the low bit set while it waits on the
+/// client for the next. The body keeps the count and stores it each time it
+/// is polled: one uncontended store, no clock.
+#[derive(Default)]
+pub struct Progress(AtomicU64);
+
+const WAITING_ON_CLIENT: u64 = 1;
+
+impl Progress {
+    /// The frames the origin's connection has taken, or `None` while it waits
+    /// on the client for more. The same number some time apart means it has
+    /// held everything it was handed since, without asking for more.
+    pub fn taken_by_origin(&self) -> Option<u64> {
+        let value = self.0.load(Ordering::Relaxed);
+        (value & WAITING_ON_CLIENT == 0).then_some(value >> 1)
+    }
 }
 
 impl ForwardBody {
@@ -171,20 +203,35 @@ impl ForwardBody {
             remaining: max_bytes,
             timer: IdleTimer::new(idle),
             sent: None,
+            taken: 0,
+            progress: None,
         }
     }
 
-    /// Resolves once the whole body has been handed on to the origin's
-    /// connection (or the body has failed, or been dropped).
-    pub fn when_sent(&mut self) -> oneshot::Receiver<()> {
+    /// Word of the body's way to the origin, for the request that waits for
+    /// the answer.
+    pub fn watch(&mut self) -> Upload {
         let (tell, told) = oneshot::channel();
         self.sent = Some(tell);
-        told
+        let progress = Arc::new(Progress::default());
+        self.progress = Some(progress.clone());
+        Upload {
+            sent: told,
+            progress,
+        }
     }
 
     fn all_sent(&mut self) {
         if let Some(tell) = self.sent.take() {
             let _ = tell.send(());
+        }
+    }
+
+    /// Records what the origin's connection did when it last polled.
+    fn note(&mut self, waiting_on_client: bool) {
+        if let Some(progress) = &self.progress {
+            let value = self.taken << 1 | u64::from(waiting_on_client);
+            progress.0.store(value, Ordering::Relaxed);
         }
     }
 }
@@ -202,11 +249,14 @@ impl Body for ForwardBody {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
+                    this.note(true);
                     ready!(this.timer.poll_expired(cx));
                     return Poll::Ready(Some(Err(BodyError::Idle.into())));
                 }
             };
             this.timer.progress();
+            this.taken += 1;
+            this.note(false);
             return match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {

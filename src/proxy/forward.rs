@@ -9,7 +9,6 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use http_body::Body;
-use tokio::sync::oneshot;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -20,7 +19,7 @@ use tower::ServiceExt;
 
 use super::ConnInfo;
 use super::access::{self, Access};
-use super::body::{BodyError, ForwardBody, GatewayBody, body_error_in};
+use super::body::{BodyError, ForwardBody, GatewayBody, Upload, body_error_in};
 use super::pipeline::Target;
 use super::respond::{self, Refusal};
 use super::tunnel::{self, HeldConnection};
@@ -87,21 +86,51 @@ async fn serve_dir(
     }
 }
 
+/// Why an origin's answer did not come in time.
+enum Late {
+    /// It had the whole request for `response_timeout` without answering.
+    Answer,
+    /// It took nothing more of the request's body for that long.
+    Body,
+}
+
 /// The origin's answer, given `timeout` from when the request's body has
 /// been sent in full, not from its start: how fast a client uploads is the
 /// body idle timeout's business, and a slow but steady upload is no fault of
 /// the origin's. An origin may answer before the body is all there (a 413).
+///
+/// Until then the origin must keep taking the body. One that stops reading
+/// it (or never connects) leaves hyper stuck writing, and the body, no longer
+/// polled, times nothing. So the wait ends once the origin's connection has
+/// held what it was handed for `timeout` without asking for more (noticed
+/// between 1 and 1.5 times `timeout`). Time it spends waiting on the client
+/// does not count.
 async fn answer_after_body<T>(
     answer: impl Future<Output = T>,
-    body_sent: oneshot::Receiver<()>,
+    upload: Upload,
     timeout: Duration,
-) -> Result<T, tokio::time::error::Elapsed> {
+) -> Result<T, Late> {
+    let Upload { mut sent, progress } = upload;
     tokio::pin!(answer);
-    tokio::select! {
-        early = &mut answer => return Ok(early),
-        _ = body_sent => {}
+    let tick = (timeout / 2).max(Duration::from_millis(1));
+    // What the origin had taken two ticks ago and one tick ago (at the start).
+    let mut seen = [None, progress.taken_by_origin()];
+    loop {
+        tokio::select! {
+            early = &mut answer => return Ok(early),
+            _ = &mut sent => break,
+            () = tokio::time::sleep(tick) => {
+                let now = progress.taken_by_origin();
+                if now.is_some() && now == seen[0] {
+                    return Err(Late::Body);
+                }
+                seen = [seen[1], now];
+            }
+        }
     }
-    tokio::time::timeout(timeout, answer).await
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| Late::Answer)
 }
 
 /// Whether the path names the `.gz` or `.br` copy of a file beside it.
@@ -139,7 +168,7 @@ async fn proxy_http(
     let OriginRequest {
         request,
         client_upgrade,
-        body_sent,
+        upload,
         client_host,
     } = match origin_request(runtime, conn, route, origin, visitor, target, parts, body) {
         Ok(built) => built,
@@ -147,9 +176,11 @@ async fn proxy_http(
     };
     let sent = Instant::now();
     let answer = origin.pool.send(request);
-    let outcome = match body_sent {
-        None => tokio::time::timeout(origin.response_timeout, answer).await,
-        Some(body_sent) => answer_after_body(answer, body_sent, origin.response_timeout).await,
+    let outcome = match upload {
+        None => tokio::time::timeout(origin.response_timeout, answer)
+            .await
+            .map_err(|_| Late::Answer),
+        Some(upload) => answer_after_body(answer, upload, origin.response_timeout).await,
     };
     let mut response = match outcome {
         Ok(Ok(response)) => response,
@@ -168,9 +199,19 @@ async fn proxy_http(
             };
             return respond::refusal(refusal, json);
         }
-        Err(_elapsed) => {
+        Err(late) => {
             gateway.metrics.upstream_error(&origin.label);
-            tracing::warn!(upstream = %origin.label, timeout = ?origin.response_timeout, "upstream response timed out");
+            let timeout = origin.response_timeout;
+            match late {
+                Late::Answer => {
+                    tracing::warn!(upstream = %origin.label, ?timeout, "upstream response timed out");
+                }
+                Late::Body => {
+                    tracing::warn!(upstream = %origin.label, ?timeout, "upstream stopped taking the request body");
+                }
+            }
+            // The send given up has ended its origin connection, and the
+            // client's closes after this answer if its body is unread.
             return respond::refusal(Refusal::GatewayTimeout, json);
         }
     };
@@ -259,16 +300,16 @@ struct OriginRequest {
     /// The client's side of a WebSocket upgrade, if it asked for one, with
     /// what keeps its connection counted.
     client_upgrade: Option<(OnUpgrade, Option<HeldConnection>)>,
-    /// Resolves when a body still to come has been sent; `None` without one.
-    body_sent: Option<oneshot::Receiver<()>>,
+    /// How a body still to come is getting on; `None` without one.
+    upload: Option<Upload>,
     /// The host (and port) the client asked for, for the origin's redirects.
     client_host: RequestHost,
 }
 
 /// The request as the origin gets it: cleaned headers, the member's identity,
 /// the normalised path, and the body capped; with the client's side of a
-/// WebSocket upgrade, if it asked for one, and word of when a body has been
-/// sent, if it has one.
+/// WebSocket upgrade, if it asked for one, and word of how a body is getting
+/// on, if it has one.
 #[allow(clippy::too_many_arguments)]
 fn origin_request(
     runtime: &Runtime,
@@ -339,9 +380,9 @@ fn origin_request(
         route.max_body_bytes,
         runtime.config.limits.body_idle_timeout,
     );
-    // Told when a body that is still to come has been sent; a request with
+    // Watched while a body that is still to come is sent; a request with
     // none (nearly all) starts its response timeout at once.
-    let body_sent = (!body.is_end_stream()).then(|| body.when_sent());
+    let upload = (!body.is_end_stream()).then(|| body.watch());
     let mut request = http::Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
@@ -350,7 +391,7 @@ fn origin_request(
     Ok(OriginRequest {
         request,
         client_upgrade,
-        body_sent,
+        upload,
         client_host: target.host,
     })
 }

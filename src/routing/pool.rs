@@ -6,7 +6,8 @@
 //! closed instead. Idle connections are closed after the idle timeout (noticed
 //! as the pool is used) or when the origin closes them. A request that an idle
 //! connection could not take (the origin had closed it) is sent again on a new
-//! connection: hyper hands such a request back unsent.
+//! connection: hyper hands such a request back unsent. A request given up
+//! before its answer came (a timeout) ends its connection at once.
 //!
 //! Why not hyper-util's pooled client: decision 0019.
 
@@ -24,6 +25,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use pin_project_lite::pin_project;
+use tokio::task::AbortHandle;
 use tower::ServiceExt;
 
 use crate::proxy::body::{BoxError, ForwardBody};
@@ -43,8 +45,31 @@ pub struct OriginPool {
 }
 
 struct Idle {
-    sender: SendRequest<ForwardBody>,
+    link: Link,
     since: Instant,
+}
+
+/// One connection: where requests go in, and the task that runs it.
+struct Link {
+    sender: SendRequest<ForwardBody>,
+    task: AbortHandle,
+}
+
+/// Ends a connection's task when dropped, unless disarmed first.
+struct EndOnDrop<'a>(Option<&'a AbortHandle>);
+
+impl EndOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl OriginPool {
@@ -74,9 +99,16 @@ impl OriginPool {
         request: Request<ForwardBody>,
     ) -> Result<Response<PooledBody>, BoxError> {
         let mut request = request;
-        if let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.track(response, sender)),
+        if let Some(mut link) = self.checkout() {
+            // Dropped with this future (the request given up), it ends the
+            // connection: hyper would close it only once it had written out
+            // what it holds of the body, which an origin that has stopped
+            // reading never lets it do.
+            let given_up = EndOnDrop(Some(&link.task));
+            let sent = link.sender.try_send_request(request).await;
+            given_up.disarm();
+            match sent {
+                Ok(response) => return Ok(self.track(response, link)),
                 Err(mut error) => match error.take_message() {
                     // Closed before it took the request: nothing reached the origin.
                     Some(unsent) => request = unsent,
@@ -86,17 +118,19 @@ impl OriginPool {
         }
         // Boxed: connecting (a TLS session among its state) is rare, and
         // inline it would size every proxied request's future.
-        let mut sender = Box::pin(self.connect()).await?;
-        let response = sender.send_request(request).await?;
-        Ok(self.track(response, sender))
+        let mut link = Box::pin(self.connect()).await?;
+        let given_up = EndOnDrop(Some(&link.task));
+        let sent = link.sender.send_request(request).await;
+        given_up.disarm();
+        Ok(self.track(sent?, link))
     }
 
     /// The most recently used idle connection that can take a request.
-    fn checkout(&self) -> Option<SendRequest<ForwardBody>> {
+    fn checkout(&self) -> Option<Link> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(Idle { sender, since }) = idle.pop_back() {
-            if sender.is_ready() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
+        while let Some(Idle { link, since }) = idle.pop_back() {
+            if link.sender.is_ready() && since.elapsed() < self.idle_timeout {
+                return Some(link);
             }
             // Closed by the origin, or idle too long: dropping it closes it.
         }
@@ -107,7 +141,7 @@ impl OriginPool {
     /// `connect_timeout`: an origin that takes the connection but never
     /// answers the handshake would otherwise hold the request until
     /// `response_timeout`.
-    async fn connect(&self) -> Result<SendRequest<ForwardBody>, BoxError> {
+    async fn connect(&self) -> Result<Link, BoxError> {
         let connecting = self.connector.clone().oneshot(self.address.clone());
         let Ok(io) = tokio::time::timeout(self.connect_timeout, connecting).await else {
             return Err(format!("connect timed out after {:?}", self.connect_timeout).into());
@@ -117,27 +151,26 @@ impl OriginPool {
             .max_buf_size(self.max_buf_size)
             .handshake(io)
             .await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Link {
+            sender,
+            task: task.abort_handle(),
+        })
     }
 
     /// The response, with its body set to give the connection back when it
     /// ends. An upgraded connection is never given back: it is a tunnel now,
     /// and its sender stays with the body, which the tunnel holds until both
     /// sides are up.
-    fn track(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: SendRequest<ForwardBody>,
-    ) -> Response<PooledBody> {
+    fn track(self: &Arc<Self>, response: Response<Incoming>, link: Link) -> Response<PooledBody> {
         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
         let connection = Connection {
             pool: self.clone(),
-            sender,
+            link,
             reusable,
         };
         response.map(|inner| {
@@ -151,7 +184,7 @@ impl OriginPool {
         })
     }
 
-    fn put(&self, sender: SendRequest<ForwardBody>) {
+    fn put(&self, link: Link) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while idle
@@ -161,7 +194,7 @@ impl OriginPool {
             idle.pop_front();
         }
         if idle.len() < self.max_idle {
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { link, since: now });
         }
     }
 }
@@ -169,7 +202,7 @@ impl OriginPool {
 /// A connection whose response body is still being read.
 struct Connection {
     pool: Arc<OriginPool>,
-    sender: SendRequest<ForwardBody>,
+    link: Link,
     reusable: bool,
 }
 
@@ -179,19 +212,19 @@ impl Connection {
     fn give_back(self) {
         let Connection {
             pool,
-            mut sender,
+            mut link,
             reusable,
         } = self;
-        if !reusable || sender.is_closed() {
+        if !reusable || link.sender.is_closed() {
             return;
         }
-        if sender.is_ready() {
-            pool.put(sender);
+        if link.sender.is_ready() {
+            pool.put(link);
             return;
         }
         tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(sender);
+            if link.sender.ready().await.is_ok() {
+                pool.put(link);
             }
         });
     }

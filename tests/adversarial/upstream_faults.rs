@@ -1,14 +1,16 @@
 //! Catalogue I1, I2 and I4: origins that fail, lie about framing or send
 //! pages far larger than any buffer. Each is a raw TCP origin (`Fault`), so
 //! the bytes are exactly the bad ones. (G8, poisoned connections, is in
-//! `tests/proxy.rs`.) Also an origin that never finishes the TLS handshake.
+//! `tests/proxy.rs`.) Also origins that stop halfway through taking a
+//! request: one that never finishes the TLS handshake, one that stops
+//! reading an upload.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::origins::{HUGE_HTML_BYTES, SilentOrigin};
-use crate::support::{Fault, FaultyOrigin, Gateway, Setup, status_of};
+use crate::support::{EchoOrigin, Fault, FaultyOrigin, Gateway, Setup, status_of};
 
 async fn gateway_for(fault: Fault) -> (Gateway, FaultyOrigin) {
     let origin = FaultyOrigin::start(fault).await;
@@ -175,4 +177,70 @@ async fn a_post_to_an_origin_whose_handshake_never_ends_is_answered() {
         .expect("not answered within 15 s: the POST waited on its body")
         .unwrap();
     assert_eq!(response.status(), 502);
+}
+
+/// An origin that reads a request's head and then nothing more: the upload
+/// fills the socket buffers, and the origin's connection stops asking for
+/// the body. The gateway gives up with a 504 once the origin has taken
+/// nothing for `response_timeout`, and lets go of the client's connection
+/// (with a cap of one per address, the next request gets in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stops_reading_an_upload_gets_504_and_frees_the_connection() {
+    // Far more than the socket buffers between client, gateway and origin.
+    const BODY: usize = 64 << 20;
+    let origin = FaultyOrigin::start(Fault::Hang).await;
+    let echo = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .limits("max_connections_per_ip = 1")
+            .route("/ok", &echo.url())
+            .route_with(
+                "/",
+                &origin.url(),
+                "max_body_bytes = 100000000\nresponse_timeout = \"1s\"",
+            ),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {BODY}\r\n\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // Written alongside the read: it blocks once every buffer is full.
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'u'; 1 << 16];
+        for _ in 0..BODY / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    // The gateway closes with the upload unread, which may end the read with
+    // a reset after the answer.
+    let read = tokio::time::timeout(Duration::from_secs(15), reader.read_to_end(&mut answer)).await;
+    upload.abort();
+    assert!(
+        read.is_ok(),
+        "the connection was still open after 15 s, with {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    assert_eq!(origin.requests(), 1);
+    // Given up while the body was under way, not after it was all sent.
+    gw.wait_for_log("upstream stopped taking the request body")
+        .await;
+
+    // The gateway may count the connection a moment after it closed it.
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = gw
+            .raw(b"GET /ok HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .await;
+        if last.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the stuck upload's connection still counts against the cap: {last:?}");
 }
