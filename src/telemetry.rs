@@ -3,6 +3,13 @@
 //! taking lines and the writer's buffer is full, new lines are dropped and
 //! counted (`membergate_log_lines_dropped_total`): a gateway that stopped
 //! serving because nobody read its log would be down for everyone.
+//!
+//! The buffer is counted in lines, so its size in bytes is bounded by the
+//! longest line: values a client chooses (the path, a refused form's
+//! `Origin`) are cut to a length where they are logged (`respond::clip`).
+//! 16,384 lines of at most a few KiB each is tens of MiB at worst; the
+//! default of 128,000 lines let long paths hold gigabytes while a log
+//! reader stalled.
 
 use std::sync::OnceLock;
 
@@ -12,6 +19,9 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Log, LogFormat};
 
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Lines waiting for the log's reader before new ones are dropped.
+const BUFFERED_LINES: usize = 16_384;
 
 /// How many log lines have been dropped since start.
 pub fn dropped_lines() -> u64 {
@@ -27,6 +37,7 @@ pub fn init(log: &Log) -> WorkerGuard {
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());

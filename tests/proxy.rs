@@ -953,6 +953,43 @@ async fn writes_one_access_log_line_per_request() {
     assert!(entry["duration_us"].as_u64().is_some());
 }
 
+/// A path (or method) the client makes long is cut short in the access log,
+/// with its length: the log's buffer is bounded in lines, and lines of any
+/// length would let clients grow it while the log's reader stalls. The
+/// origin still gets the whole path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_cuts_long_paths_and_methods() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let path = format!("/long/{}", "%22".repeat(2000));
+    let method = reqwest::Method::from_bytes(&[b'X'; 100]).unwrap();
+    let response = gw
+        .client()
+        .request(method, gw.https_url(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(origin.only_request().target, path);
+    gw.wait_for_log("\"path\":\"/long/").await;
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("\"path\":\"/long/"))
+        .unwrap()
+        .to_owned();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let logged = entry["path"].as_str().unwrap();
+    assert!(
+        logged.starts_with(&path[..1000])
+            && logged.ends_with(&format!("...({} bytes)", path.len())),
+        "logged whole, {} bytes",
+        logged.len()
+    );
+    assert!(logged.len() < 1100, "{}", logged.len());
+    assert_eq!(entry["method"], format!("{}...(100 bytes)", "X".repeat(32)));
+}
+
 /// The access log names the visitor: behind a trusted proxy, the address
 /// it forwarded (with the proxy as `via`); from anyone else, the peer, and a
 /// forged `X-Forwarded-For` changes nothing.

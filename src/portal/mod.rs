@@ -216,7 +216,10 @@ impl Request<'_> {
             )
         };
         if !csrf::same_origin(&self.headers, &self.target.host.authority, self.conn.tls) {
-            let origin = self.headers.get(header::ORIGIN);
+            let origin = self.headers.get(header::ORIGIN).map(|v| {
+                let origin = String::from_utf8_lossy(v.as_bytes());
+                crate::proxy::respond::clip(&origin, 256).into_owned()
+            });
             tracing::info!(
                 ?origin,
                 "portal form refused: not sent from this site's page"

@@ -5,6 +5,7 @@
 //! the log. Each response carries a [`ResponseBody`] whose drop writes the
 //! access-log line, so the line has the final byte count and duration.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -186,16 +187,36 @@ pub struct AccessRecord {
     pub started: Instant,
 }
 
+/// Values from the request are cut to a length in the log: its buffer holds
+/// a bounded number of lines (`telemetry`), so their size must be bounded
+/// too, or clients with long paths would grow it while a log reader stalls.
+pub fn clip(value: &str, max: usize) -> Cow<'_, str> {
+    if value.len() <= max {
+        return Cow::Borrowed(value);
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...({} bytes)", &value[..end], value.len()))
+}
+
+/// The longest path the access log writes whole.
+const LOGGED_PATH: usize = 1024;
+/// The longest method (an extension method can be any token).
+const LOGGED_METHOD: usize = 32;
+
 impl Drop for AccessRecord {
     fn drop(&mut self) {
+        let path = clip(self.path.as_deref().unwrap_or("-"), LOGGED_PATH);
         tracing::info!(
             target: "membergate::access",
-            method = %self.method,
+            method = %clip(self.method.as_str(), LOGGED_METHOD),
             version = ?self.version,
             client = %self.client,
             via = self.via.map(tracing::field::display),
             host = self.host.as_deref().unwrap_or("-"),
-            path = self.path.as_deref().unwrap_or("-"),
+            path = &*path,
             status = self.status,
             bytes = self.bytes,
             duration_us = self.started.elapsed().as_micros() as u64,
