@@ -990,6 +990,36 @@ async fn the_access_log_cuts_long_paths_and_methods() {
     assert_eq!(entry["method"], format!("{}...(100 bytes)", "X".repeat(32)));
 }
 
+/// A request whose client leaves before the answer is ready (the origin is
+/// slow) is logged and counted as 499, as nginx does; it used to be logged
+/// with status 0 and not counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_client_gave_up_on_is_logged_and_counted_as_499() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let client = gw
+        .client_builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = client.get(gw.https_url("/slow")).send().await;
+    assert!(gone.is_err(), "the origin answered within 300 ms");
+    gw.wait_for_log("\"path\":\"/slow\"").await;
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("\"path\":\"/slow\""))
+        .unwrap()
+        .to_owned();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 499, "{line}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_requests_total{route=\"main:/\",status=\"499\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// The access log names the visitor: behind a trusted proxy, the address
 /// it forwarded (with the proxy as `via`); from anyone else, the peer, and a
 /// forged `X-Forwarded-For` changes nothing.

@@ -69,6 +69,26 @@ pub struct Target {
 
 static NO_ROUTE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| NO_ROUTE.into());
 
+/// The status logged and counted for a request whose client went away (closed
+/// the connection, reset the stream) before its answer was ready: nginx's 499.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Counts a request in the metrics once: with its answer's status, or, if
+/// hyper drops the request's future first (its client went away), as 499.
+struct Counted<'r> {
+    metrics: &'r crate::admin::metrics::Metrics,
+    route: Option<&'r Arc<str>>,
+    status: Option<u16>,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let route = self.route.unwrap_or(&NO_ROUTE_LABEL);
+        self.metrics
+            .request(route, self.status.unwrap_or(CLIENT_CLOSED));
+    }
+}
+
 /// Serves one request. Never fails: every problem becomes a response.
 pub async fn handle(
     gateway: &Gateway,
@@ -90,12 +110,17 @@ pub async fn handle(
             route: None,
             upstream: None,
             member: None,
-            status: 0,
+            // Until the answer is ready: logged so if the client leaves first.
+            status: CLIENT_CLOSED,
             bytes: 0,
             started: Instant::now(),
         })
     });
-    let mut route_label = None;
+    let mut counted = Counted {
+        metrics: &gateway.metrics,
+        route: None,
+        status: None,
+    };
     let had_body = has_body(&request);
     let is_head = request.method() == Method::HEAD;
     let mut response = phases(
@@ -103,7 +128,7 @@ pub async fn handle(
         &runtime,
         conn,
         request,
-        &mut route_label,
+        &mut counted.route,
         record.as_deref_mut(),
     )
     .await;
@@ -116,14 +141,13 @@ pub async fn handle(
     let status = response.status().as_u16();
     // A refused request may still have body bytes in flight; do not let them
     // be read as the next request on this connection (attack catalogue G6).
-    if had_body && route_label.is_none() {
+    if had_body && counted.route.is_none() {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    gateway
-        .metrics
-        .request(route_label.unwrap_or(&NO_ROUTE_LABEL), status);
+    counted.status = Some(status);
+    drop(counted);
     if let Some(record) = record.as_mut() {
         record.status = status;
     }
