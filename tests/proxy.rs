@@ -764,6 +764,14 @@ async fn tunnels_websockets_only_after_the_origin_agrees() {
     // the client is told the origin failed (G7).
     let switched = open_websocket(&gw, "/ws-h2c").await.unwrap_err();
     assert!(switched.starts_with("HTTP/1.1 502"), "{switched}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "membergate_upstream_errors_total{{upstream=\"{}\"}} 1",
+            origin.url()
+        )),
+        "the refused 101 was not counted: {metrics}"
+    );
 }
 
 /// Opens a WebSocket through the gateway; the stream, once the 101 is read.

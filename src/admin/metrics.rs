@@ -136,7 +136,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Upstream requests that failed (connect, timeout, reset, malformed)",
+            "Upstream requests that failed before their response was passed on (connect, timeout, reset, malformed, a refused 101); a body cut short later is logged as a warning",
             upstream_errors.clone(),
         );
         let active_connections = Gauge::default();

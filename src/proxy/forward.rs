@@ -231,10 +231,12 @@ async fn proxy_http(
                 tunnel::open(client, held, response, origin.idle_timeout)
             }
             Some(_) => {
+                gateway.metrics.upstream_error(&origin.label);
                 tracing::warn!(upstream = %origin.label, "upstream switched to a protocol other than websocket");
                 respond::refusal(Refusal::BadGateway, json)
             }
             None => {
+                gateway.metrics.upstream_error(&origin.label);
                 tracing::warn!(upstream = %origin.label, "upstream switched protocols unasked");
                 respond::refusal(Refusal::BadGateway, json)
             }
