@@ -779,7 +779,14 @@ fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
         &["member", "list"][..],
         &["member", "disable", "ada@example.com"],
         &["group", "list"],
-        &["policy", "check", "--url", "https://localhost/members/"],
+        &[
+            "policy",
+            "check",
+            "--url",
+            "https://localhost/",
+            "--member",
+            "ada@example.com",
+        ],
     ] {
         let (ok, _, err) = cli(command, elsewhere.path(), "");
         assert!(!ok, "{command:?} succeeded");
@@ -787,6 +794,15 @@ fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
         assert!(err.contains(&stray.display().to_string()), "{err}");
         assert!(!stray.exists(), "{command:?} created {}", stray.display());
     }
+    // An anonymous visitor's access decision needs no store (before the
+    // first start, or in CI beside check-config), and makes none.
+    let (ok, out, err) = cli(
+        &["policy", "check", "--url", "https://localhost/members/"],
+        elsewhere.path(),
+        "",
+    );
+    assert!(ok && out.contains("visitor: anonymous"), "{out}{err}");
+    assert!(!stray.exists(), "policy check created {}", stray.display());
     // Adding the first member before the first start creates the store, and says where.
     let (ok, out, err) = cli(
         &["member", "add", "ada@example.com"],

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::operations::{AddMember, Admin, StatusChange};
+use super::operations::{AddMember, Admin, StatusChange, policy_report};
 use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCommand};
 use crate::config::Config;
 use crate::mail::Mailer;
@@ -64,6 +64,12 @@ enum Work {
 }
 
 async fn execute(config: &Config, work: Work) -> Result<String, String> {
+    // An anonymous visitor's decision needs no member store: it works
+    // before the first start, and beside `check-config` in CI.
+    if let Work::Policy(PolicyCommand::Check { url, member: None }) = &work {
+        let report = policy_report(config, url, None).map_err(|e| e.to_string())?;
+        return Ok(report.describe());
+    }
     let database = &config.members.database;
     // A relative `members.database` is read from the working directory: a
     // command run elsewhere would work on a new, empty store of its own and
@@ -184,10 +190,7 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
                 .policy_check(&url, member.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            format!(
-                "{}\nvisitor: {}\npath: {}\nrule: {}\nchat: {}",
-                report.decision, report.visitor, report.path, report.rule, report.chat
-            )
+            report.describe()
         }
     };
     Ok(done)

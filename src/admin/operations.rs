@@ -117,6 +117,16 @@ pub struct PolicyReport {
     pub chat: String,
 }
 
+impl PolicyReport {
+    /// The report as `membergate policy check` prints it.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}\nvisitor: {}\npath: {}\nrule: {}\nchat: {}",
+            self.decision, self.visitor, self.path, self.rule, self.chat
+        )
+    }
+}
+
 /// The administrator's operations on one store.
 pub struct Admin<'a> {
     pub store: &'a Arc<dyn MemberStore>,
@@ -283,101 +293,11 @@ impl Admin<'_> {
         url: &str,
         member: Option<&str>,
     ) -> Result<PolicyReport, Refused> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|_| Refused::Invalid(format!("{url:?} is not a URL")))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| Refused::Invalid(format!("{url:?} has no host")))?
-            .to_ascii_lowercase();
-        let host = host.trim_end_matches('.');
-        let site = crate::config::site_for_host(&self.config.sites, |s| &s.hosts, host)
-            .ok_or_else(|| Refused::NotFound(format!("no site serves {host}")))?;
-        let path = path::normalise(uri.path())
-            .map_err(|e| Refused::Invalid(format!("the gateway refuses this path (400): {e}")))?;
         let member = match member {
             Some(address) => Some(self.member(address).await?),
             None => None,
         };
-        let visitor = match &member {
-            Some(m) if m.status == Status::Active => policy::Visitor::Member { groups: &m.groups },
-            _ => policy::Visitor::Anonymous,
-        };
-        // As the gateway decides: a directory origin's `/dir/` is also its
-        // `/dir/index.html`, and the stricter decision holds.
-        let lower = path.decoded.to_ascii_lowercase();
-        let route = site
-            .routes
-            .iter()
-            .filter(|r| crate::routing::prefix_matches(&r.path.to_ascii_lowercase(), &lower))
-            .max_by_key(|r| r.path.len());
-        let dir_origin =
-            route.is_some_and(|r| matches!(r.upstream, crate::config::Upstream::Dir(_)));
-        let alias = crate::routing::directory_index(dir_origin, &path.decoded);
-        let alias = alias.as_deref();
-        let (decision, rule) = policy::decide_page(&site.rules, &path.decoded, alias, visitor);
-        let groups = match visitor {
-            policy::Visitor::Member { groups } => Some(groups),
-            policy::Visitor::Anonymous => None,
-        };
-        let chat = match &site.chat {
-            None => "off (the site has no chat widget)".to_owned(),
-            Some(chat) => {
-                let (shown, chat_rule) =
-                    identity::decide_page(chat, &path.decoded, alias, uri.query(), groups);
-                let page_loads = chat.loader == WidgetLoader::Page;
-                let shown = match shown {
-                    ChatDecision::Off => "off",
-                    // The page loads the widget; with nothing to identify,
-                    // nothing is added.
-                    ChatDecision::Anonymous if page_loads => {
-                        "anonymous, nothing added (loader = page)"
-                    }
-                    ChatDecision::Anonymous => "anonymous",
-                    ChatDecision::Identified if page_loads => {
-                        "identified, settings only (loader = page)"
-                    }
-                    ChatDecision::Identified => "identified",
-                };
-                match chat_rule {
-                    Some(i) => format!(
-                        "{shown} (sites[{}].chat.rules[{i}], path {:?})",
-                        site.name, chat.rules[i].path
-                    ),
-                    None => format!("{shown} (site {:?} chat default)", site.name),
-                }
-            }
-        };
-        let teaser = rule.and_then(|i| site.rules.rules[i].teaser.as_ref());
-        let rule = match rule {
-            Some(i) => format!(
-                "sites[{}].rules[{i}] (path {:?})",
-                site.name, site.rules.rules[i].path
-            ),
-            None => format!("site {:?} default policy", site.name),
-        };
-        let visitor = match member {
-            Some(m) if m.status != Status::Active => {
-                format!("{} ({}: cannot log in)", m.email, m.status.as_str())
-            }
-            Some(m) => format!("{} (groups: {})", m.email, m.groups.join(",")),
-            None => "anonymous".to_owned(),
-        };
-        Ok(PolicyReport {
-            decision: match decision {
-                Decision::Allow => "allow",
-                Decision::Login if teaser.is_some() => {
-                    "login required; the rule's teaser page is shown meanwhile (200)"
-                }
-                Decision::Login => "login required",
-                Decision::Forbidden => "forbidden",
-            },
-            site: site.name.clone(),
-            path: path.decoded,
-            rule,
-            visitor,
-            chat,
-        })
+        policy_report(self.config, url, member)
     }
 
     /// Emails an invited member a single-use link (7 days) to choose a password.
@@ -427,4 +347,102 @@ async fn hash(password: &str) -> Result<String, Refused> {
 
 fn name(text: String) -> Result<String, Refused> {
     clean_name(&text).map_err(|e| Refused::Invalid(e.to_owned()))
+}
+
+/// The access decision for `url` under `config`, for an anonymous visitor or
+/// `member`, and the rule that made it. It reads no store, so `policy check`
+/// without a member works before the gateway's first start.
+pub fn policy_report(
+    config: &Config,
+    url: &str,
+    member: Option<Member>,
+) -> Result<PolicyReport, Refused> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| Refused::Invalid(format!("{url:?} is not a URL")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| Refused::Invalid(format!("{url:?} has no host")))?
+        .to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    let site = crate::config::site_for_host(&config.sites, |s| &s.hosts, host)
+        .ok_or_else(|| Refused::NotFound(format!("no site serves {host}")))?;
+    let path = path::normalise(uri.path())
+        .map_err(|e| Refused::Invalid(format!("the gateway refuses this path (400): {e}")))?;
+    let visitor = match &member {
+        Some(m) if m.status == Status::Active => policy::Visitor::Member { groups: &m.groups },
+        _ => policy::Visitor::Anonymous,
+    };
+    // As the gateway decides: a directory origin's `/dir/` is also its
+    // `/dir/index.html`, and the stricter decision holds.
+    let lower = path.decoded.to_ascii_lowercase();
+    let route = site
+        .routes
+        .iter()
+        .filter(|r| crate::routing::prefix_matches(&r.path.to_ascii_lowercase(), &lower))
+        .max_by_key(|r| r.path.len());
+    let dir_origin = route.is_some_and(|r| matches!(r.upstream, crate::config::Upstream::Dir(_)));
+    let alias = crate::routing::directory_index(dir_origin, &path.decoded);
+    let alias = alias.as_deref();
+    let (decision, rule) = policy::decide_page(&site.rules, &path.decoded, alias, visitor);
+    let groups = match visitor {
+        policy::Visitor::Member { groups } => Some(groups),
+        policy::Visitor::Anonymous => None,
+    };
+    let chat = match &site.chat {
+        None => "off (the site has no chat widget)".to_owned(),
+        Some(chat) => {
+            let (shown, chat_rule) =
+                identity::decide_page(chat, &path.decoded, alias, uri.query(), groups);
+            let page_loads = chat.loader == WidgetLoader::Page;
+            let shown = match shown {
+                ChatDecision::Off => "off",
+                // The page loads the widget; with nothing to identify,
+                // nothing is added.
+                ChatDecision::Anonymous if page_loads => "anonymous, nothing added (loader = page)",
+                ChatDecision::Anonymous => "anonymous",
+                ChatDecision::Identified if page_loads => {
+                    "identified, settings only (loader = page)"
+                }
+                ChatDecision::Identified => "identified",
+            };
+            match chat_rule {
+                Some(i) => format!(
+                    "{shown} (sites[{}].chat.rules[{i}], path {:?})",
+                    site.name, chat.rules[i].path
+                ),
+                None => format!("{shown} (site {:?} chat default)", site.name),
+            }
+        }
+    };
+    let teaser = rule.and_then(|i| site.rules.rules[i].teaser.as_ref());
+    let rule = match rule {
+        Some(i) => format!(
+            "sites[{}].rules[{i}] (path {:?})",
+            site.name, site.rules.rules[i].path
+        ),
+        None => format!("site {:?} default policy", site.name),
+    };
+    let visitor = match member {
+        Some(m) if m.status != Status::Active => {
+            format!("{} ({}: cannot log in)", m.email, m.status.as_str())
+        }
+        Some(m) => format!("{} (groups: {})", m.email, m.groups.join(",")),
+        None => "anonymous".to_owned(),
+    };
+    Ok(PolicyReport {
+        decision: match decision {
+            Decision::Allow => "allow",
+            Decision::Login if teaser.is_some() => {
+                "login required; the rule's teaser page is shown meanwhile (200)"
+            }
+            Decision::Login => "login required",
+            Decision::Forbidden => "forbidden",
+        },
+        site: site.name.clone(),
+        path: path.decoded,
+        rule,
+        visitor,
+        chat,
+    })
 }
