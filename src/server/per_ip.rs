@@ -4,13 +4,16 @@
 //! count-min sketch), so a spray of addresses cannot grow it.
 //!
 //! An HTTP/2 stream in flight counts as a connection does (as nginx's
-//! `limit_conn` counts it): it holds an origin connection and buffers as an
-//! HTTP/1.1 connection does, and one TCP connection carries up to
-//! `http2_max_concurrent_streams` of them.
+//! `limit_conn` counts HTTP/2 requests): it holds an origin connection and
+//! buffers as an HTTP/1.1 connection does, and one TCP connection carries up
+//! to `http2_max_concurrent_streams` of them. The connection's own place is
+//! its first stream's, so an HTTP/2 connection takes as many places as it
+//! has streams in flight, and at least one.
 
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
@@ -58,6 +61,21 @@ pub struct StreamPlaces {
     per_ip: Arc<PerIpConnections>,
     ip: IpAddr,
     cap: u32,
+    /// Streams of this connection in flight.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One stream's place: the connection's own (its only stream in flight), or
+/// one more in the address's count.
+pub struct StreamPlace {
+    in_flight: Arc<AtomicUsize>,
+    _extra: Option<OpenConnection>,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl StreamPlaces {
@@ -72,12 +90,28 @@ impl StreamPlaces {
             per_ip: per_ip.clone(),
             ip,
             cap,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         })
     }
 
     /// A place for one stream, or `None` when the address is at its cap.
-    pub fn take(&self) -> Option<OpenConnection> {
-        self.per_ip.admit(self.ip, self.cap, &[])
+    /// A stream alone in flight has the connection's place.
+    pub fn take(&self) -> Option<StreamPlace> {
+        let others = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let place = |extra| StreamPlace {
+            in_flight: self.in_flight.clone(),
+            _extra: extra,
+        };
+        if others == 0 {
+            return Some(place(None));
+        }
+        match self.per_ip.admit(self.ip, self.cap, &[]) {
+            Some(extra) => Some(place(Some(extra))),
+            None => {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 
@@ -87,12 +121,12 @@ pin_project! {
     pub struct Placed<B> {
         #[pin]
         inner: B,
-        _place: Option<OpenConnection>,
+        _place: Option<StreamPlace>,
     }
 }
 
 impl<B> Placed<B> {
-    pub fn new(inner: B, place: Option<OpenConnection>) -> Placed<B> {
+    pub fn new(inner: B, place: Option<StreamPlace>) -> Placed<B> {
         Placed {
             inner,
             _place: place,

@@ -269,9 +269,10 @@ async fn h3_an_http2_stream_waiting_on_a_slow_origin_is_served() {
 
 /// H3, per-IP caps over HTTP/2: each stream in flight holds an origin
 /// connection, so it takes a place in its address's count as a connection
-/// does. With `max_connections_per_ip = 4`, one connection carries three
-/// slow requests at once; the others get 429 with `Retry-After`, and the
-/// places come back when the responses end.
+/// does (the first one the connection's own). With
+/// `max_connections_per_ip = 4`, one connection carries four slow requests
+/// at once; the others get 429 with `Retry-After`, and the places come back
+/// when the responses end. With a cap of 1, one request at a time is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_http2_streams_count_against_the_per_ip_cap() {
     let (gw, origin) = start_with_limits("max_connections_per_ip = 4").await;
@@ -299,7 +300,7 @@ async fn h3_http2_streams_count_against_the_per_ip_cap() {
         .iter()
         .filter(|(status, ..)| *status == 429)
         .collect();
-    assert_eq!((served, refused.len()), (3, 3), "{answers:?}");
+    assert_eq!((served, refused.len()), (4, 2), "{answers:?}");
     for (_, retry, _) in &refused {
         assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
     }
@@ -307,10 +308,18 @@ async fn h3_http2_streams_count_against_the_per_ip_cap() {
         assert_eq!(*len, 50 * 1024, "a served stream was cut short");
     }
     // Refused streams never reached the origin.
-    assert_eq!(origin.requests().len(), 1 + 3);
-    let again: Vec<_> = (0..3).map(|_| tokio::spawn(get("/stream/5"))).collect();
+    assert_eq!(origin.requests().len(), 1 + 4);
+    let again: Vec<_> = (0..4).map(|_| tokio::spawn(get("/stream/5"))).collect();
     for task in again {
         assert_eq!(task.await.unwrap().0, 200, "the places were not given back");
+    }
+
+    let (gw, _origin) = start_with_limits("max_connections_per_ip = 1").await;
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    for _ in 0..3 {
+        let response = client.get(gw.https_url("/x")).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200, "cap 1: the connection's own place");
     }
 }
 
