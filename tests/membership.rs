@@ -95,10 +95,10 @@ async fn register_verify_login_read_and_log_out() {
     // wrong one alike (catalogue E3), and the message names the case.
     let early = b.login("ada@example.com", PASSWORD).await;
     assert_eq!(early.status, 401);
-    assert!(early.body.contains("not verified yet"), "{}", early.body);
+    assert!(early.body.contains("not confirmed yet"), "{}", early.body);
     let wrong = b.login("ada@example.com", "not the password at all").await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.body.contains("not verified yet"), "{}", wrong.body);
+    assert!(wrong.body.contains("not confirmed yet"), "{}", wrong.body);
 
     let mail = gw.mail_to("ada@example.com").await;
     let link = Gateway::link_in(&mail);

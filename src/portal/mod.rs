@@ -428,11 +428,7 @@ impl Request<'_> {
             self.m.counters.login("failed");
             let query = HashMap::from([("return_to".to_owned(), return_to)]);
             let shown = field("email").chars().take(254).collect::<String>();
-            return self.login_page(
-                &query,
-                Some("The email or password is not right, or the address is not verified yet."),
-                &shown,
-            );
+            return self.login_page(&query, Some(self.login_refused_text()), &shown);
         };
         if check == Check::RightNeedsRehash {
             let (store, id, password) = (
@@ -643,6 +639,26 @@ impl Request<'_> {
             (true, _) => self.message(StatusCode::OK, "Check your email", "We sent a link to confirm your address. Open it to finish creating your account.", None),
             (false, Registration::Approval) => self.message(StatusCode::OK, "Almost there", "Your account will be ready once the site's team approves it. We will not email you about it: try logging in later.", None),
             (false, _) => self.message(StatusCode::OK, "Account created", "Your account is ready.", Some((&login, "Log in"))),
+        }
+    }
+
+    /// The one answer to every refused login: it names each reason an
+    /// account may not be ready under this configuration, since the right
+    /// password for an unconfirmed registration must get it too (anyone may
+    /// register a free address with a password of their own).
+    fn login_refused_text(&self) -> &'static str {
+        let approval = self.config.registration == Registration::Approval;
+        match (self.config.require_verification, approval) {
+            (true, true) => {
+                "The email or password is not right, or the account is not ready yet: its address is not confirmed, or it waits for approval."
+            }
+            (true, false) => {
+                "The email or password is not right, or the address is not confirmed yet."
+            }
+            (false, true) => {
+                "The email or password is not right, or the account waits for approval."
+            }
+            (false, false) => "The email or password is not right.",
         }
     }
 
