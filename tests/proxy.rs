@@ -1028,6 +1028,38 @@ async fn a_request_its_client_gave_up_on_is_logged_and_counted_as_499() {
     );
 }
 
+/// Requests hyper's HTTP/1 parser refuses (it answers them itself) never
+/// reach the pipeline: they are counted in `requests_unparsed` and logged
+/// with the peer and the parser's reason, so malformed traffic shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_refuses_are_counted_and_logged() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).http_mode("serve")).await;
+    let bad_header = gw
+        .raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&bad_header), 400, "{bad_header}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let too_large = gw.raw(huge.as_bytes()).await;
+    assert_eq!(status_of(&too_large), 431, "{too_large}");
+    assert!(origin.requests().is_empty());
+    gw.wait_for_log("refused by the parser").await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("membergate_requests_unparsed_total 2"),
+        "{metrics}"
+    );
+    let logged = gw
+        .log()
+        .lines()
+        .filter(|l| l.contains("HTTP/1 request refused by the parser"))
+        .count();
+    assert!(logged >= 1, "{}", gw.log());
+}
+
 /// The access log names the visitor: behind a trusted proxy, the address
 /// it forwarded (with the proxy as `via`); from anyone else, the peer, and a
 /// forged `X-Forwarded-For` changes nothing.

@@ -107,6 +107,7 @@ pub struct Metrics {
     tls_handshakes: Family<OutcomeLabels, Counter>,
     session_cache_entries: Gauge,
     connections_over_ip_cap: Counter,
+    requests_unparsed: Counter,
     http2_connections_stalled: Counter,
     log_lines_dropped: Counter,
     /// The log writer's count that `log_lines_dropped` has been brought up
@@ -181,6 +182,12 @@ impl Metrics {
             "Connections closed on arrival: their IP had limits.max_connections_per_ip open",
             connections_over_ip_cap.clone(),
         );
+        let requests_unparsed = Counter::default();
+        registry.register(
+            "requests_unparsed",
+            "HTTP/1 requests refused by the parser before the gateway saw them (answered 400, 414 or 431)",
+            requests_unparsed.clone(),
+        );
         let http2_connections_stalled = Counter::default();
         registry.register(
             "http2_connections_stalled",
@@ -190,6 +197,7 @@ impl Metrics {
         Metrics {
             registry,
             connections_over_ip_cap,
+            requests_unparsed,
             http2_connections_stalled,
             session_cache_entries,
             tls_handshakes,
@@ -309,6 +317,10 @@ impl Metrics {
 
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.inc();
+    }
+
+    pub fn request_unparsed(&self) {
+        self.requests_unparsed.inc();
     }
 
     pub fn connection_over_ip_cap(&self) {

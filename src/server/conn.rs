@@ -254,9 +254,14 @@ async fn serve_http1<I>(
 {
     let limits = gateway.runtime().config.limits.clone();
     let connection = http1_builder(&limits)
-        .serve_connection(io, pipeline_service!(gateway, conn, held: held))
+        .serve_connection(io, pipeline_service!(gateway.clone(), conn, held: held))
         .with_upgrades();
-    drive(connection, shutdown, None).await;
+    // A request the parser refused never reached the pipeline, its access
+    // log or its metrics: it is counted and logged here.
+    if let Ended::Unparsed(why) = drive(connection, shutdown, None).await {
+        gateway.metrics.request_unparsed();
+        tracing::info!(peer = %conn.peer, error = %why, "HTTP/1 request refused by the parser");
+    }
 }
 
 pub fn http1_builder(limits: &Limits) -> http1::Builder {
@@ -333,6 +338,9 @@ pub struct Http2Watch {
 pub enum Ended {
     /// By the protocol: the client closed, an error, or a graceful close.
     Closed,
+    /// hyper's HTTP/1 parser refused a request (it answered 400, 414 or 431
+    /// itself, before the pipeline saw it); with hyper's reason.
+    Unparsed(String),
     /// Dropped: a stream's client held its window shut for `send_timeout`.
     Stalled,
 }
@@ -381,11 +389,16 @@ where
             Err(ended) => return ended,
         },
     };
-    if let Err(e) = result.into() {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
+    let ended = match result.into() {
+        Ok(()) => Ended::Closed,
+        Err(e) if e.is_parse() => Ended::Unparsed(e.to_string()),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection ended with an error");
+            Ended::Closed
+        }
+    };
     drop(shutdown);
-    Ended::Closed
+    ended
 }
 
 /// Resolves once a stream of an HTTP/2 connection has stalled; never for
