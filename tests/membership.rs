@@ -1304,6 +1304,15 @@ async fn the_data_folder_is_the_gateway_users_alone() {
     }
     // The secret, the database and its WAL files, the lock, one mail.
     assert!(files >= 5, "{files}");
+    assert!(!gw.log().contains("readable by other users"));
+
+    // A secret file others can read (a restore, a hand-made file) is used,
+    // with a warning: whoever reads it can forge sessions.
+    let secret = gw.dir.path().join("data/membergate.secret");
+    let (dir, config) = gw.stop().await;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let gw = Gateway::start_with_file(dir, config).await;
+    gw.wait_for_log("readable by other users").await;
 }
 
 /// Sessions are built at start: a reload that renames the session cookie

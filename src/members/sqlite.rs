@@ -14,6 +14,10 @@ use super::{
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    path: PathBuf,
+    /// The file's device and inode when it was opened: `ping` tells a file
+    /// removed or replaced under the running gateway.
+    file_id: (u64, u64),
 }
 
 /// A pooled connection for one write, closed instead of reused unless the
@@ -161,6 +165,13 @@ async fn opening_lock(database: &Path) -> StoreResult<std::fs::File> {
         .map_err(failed)
 }
 
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
 impl SqliteStore {
     async fn write_connection(&self) -> StoreResult<WriteConnection> {
         let conn = self.pool.acquire().await.map_err(backend)?;
@@ -182,7 +193,10 @@ impl SqliteStore {
         let _opening = opening_lock(path).await?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(backend)?
-            .create_if_missing(true)
+            // The file exists (made above). A connection opened later, once
+            // someone removed it, must fail rather than start a new, empty
+            // database beside the one the other connections still use.
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, NORMAL loses no committed transaction on a process crash;
             // FULL also survives power loss, which is what acknowledged
@@ -199,7 +213,29 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
-        Ok(SqliteStore { pool })
+        // SQLite opens a file its user may not write read-only, without a
+        // word: reads work and every write fails. Rewriting the header's
+        // user_version with its own value is a write that changes nothing.
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await
+            .map_err(backend)?;
+        sqlx::query(&format!("PRAGMA user_version = {version}"))
+            .execute(&pool)
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "{} cannot be written by this user ({e}): give it and its folder to the user the gateway runs as",
+                    path.display()
+                ))
+            })?;
+        let file_id = file_id(path)
+            .map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?;
+        Ok(SqliteStore {
+            pool,
+            path: path.to_owned(),
+            file_id,
+        })
     }
 
     async fn changed(
@@ -277,6 +313,14 @@ impl SqliteStore {
 impl MemberStore for SqliteStore {
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
+            // Pooled connections keep a removed or replaced file open and
+            // answer as if nothing happened; new ones could not open it.
+            if file_id(&self.path).ok() != Some(self.file_id) {
+                return Err(StoreError::Backend(format!(
+                    "{} was removed or replaced while the gateway runs: restore it, or restart the gateway",
+                    self.path.display()
+                )));
+            }
             sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await

@@ -101,6 +101,19 @@ fn load_secret(path: &Path) -> Result<[u8; 32], String> {
             tracing::info!(file = %path.display(), "generated the gateway secret");
         }
     }
+    // Whoever reads it can forge sessions. Not refused: a file an
+    // orchestrator mounts (a Kubernetes Secret) is often readable by all.
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the gateway secret is readable by other users, who could forge sessions: chmod 600 it, or use MEMBERGATE_SECRET"
+            );
+        }
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = text.trim();

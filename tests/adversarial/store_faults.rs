@@ -118,3 +118,142 @@ async fn an_unreadable_member_record_logs_nobody_out() {
         "{metrics}"
     );
 }
+
+/// A database file removed (or replaced, as by a careless restore) under a
+/// running gateway: the connections still open keep the old file, and a new
+/// one used to create an empty database beside it, so requests were served
+/// from two files. New connections now fail instead of creating one, and
+/// `/readyz` says what happened, so an orchestrator stops sending traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_removed_under_the_gateway_is_not_recreated_and_not_ready() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let (ok, out) = gw.cli(
+        &["member", "add", "ada@example.com"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{out}");
+    let ready = gw
+        .client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let database = gw.dir.path().join("data/membergate.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+    // Logins need connections; some are new ones, which must not create a file.
+    for _ in 0..8 {
+        let mut b = Browser::new(&gw);
+        let _ = b.login("ada@example.com", PASSWORD).await;
+    }
+    assert!(!database.exists(), "a new, empty database was created");
+    // `/readyz` shares an answer for a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ready = gw
+        .client()
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("was removed or replaced"), "{body}");
+}
+
+/// A database file its user cannot write (a restore done as another user):
+/// SQLite opens it read-only without a word, and the gateway used to start,
+/// say it was ready, and answer registrations it could not store. It now
+/// refuses to start and says why. The file is made immutable (`chattr +i`),
+/// which stops root too; that needs root and a file system that supports
+/// it, and the test says so rather than pass without running.
+#[test]
+fn a_database_the_gateway_cannot_write_stops_it_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("membergate.toml");
+    let setup = Setup::new().route("/", "http://127.0.0.1:9");
+    std::fs::write(&config, setup.render(dir.path())).unwrap();
+    let add = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(support::binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("MEMBERGATE_SECRET", "x".repeat(64))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = add(
+        &["member", "add", "ada@example.com"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{out}");
+    let database = dir.path().join("data/membergate.db");
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&database)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !immutable {
+        assert!(
+            std::env::var_os("MEMBERGATE_SKIP_ROOT_TESTS").is_some(),
+            "chattr +i failed: this test needs root and a file system with immutable files \
+             (set MEMBERGATE_SKIP_ROOT_TESTS to skip it)"
+        );
+        return;
+    }
+    // Made writable again whatever happens, or the temporary folder stays.
+    struct Mutable<'a>(&'a std::path::Path);
+    impl Drop for Mutable<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _mutable = Mutable(&database);
+    let mut serve = std::process::Command::new(support::binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MEMBERGATE_SECRET", "x".repeat(64))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..150 {
+        exited = serve.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if exited.is_none() {
+        let _ = serve.kill();
+    }
+    let out = serve.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        exited.is_some_and(|status| !status.success()),
+        "the gateway started on a database it cannot write: {text}"
+    );
+    assert!(text.contains("cannot be written by this user"), "{text}");
+}
