@@ -64,6 +64,15 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Write a consistent copy of the member database to FILE (owner-only),
+    /// while the gateway runs. Copying the database file itself is not a
+    /// backup: recent changes live in its -wal file.
+    Backup {
+        /// Where to write the copy; must not exist.
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Ask the access policy, with the code the gateway serves with.
     Policy {
         #[command(flatten)]

@@ -21,6 +21,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Group { config, command } => (config.config, Work::Group(command)),
         Command::Session { config, command } => (config.config, Work::Session(command)),
         Command::Policy { config, command } => (config.config, Work::Policy(command)),
+        Command::Backup { file, config } => (config.config, Work::Backup(file)),
         Command::Serve { .. } | Command::CheckConfig { .. } | Command::Health { .. } => {
             return ExitCode::FAILURE;
         }
@@ -61,6 +62,7 @@ enum Work {
     Group(GroupCommand),
     Session(SessionCommand),
     Policy(PolicyCommand),
+    Backup(std::path::PathBuf),
 }
 
 async fn execute(config: &Config, work: Work) -> Result<String, String> {
@@ -89,11 +91,12 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             absolute.display()
         );
     }
-    let store: Arc<dyn MemberStore> = Arc::new(
+    let sqlite = Arc::new(
         SqliteStore::open(database)
             .await
             .map_err(|e| e.to_string())?,
     );
+    let store: Arc<dyn MemberStore> = sqlite.clone();
     // The process ends right after the command: mail goes out before it does.
     let mailer = Mailer::new(&config.mail)?.in_foreground();
     let admin = Admin {
@@ -102,6 +105,14 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
         mailer: &mailer,
     };
     let done = match work {
+        Work::Backup(file) => {
+            sqlite.back_up_to(&file).await.map_err(|e| e.to_string())?;
+            format!(
+                "wrote a copy of {} to {}",
+                absolute.display(),
+                file.display()
+            )
+        }
         Work::Member(MemberCommand::Add {
             email,
             first_name,

@@ -238,6 +238,37 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a consistent copy of the database to `file` (`VACUUM INTO`:
+    /// one read transaction, so writers carry on), owner-only. `file` must
+    /// not exist: a backup never overwrites anything.
+    pub async fn back_up_to(&self, file: &Path) -> StoreResult<()> {
+        // Made first, empty and owner-only: SQLite would create it with the
+        // umask's permissions, and it holds every password hash.
+        let created = crate::files::write_whole(file, b"", 0o600, crate::files::IfExists::Keep)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", file.display())))?;
+        if !created {
+            return Err(StoreError::Backend(format!(
+                "{} exists; a backup never overwrites a file",
+                file.display()
+            )));
+        }
+        let target = file.to_str().ok_or_else(|| {
+            StoreError::Backend(format!("{} is not a UTF-8 path", file.display()))
+        })?;
+        let written = sqlx::query("VACUUM INTO ?")
+            .bind(target)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(file);
+            return Err(StoreError::Backend(format!(
+                "writing {}: {e}",
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+
     async fn changed(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         id: MemberId,
