@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{Setup, ThreeOrigins, status_of};
+use support::{EchoOrigin, Gateway, Setup, ThreeOrigins, status_of};
 
 /// The three-origin site with this suite's limits: a short header timeout
 /// and a small target limit.
@@ -334,6 +334,32 @@ async fn b1_b2_b3_reserved_identity_headers_never_reach_the_origin() {
     let raw = b"GET /public/y HTTP/1.1\r\nHost: gw.test\r\nX-Member-Email : v\r\nConnection: close\r\n\r\n";
     assert_eq!(status_of(&w.gw.raw(raw).await), 400);
     assert_eq!(w.public.requests().len(), 1);
+}
+
+/// B1-B3 with a prefix of the operator's choosing (`Remote-User-`, as
+/// authelia and others name them): its names in any spelling are removed
+/// from client requests, also when the prefix starts with a letter no
+/// forwarding header starts with (the strip looks at first letters first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_b2_b3_a_custom_identity_prefix_is_reserved_too() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .server("identity_header_prefix = \"Remote-User-\""),
+    )
+    .await;
+    let raw = b"GET /x HTTP/1.1\r\nHost: gw.test\r\n\
+        Remote-User-Email: admin@x\r\nremote_user_groups: admin\r\nREMOTE.USER.ID: 1\r\n\
+        X-Member-Email: kept@x\r\nConnection: close\r\n\r\n";
+    let answer = gw.raw(raw).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = origin.only_request();
+    for name in ["remote-user-email", "remote_user_groups", "remote.user.id"] {
+        assert_eq!(seen.header(name), None, "{name} reached the origin");
+    }
+    // Not reserved under this prefix: an ordinary header now.
+    assert_eq!(seen.header("x-member-email"), Some("kept@x"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
