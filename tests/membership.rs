@@ -933,6 +933,46 @@ async fn repeated_requests_mail_an_address_once_per_cooldown() {
         "held back: {counted:?}"
     );
     assert_eq!(counted, (2.0, 2.0));
+    // A reset held back stores no token either: one live link per address.
+    let mut db = support::store_connection(&gw.dir.path().join("data/membergate.db")).await;
+    let tokens: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tokens JOIN members ON members.id = tokens.member_id \
+         WHERE purpose = 'reset' AND email = 'kai@example.com'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(tokens, 1);
+}
+
+/// Registrations and reset requests have attempt limits of their own (the
+/// login's are tested below): with `max_attempts_per_ip = 3`, the fourth of
+/// each from one address, each naming another account, gets 429, and one
+/// kind's count does not spend the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_reset_requests_are_rate_limited_per_address() {
+    let (gw, _origin) = start(|s| s.members("max_attempts_per_ip = 3")).await;
+    let mut b = Browser::new(&gw);
+    let mut registered = Vec::new();
+    for i in 0..4 {
+        let page = b
+            .register(&format!("new{i}@example.com"), PASSWORD, "", "")
+            .await;
+        registered.push(page.status);
+    }
+    assert_eq!(registered, [200, 200, 200, 429]);
+    let mut reset = Vec::new();
+    for i in 0..4 {
+        let page = b
+            .submit(
+                "/_membergate/reset",
+                "/_membergate/reset",
+                &[("email", &format!("someone{i}@example.com"))],
+            )
+            .await;
+        reset.push(page.status);
+    }
+    assert_eq!(reset, [200, 200, 200, 429]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
