@@ -187,4 +187,22 @@ mod tests {
         let uncapped: Vec<_> = (0..10).map(|_| caps.admit(b, 0, &[])).collect();
         assert!(uncapped.iter().all(Option::is_some), "0 is no cap");
     }
+
+    /// One subscriber rotating through the addresses of its /64 meets the
+    /// cap as one client (`limits::client_key`).
+    #[test]
+    fn an_ipv6_subscriber_is_its_slash_64() {
+        let caps = PerIpConnections::new();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = caps.admit(ip("2001:db8:1:2::1"), 1, &[]);
+        assert!(first.is_some());
+        assert!(
+            caps.admit(ip("2001:db8:1:2:ffff::9"), 1, &[]).is_none(),
+            "another address of the same /64"
+        );
+        assert!(
+            caps.admit(ip("2001:db8:1:3::1"), 1, &[]).is_some(),
+            "another /64"
+        );
+    }
 }
