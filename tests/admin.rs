@@ -297,6 +297,18 @@ async fn a_log_out_that_renews_the_session_still_logs_out() {
     let before = b.session_cookie();
     assert_eq!(b.get("/").await.status, 200);
     assert_ne!(b.session_cookie(), before, "the session was not renewed");
+    // Only the old session's own tokens are taken: one made for another
+    // browser, or none that matches, is still refused after a renewal.
+    let stranger = Browser::new(&gw).get("/_membergate/login").await.csrf();
+    for wrong in [stranger.as_str(), "AAAAAAAAAAAAAAAAAAAAAA"] {
+        let refused = b.post("/_membergate/logout", &[("csrf", wrong)]).await;
+        assert_eq!(refused.status, 403, "{wrong}: {}", refused.body);
+    }
+    assert_eq!(
+        b.get("/vip/").await.status,
+        200,
+        "the refused forms logged out"
+    );
     let out = b.post("/_membergate/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status, 303, "{}", out.body);
     assert_eq!(b.get("/vip/").await.status, 302);
