@@ -304,3 +304,68 @@ async fn h1_an_hpack_bomb_is_refused_by_its_decoded_size() {
     assert_rss_flat("hpack bomb", before, during);
     assert_still_serving(&gw).await;
 }
+
+/// H1: `http2_max_concurrent_streams` is what bounds the requests one
+/// connection has in flight at once. The gateway advertises it in its
+/// SETTINGS, and a client that opens more streams than that anyway gets
+/// REFUSED_STREAM for the extra ones (RFC 9113 §5.1.2), which never reach
+/// the origin, while the connection and its other streams carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_streams_past_the_concurrent_cap_are_refused() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .limits("http2_max_concurrent_streams = 7"),
+    )
+    .await;
+    let mut h2 = H2::connect(&gw, &[]).await;
+    // Ten requests whose bodies never end: all ten would stay in flight.
+    let block = request_block("POST", "/held-open");
+    let streams: Vec<u32> = (0..10).map(|i| 2 * i + 1).collect();
+    let bytes: Vec<u8> = streams
+        .iter()
+        .flat_map(|stream| frame(HEADERS, END_HEADERS, *stream, &block))
+        .collect();
+    assert!(h2.send(&bytes).await);
+    for _ in 0..100 {
+        if h2.seen().resets.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then the bodies end: the seven streams taken are answered.
+    let ends: Vec<u8> = streams[..7]
+        .iter()
+        .flat_map(|stream| frame(DATA, END_STREAM, *stream, b"end"))
+        .collect();
+    assert!(h2.send(&ends).await);
+    for _ in 0..100 {
+        if h2.seen().count(HEADERS) >= 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = h2.seen();
+    let reached = origin.requests();
+    println!(
+        "concurrent cap: origin saw {}, gateway sent {seen:?}",
+        reached.len()
+    );
+    assert_eq!(
+        seen.setting(SETTINGS_MAX_CONCURRENT_STREAMS),
+        Some(7),
+        "{seen:?}"
+    );
+    let refused: Vec<(u32, u32)> = streams[7..]
+        .iter()
+        .map(|stream| (*stream, REFUSED_STREAM))
+        .collect();
+    assert_eq!(seen.resets, refused, "{seen:?}");
+    assert_eq!(seen.count(HEADERS), 7, "{seen:?}");
+    assert_eq!(seen.goaway, None, "{seen:?}");
+    assert_eq!(reached.len(), 7);
+    assert!(reached.iter().all(|r| r.body_complete && r.body == b"end"));
+    drop(h2);
+    assert_still_serving(&gw).await;
+}

@@ -27,9 +27,11 @@ pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 pub const ACK: u8 = 0x1;
 
+pub const REFUSED_STREAM: u32 = 0x7;
 pub const CANCEL: u32 = 0x8;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
+pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
 
 /// One frame as written on the wire: the 9-byte header, then the payload.
@@ -112,6 +114,10 @@ pub struct Seen {
     pub goaway: Option<u32>,
     /// The connection ended (EOF or an error) before the reader was stopped.
     pub closed: bool,
+    /// The parameters of the gateway's SETTINGS frames, in order.
+    pub settings: Vec<(u16, u32)>,
+    /// Each RST_STREAM as (stream, error code), in order.
+    pub resets: Vec<(u32, u32)>,
 }
 
 impl Seen {
@@ -120,6 +126,14 @@ impl Seen {
             .get(usize::from(kind))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The latest value the gateway's SETTINGS gave `id`, if any did.
+    pub fn setting(&self, id: u16) -> Option<u32> {
+        self.settings
+            .iter()
+            .rfind(|(setting, _)| *setting == id)
+            .map(|(_, value)| *value)
     }
 }
 
@@ -219,6 +233,23 @@ async fn read_frames<R: AsyncRead + Unpin>(mut reader: R, writer: Writer, seen: 
                 seen.goaway = Some(u32::from_be_bytes([
                     payload[4], payload[5], payload[6], payload[7],
                 ]));
+            }
+            if head[3] == SETTINGS && head[4] & ACK == 0 {
+                for parameter in payload.chunks_exact(6) {
+                    let id = u16::from_be_bytes([parameter[0], parameter[1]]);
+                    let value = u32::from_be_bytes([
+                        parameter[2],
+                        parameter[3],
+                        parameter[4],
+                        parameter[5],
+                    ]);
+                    seen.settings.push((id, value));
+                }
+            }
+            if head[3] == RST_STREAM && payload.len() == 4 {
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                seen.resets.push((stream, code));
             }
         }
         if head[3] == PING && head[4] & ACK == 0 {
