@@ -290,3 +290,36 @@ async fn j2_signed_but_expired_early_or_foreign_tokens_are_refused() {
         );
     }
 }
+
+/// Scopes are separate: a key with scope create only is refused at verify
+/// with 403 MISSING_SCOPES, even for a good token it minted itself (which a
+/// key allowed to verify gets answered 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_only_key_cannot_verify() {
+    let gw = start().await;
+    let client = gw.client();
+    let minted = client
+        .post(gw.https_url(CREATE))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 200);
+    let token = minted.json::<serde_json::Value>().await.unwrap()["token"].clone();
+    assert!(token.is_string(), "{token}");
+    let answer = client
+        .post(gw.https_url(VERIFY))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "token": token }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body = answer.text().await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("MISSING_SCOPES"), "{body}");
+    assert!(!body.contains("ada@example.com"), "{body}");
+}
