@@ -323,3 +323,76 @@ async fn a_create_only_key_cannot_verify() {
     assert!(body.contains("MISSING_SCOPES"), "{body}");
     assert!(!body.contains("ada@example.com"), "{body}");
 }
+
+/// Calls are limited per API key, 6,000 a minute: a leaked or runaway key
+/// cannot mint without bound. The call past the limit is a 429, while
+/// another key from the same address still gets through, so it is the key's
+/// count and not the address's that ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_per_key_limit_get_429() {
+    const OTHER: &str = "mgk_live_other_0123456789abcdef0123456789";
+    const CALLS_PER_KEY: usize = 6000;
+    const WORKERS: usize = 16;
+    let other = format!(
+        "[[identification.api_keys]]\nname = \"other\"\nkey_sha256 = \"{}\"\nscopes = [\"create\"]",
+        sha256_hex(OTHER)
+    );
+    let gw = start_with(&other, Setup::new()).await;
+    // One HTTP/2 connection, 16 streams at a time: quick enough to stay
+    // within the limit's minute.
+    let client = gw.client_builder().http2_prior_knowledge().build().unwrap();
+    let url = gw.https_url(CREATE);
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in (worker..CALLS_PER_KEY).step_by(WORKERS) {
+                    let response = client
+                        .post(&url)
+                        .bearer_auth(KEY)
+                        .header("content-type", "application/json")
+                        .body(BODY)
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut within = 0;
+    for worker in workers {
+        let statuses = worker.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        within += statuses.len();
+    }
+    assert_eq!(within, CALLS_PER_KEY);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed.as_secs() < 50,
+        "{elapsed:?}: the minute may have turned"
+    );
+    let call = |key: &'static str| {
+        let request = client
+            .post(&url)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(BODY);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry = response.headers().get("retry-after").cloned();
+            (status, retry, response.text().await.unwrap())
+        }
+    };
+    let (status, retry, body) = call(KEY).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("RATE_LIMITS"), "{body}");
+    assert_eq!(retry.unwrap(), "60");
+    let (status, _, body) = call(OTHER).await;
+    assert_eq!(status, 200, "another key from the same address: {body}");
+    assert!(body.contains("\"token\""), "{body}");
+}
