@@ -116,21 +116,20 @@ impl StreamPlaces {
 }
 
 pin_project! {
-    /// A response body that keeps its stream's place until it is dropped:
-    /// the stream holds its origin connection until then.
+    /// A response body that keeps its stream's place while it has more to
+    /// send: the stream holds its origin connection until then.
     pub struct Placed<B> {
         #[pin]
         inner: B,
-        _place: Option<StreamPlace>,
+        place: Option<StreamPlace>,
     }
 }
 
-impl<B> Placed<B> {
+impl<B: Body> Placed<B> {
     pub fn new(inner: B, place: Option<StreamPlace>) -> Placed<B> {
-        Placed {
-            inner,
-            _place: place,
-        }
+        // An answer with nothing to send holds nothing any more.
+        let place = place.filter(|_| !inner.is_end_stream());
+        Placed { inner, place }
     }
 }
 
@@ -142,7 +141,20 @@ impl<B: Body> Body for Placed<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        // Given back with the last frame, before hyper sends it: a client
+        // that waits for the end of one answer before it asks again never
+        // finds this stream still counted (the body is dropped later).
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            this.place.take();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
