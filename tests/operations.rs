@@ -697,21 +697,13 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
 /// full handshake (every returning client did, after every reload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_tls_sessions_resumable() {
-    use rustls::pki_types::pem::PemObject;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let origin = EchoOrigin::start().await;
     let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
     // One client configuration: its resumption store carries the tickets.
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = gw.tls_client_config(b"http/1.1");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let exchange = || async {
         let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
@@ -750,29 +742,8 @@ fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
     let setup = Setup::new().route("/", "http://127.0.0.1:9");
     std::fs::write(&config, setup.render(home.path())).unwrap();
     let cli = |args: &[&str], dir: &std::path::Path, stdin: &str| {
-        use std::io::Write;
-        let mut child = Command::new(binary())
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .current_dir(dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = support::run_cli(&config, dir, args, stdin, &[]);
+        (out.ok, out.stdout, out.stderr)
     };
     let stray = elsewhere.path().join("data/membergate.db");
     for command in [

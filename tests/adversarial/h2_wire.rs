@@ -11,8 +11,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use rustls::pki_types::pem::PemObject;
-
 use crate::support::Gateway;
 
 pub const DATA: u8 = 0x0;
@@ -90,15 +88,7 @@ pub fn request_block(method: &str, path: &str) -> Vec<u8> {
 /// A TLS connection to the gateway's HTTPS listener for `localhost`, with
 /// `h2` agreed by ALPN.
 pub async fn tls_h2(gw: &Gateway) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&gw.dev_cert_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(gw.tls_client_config(b"h2")));
     let tcp = TcpStream::connect(gw.https).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();

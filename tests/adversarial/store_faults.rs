@@ -176,28 +176,8 @@ fn a_database_the_gateway_cannot_write_stops_it_at_start() {
     let setup = Setup::new().route("/", "http://127.0.0.1:9");
     std::fs::write(&config, setup.render(dir.path())).unwrap();
     let add = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(support::binary())
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env("MEMBERGATE_SECRET", "x".repeat(64))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        let out = support::run_cli(&config, dir.path(), args, stdin, &[]);
+        (out.ok, out.stdout + &out.stderr)
     };
     let (ok, out) = add(
         &["member", "add", "ada@example.com"],

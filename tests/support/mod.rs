@@ -378,6 +378,21 @@ impl Gateway {
         std::fs::read(self.dir.path().join("certs/dev.crt")).unwrap()
     }
 
+    /// A rustls client configuration that trusts only the dev certificate
+    /// and offers `alpn`, for tests that speak TLS themselves.
+    pub fn tls_client_config(&self, alpn: &[u8]) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.dev_cert_pem()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config
+    }
+
     /// A client that trusts only the dev certificate and resolves the test
     /// host names to the gateway's HTTPS listener. It follows no redirects.
     pub fn client(&self) -> reqwest::Client {
@@ -525,31 +540,9 @@ impl Gateway {
 
     /// Runs an admin command against this gateway's configuration.
     pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String) {
-        use std::io::Write;
-        let mut child = Command::new(binary())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .current_dir(self.dir.path())
-            .envs(gateway_env(self.dir.path()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let env = gateway_env(self.dir.path());
+        let out = run_cli(&self.config_path, self.dir.path(), args, stdin, &env);
+        (out.ok, out.stdout + &out.stderr)
     }
 
     /// Sends raw bytes to the plain-HTTP listener and returns everything read
@@ -623,6 +616,47 @@ impl ThreeOrigins {
             seen.iter().all(|r| !r.contains(needle)),
             "an origin received {needle}: {seen:?}"
         );
+    }
+}
+
+/// What an admin command printed.
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `membergate ARGS --config CONFIG` from `dir`, with `env` and `stdin`.
+pub fn run_cli(
+    config: &Path,
+    dir: &Path,
+    args: &[&str],
+    stdin: &str,
+    env: &[(String, String)],
+) -> CliOutput {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
