@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh                 # 5 rounds of 6 s per measurement, 1 worker each
 #   ROUNDS=3 DURATION=10s CONNS=64 WORKERS=2 scripts/bench.sh
+#   ONLY=https-h2 scripts/bench.sh   # the scenarios whose names match
 #   MEMBERGATE_BIN=target/production/membergate FLOOR_BIN=target/production/examples/floor-proxy \
 #     scripts/bench.sh                                             # skip the builds
 #
@@ -151,24 +152,36 @@ pair() { # runner scenario nginx-target membergate-target [args for both...]
     "$runner" "$scenario" nginx "$ngx_target" "$@"
   fi
 }
+# ONLY=REGEX runs the scenarios whose names match it (ONLY=https-h2).
+want() { [[ "$1" =~ ${ONLY:-.} ]]; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "--- round $round of $ROUNDS" >&2
-  run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
-  run_wrk plain-http floor "http://127.0.0.1:$FLOOR_PLAIN$page"
-  pair run_wrk plain-http "http://127.0.0.1:$NGX_PLAIN$page" "http://127.0.0.1:$MG_PLAIN$page"
-  run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
-    -H "Cookie: theme=dark; membergate=$session"
-  # Both get the session cookie: the same request bytes; nginx ignores it.
-  pair run_injected injected-20k "http://127.0.0.1:$NGX_PLAIN/inject$page" \
-    "http://127.0.0.1:$MG_PLAIN/inject$page" -H "Cookie: membergate=$session"
-  run_wrk injected-20k floor "http://127.0.0.1:$FLOOR_INJECT/inject$page" -H "Cookie: membergate=$session"
-  pair run_injected injected-1mb "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html" \
-    "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" -H "Cookie: membergate=$session"
-  pair run_wrk https-h1-keepalive "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
-  pair run_h2load https-h2 "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
-  pair run_wrk tls-resumed-handshake-per-request "https://localhost:$NGX_TLS$page" \
-    "https://localhost:$MG_TLS$page" -H "Connection: close"
-  pair run_s_time tls-full-handshake-sequential "$NGX_TLS" "$MG_TLS"
+  if want plain-http; then
+    run_wrk plain-http direct "http://127.0.0.1:$ORIGIN$page"
+    run_wrk plain-http floor "http://127.0.0.1:$FLOOR_PLAIN$page"
+    pair run_wrk plain-http "http://127.0.0.1:$NGX_PLAIN$page" "http://127.0.0.1:$MG_PLAIN$page"
+  fi
+  want members-only-with-session &&
+    run_wrk members-only-with-session membergate "http://127.0.0.1:$MG_PLAIN/members$page" \
+      -H "Cookie: theme=dark; membergate=$session"
+  if want injected-20k; then
+    # Both get the session cookie: the same request bytes; nginx ignores it.
+    pair run_injected injected-20k "http://127.0.0.1:$NGX_PLAIN/inject$page" \
+      "http://127.0.0.1:$MG_PLAIN/inject$page" -H "Cookie: membergate=$session"
+    run_wrk injected-20k floor "http://127.0.0.1:$FLOOR_INJECT/inject$page" -H "Cookie: membergate=$session"
+  fi
+  want injected-1mb &&
+    pair run_injected injected-1mb "http://127.0.0.1:$NGX_PLAIN/inject/page-1mb.html" \
+      "http://127.0.0.1:$MG_PLAIN/inject/page-1mb.html" -H "Cookie: membergate=$session"
+  want https-h1-keepalive &&
+    pair run_wrk https-h1-keepalive "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
+  want https-h2 &&
+    pair run_h2load https-h2 "https://localhost:$NGX_TLS$page" "https://localhost:$MG_TLS$page"
+  want tls-resumed-handshake-per-request &&
+    pair run_wrk tls-resumed-handshake-per-request "https://localhost:$NGX_TLS$page" \
+      "https://localhost:$MG_TLS$page" -H "Connection: close"
+  want tls-full-handshake-sequential &&
+    pair run_s_time tls-full-handshake-sequential "$NGX_TLS" "$MG_TLS"
 done
 
 # --- report ----------------------------------------------------------------------

@@ -81,9 +81,7 @@ impl Runtime {
             }
         }
     }
-}
 
-impl Runtime {
     /// Keeps the running TLS session cache and ticket keys across a reload,
     /// so that returning clients still resume instead of paying for a full
     /// handshake after every SIGHUP. They hold no certificate: a renewed one

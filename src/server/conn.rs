@@ -46,7 +46,8 @@ macro_rules! pipeline_service {
     }};
     // HTTP/2: requests start the idle clock and are in flight until their
     // body is dropped; bodies count their waits for window. Each takes a
-    // place in its address's count until then, or is refused over the cap.
+    // place in its address's count until its body's last frame, or is
+    // refused over the cap.
     ($gateway:expr, $conn:expr, $watch:expr, $places:expr) => {{
         let gateway = $gateway;
         let conn = $conn;
