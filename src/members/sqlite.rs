@@ -324,8 +324,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// An `update` that applies only from a given status. The caller has
-    /// just read the member, so no row means the status changed: `Stale`.
+    /// An `update` that applies only while the member is as the caller read
+    /// it (a status, an epoch), so no row means it changed since: `Stale`.
     async fn update_status(
         &self,
         id: MemberId,
@@ -440,34 +440,25 @@ impl MemberStore for SqliteStore {
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>> {
         let hash = hash.to_owned();
-        Box::pin(async move {
-            let mut conn = self.write_connection().await?;
-            let mut tx = conn.begin_write().await?;
+        match epoch {
+            None => Box::pin(self.update(
+                id,
+                "UPDATE members SET password_hash = ? WHERE id = ?",
+                vec![hash],
+                true,
+                now,
+            )),
             // Checked and bumped in one write transaction: of two writes at
-            // one epoch, the second finds it moved on. No epoch: any.
-            let done = sqlx::query(
-                "UPDATE members SET password_hash = ? WHERE id = ? AND epoch = coalesce(?, epoch)",
-            )
-            .bind(hash)
-            .bind(id)
-            .bind(epoch)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if done.rows_affected() == 0 {
-                tx.rollback().await.map_err(backend)?;
-                conn.done();
-                // The caller read the member at `epoch`: it changed since.
-                return Err(match epoch {
-                    Some(_) => StoreError::Stale,
-                    None => StoreError::NotFound,
-                });
-            }
-            SqliteStore::changed(&mut tx, id, true, now).await?;
-            tx.commit().await.map_err(backend)?;
-            conn.done();
-            Ok(())
-        })
+            // one epoch, the second finds it moved on (`Stale`). The epoch is
+            // bound as text; the INTEGER column compares it as a number.
+            Some(epoch) => Box::pin(self.update_status(
+                id,
+                "UPDATE members SET password_hash = ? WHERE epoch = ? AND id = ?",
+                vec![hash, epoch.to_string()],
+                true,
+                now,
+            )),
+        }
     }
 
     fn rehash_password(
