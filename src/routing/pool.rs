@@ -64,6 +64,17 @@ impl EndOnDrop<'_> {
     }
 }
 
+/// Awaits `sending` on the connection `task` runs. Dropped first (the
+/// request given up), it ends the connection: hyper would close it only once
+/// it had written out what it holds of the body, which an origin that has
+/// stopped reading never lets it do.
+async fn ending_if_given_up<T>(task: &AbortHandle, sending: impl Future<Output = T>) -> T {
+    let given_up = EndOnDrop(Some(task));
+    let sent = sending.await;
+    given_up.disarm();
+    sent
+}
+
 impl Drop for EndOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(task) = self.0 {
@@ -100,13 +111,7 @@ impl OriginPool {
     ) -> Result<Response<PooledBody>, BoxError> {
         let mut request = request;
         if let Some(mut link) = self.checkout() {
-            // Dropped with this future (the request given up), it ends the
-            // connection: hyper would close it only once it had written out
-            // what it holds of the body, which an origin that has stopped
-            // reading never lets it do.
-            let given_up = EndOnDrop(Some(&link.task));
-            let sent = link.sender.try_send_request(request).await;
-            given_up.disarm();
+            let sent = ending_if_given_up(&link.task, link.sender.try_send_request(request)).await;
             match sent {
                 Ok(response) => return Ok(self.track(response, link)),
                 Err(mut error) => match error.take_message() {
@@ -119,9 +124,7 @@ impl OriginPool {
         // Boxed: connecting (a TLS session among its state) is rare, and
         // inline it would size every proxied request's future.
         let mut link = Box::pin(self.connect()).await?;
-        let given_up = EndOnDrop(Some(&link.task));
-        let sent = link.sender.send_request(request).await;
-        given_up.disarm();
+        let sent = ending_if_given_up(&link.task, link.sender.send_request(request)).await;
         Ok(self.track(sent?, link))
     }
 
