@@ -133,13 +133,8 @@ async fn a_database_removed_under_the_gateway_is_not_recreated_and_not_ready() {
         &format!("{PASSWORD}\n"),
     );
     assert!(ok, "{out}");
-    let ready = gw
-        .client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    let ready = || gw.client().get(gw.admin_url("/readyz")).send();
+    assert_eq!(ready().await.unwrap().status(), 200);
     let database = gw.dir.path().join("data/membergate.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
@@ -152,12 +147,7 @@ async fn a_database_removed_under_the_gateway_is_not_recreated_and_not_ready() {
     assert!(!database.exists(), "a new, empty database was created");
     // `/readyz` shares an answer for a second.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let ready = gw
-        .client()
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let ready = ready().await.unwrap();
     assert_eq!(ready.status(), 503);
     let body = ready.text().await.unwrap();
     assert!(body.contains("was removed or replaced"), "{body}");

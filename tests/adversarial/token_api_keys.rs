@@ -44,6 +44,15 @@ async fn mint(gw: &Gateway, path: &str, authorizations: &[&str]) -> u16 {
     mint_over(gw, gw.client_builder().http1_only(), path, authorizations).await
 }
 
+/// A mint request with `key` as its bearer.
+fn create_request(client: &reqwest::Client, url: &str, key: &str) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(BODY)
+}
+
 async fn mint_over(
     gw: &Gateway,
     client: reqwest::ClientBuilder,
@@ -298,11 +307,7 @@ async fn j2_signed_but_expired_early_or_foreign_tokens_are_refused() {
 async fn a_create_only_key_cannot_verify() {
     let gw = start().await;
     let client = gw.client();
-    let minted = client
-        .post(gw.https_url(CREATE))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(BODY)
+    let minted = create_request(&client, &gw.https_url(CREATE), KEY)
         .send()
         .await
         .unwrap();
@@ -349,14 +354,7 @@ async fn calls_past_the_per_key_limit_get_429() {
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
                 for _ in (worker..CALLS_PER_KEY).step_by(WORKERS) {
-                    let response = client
-                        .post(&url)
-                        .bearer_auth(KEY)
-                        .header("content-type", "application/json")
-                        .body(BODY)
-                        .send()
-                        .await
-                        .unwrap();
+                    let response = create_request(&client, &url, KEY).send().await.unwrap();
                     statuses.push(response.status().as_u16());
                 }
                 statuses
@@ -376,11 +374,7 @@ async fn calls_past_the_per_key_limit_get_429() {
         "{elapsed:?}: the minute may have turned"
     );
     let call = |key: &'static str| {
-        let request = client
-            .post(&url)
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(BODY);
+        let request = create_request(&client, &url, key);
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
