@@ -688,23 +688,26 @@ impl Request<'_> {
         )
     }
 
-    async fn verify(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
-        let token = form.get("token").map(String::as_str).unwrap_or("");
+    /// Spends a mailed link's token: its member and the epoch the token was
+    /// checked against, or `None` for a link spent, expired, unknown or
+    /// unreadable.
+    async fn take_link(&self, purpose: TokenPurpose, token: &str) -> Option<(Member, i64)> {
         let taken = self
             .m
             .store
-            .take_token(TokenPurpose::Verify, hash_id(token.as_bytes()), now())
-            .await;
-        let member = match taken {
-            Ok(Some(taken)) => self
-                .m
-                .store
-                .member_by_id(taken.member_id)
-                .await
-                .ok()
-                .flatten(),
-            _ => None,
-        };
+            .take_token(purpose, hash_id(token.as_bytes()), now())
+            .await
+            .ok()??;
+        let member = self.m.store.member_by_id(taken.member_id).await.ok()??;
+        Some((member, taken.epoch))
+    }
+
+    async fn verify(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let token = form.get("token").map(String::as_str).unwrap_or("");
+        let member = self
+            .take_link(TokenPurpose::Verify, token)
+            .await
+            .map(|(member, _)| member);
         let link_spent = |req: &Self| {
             req.message(
                 StatusCode::BAD_REQUEST,
@@ -814,22 +817,7 @@ impl Request<'_> {
             let query = HashMap::from([("token".to_owned(), token)]);
             return self.reset_page(&query, Some(e));
         }
-        let taken = self
-            .m
-            .store
-            .take_token(TokenPurpose::Reset, hash_id(token.as_bytes()), now())
-            .await;
-        let member = match taken {
-            Ok(Some(taken)) => self
-                .m
-                .store
-                .member_by_id(taken.member_id)
-                .await
-                .ok()
-                .flatten()
-                .map(|member| (member, taken.epoch)),
-            _ => None,
-        };
+        let member = self.take_link(TokenPurpose::Reset, &token).await;
         let link_spent = |req: &Self| {
             req.message(
                 StatusCode::BAD_REQUEST,
