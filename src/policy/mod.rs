@@ -49,7 +49,8 @@ pub struct Teaser {
 pub enum PathPattern {
     /// Lower case; no trailing `/` unless it is `/`.
     Prefix(String),
-    Glob(globset::GlobMatcher),
+    /// The glob, and for one ending in `/**` the directory itself.
+    Glob(globset::GlobMatcher, Option<globset::GlobMatcher>),
 }
 
 impl PathPattern {
@@ -64,21 +65,23 @@ impl PathPattern {
             };
             // `/members/**` is everything in `/members`, and `/members`
             // itself: an origin that serves `/members/` at `/members` too
-            // must not hand it out unprotected.
-            let whole_directory = match path.strip_suffix("/**") {
-                Some(base) if !base.is_empty() && !base.contains(['{', '}']) => {
-                    Some(format!("{{{base},{base}/**}}"))
-                }
+            // must not hand it out unprotected. Matched as a glob of its own,
+            // not spliced into an alternation: a `,` or `{` in the base would
+            // change what the alternation means.
+            let build = |text: &str| {
+                globset::GlobBuilder::new(text)
+                    .case_insensitive(true)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| format!("not a valid glob: {}", e.kind()))
+            };
+            let directory = match path.strip_suffix("/**") {
+                Some(base) if !base.is_empty() => Some(build(base)?),
                 _ => None,
             };
-            let path = whole_directory.as_deref().unwrap_or(path);
-            let glob = globset::GlobBuilder::new(path)
-                .case_insensitive(true)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!("not a valid glob: {}", e.kind()))?;
-            Ok(PathPattern::Glob(glob.compile_matcher()))
+            Ok(PathPattern::Glob(build(path)?, directory))
         } else {
             Ok(PathPattern::Prefix(path.to_ascii_lowercase()))
         }
@@ -89,11 +92,14 @@ impl PathPattern {
             PathPattern::Prefix(prefix) => crate::routing::prefix_matches(prefix, path),
             // A glob covers the whole path, and `/a/b/` is the same page as
             // `/a/b` to most origins: a rule for one must not miss the other.
-            PathPattern::Glob(glob) => {
-                glob.is_match(path)
+            PathPattern::Glob(glob, directory) => {
+                let is_match = |p: &str| {
+                    glob.is_match(p) || directory.as_ref().is_some_and(|d| d.is_match(p))
+                };
+                is_match(path)
                     || path
                         .strip_suffix('/')
-                        .is_some_and(|bare| !bare.is_empty() && glob.is_match(bare))
+                        .is_some_and(|bare| !bare.is_empty() && is_match(bare))
             }
         }
     }
@@ -248,6 +254,21 @@ mod tests {
             }
             assert!(!pattern.matches("/app/membership"), "{glob}");
             assert!(!pattern.matches("/app"), "{glob}");
+        }
+    }
+
+    /// `/dir/**` covers `/dir` itself (see `PathPattern::new`), whatever
+    /// characters the directory's name holds: a comma, or an alternation.
+    #[test]
+    fn a_directory_glob_covers_its_directory_whatever_its_name() {
+        let comma = PathPattern::new("/a,b/**").unwrap();
+        for path in ["/a,b", "/a,b/", "/a,b/secret"] {
+            assert!(comma.matches(path), "/a,b/** must cover {path}");
+        }
+        assert!(!comma.matches("/a"), "/a,b/** must not cover /a");
+        let braces = PathPattern::new("/{team,staff}/**").unwrap();
+        for path in ["/team", "/staff", "/team/", "/staff/x"] {
+            assert!(braces.matches(path), "/{{team,staff}}/** must cover {path}");
         }
     }
 
