@@ -361,15 +361,67 @@ async fn precompressed_copies_of_protected_files_are_not_served_by_name() {
         let page = get("/handbook.html", coding).await.unwrap();
         assert_eq!(page.status(), 302, "{coding}");
     }
-    // Its compressed copies, asked for by name, are not a way round the rule.
-    for path in ["/handbook.html.gz", "/handbook.html.br"] {
+    // Its compressed copies, asked for by name, are not a way round the
+    // rule: they are the page, under the page's rule...
+    for path in ["/handbook.html.gz", "/HANDBOOK.HTML.BR"] {
         let copy = get(path, "identity").await.unwrap();
-        assert_eq!(copy.status(), 404, "{path}");
+        assert_eq!(copy.status(), 302, "{path}");
+    }
+    // ...and, even for a member, not served by name beside the page.
+    let mut member = support::browser::Browser::new(&gw);
+    let (ok, out) = gw.cli(&["member", "add", "ada@example.com"], "correct horse battery\n");
+    assert!(ok, "{out}");
+    assert_eq!(member.login("ada@example.com", "correct horse battery").await.status, 303);
+    assert_eq!(member.get("/handbook.html").await.status, 200);
+    for path in ["/handbook.html.gz", "/handbook.html.br"] {
+        assert_eq!(member.get(path).await.status, 404, "{path}");
     }
     // A compressed file that is nobody's copy is an ordinary file.
     let archive = get("/archive.tar.gz", "identity").await.unwrap();
     assert_eq!(archive.status(), 200);
     assert_eq!(archive.bytes().await.unwrap(), "an archive");
+}
+
+/// A site deployed with compressed copies only (`gzip *.html` keeps no
+/// original): `ServeDir` answers `/reports/q3.html` from `q3.html.gz`, so the
+/// rule for `*.html` protects the page, and the copy asked for by its own
+/// name must not be the way round it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_copy_without_its_original_is_not_served_by_name() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("reports")).unwrap();
+    let page = "<h1>members-only Q3 report</h1>";
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, page.as_bytes()).unwrap();
+    std::fs::write(site.path().join("reports/q3.html.gz"), gzip.finish().unwrap()).unwrap();
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &format!("dir:{}", site.path().display()))
+            .rule("/reports/*.html", "members", &[]),
+    )
+    .await;
+    let client = gw.client();
+    let page = client
+        .get(gw.https_url("/reports/q3.html"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 302, "the page itself is for members");
+    let copy = client
+        .get(gw.https_url("/reports/q3.html.gz"))
+        .header("accept-encoding", "identity")
+        .send()
+        .await
+        .unwrap();
+    let status = copy.status();
+    let body = copy.bytes().await.unwrap();
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text);
+    assert!(
+        status != 200 && !text.contains("members-only"),
+        "the members-only page came out by its .gz name: {status} {text:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

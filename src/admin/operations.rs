@@ -374,7 +374,8 @@ pub fn policy_report(
         _ => policy::Visitor::Anonymous,
     };
     // As the gateway decides: a directory origin's `/dir/` is also its
-    // `/dir/index.html`, and the stricter decision holds.
+    // `/dir/index.html`, `/page.html.gz` its `/page.html`, and the stricter
+    // decision holds.
     let lower = path.decoded.to_ascii_lowercase();
     let route = site
         .routes
@@ -382,7 +383,7 @@ pub fn policy_report(
         .filter(|r| crate::routing::prefix_matches(&r.path.to_ascii_lowercase(), &lower))
         .max_by_key(|r| r.path.len());
     let dir_origin = route.is_some_and(|r| matches!(r.upstream, crate::config::Upstream::Dir(_)));
-    let alias = crate::routing::directory_index(dir_origin, &path.decoded);
+    let alias = crate::routing::served_as(dir_origin, &path.decoded);
     let alias = alias.as_deref();
     let (decision, rule) = policy::decide_page(&site.rules, &path.decoded, alias, visitor);
     let groups = match visitor {

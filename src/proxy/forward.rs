@@ -138,11 +138,7 @@ async fn answer_after_body<T>(
 /// that accept the coding; asked for by name, they would be the file's
 /// content under a path that no access rule written for the file matches.
 async fn is_precompressed_copy(dir: &DirOrigin, path: &str) -> bool {
-    let suffix = path.len().saturating_sub(3);
-    let Some(original) = path.get(..suffix).filter(|_| {
-        let ending = &path.as_bytes()[suffix..];
-        ending.eq_ignore_ascii_case(b".gz") || ending.eq_ignore_ascii_case(b".br")
-    }) else {
+    let Some(original) = crate::routing::precompressed_original(path) else {
         return false;
     };
     // The path is normalised: no dot segments, so it stays inside the directory.

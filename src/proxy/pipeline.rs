@@ -205,8 +205,9 @@ async fn phases<'r>(
         record.route = Some(route.id.clone());
         record.upstream = Some(route.origin.label().clone());
     }
-    // A directory origin answers `/dir/` with `/dir/index.html`.
-    let served_as = crate::routing::directory_index(
+    // A directory origin answers `/dir/` with `/dir/index.html`, and
+    // `/page.html.gz` from the page's compressed copy.
+    let served_as = crate::routing::served_as(
         matches!(route.origin, Origin::Dir(_)),
         &target.path.decoded,
     );

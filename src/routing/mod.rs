@@ -91,9 +91,26 @@ impl Site {
 }
 
 /// The other path a directory origin serves `path` as: `/dir/` is
-/// `/dir/index.html`. Access and chat rules for either apply to both.
-pub fn directory_index(dir_origin: bool, path: &str) -> Option<String> {
-    (dir_origin && path.ends_with('/')).then(|| format!("{path}index.html"))
+/// `/dir/index.html`, and `/page.html.gz` (or `.br`) is the compressed copy
+/// of `/page.html`, which the origin also serves when `/page.html` itself is
+/// missing (a site deployed with `gzip *.html` keeps no originals). Access
+/// and chat rules for either apply to both.
+pub fn served_as(dir_origin: bool, path: &str) -> Option<String> {
+    if !dir_origin {
+        return None;
+    }
+    if path.ends_with('/') {
+        return Some(format!("{path}index.html"));
+    }
+    precompressed_original(path).map(str::to_owned)
+}
+
+/// The file a `.gz` or `.br` name (any case) is the compressed copy of.
+pub fn precompressed_original(path: &str) -> Option<&str> {
+    let cut = path.len().checked_sub(3)?;
+    let ending = path.as_bytes().get(cut..)?;
+    let copy = ending.eq_ignore_ascii_case(b".gz") || ending.eq_ignore_ascii_case(b".br");
+    path.get(..cut).filter(|original| copy && !original.ends_with('/'))
 }
 
 /// `prefix` is lower case and has no trailing `/` (unless it is `/`).
@@ -109,6 +126,24 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_origin_serves_indexes_and_compressed_copies_as_other_paths() {
+        let table = [
+            ("/kb/", Some("/kb/index.html")),
+            ("/kb/page.html.gz", Some("/kb/page.html")),
+            ("/kb/PAGE.HTML.BR", Some("/kb/PAGE.HTML")),
+            ("/kb/archive.tar.gz", Some("/kb/archive.tar")),
+            ("/kb/page.html", None),
+            ("/kb/.gz", None),
+            ("/.br", None),
+            ("/gz", None),
+        ];
+        for (path, alias) in table {
+            assert_eq!(served_as(true, path).as_deref(), alias, "{path}");
+            assert_eq!(served_as(false, path), None, "{path}");
+        }
+    }
 
     #[test]
     fn prefixes_match_whole_segments_ignoring_case() {
