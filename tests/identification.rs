@@ -1498,6 +1498,12 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
             "{body}: {answer}"
         );
     }
+    // `null` for a name is a missing name, as HubSpot's clients send it.
+    let unnamed = r#"{"email": "ada@example.com", "firstName": null, "lastName": null}"#;
+    let (status, body) = call(&gw, CREATE, Some(API_KEY), unnamed).await;
+    assert_eq!(status, 200, "{body}");
+    let minted = self::claims(body["token"].as_str().unwrap());
+    assert_eq!((&minted["firstName"], &minted["lastName"]), (&"".into(), &"".into()));
     let big = format!("{{\"email\": \"{}@example.com\"}}", "a".repeat(20_000));
     assert_eq!(call(&gw, CREATE, Some(API_KEY), &big).await.0, 413);
     let get = gw.client().get(gw.https_url(CREATE)).send().await.unwrap();

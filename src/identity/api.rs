@@ -140,10 +140,12 @@ pub async fn handle(
             #[serde(deny_unknown_fields)]
             struct Create {
                 email: String,
+                // `null` is a missing name, as an absent field is: backends
+                // ported from HubSpot pass a database NULL through.
                 #[serde(rename = "firstName", default)]
-                first_name: String,
+                first_name: Option<String>,
                 #[serde(rename = "lastName", default)]
-                last_name: String,
+                last_name: Option<String>,
             }
             let request: Create = match serde_json::from_slice(&bytes) {
                 Ok(request) => request,
@@ -160,8 +162,8 @@ pub async fn handle(
                 }
             };
             let (first_name, last_name) = match (
-                clean_name(&request.first_name),
-                clean_name(&request.last_name),
+                clean_name(request.first_name.as_deref().unwrap_or_default()),
+                clean_name(request.last_name.as_deref().unwrap_or_default()),
             ) {
                 (Ok(f), Ok(l)) => (f, l),
                 (Err(e), _) | (_, Err(e)) => {

@@ -114,8 +114,7 @@ impl HubSpotClient {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, std::time::SystemTime::now()));
         let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
@@ -152,5 +151,37 @@ impl HubSpotClient {
             ));
         }
         Ok(answer.token)
+    }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110, 10.2.3), as
+/// the time from `now` (none once it has passed).
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    date.duration_since(now).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = httpdate::parse_http_date("Sat, 05 Dec 2026 22:00:00 GMT").unwrap();
+        let table = [
+            ("120", Some(120)),
+            (" 7 ", Some(7)),
+            ("Sat, 05 Dec 2026 22:00:30 GMT", Some(30)),
+            ("Sat, 05 Dec 2026 21:59:00 GMT", None),
+            ("soon", None),
+            ("-5", None),
+        ];
+        for (value, seconds) in table {
+            assert_eq!(retry_after(value, now), seconds.map(Duration::from_secs), "{value}");
+        }
     }
 }
