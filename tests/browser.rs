@@ -254,6 +254,47 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
     );
 }
 
+/// A page that loads the widget itself, with HubSpot's embed code: its own
+/// script assigns `window.hsConversationsSettings = {...}` just before its
+/// loader, after ours ran in the head. In Chromium the settings the loader
+/// reads hold both the page's option and the member's identification, in
+/// the document order and with a `var` declaration alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings() {
+    use support::chat::{Page, PageOrigin};
+    let page = |assignment: &str| {
+        format!(
+            "<!doctype html><html><head><title>t</title></head><body><p>High water at noon.</p>\
+             <script>{assignment} = {{ loadImmediately: false }};</script>\
+             <script type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"/no-loader-here.js\"></script>\
+             </body></html>"
+        )
+    };
+    let origin = PageOrigin::start(vec![
+        ("/embed", Page::html(&page("window.hsConversationsSettings"))),
+        ("/embed-var", Page::html(&page("var hsConversationsSettings"))),
+    ])
+    .await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).chat(
+        "provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"\nloader = \"page\"",
+    ))
+    .await;
+    let email = "kim@example.com";
+    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
+    assert!(ok, "{out}");
+    let wd = logged_in(&gw, email).await;
+    for path in ["/embed", "/embed-var"] {
+        wd.goto(&gw.https_url(path)).await;
+        wd.wait_for_text("High water at noon.").await;
+        let settings = wd
+            .execute("return window.hsConversationsSettings;", json!([]))
+            .await;
+        assert_eq!(settings["identificationEmail"], email, "{path}: {settings}");
+        assert!(settings["identificationToken"].is_string(), "{path}: {settings}");
+        assert_eq!(settings["loadImmediately"], false, "{path}: {settings}");
+    }
+}
+
 /// After a log-out, the next page with the widget tells it to forget its
 /// visitor, and its own script clears the request for that: in Chromium the
 /// chat-reset cookie is gone once the page ran, and the page after it has no

@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine;
+use membergate::inject::SETTINGS_SCRIPT_OPEN;
 use support::browser::Browser;
 use support::chat::{FakeHubSpot, HUBSPOT_TOKEN, HubSpotMode, PAGE, Page, PageOrigin};
 use support::origins::HEAD_THEN_SILENCE;
@@ -58,8 +59,8 @@ fn policy_check(gw: &Gateway, url: &str, member: Option<&str>) -> String {
 
 /// The JSON object the settings script assigns, parsed.
 fn settings(page: &str) -> Option<serde_json::Value> {
-    let start = page.find("Object.assign(window.hsConversationsSettings||{},")?;
-    let rest = &page[start + "Object.assign(window.hsConversationsSettings||{},".len()..];
+    let start = page.find(SETTINGS_SCRIPT_OPEN)?;
+    let rest = &page[start + SETTINGS_SCRIPT_OPEN.len()..];
     let end = rest.find(");</script>")?;
     Some(serde_json::from_str(&rest[..end]).unwrap())
 }
@@ -132,7 +133,7 @@ async fn members_are_identified_and_anonymous_visitors_get_the_loader() {
     assert_eq!(
         page.body,
         PAGE.replace("</head>", &format!(
-            "<script data-membergate=\"settings\">window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{{}},{{\"loadImmediately\":true}});</script>{loader}</head>"
+            "<script data-membergate=\"settings\">{SETTINGS_SCRIPT_OPEN}{{\"loadImmediately\":true}});</script>{loader}</head>"
         ))
     );
     assert!(!page.headers.contains_key("content-length"));

@@ -24,6 +24,15 @@ use crate::config::{Chat, ChatProvider, WidgetLoader};
 use crate::hygiene::headers::{add_vary, mark_private};
 use crate::proxy::body::GatewayBody;
 
+/// Sets the widget's settings (the JSON object that follows) over whatever
+/// the page has set, and keeps them set: a page whose own script assigns
+/// `window.hsConversationsSettings = {...}` after ours (HubSpot's embed
+/// code, before its loader, does) gets them merged into its object instead
+/// of losing the member's identification. A page that declared the name
+/// with `var` before us has a property we cannot redefine; ours then runs
+/// after its assignment, and a plain merge is enough.
+pub const SETTINGS_SCRIPT_OPEN: &str = "(function(s){var v=Object.assign(window.hsConversationsSettings||{},s);try{Object.defineProperty(window,\"hsConversationsSettings\",{configurable:true,enumerable:true,get:function(){return v},set:function(n){v=Object.assign(n||{},s)}})}catch(e){window.hsConversationsSettings=v}})(";
+
 /// Clears the widget's cookies and conversation once it is ready.
 const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
 
@@ -241,9 +250,7 @@ pub fn snippet(
     push_nonce(&mut html);
     html.push('>');
     let script_start = html.len();
-    html.push_str(
-        "window.hsConversationsSettings=Object.assign(window.hsConversationsSettings||{},",
-    );
+    html.push_str(SETTINGS_SCRIPT_OPEN);
     let has_settings = push_settings(&mut html, chat, identified);
     html.push_str(");");
     if let Some(clearing) = reset {
@@ -576,7 +583,7 @@ mod tests {
         assert_eq!(snippet(&page_loads, None, None, None).html, "");
         // The script text for a CSP hash is exactly the settings element's content.
         let script = reset.inline_script().unwrap();
-        assert!(script.starts_with("window.hsConversationsSettings=") && script.ends_with(";"));
+        assert!(script.starts_with(SETTINGS_SCRIPT_OPEN) && script.ends_with(";"));
         assert!(reset.html.starts_with(&format!(
             "<script data-membergate=\"settings\">{script}</script>"
         )));
