@@ -1170,6 +1170,99 @@ async fn failing_or_slow_minting_never_holds_up_or_breaks_the_page() {
     assert_eq!(hanging.calls(), 2);
 }
 
+/// A member's image, script or fetch is rarely rewritten, and a `HEAD`
+/// never: none of them starts a HubSpot call (or waits for one). Once a
+/// page has the token, a fetched HTML document uses the cached one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pages_start_hubspot_calls() {
+    let hubspot = FakeHubSpot::start(HubSpotMode::Answer).await;
+    let origin = PageOrigin::start(vec![(
+        "/logo.png",
+        Page {
+            status: 200,
+            headers: vec![("content-type", "image/png".into())],
+            body: b"\x89PNG".to_vec(),
+        },
+    )])
+    .await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"1\"\napi_base = \"{}\"",
+        hubspot.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+    })
+    .await;
+    let mut ann = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let image = ann.get_with("/logo.png", &[("sec-fetch-dest", "image")]).await;
+    assert_eq!(image.status, 200);
+    let fetched = ann.get_with("/blog/tides", &[("sec-fetch-dest", "empty")]).await;
+    assert!(settings(&fetched.body).is_none(), "{}", fetched.body);
+    let head = gw
+        .client()
+        .head(gw.https_url("/blog/tides"))
+        .header("cookie", ann.cookie_header().unwrap())
+        .header("sec-fetch-dest", "document")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(hubspot.calls(), 0, "a HubSpot call for a request that is not a page");
+
+    let page = ann.get_with("/blog/tides", &[("sec-fetch-dest", "document")]).await;
+    assert_eq!(settings(&page.body).unwrap()["identificationToken"], "hs-token-1");
+    let fetched = ann.get_with("/blog/lamps", &[("sec-fetch-dest", "empty")]).await;
+    assert_eq!(settings(&fetched.body).unwrap()["identificationToken"], "hs-token-1");
+    assert_eq!(hubspot.calls(), 1);
+}
+
+/// A page of a member who has just changed their name joins the HubSpot
+/// call still running for the old name: that token is not theirs any more,
+/// and the page gets one minted for the new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_member_never_gets_the_old_names_token() {
+    let hubspot = FakeHubSpot::start(HubSpotMode::Slow(Duration::from_millis(1500))).await;
+    let origin = PageOrigin::start(vec![]).await;
+    let chat = format!(
+        "provider = \"hubspot\"\nportal_id = \"1\"\napi_base = \"{}\"",
+        hubspot.url()
+    );
+    let gw = start(&origin, &chat, |s| {
+        s.env("MEMBERGATE_HUBSPOT_TOKEN", HUBSPOT_TOKEN)
+            .identification("mint_timeout = \"10s\"")
+    })
+    .await;
+    let mut ann = member(&gw, "ann@example.com", "Ann", &[]).await;
+    let mut same = Browser::new(&gw);
+    same.cookies = ann.cookies.clone();
+    let first = async { ann.get("/blog/a").await };
+    let renamed = async {
+        // Once the first page's call is under way.
+        while hubspot.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r = same
+            .submit(
+                "/_membergate/account",
+                "/_membergate/account/name",
+                &[("first_name", "Anne"), ("last_name", "Tester")],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        same.get("/blog/b").await
+    };
+    let (first, second) = tokio::join!(first, renamed);
+    assert_eq!(settings(&first.body).unwrap()["identificationToken"], "hs-token-1");
+    let bodies = hubspot.bodies.lock().unwrap().clone();
+    let names: Vec<_> = bodies.iter().map(|b| b["firstName"].clone()).collect();
+    assert_eq!(names, ["Ann", "Anne"]);
+    assert_eq!(
+        settings(&second.body).unwrap()["identificationToken"],
+        "hs-token-2",
+        "the page after the rename carries the token minted for the old name"
+    );
+}
+
 /// The token on the first page of `b` that has one, polling every 100 ms.
 async fn identified_within(b: &mut Browser, polls: usize) -> Option<String> {
     for _ in 0..polls {
@@ -1613,6 +1706,16 @@ async fn a_key_rotation_retires_cached_page_tokens() {
     assert!(second.starts_with("mgv1.k2."), "{second}");
     assert_eq!(claims(&second)["email"], "ada@example.com");
     assert_eq!(token(&ada.get("/blog/lamps").await), second, "not cached");
+
+    // A secret replaced in place, under the same id (a Secret or Vault file
+    // rotated): the cached token's signature no longer verifies anywhere.
+    let k2_file = gw.config_path.parent().unwrap().join("k2.key");
+    std::fs::write(&k2_file, "k2-replaced-9876543210-9876543210-987654").unwrap();
+    gw.signal("HUP");
+    gw.wait_for_logs("configuration reloaded", 2).await;
+    let third = token(&ada.get("/blog/tides").await);
+    assert!(third.starts_with("mgv1.k2."), "{third}");
+    assert_ne!(third, second, "a token signed with the replaced secret");
 }
 
 /// A policy in the page's `<meta>`, in a compressed page: the page is

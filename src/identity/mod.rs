@@ -26,7 +26,7 @@ use crate::admin::metrics::OutcomeLabels;
 use crate::config::{Chat, ChatProvider, ChatShow, Identification};
 use crate::members::MemberId;
 use crate::session::Visitor;
-use token::{Identity, Key, Keys};
+use token::{Fingerprint, Identity, Key, Keys};
 
 /// What the chat widget does on one page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,12 +125,24 @@ struct Minted {
     issuer: Issuer,
 }
 
+impl Minted {
+    /// Whether this is the token `provider` would give the visitor now: for
+    /// who they are (a renamed member's is not), from the current issuer.
+    fn is_for(&self, visitor: &Visitor, provider: &ChatProvider, signer: &Fingerprint) -> bool {
+        let same = &self.identity;
+        same.email == visitor.email
+            && same.first_name == visitor.first_name
+            && same.last_name == visitor.last_name
+            && self.issuer.is_current(provider, signer)
+    }
+}
+
 /// Who issued a cached token. After a key rotation, or a change of provider
 /// or of HubSpot portal, the chat backend may no longer accept it.
 #[derive(Debug)]
 enum Issuer {
-    /// The id of the key that signed a self-minted token.
-    Key(Box<str>),
+    /// The key (id and secret) that signed a self-minted token.
+    Key(Fingerprint),
     HubSpot {
         portal_id: Box<str>,
         api_base: http::Uri,
@@ -139,9 +151,9 @@ enum Issuer {
 
 impl Issuer {
     /// Whether a token from this issuer is one `provider` would give now.
-    fn is_current(&self, provider: &ChatProvider, signing_id: &str) -> bool {
+    fn is_current(&self, provider: &ChatProvider, signer: &Fingerprint) -> bool {
         match (self, provider) {
-            (Issuer::Key(id), ChatProvider::Builtin { .. }) => **id == *signing_id,
+            (Issuer::Key(key), ChatProvider::Builtin { .. }) => key == signer,
             (
                 Issuer::HubSpot {
                     portal_id,
@@ -242,31 +254,31 @@ impl Identifier {
 
     /// The member's token for this site's chat provider, within the configured
     /// timeout, or `None` (logged and counted) so the page goes out without it.
+    /// With `mint` false (a request that is not a page: an image, a script, a
+    /// fetch) only a cached token is given: such a request is rarely
+    /// rewritten, and must not wait for, or start, a HubSpot call.
     pub async fn token_for(
         &self,
-        chat: &Chat,
-        settings: &Identification,
-        configured_keys: Option<&Keys>,
-        site: &Arc<str>,
+        request: TokenRequest<'_>,
         visitor: &Visitor,
+        mint: bool,
     ) -> Option<Arc<str>> {
+        let TokenRequest {
+            chat,
+            settings,
+            keys: configured_keys,
+            site,
+        } = request;
         let key = (visitor.member_id, site.clone());
-        let signing_id = configured_keys.unwrap_or(&self.default_keys).signing_id();
+        let signer = configured_keys.unwrap_or(&self.default_keys).signer();
         if let Some(found) = self.cache.get(&key).await {
-            let same = &found.identity;
-            if same.email == visitor.email
-                && same.first_name == visitor.first_name
-                && same.last_name == visitor.last_name
-                && found.issuer.is_current(&chat.provider, signing_id)
-            {
-                if found.token.is_none() {
-                    self.count("refused");
-                    return None;
-                }
-                self.cached.inc();
-                return found.token.clone();
+            if found.is_for(visitor, &chat.provider, &signer) {
+                return self.served(&found);
             }
             self.cache.invalidate(&key).await;
+        }
+        if !mint {
+            return None;
         }
         let identity = Identity {
             email: visitor.email.clone(),
@@ -289,7 +301,7 @@ impl Identifier {
                     identity,
                     token: Some(token.clone()),
                     reuse_for: lifetime.mul_f64(0.9),
-                    issuer: Issuer::Key(keys.signing_id().into()),
+                    issuer: Issuer::Key(keys.signer()),
                 });
                 self.cache.insert(key, minted).await;
                 self.count("minted");
@@ -305,104 +317,154 @@ impl Identifier {
                     self.count("paused");
                     return None;
                 }
-                let (cache, hubspot) = (self.cache.clone(), self.hubspot.clone());
-                let backoff = self.backoff.clone();
-                let (portal_id, api_base) = (portal_id.clone(), api_base.clone());
-                let access_token = access_token.clone();
-                let outcomes = self.outcomes.clone();
-                let deadline = settings.mint_timeout.saturating_mul(MINT_DEADLINE_PAGES);
-                let member = visitor.member_id;
-                // Spawned, so that a page that stops waiting does not cancel the mint.
-                let mint = tokio::spawn(async move {
-                    cache
-                        .try_get_with(key, async move {
-                            let ticket = backoff
-                                .ticket(account, Instant::now())
-                                .ok_or(NoToken::Paused)?;
-                            let call = hubspot.mint(&api_base, &access_token, &identity);
-                            let answer = tokio::time::timeout(deadline, call)
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(hubspot::MintError::unavailable(format!(
-                                        "HubSpot did not answer within {deadline:?}"
-                                    )))
-                                });
-                            // Logged here, once per call, whether or not a
-                            // page is still waiting for it.
-                            let (token, reuse_for) = match answer {
-                                Ok(token) => {
-                                    outcomes
-                                        .get_or_create(&OutcomeLabels { result: "minted" })
-                                        .inc();
-                                    // Reused until an hour before HubSpot's 12 hours run out.
-                                    let reuse_for =
-                                        hubspot::TOKEN_LIFETIME - Duration::from_secs(3600);
-                                    (Some(token.into()), reuse_for)
-                                }
-                                Err(hubspot::MintError::Refused(error)) => {
-                                    tracing::warn!(member, %error, "no identification token; HubSpot is not asked again for this member for 10 minutes");
-                                    (None, REFUSAL_REMEMBERED)
-                                }
-                                Err(hubspot::MintError::Unavailable { reason, retry_after }) => {
-                                    tracing::warn!(member, error = %reason, "no identification token");
-                                    if let Some(pause) = backoff.failed(ticket, Instant::now(), retry_after) {
-                                        tracing::warn!(?pause, "HubSpot unavailable; pages go out without identification until the pause ends");
-                                    }
-                                    return Err(NoToken::Failed);
-                                }
-                            };
-                            backoff.answered(ticket);
-                            Ok(Arc::new(Minted {
-                                identity,
-                                token,
-                                reuse_for,
-                                issuer: Issuer::HubSpot {
-                                    portal_id: portal_id.into(),
-                                    api_base,
-                                },
-                            }))
-                        })
-                        .await
-                });
-                match tokio::time::timeout(settings.mint_timeout, mint).await {
-                    Ok(Ok(Ok(minted))) => {
-                        if minted.token.is_none() {
-                            self.count("refused");
+                let call = HubSpotCall {
+                    account,
+                    portal_id: portal_id.as_str().into(),
+                    api_base: api_base.clone(),
+                    access_token: access_token.as_str().into(),
+                    deadline: settings.mint_timeout.saturating_mul(MINT_DEADLINE_PAGES),
+                };
+                let waited = tokio::time::Instant::now() + settings.mint_timeout;
+                // A page joins the call already running for the member, which
+                // may have started before the member changed their name: then
+                // its token is dropped and one call more is made, within the
+                // same wait.
+                for _ in 0..2 {
+                    let mint = self.mint_at_hubspot(key.clone(), identity.clone(), call.clone());
+                    match tokio::time::timeout_at(waited, mint).await {
+                        Ok(Ok(Ok(minted))) if !minted.is_for(visitor, &chat.provider, &signer) => {
+                            self.cache.invalidate(&key).await;
                         }
-                        minted.token.clone()
-                    }
-                    Ok(Ok(Err(why))) => {
-                        self.count(match *why {
-                            NoToken::Paused => "paused",
-                            NoToken::Failed => "failed",
-                        });
-                        None
-                    }
-                    Ok(Err(join)) => {
-                        self.count("failed");
-                        tracing::error!(error = %join, "identification task failed");
-                        None
-                    }
-                    Err(_) => {
-                        self.count("timeout");
-                        tracing::warn!(
-                            member = visitor.member_id,
-                            timeout = ?settings.mint_timeout,
-                            "identification token not ready in time; page served without it"
-                        );
-                        None
+                        Ok(Ok(Ok(minted))) => {
+                            if minted.token.is_none() {
+                                self.count("refused");
+                            }
+                            return minted.token.clone();
+                        }
+                        Ok(Ok(Err(why))) => {
+                            self.count(match *why {
+                                NoToken::Paused => "paused",
+                                NoToken::Failed => "failed",
+                            });
+                            return None;
+                        }
+                        Ok(Err(join)) => {
+                            self.count("failed");
+                            tracing::error!(error = %join, "identification task failed");
+                            return None;
+                        }
+                        Err(_) => break,
                     }
                 }
+                self.count("timeout");
+                tracing::warn!(
+                    member = visitor.member_id,
+                    timeout = ?settings.mint_timeout,
+                    "identification token not ready in time; page served without it"
+                );
+                None
             }
         }
     }
 
-    /// Drops a member's cached tokens (their name or email changed, or they left).
-    pub fn forget_member(&self, member_id: MemberId) {
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |(id, _), _| *id == member_id);
+    /// A cached entry's token, counted.
+    fn served(&self, found: &Minted) -> Option<Arc<str>> {
+        if found.token.is_none() {
+            self.count("refused");
+            return None;
+        }
+        self.cached.inc();
+        found.token.clone()
     }
+
+    /// The member's HubSpot token from the cache, or from one call shared by
+    /// every page that asks meanwhile. Spawned, so that a page that stops
+    /// waiting does not cancel the call.
+    fn mint_at_hubspot(
+        &self,
+        key: (MemberId, Arc<str>),
+        identity: Identity,
+        call: HubSpotCall,
+    ) -> tokio::task::JoinHandle<Result<Arc<Minted>, Arc<NoToken>>> {
+        let (cache, hubspot) = (self.cache.clone(), self.hubspot.clone());
+        let backoff = self.backoff.clone();
+        let outcomes = self.outcomes.clone();
+        let member = key.0;
+        tokio::spawn(async move {
+            cache
+                .try_get_with(key, async move {
+                    let ticket = backoff
+                        .ticket(call.account, Instant::now())
+                        .ok_or(NoToken::Paused)?;
+                    let deadline = call.deadline;
+                    let answer = tokio::time::timeout(
+                        deadline,
+                        hubspot.mint(&call.api_base, &call.access_token, &identity),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(hubspot::MintError::unavailable(format!(
+                            "HubSpot did not answer within {deadline:?}"
+                        )))
+                    });
+                    // Logged here, once per call, whether or not a page is
+                    // still waiting for it.
+                    let (token, reuse_for) = match answer {
+                        Ok(token) => {
+                            outcomes
+                                .get_or_create(&OutcomeLabels { result: "minted" })
+                                .inc();
+                            // Reused until an hour before HubSpot's 12 hours run out.
+                            let reuse_for = hubspot::TOKEN_LIFETIME - Duration::from_secs(3600);
+                            (Some(token.into()), reuse_for)
+                        }
+                        Err(hubspot::MintError::Refused(error)) => {
+                            tracing::warn!(member, %error, "no identification token; HubSpot is not asked again for this member for 10 minutes");
+                            (None, REFUSAL_REMEMBERED)
+                        }
+                        Err(hubspot::MintError::Unavailable { reason, retry_after }) => {
+                            tracing::warn!(member, error = %reason, "no identification token");
+                            if let Some(pause) = backoff.failed(ticket, Instant::now(), retry_after) {
+                                tracing::warn!(?pause, "HubSpot unavailable; pages go out without identification until the pause ends");
+                            }
+                            return Err(NoToken::Failed);
+                        }
+                    };
+                    backoff.answered(ticket);
+                    Ok(Arc::new(Minted {
+                        identity,
+                        token,
+                        reuse_for,
+                        issuer: Issuer::HubSpot {
+                            portal_id: call.portal_id,
+                            api_base: call.api_base,
+                        },
+                    }))
+                })
+                .await
+        })
+    }
+}
+
+/// What a page's token is asked of: the site's chat, the identification
+/// settings and configured keys, and the site's name (the token's audience).
+#[derive(Clone, Copy)]
+pub struct TokenRequest<'a> {
+    pub chat: &'a Chat,
+    pub settings: &'a Identification,
+    pub keys: Option<&'a Keys>,
+    pub site: &'a Arc<str>,
+}
+
+/// One HubSpot account's call, as the spawned mint needs it.
+#[derive(Clone)]
+struct HubSpotCall {
+    account: backoff::Account,
+    portal_id: Box<str>,
+    api_base: http::Uri,
+    access_token: Box<str>,
+    /// How long the call may run after the page stopped waiting.
+    deadline: Duration,
 }
 
 /// Which HubSpot account a site's calls go to, for the back-off: a reload

@@ -49,7 +49,13 @@ pub struct Claims {
 pub struct Key {
     pub id: String,
     mac: Hmac<Sha256>,
+    /// Tells this key from another with the same id (a secret replaced in
+    /// place), without keeping the secret: a MAC of a fixed label.
+    fingerprint: Fingerprint,
 }
+
+/// Which key, id and secret, signed a token.
+pub type Fingerprint = [u8; 16];
 
 impl Key {
     pub fn new(id: &str, secret: &[u8]) -> Result<Key, String> {
@@ -67,9 +73,15 @@ impl Key {
             return Err(format!("key {id:?}: the secret needs at least 32 bytes"));
         }
         let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|e| e.to_string())?;
+        let mut label = mac.clone();
+        label.update(b"membergate key fingerprint ");
+        label.update(id.as_bytes());
+        let mut fingerprint = Fingerprint::default();
+        fingerprint.copy_from_slice(&label.finalize().into_bytes()[..16]);
         Ok(Key {
             id: id.to_owned(),
             mac,
+            fingerprint,
         })
     }
 }
@@ -120,9 +132,9 @@ impl Keys {
         Ok(Keys { keys })
     }
 
-    /// The id of the key new tokens are signed with.
-    pub fn signing_id(&self) -> &str {
-        self.keys.first().map_or("", |k| k.id.as_str())
+    /// The key new tokens are signed with, as its fingerprint.
+    pub fn signer(&self) -> Fingerprint {
+        self.keys.first().map_or_else(Fingerprint::default, |k| k.fingerprint)
     }
 
     pub fn mint(&self, identity: &Identity, audience: &str, now: i64, lifetime: i64) -> String {

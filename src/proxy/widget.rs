@@ -27,6 +27,11 @@ pub struct Plan {
     /// paths also cover): the origin is asked for it uncompressed, since it
     /// will be rewritten. Anything else keeps the client's `Accept-Encoding`.
     pub page_load: bool,
+    /// A token may be minted (or waited for) for this request: a `GET` the
+    /// browser does not call a subresource. An image or a script of a
+    /// member's page uses a cached token at most; its answer is rarely
+    /// rewritten, and a `HEAD`'s never.
+    pub mint: bool,
 }
 
 /// Whether this request's page gets the widget. Only GET requests for pages
@@ -59,26 +64,47 @@ pub fn plan(
     let sessions = &gateway.membership.sessions;
     let reset = crate::session::cookie_values(headers, sessions.chat_reset_name())
         .any(|v| v == crate::session::CHAT_RESET_VALUE);
+    let fetched = Fetched::of(headers);
     Some(Plan {
         decision,
         client_coding: inject::codec::preferred(&accepted),
         reset: reset.then(|| sessions.chat_reset_clearing().clone()),
-        page_load: is_page_load(headers),
+        page_load: fetched == Fetched::Page,
+        mint: method == Method::GET && fetched != Fetched::Subresource,
     })
 }
 
-/// Whether a request is for a page to show: the browser says so in
-/// `Sec-Fetch-Dest`, or, without it, asks for HTML in `Accept`.
-fn is_page_load(headers: &http::HeaderMap) -> bool {
-    const SEC_FETCH_DEST: header::HeaderName = header::HeaderName::from_static("sec-fetch-dest");
-    let first = |name| headers.get(name).map(HeaderValue::as_bytes);
-    match first(SEC_FETCH_DEST) {
-        Some(dest) => matches!(dest, b"document" | b"iframe" | b"frame"),
-        None => first(header::ACCEPT).is_some_and(|accept| {
-            accept
-                .windows(b"text/html".len())
-                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
-        }),
+/// What a request fetches, as far as its headers tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// A page to show: the browser says so in `Sec-Fetch-Dest`, or, without
+    /// it, asks for HTML in `Accept`.
+    Page,
+    /// Something else for a page (an image, a script, a fetch), by
+    /// `Sec-Fetch-Dest`.
+    Subresource,
+    /// No `Sec-Fetch-Dest` (not a browser, or an old one) and no HTML asked for.
+    Unknown,
+}
+
+impl Fetched {
+    fn of(headers: &http::HeaderMap) -> Fetched {
+        const SEC_FETCH_DEST: header::HeaderName =
+            header::HeaderName::from_static("sec-fetch-dest");
+        let first = |name| headers.get(name).map(HeaderValue::as_bytes);
+        match first(SEC_FETCH_DEST) {
+            Some(b"document" | b"iframe" | b"frame") => Fetched::Page,
+            Some(_) => Fetched::Subresource,
+            None if first(header::ACCEPT).is_some_and(|accept| {
+                accept
+                    .windows(b"text/html".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+            }) =>
+            {
+                Fetched::Page
+            }
+            None => Fetched::Unknown,
+        }
     }
 }
 
@@ -91,18 +117,17 @@ pub async fn token(
     access: &Access,
     plan: Option<&Plan>,
 ) -> Option<Arc<str>> {
-    plan.filter(|p| p.decision == ChatDecision::Identified)?;
+    let plan = plan.filter(|p| p.decision == ChatDecision::Identified)?;
     let (chat, visitor) = (site.chat.as_ref()?, access.visitor.as_deref()?);
+    let request = identity::TokenRequest {
+        chat,
+        settings: &runtime.config.identification,
+        keys: runtime.identity_keys.as_ref(),
+        site: &site.name,
+    };
     // Boxed: the token cache's lookup future is large, and only pages that
     // identify a member need it; unboxed it would size every request's future.
-    Box::pin(gateway.identifier.token_for(
-        chat,
-        &runtime.config.identification,
-        runtime.identity_keys.as_ref(),
-        &site.name,
-        visitor,
-    ))
-    .await
+    Box::pin(gateway.identifier.token_for(request, visitor, plan.mint)).await
 }
 
 /// Puts the widget into the page if the response is one that may be rewritten.

@@ -88,7 +88,7 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self) -> Option<String> {
+    pub fn cookie_header(&self) -> Option<String> {
         (!self.cookies.is_empty()).then(|| {
             self.cookies
                 .iter()

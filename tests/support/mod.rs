@@ -461,13 +461,18 @@ impl Gateway {
 
     /// Waits until the log contains `needle` (or panics after 10 s).
     pub async fn wait_for_log(&self, needle: &str) {
+        self.wait_for_logs(needle, 1).await;
+    }
+
+    /// Waits until the log holds `needle` `count` times (the second reload's line).
+    pub async fn wait_for_logs(&self, needle: &str, count: usize) {
         for _ in 0..200 {
-            if self.log().contains(needle) {
+            if self.log().matches(needle).count() >= count {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("log never contained {needle:?}:\n{}", self.log());
+        panic!("log never contained {needle:?} {count} times:\n{}", self.log());
     }
 
     /// Waits for the process to exit (or panics after `limit`).
