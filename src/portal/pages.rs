@@ -31,17 +31,22 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Loads the defaults, overridden by same-named files in `dir`.
+    /// Loads the defaults, overridden by same-named files in `dir`; an
+    /// error names the file that could not be read or compiled.
     pub fn load(dir: Option<&Path>) -> Result<Templates, String> {
         let mut env = Environment::new();
         for (name, default) in DEFAULTS {
-            let text = match dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
-                Some(path) => std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read template {}: {e}", path.display()))?,
-                None => default.to_owned(),
-            };
-            env.add_template_owned(name, text)
-                .map_err(|e| format!("template {name}: {e}"))?;
+            match dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read template {}: {e}", path.display()))?;
+                    env.add_template_owned(name, text)
+                        .map_err(|e| format!("template {}: {e}", path.display()))?;
+                }
+                None => env
+                    .add_template(name, default)
+                    .map_err(|e| format!("built-in template {name}: {e}"))?,
+            }
         }
         Ok(Templates { env })
     }
