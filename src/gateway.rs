@@ -220,10 +220,10 @@ impl Gateway {
 /// Puts back into a reloaded configuration the settings the running process
 /// was built from: the listen addresses and worker count (the sockets and
 /// threads stay as they are), and what the store, the sessions, the portal's
-/// templates and limits and the mailer were made with at start. Everything
-/// that reads the configuration per request must agree with them until a
-/// restart: a session cookie under a new `cookie_name`, say, would no longer
-/// be withheld from origins while the sessions still accept it. Returns the
+/// limits and the mailer were made with at start. Everything that reads the
+/// configuration per request must agree with them until a restart: a session
+/// cookie under a new `cookie_name`, say, would no longer be withheld from
+/// origins while the sessions still accept it. Returns the
 /// keys that the file had changed.
 fn keep_restart_settings(config: &mut Config, running: &Config) -> Vec<&'static str> {
     fn keep<T: PartialEq + Clone>(
@@ -296,12 +296,6 @@ fn keep_restart_settings(config: &mut Config, running: &Config) -> Vec<&'static 
         "members.session_cache_capacity",
         &mut new.session_cache_capacity,
         &old.session_cache_capacity,
-    );
-    keep(
-        c,
-        "members.templates_dir",
-        &mut new.templates_dir,
-        &old.templates_dir,
     );
     keep(
         c,

@@ -1376,6 +1376,77 @@ async fn a_reload_that_renames_the_session_cookie_keeps_it_from_origins() {
     assert!(!format!("{seen:?}").contains(&session), "{seen:?}");
 }
 
+/// The portal's templates are read with the configuration: a reload serves
+/// an edited one; one that does not compile is refused, naming its file, and
+/// the last good one keeps serving; a new `templates_dir` applies too, and a
+/// template gone from it gives the built-in page back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_edited_portal_templates_and_refuses_broken_ones() {
+    let login = include_str!("../src/portal/templates/login.html");
+    let titled = |title: &str| login.replace("<h1>Log in</h1>", &format!("<h1>{title}</h1>"));
+    let (gw, _origin) = start(|s| {
+        s.members("templates_dir = \"tpl\"")
+            .file("tpl/login.html", &titled("Version one"))
+    })
+    .await;
+    let mut b = Browser::new(&gw);
+    let body = b.get("/_membergate/login").await.body;
+    assert!(body.contains("Version one"), "{body}");
+
+    let tpl = gw.dir.path().join("tpl");
+    std::fs::write(tpl.join("login.html"), titled("Version two")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("configuration reloaded").await;
+    assert!(
+        b.get("/_membergate/login")
+            .await
+            .body
+            .contains("Version two")
+    );
+
+    std::fs::write(tpl.join("login.html"), "{% if %}").unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload rejected").await;
+    assert!(
+        gw.log().contains("tpl/login.html: syntax error"),
+        "{}",
+        gw.log()
+    );
+    let still = b.get("/_membergate/login").await;
+    assert_eq!(still.status, 200);
+    assert!(still.body.contains("Version two"), "{}", still.body);
+
+    let other = gw.dir.path().join("tpl2");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("login.html"), titled("Version three")).unwrap();
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let moved = config.replace("templates_dir = \"tpl\"", "templates_dir = \"tpl2\"");
+    assert_ne!(config, moved);
+    std::fs::write(&gw.config_path, moved).unwrap();
+    gw.signal("HUP");
+    until_login_page_shows(&mut b, "Version three").await;
+    assert!(!gw.log().contains("apply after a restart"), "{}", gw.log());
+
+    std::fs::remove_file(other.join("login.html")).unwrap();
+    gw.signal("HUP");
+    until_login_page_shows(&mut b, "<h1>Log in</h1>").await;
+}
+
+/// Waits up to 5 s for the login page to contain `text` (a reload is
+/// asynchronous; the log's "configuration reloaded" is already there from an
+/// earlier one).
+async fn until_login_page_shows(b: &mut Browser, text: &str) {
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = b.get("/_membergate/login").await.body;
+        if body.contains(text) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the login page never showed {text:?}:\n{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_replaces_any_earlier_session_id() {
     let (gw, _origin) = start(|s| s).await;

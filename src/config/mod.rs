@@ -10,10 +10,12 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::portal::pages::Templates;
 pub use validate::{HostPattern, listener_problems, site_for_host};
 
 /// Checks a group name (letters, digits, `-`, `_`; 1 to 64 characters).
@@ -159,7 +161,9 @@ pub struct Members {
     pub registration: Registration,
     pub allowed_domains: Vec<String>,
     pub require_verification: bool,
-    pub templates_dir: Option<PathBuf>,
+    /// The portal's pages (`templates_dir`'s files over the built-in ones),
+    /// read with the file: a reload serves the edited templates.
+    pub templates: Arc<Templates>,
     pub identity_headers: bool,
     /// Login, registration and reset attempts allowed per minute from one IP.
     pub max_attempts_per_ip: u32,

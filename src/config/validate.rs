@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -17,6 +18,7 @@ use super::{
     Server, Site, Tls, Upstream, WidgetLoader,
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
+use crate::portal::pages::Templates;
 
 /// The longest duration any setting takes: longer ones are typing slips, and
 /// some (cache lifetimes) would overflow what their libraries accept.
@@ -698,20 +700,25 @@ fn ipv4_form(net: IpNet) -> IpNet {
     }
 }
 
-/// The folder of the site's own portal templates: it must exist (a typo
-/// would quietly give the built-in pages), and every template in it must
-/// compile, as the gateway will at start.
-fn templates_dir(p: &mut Problems, dir: Option<&str>) -> Option<PathBuf> {
-    let dir = PathBuf::from(dir?);
-    if !dir.is_dir() {
+/// The portal's templates: the built-in ones, replaced by the files in the
+/// site's own folder. The folder must exist (a typo would quietly give the
+/// built-in pages), and every template in it must compile.
+fn portal_templates(p: &mut Problems, dir: Option<&str>) -> Arc<Templates> {
+    let dir = dir.map(PathBuf::from);
+    if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
         p.add(
             "members.templates_dir",
             format!("directory {} does not exist", dir.display()),
         );
-    } else if let Err(e) = crate::portal::pages::Templates::load(Some(&dir)) {
-        p.add("members.templates_dir", e);
+        return Arc::new(Templates::none());
     }
-    Some(dir)
+    match Templates::load(dir.as_deref()) {
+        Ok(templates) => Arc::new(templates),
+        Err(e) => {
+            p.add("members.templates_dir", e);
+            Arc::new(Templates::none())
+        }
+    }
 }
 
 /// A route prefix must already be in the normal form the path normaliser produces,
@@ -866,7 +873,7 @@ fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
                         format!("{} is not a valid template: {e}", file.display()),
                     );
                 }
-                Some(std::sync::Arc::new(Teaser { file, source }))
+                Some(Arc::new(Teaser { file, source }))
             }
             Err(e) => {
                 p.add(
@@ -1022,7 +1029,7 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         registration,
         allowed_domains,
         require_verification: m.require_verification.unwrap_or(true),
-        templates_dir: templates_dir(p, m.templates_dir.as_deref()),
+        templates: portal_templates(p, m.templates_dir.as_deref()),
         identity_headers: m.identity_headers.unwrap_or(true),
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
         max_attempts_per_account: m.max_attempts_per_account.unwrap_or(100).max(1),

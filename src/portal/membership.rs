@@ -1,7 +1,8 @@
 //! The membership state shared by the portal and the authorise phase: the
-//! member store, sessions, signing keys, mail, templates and rate limits.
-//! Built once at start; not replaced by a configuration reload (the database
-//! path and secret apply after a restart).
+//! member store, sessions, signing keys, mail and rate limits. Built once at
+//! start; not replaced by a configuration reload (the database path and
+//! secret apply after a restart). The portal's templates are part of the
+//! configuration instead, and reload with it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::pages::Templates;
 use crate::admin::metrics::MembershipCounters;
 use crate::config::Config;
 use crate::files::{self, IfExists};
@@ -26,7 +26,6 @@ pub struct Membership {
     pub sessions: Arc<Sessions>,
     pub csrf_key: [u8; 32],
     pub mailer: Mailer,
-    pub templates: Templates,
     pub limits: RateLimits,
     /// Browsers that logged in before, outside the account-wide login limit.
     pub devices: DeviceCookies,
@@ -53,7 +52,6 @@ impl Membership {
             sessions,
             csrf_key: derive(&secret, b"membergate csrf v1"),
             mailer,
-            templates: Templates::load(config.templates_dir.as_deref())?,
             limits: RateLimits::new(
                 config.max_attempts_per_ip,
                 config.max_attempts_per_account,

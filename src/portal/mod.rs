@@ -295,7 +295,7 @@ impl Request<'_> {
         context: minijinja::Value,
     ) -> Response<GatewayBody> {
         let merged = context! { site_name => self.site_name, ..context };
-        match self.m.templates.render(template, merged) {
+        match self.config.templates.render(template, merged) {
             Ok(html) => html_response(status, html),
             Err(e) => {
                 tracing::error!(error = %e, "portal template failed");

@@ -1,6 +1,8 @@
 //! The portal's HTML: minijinja templates (HTML auto-escaped), the defaults
 //! compiled in, each replaceable by a file of the same name in the configured
-//! `templates_dir` so the pages can carry a site's branding.
+//! `templates_dir` so the pages can carry a site's branding. They are read
+//! and compiled with the rest of the configuration, so a reload picks up
+//! edited files and requests never touch the disk for them.
 
 use std::path::Path;
 
@@ -51,11 +53,25 @@ impl Templates {
         Ok(Templates { env })
     }
 
+    /// No templates at all: the stand-in of a configuration that was
+    /// refused, which is never served.
+    pub fn none() -> Templates {
+        Templates {
+            env: Environment::new(),
+        }
+    }
+
     pub fn render(&self, name: &str, context: minijinja::Value) -> Result<String, String> {
         self.env
             .get_template(name)
             .and_then(|t| t.render(context))
             .map_err(|e| format!("rendering {name}: {e}"))
+    }
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
     }
 }
 
