@@ -95,17 +95,16 @@ impl Fetched {
         match first(SEC_FETCH_DEST) {
             Some(b"document" | b"iframe" | b"frame") => Fetched::Page,
             Some(_) => Fetched::Subresource,
-            None if first(header::ACCEPT).is_some_and(|accept| {
-                accept
-                    .windows(b"text/html".len())
-                    .any(|w| w.eq_ignore_ascii_case(b"text/html"))
-            }) =>
-            {
-                Fetched::Page
-            }
+            None if first(header::ACCEPT).is_some_and(asks_for_html) => Fetched::Page,
             None => Fetched::Unknown,
         }
     }
+}
+
+fn asks_for_html(accept: &[u8]) -> bool {
+    accept
+        .windows(b"text/html".len())
+        .any(|w| w.eq_ignore_ascii_case(b"text/html"))
 }
 
 /// The member's token when the plan identifies them; `None` otherwise, or
