@@ -271,14 +271,21 @@ async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings()
         )
     };
     let origin = PageOrigin::start(vec![
-        ("/embed", Page::html(&page("window.hsConversationsSettings"))),
-        ("/embed-var", Page::html(&page("var hsConversationsSettings"))),
+        (
+            "/embed",
+            Page::html(&page("window.hsConversationsSettings")),
+        ),
+        (
+            "/embed-var",
+            Page::html(&page("var hsConversationsSettings")),
+        ),
     ])
     .await;
-    let gw = Gateway::start(Setup::new().route("/", &origin.url()).chat(
-        "provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"\nloader = \"page\"",
-    ))
-    .await;
+    let gw =
+        Gateway::start(Setup::new().route("/", &origin.url()).chat(
+            "provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"\nloader = \"page\"",
+        ))
+        .await;
     let email = "kim@example.com";
     let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
     assert!(ok, "{out}");
@@ -290,7 +297,10 @@ async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings()
             .execute("return window.hsConversationsSettings;", json!([]))
             .await;
         assert_eq!(settings["identificationEmail"], email, "{path}: {settings}");
-        assert!(settings["identificationToken"].is_string(), "{path}: {settings}");
+        assert!(
+            settings["identificationToken"].is_string(),
+            "{path}: {settings}"
+        );
         assert_eq!(settings["loadImmediately"], false, "{path}: {settings}");
     }
 }

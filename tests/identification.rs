@@ -1194,9 +1194,13 @@ async fn only_pages_start_hubspot_calls() {
     })
     .await;
     let mut ann = member(&gw, "ann@example.com", "Ann", &[]).await;
-    let image = ann.get_with("/logo.png", &[("sec-fetch-dest", "image")]).await;
+    let image = ann
+        .get_with("/logo.png", &[("sec-fetch-dest", "image")])
+        .await;
     assert_eq!(image.status, 200);
-    let fetched = ann.get_with("/blog/tides", &[("sec-fetch-dest", "empty")]).await;
+    let fetched = ann
+        .get_with("/blog/tides", &[("sec-fetch-dest", "empty")])
+        .await;
     assert!(settings(&fetched.body).is_none(), "{}", fetched.body);
     let head = gw
         .client()
@@ -1207,12 +1211,26 @@ async fn only_pages_start_hubspot_calls() {
         .await
         .unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(hubspot.calls(), 0, "a HubSpot call for a request that is not a page");
+    assert_eq!(
+        hubspot.calls(),
+        0,
+        "a HubSpot call for a request that is not a page"
+    );
 
-    let page = ann.get_with("/blog/tides", &[("sec-fetch-dest", "document")]).await;
-    assert_eq!(settings(&page.body).unwrap()["identificationToken"], "hs-token-1");
-    let fetched = ann.get_with("/blog/lamps", &[("sec-fetch-dest", "empty")]).await;
-    assert_eq!(settings(&fetched.body).unwrap()["identificationToken"], "hs-token-1");
+    let page = ann
+        .get_with("/blog/tides", &[("sec-fetch-dest", "document")])
+        .await;
+    assert_eq!(
+        settings(&page.body).unwrap()["identificationToken"],
+        "hs-token-1"
+    );
+    let fetched = ann
+        .get_with("/blog/lamps", &[("sec-fetch-dest", "empty")])
+        .await;
+    assert_eq!(
+        settings(&fetched.body).unwrap()["identificationToken"],
+        "hs-token-1"
+    );
     assert_eq!(hubspot.calls(), 1);
 }
 
@@ -1252,7 +1270,10 @@ async fn a_renamed_member_never_gets_the_old_names_token() {
         same.get("/blog/b").await
     };
     let (first, second) = tokio::join!(first, renamed);
-    assert_eq!(settings(&first.body).unwrap()["identificationToken"], "hs-token-1");
+    assert_eq!(
+        settings(&first.body).unwrap()["identificationToken"],
+        "hs-token-1"
+    );
     let bodies = hubspot.bodies.lock().unwrap().clone();
     let names: Vec<_> = bodies.iter().map(|b| b["firstName"].clone()).collect();
     assert_eq!(names, ["Ann", "Anne"]);
@@ -1597,7 +1618,10 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
     let (status, body) = call(&gw, CREATE, Some(API_KEY), unnamed).await;
     assert_eq!(status, 200, "{body}");
     let minted = self::claims(body["token"].as_str().unwrap());
-    assert_eq!((&minted["firstName"], &minted["lastName"]), (&"".into(), &"".into()));
+    assert_eq!(
+        (&minted["firstName"], &minted["lastName"]),
+        (&"".into(), &"".into())
+    );
     let big = format!("{{\"email\": \"{}@example.com\"}}", "a".repeat(20_000));
     assert_eq!(call(&gw, CREATE, Some(API_KEY), &big).await.0, 413);
     let get = gw.client().get(gw.https_url(CREATE)).send().await.unwrap();

@@ -369,9 +369,18 @@ async fn precompressed_copies_of_protected_files_are_not_served_by_name() {
     }
     // ...and, even for a member, not served by name beside the page.
     let mut member = support::browser::Browser::new(&gw);
-    let (ok, out) = gw.cli(&["member", "add", "ada@example.com"], "correct horse battery\n");
+    let (ok, out) = gw.cli(
+        &["member", "add", "ada@example.com"],
+        "correct horse battery\n",
+    );
     assert!(ok, "{out}");
-    assert_eq!(member.login("ada@example.com", "correct horse battery").await.status, 303);
+    assert_eq!(
+        member
+            .login("ada@example.com", "correct horse battery")
+            .await
+            .status,
+        303
+    );
     assert_eq!(member.get("/handbook.html").await.status, 200);
     for path in ["/handbook.html.gz", "/handbook.html.br"] {
         assert_eq!(member.get(path).await.status, 404, "{path}");
@@ -393,7 +402,11 @@ async fn a_compressed_copy_without_its_original_is_not_served_by_name() {
     let page = "<h1>members-only Q3 report</h1>";
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gzip, page.as_bytes()).unwrap();
-    std::fs::write(site.path().join("reports/q3.html.gz"), gzip.finish().unwrap()).unwrap();
+    std::fs::write(
+        site.path().join("reports/q3.html.gz"),
+        gzip.finish().unwrap(),
+    )
+    .unwrap();
     let gw = Gateway::start(
         Setup::new()
             .route("/", &format!("dir:{}", site.path().display()))

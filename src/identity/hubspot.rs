@@ -181,7 +181,11 @@ mod tests {
             ("-5", None),
         ];
         for (value, seconds) in table {
-            assert_eq!(retry_after(value, now), seconds.map(Duration::from_secs), "{value}");
+            assert_eq!(
+                retry_after(value, now),
+                seconds.map(Duration::from_secs),
+                "{value}"
+            );
         }
     }
 }

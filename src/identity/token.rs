@@ -134,7 +134,9 @@ impl Keys {
 
     /// The key new tokens are signed with, as its fingerprint.
     pub fn signer(&self) -> Fingerprint {
-        self.keys.first().map_or_else(Fingerprint::default, |k| k.fingerprint)
+        self.keys
+            .first()
+            .map_or_else(Fingerprint::default, |k| k.fingerprint)
     }
 
     pub fn mint(&self, identity: &Identity, audience: &str, now: i64, lifetime: i64) -> String {

@@ -93,9 +93,8 @@ impl PathPattern {
             // A glob covers the whole path, and `/a/b/` is the same page as
             // `/a/b` to most origins: a rule for one must not miss the other.
             PathPattern::Glob(glob, directory) => {
-                let is_match = |p: &str| {
-                    glob.is_match(p) || directory.as_ref().is_some_and(|d| d.is_match(p))
-                };
+                let is_match =
+                    |p: &str| glob.is_match(p) || directory.as_ref().is_some_and(|d| d.is_match(p));
                 is_match(path)
                     || path
                         .strip_suffix('/')

@@ -207,10 +207,8 @@ async fn phases<'r>(
     }
     // A directory origin answers `/dir/` with `/dir/index.html`, and
     // `/page.html.gz` from the page's compressed copy.
-    let served_as = crate::routing::served_as(
-        matches!(route.origin, Origin::Dir(_)),
-        &target.path.decoded,
-    );
+    let served_as =
+        crate::routing::served_as(matches!(route.origin, Origin::Dir(_)), &target.path.decoded);
     let access =
         proceed!(authorise(gateway, site, &target, served_as.as_deref(), &parts.headers).await);
     if let (Some(record), Some(visitor)) = (record, &access.visitor) {

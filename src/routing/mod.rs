@@ -110,7 +110,8 @@ pub fn precompressed_original(path: &str) -> Option<&str> {
     let cut = path.len().checked_sub(3)?;
     let ending = path.as_bytes().get(cut..)?;
     let copy = ending.eq_ignore_ascii_case(b".gz") || ending.eq_ignore_ascii_case(b".br");
-    path.get(..cut).filter(|original| copy && !original.ends_with('/'))
+    path.get(..cut)
+        .filter(|original| copy && !original.ends_with('/'))
 }
 
 /// `prefix` is lower case and has no trailing `/` (unless it is `/`).

@@ -472,7 +472,10 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("log never contained {needle:?} {count} times:\n{}", self.log());
+        panic!(
+            "log never contained {needle:?} {count} times:\n{}",
+            self.log()
+        );
     }
 
     /// Waits for the process to exit (or panics after `limit`).
