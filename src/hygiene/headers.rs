@@ -165,7 +165,7 @@ pub fn bearer_credential(headers: &HeaderMap) -> Option<&str> {
 /// trusted proxy (read right to left, as each proxy appended its peer).
 /// Behind an ingress every visitor arrives from its address: limits keyed by
 /// the peer alone would let one visitor spend everyone's budget. An entry
-/// that is not a plain address ends the walk at the last good one.
+/// that is not an address ends the walk at the last good one.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if !is_trusted(peer, trusted) {
         return peer;
@@ -177,7 +177,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .rev()
         .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
     for hop in hops {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        let Some(ip) = hop_address(hop.trim()) else {
             break;
         };
         // A dual-stack proxy may write an IPv4 client as `::ffff:a.b.c.d`.
@@ -188,6 +188,19 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry's address: plain, or as some proxies write it
+/// (Azure Application Gateway, IIS with ARR) with its port, `a.b.c.d:port`
+/// or `[v6]:port`, or in brackets alone.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .or_else(|| {
+            let bracketed = hop.strip_prefix('[')?.strip_suffix(']')?;
+            bracketed.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })
 }
 
 /// Cleans a request's headers for the origin and sets the forwarding headers.
@@ -791,5 +804,30 @@ mod tests {
         // From a peer that is not trusted the header means nothing.
         let peer = ip("203.0.113.9");
         assert_eq!(client_ip(peer, &with(&["198.51.100.7"]), &trusted), peer);
+    }
+
+    /// Azure Application Gateway (and some IIS/ARR set-ups) append the
+    /// client as `address:port`, IPv6 as `[address]:port`. Read as junk,
+    /// every visitor became the proxy, one shared rate-limit bucket for the
+    /// whole site.
+    #[test]
+    fn a_hop_written_with_its_port_is_its_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.append(&X_FORWARDED_FOR, value.parse().unwrap());
+            h
+        };
+        let proxy = ip("10.0.0.2");
+        for (value, want) in [
+            ("198.51.100.7:4711", "198.51.100.7"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("6.6.6.6, 198.51.100.7:4711, 10.0.0.9:80", "198.51.100.7"),
+            ("[2001:db8::8]", "2001:db8::8"),
+            ("198.51.100.7:port", "10.0.0.2"),
+        ] {
+            assert_eq!(client_ip(proxy, &with(value), &trusted), ip(want), "{value}");
+        }
     }
 }
