@@ -1522,10 +1522,25 @@ async fn the_token_api_mints_and_verifies_with_scoped_keys() {
         (401, &"INVALID_AUTHENTICATION".into())
     );
     assert_eq!(body["message"], "send Authorization: Bearer <API key>");
-    let (status, body) = call(&gw, CREATE, Some("mgk_wrong"), ada).await;
+    let (status, body) = call(
+        &gw,
+        CREATE,
+        Some("mgk_wrong_0123456789abcdefghijklmnop"),
+        ada,
+    )
+    .await;
     assert_eq!(
         (status, &body["message"]),
         (401, &"the API key is not valid".into())
+    );
+    // A key too short to be one is never compared, and the answer says why.
+    let (status, body) = call(&gw, CREATE, Some(&API_KEY[..31]), ada).await;
+    assert_eq!(
+        (status, &body["message"]),
+        (
+            401,
+            &"the API key is not valid: keys have at least 32 characters".into()
+        )
     );
     let (status, body) = call(&gw, CREATE, Some(VERIFY_KEY), ada).await;
     assert_eq!((status, &body["category"]), (403, &"MISSING_SCOPES".into()));

@@ -827,7 +827,11 @@ mod tests {
             ("[2001:db8::8]", "2001:db8::8"),
             ("198.51.100.7:port", "10.0.0.2"),
         ] {
-            assert_eq!(client_ip(proxy, &with(value), &trusted), ip(want), "{value}");
+            assert_eq!(
+                client_ip(proxy, &with(value), &trusted),
+                ip(want),
+                "{value}"
+            );
         }
     }
 }

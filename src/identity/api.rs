@@ -43,6 +43,8 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed authentications allowed per client IP per minute.
 const FAILURES_PER_IP: isize = 20;
+/// The shortest API key accepted: a shorter one could be guessed.
+const MIN_KEY_LENGTH: usize = 32;
 /// Calls allowed per API key per minute.
 const CALLS_PER_KEY: isize = 6000;
 
@@ -85,19 +87,23 @@ pub async fn handle(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    // Counted without adding: only failures add to this budget.
+    // The key is checked first, so that a valid one is never held back by
+    // other clients' failures at its address (a NAT, a serverless egress).
+    // The failure budget then only cuts a guesser's noise: keys are at
+    // least MIN_KEY_LENGTH characters, too many to guess.
     let rate = &gateway.identifier.api_rate;
-    let counted_as = crate::limits::client_key(client);
-    if rate.observe(&("api-fail", counted_as), 0) >= FAILURES_PER_IP {
-        return too_many();
-    }
     let settings = &runtime.config.identification;
     let Some(key) = authenticate(&settings.api_keys, &parts.headers) else {
-        rate.observe(&("api-fail", counted_as), 1);
-        let message = if parts.headers.contains_key(header::AUTHORIZATION) {
-            "the API key is not valid"
-        } else {
-            "send Authorization: Bearer <API key>"
+        let counted_as = crate::limits::client_key(client);
+        if rate.observe(&("api-fail", counted_as), 1) > FAILURES_PER_IP {
+            return too_many();
+        }
+        let message = match crate::hygiene::headers::bearer_credential(&parts.headers) {
+            Some(given) if given.len() < MIN_KEY_LENGTH => {
+                "the API key is not valid: keys have at least 32 characters"
+            }
+            _ if parts.headers.contains_key(header::AUTHORIZATION) => "the API key is not valid",
+            _ => "send Authorization: Bearer <API key>",
         };
         let mut response = error(StatusCode::UNAUTHORIZED, "INVALID_AUTHENTICATION", message);
         response.headers_mut().insert(
@@ -207,7 +213,8 @@ pub async fn handle(
 /// The configured key whose digest matches the bearer token, compared in
 /// constant time against every key.
 fn authenticate<'k>(keys: &'k [ApiKey], headers: &http::HeaderMap) -> Option<&'k ApiKey> {
-    let given = crate::hygiene::headers::bearer_credential(headers)?;
+    let given = crate::hygiene::headers::bearer_credential(headers)
+        .filter(|given| given.len() >= MIN_KEY_LENGTH)?;
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     let mut found = None;
     for key in keys {

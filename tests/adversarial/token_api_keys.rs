@@ -390,3 +390,36 @@ async fn calls_past_the_per_key_limit_get_429() {
     assert_eq!(status, 200, "another key from the same address: {body}");
     assert!(body.contains("\"token\""), "{body}");
 }
+
+/// The failure budget is for guessers, not for the holder of a valid key:
+/// another client at the backend's address (a shared egress: serverless
+/// platforms, a NAT, a cloud /64) sends 20 wrong keys, and the backend's
+/// own valid key still mints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_key_is_not_held_by_other_clients_failures_at_its_address() {
+    let gw = start().await;
+    let client = gw.client_builder().http1_only().build().unwrap();
+    let url = gw.https_url(CREATE);
+    for i in 0..20 {
+        let status = create_request(&client, &url, &format!("mgk_wrong_{i}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 401);
+    }
+    // The guesser is held from here on ...
+    let status = create_request(&client, &url, "mgk_wrong_again")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 429);
+    // ... the backend with its valid key is not.
+    let response = create_request(&client, &url, KEY).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "the valid key from the shared address: {body}");
+}
