@@ -1057,6 +1057,77 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
     );
 }
 
+/// Password hashing is shared by every visitor: logins from many addresses,
+/// each within its own limits, wait for the same few hashing slots. Past
+/// about a second's work in the queue a login is refused at once with 503
+/// and `Retry-After`, rather than answered after minutes of others' hashing;
+/// once the flood has drained, the member logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
+    let (gw, _origin) = start(|s| {
+        s.server("trusted_proxies = [\"127.0.0.0/8\"]")
+            .limits("max_connections_per_ip = 0")
+    })
+    .await;
+    member(&gw, "mia@example.com", "Mia").await;
+    // More than the gateway's queue holds, as it sizes it on this machine.
+    let slots = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let flood = 2 * slots * (membergate::members::password::WAITING_PER_SLOT + 1) + 64;
+    let mut shared = Browser::new(&gw);
+    let csrf = shared.get("/_membergate/login").await.csrf();
+    let cookie = shared.cookie_header().unwrap();
+    // HTTP/1.1: a connection per login in flight, as from many visitors.
+    let client = gw.client_builder().http1_only().build().unwrap();
+    let mut answers = Vec::new();
+    for i in 0..flood {
+        // 20 logins per visitor, under the 30 a minute each may make.
+        let request = client
+            .post(gw.https_url("/_membergate/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &cookie)
+            .header("origin", &shared.origin)
+            .header(
+                "x-forwarded-for",
+                format!("198.51.{}.{}", i / 20 / 250, i / 20 % 250 + 1),
+            )
+            .body(format!(
+                "csrf={csrf}&email=nobody{i}%40example.com&password=guess-{i}"
+            ));
+        answers.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response.headers().get("retry-after").cloned();
+            (response.status().as_u16(), retry_after)
+        }));
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for answer in answers {
+        let (status, retry_after) = answer.await.unwrap();
+        if status == 503 {
+            assert_eq!(retry_after.unwrap(), "5");
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.contains_key(&503),
+        "no login was shed: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [401, 503],
+        "{statuses:?}"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "membergate_logins_total{{result=\"busy\"}} {}",
+            statuses[&503]
+        )),
+        "{metrics}"
+    );
+    let mut mia = Browser::new(&gw);
+    assert_eq!(mia.login("mia@example.com", PASSWORD).await.status, 303);
+}
+
 /// Behind a trusted ingress every visitor arrives from its address: limits
 /// key on the visitor's address from `X-Forwarded-For`, so one guesser does
 /// not spend everyone's budget, and a guesser who prepends addresses of

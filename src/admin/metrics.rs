@@ -64,7 +64,7 @@ pub struct MailLabels {
 pub struct MembershipCounters {
     /// `ok`, `failed` (wrong email or password, or a disabled account),
     /// `not_ready` (the right password for a confirmed address that waits
-    /// for approval), `limited`.
+    /// for approval), `limited`, `busy` (password hashing was full).
     pub logins: Family<OutcomeLabels, Counter>,
     /// `created`, `duplicate` (the address has an account), `refused` (mode
     /// or domain), `limited`, `failed` (the store failed).
@@ -217,7 +217,7 @@ impl Metrics {
         let counters = &membership.counters;
         self.registry.register(
             "logins",
-            "Login attempts by result (ok, failed, limited)",
+            "Login attempts by result (ok, failed, not_ready, limited, busy)",
             counters.logins.clone(),
         );
         self.registry.register(

@@ -341,7 +341,7 @@ async fn hash(password: &str) -> Result<String, Refused> {
     let password = password.to_owned();
     password::off_thread(move || password::hash(&password))
         .await
-        .ok_or_else(|| Refused::Store("password hashing failed".into()))?
+        .map_err(|_| Refused::Store("password hashing failed".into()))?
         .map_err(Refused::Store)
 }
 

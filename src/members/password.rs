@@ -1,25 +1,75 @@
 //! Password hashing: argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane).
 //! Hashing is CPU-heavy and each hash holds 19 MiB, so it runs on the
 //! blocking pool through [`off_thread`], a few at a time: a flood of login
-//! attempts queues instead of growing memory by 19 MiB per attempt.
+//! attempts queues instead of growing memory by 19 MiB per attempt, and the
+//! queue is bounded: past about a second's work it refuses at once.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 /// Hashes running at once: enough to keep the cores busy, few enough that
 /// their memory stays small.
-static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+static SLOTS: LazyLock<usize> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    tokio::sync::Semaphore::new(cores.clamp(2, 8))
+    cores.clamp(2, 8)
 });
+static HASHING: LazyLock<tokio::sync::Semaphore> =
+    LazyLock::new(|| tokio::sync::Semaphore::new(*SLOTS));
 
-/// Runs password work on the blocking pool once a hashing slot is free;
-/// `None` if the work panicked.
-pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let _slot = HASHING.acquire().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+/// Password work that may wait for a slot, per slot: about a second of it (a
+/// hash takes 30 to 40 ms). Logins from many addresses, each within its own
+/// limits, would otherwise queue without end, and a member's login would
+/// wait behind minutes of them.
+pub const WAITING_PER_SLOT: usize = 32;
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Why password work was not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotDone {
+    /// The queue was full: ask again in a few seconds.
+    Busy,
+    /// The work panicked.
+    Failed,
+}
+
+/// Runs password work on the blocking pool once a hashing slot is free, or
+/// refuses it at once when too much waits already.
+pub async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NotDone> {
+    let _slot = match HASHING.try_acquire() {
+        Ok(slot) => slot,
+        Err(_) => {
+            let _waiting = Waiting::join().ok_or(NotDone::Busy)?;
+            HASHING.acquire().await.map_err(|_| NotDone::Failed)?
+        }
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| NotDone::Failed)
+}
+
+/// A place in the queue for a hashing slot, given back when dropped.
+struct Waiting;
+
+impl Waiting {
+    fn join() -> Option<Waiting> {
+        let limit = *SLOTS * WAITING_PER_SLOT;
+        if WAITING.fetch_add(1, Ordering::AcqRel) >= limit {
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Waiting)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Shortest and longest password accepted (long ones only cost hashing time).

@@ -28,7 +28,7 @@ use membership::{Action, Browser, MailCooldown, MailKind};
 use crate::config::{self, Registration};
 use crate::gateway::Runtime;
 use crate::mail::Message;
-use crate::members::password::{self, Check};
+use crate::members::password::{self, Check, NotDone};
 use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now};
 use crate::proxy::ConnInfo;
 use crate::proxy::body::GatewayBody;
@@ -335,6 +335,20 @@ impl Request<'_> {
         r
     }
 
+    /// Password hashing is full (a flood of logins from many addresses):
+    /// refused at once rather than answered minutes late.
+    fn busy(&self) -> Response<GatewayBody> {
+        let mut r = self.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "Too many people are logging in just now. Try again in a few seconds.",
+            None,
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    }
+
     fn can_register(&self) -> bool {
         self.config.registration != Registration::Invite
     }
@@ -394,7 +408,7 @@ impl Request<'_> {
         };
         let password = field("password").to_owned();
         let stored = member.as_ref().and_then(|m| m.password_hash.clone());
-        let check = password::off_thread(move || match stored {
+        let check = match password::off_thread(move || match stored {
             Some(hash) => password::verify(&password, &hash),
             None => {
                 password::verify_dummy(&password);
@@ -402,7 +416,14 @@ impl Request<'_> {
             }
         })
         .await
-        .unwrap_or(Check::Wrong);
+        {
+            Ok(check) => check,
+            Err(NotDone::Busy) => {
+                self.m.counters.login("busy");
+                return self.busy();
+            }
+            Err(NotDone::Failed) => Check::Wrong,
+        };
         // The right password for a confirmed address that waits for approval:
         // say so. Only the mailbox's owner can have confirmed it. A password
         // for an unconfirmed registration proves nothing (anyone may register
@@ -438,8 +459,7 @@ impl Request<'_> {
             );
             let old = member.password_hash.clone().unwrap_or_default();
             tokio::spawn(async move {
-                if let Some(Ok(hash)) =
-                    password::off_thread(move || password::hash(&password)).await
+                if let Ok(Ok(hash)) = password::off_thread(move || password::hash(&password)).await
                 {
                     // Only over the hash that was checked: a password
                     // changed meanwhile stays changed.
@@ -587,13 +607,17 @@ impl Request<'_> {
             }
         }
         let password = field("password").to_owned();
-        let Some(Ok(hash)) = password::off_thread(move || password::hash(&password)).await else {
-            return self.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again",
-                "Your account could not be created just now. Please try again.",
-                None,
-            );
+        let hash = match password::off_thread(move || password::hash(&password)).await {
+            Ok(Ok(hash)) => hash,
+            Err(NotDone::Busy) => return self.busy(),
+            _ => {
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your account could not be created just now. Please try again.",
+                    None,
+                );
+            }
         };
         let status = if self.config.require_verification {
             Status::Pending
@@ -829,14 +853,17 @@ impl Request<'_> {
         let Some((member, epoch)) = member.filter(|(m, _)| m.status != Status::Disabled) else {
             return link_spent(self);
         };
-        let Some(Ok(hash)) = password::off_thread(move || password::hash(&new_password)).await
-        else {
-            return self.message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again",
-                "Your password could not be changed just now.",
-                None,
-            );
+        let hash = match password::off_thread(move || password::hash(&new_password)).await {
+            Ok(Ok(hash)) => hash,
+            Err(NotDone::Busy) => return self.busy(),
+            _ => {
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your password could not be changed just now.",
+                    None,
+                );
+            }
         };
         let at = now();
         // Written at the epoch the link was taken at: whatever moved the
@@ -997,8 +1024,9 @@ impl Request<'_> {
         })
         .await;
         let hash = match work {
-            Some(Some(Ok(hash))) => hash,
-            Some(None) => {
+            Ok(Some(Ok(hash))) => hash,
+            Err(NotDone::Busy) => return self.busy(),
+            Ok(None) => {
                 return self
                     .account_page(&HashMap::new(), Some("The current password is not right."))
                     .await;
