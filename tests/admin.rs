@@ -457,7 +457,7 @@ async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
             )
         }
     };
-    let cases: [(&str, u16, &str); 7] = [
+    let cases: [(&str, u16, &str); 8] = [
         ("{\"email\": ", 400, "not the expected JSON"),
         (
             "{\"email\": \"a@example.com\", \"pasword\": \"x\"}",
@@ -483,6 +483,11 @@ async fn the_admin_api_needs_the_key_and_refuses_bad_input_clearly() {
             "{\"email\": \"a@example.com\", \"password\": \"short\"}",
             400,
             "at least 10",
+        ),
+        (
+            "{\"email\": \"a@example.com\", \"password\": \"correct horse\\nbattery\"}",
+            400,
+            "line breaks",
         ),
         (
             "{\"email\": \"a@example.com\", \"password\": \"correct horse battery\", \"groups\": [\"no spaces\"]}",

@@ -1835,3 +1835,56 @@ async fn the_cli_manages_members_and_explains_policy_decisions() {
     assert!(ok && out.contains("ended 1 session"), "{out}");
     eventually(&mut b, "/vip/", 302).await;
 }
+
+/// A password piped the way `passwd`-style tools are fed (twice, one per
+/// line) used to be stored with the line break inside, and nobody can type
+/// that at the login page. One line end (`echo`, CRLF) is not the
+/// password's; control characters are refused in any new password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_password_with_a_line_break_inside_is_refused() {
+    let (gw, _origin) = start(|s| s).await;
+    let twice = format!("{PASSWORD}\n{PASSWORD}\n");
+    let (ok, out) = gw.cli(&["member", "add", "leo@example.com"], &twice);
+    assert!(
+        !ok,
+        "a password with a line break inside was accepted: {out}"
+    );
+    assert!(out.contains("line break inside"), "{out}");
+    let (ok, _) = gw.cli(&["member", "show", "leo@example.com"], "");
+    assert!(!ok, "leo was stored");
+
+    let (ok, out) = gw.cli(
+        &["member", "add", "leo@example.com"],
+        &format!("{PASSWORD}\r\n"),
+    );
+    assert!(ok, "{out}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("leo@example.com", PASSWORD).await.status, 303);
+    let (ok, out) = gw.cli(
+        &["member", "set-password", "leo@example.com"],
+        "correct\thorse battery",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("control characters"), "{out}");
+    assert_eq!(b.login("leo@example.com", PASSWORD).await.status, 303);
+}
+
+/// Only new passwords are checked for control characters: a member whose
+/// password was stored with one before (a piped line break) still logs in
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_stored_before_the_control_character_check_still_logs_in() {
+    let (gw, _origin) = start(|s| s).await;
+    let (ok, out) = gw.cli(&["member", "add", "old@example.com"], PASSWORD);
+    assert!(ok, "{out}");
+    let old = format!("{PASSWORD}\n{PASSWORD}");
+    let hash = membergate::members::password::hash(&old).unwrap();
+    let mut db = support::store_connection(&gw.dir.path().join("data/membergate.db")).await;
+    sqlx::query("UPDATE members SET password_hash = ? WHERE email = 'old@example.com'")
+        .bind(hash)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("old@example.com", &old).await.status, 303);
+}

@@ -227,7 +227,8 @@ async fn status(admin: &Admin<'_>, address: &str, change: StatusChange) -> Resul
 }
 
 /// The password, read from standard input so it stays out of shell history:
-/// at a terminal, asked for twice without echo; from a pipe, all of it.
+/// at a terminal, asked for twice without echo; from a pipe, all of it but
+/// one line end.
 fn password_from_stdin() -> Result<String, String> {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
@@ -244,5 +245,15 @@ fn password_from_stdin() -> Result<String, String> {
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("reading the password: {e}"))?;
-    Ok(input.trim_end_matches(['\n', '\r']).to_owned())
+    // One line end, as `echo` and a here-string add; any other is the
+    // password's, and nobody could type it at the login page.
+    let password = input.strip_suffix('\n').unwrap_or(&input);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.contains(['\n', '\r']) {
+        return Err(
+            "the password on standard input has a line break inside: pipe it once, on one line (a pipe is not asked twice)"
+                .into(),
+        );
+    }
+    Ok(password.to_owned())
 }

@@ -136,6 +136,7 @@ pub fn verify_dummy(password: &str) {
 }
 
 /// Whether a new password is acceptable; the message is shown to the member.
+/// Only new passwords are checked: a login compares whatever was stored.
 pub fn acceptable(password: &str) -> Result<(), &'static str> {
     let length = password.chars().count();
     if length < MIN_LENGTH {
@@ -143,6 +144,14 @@ pub fn acceptable(password: &str) -> Result<(), &'static str> {
     }
     if password.len() > MAX_LENGTH {
         return Err("That password is too long.");
+    }
+    // A line break or tab cannot be typed into a browser's password field:
+    // such a password (a piped one given twice, say) would lock its member out.
+    if password
+        .chars()
+        .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return Err("A password cannot contain line breaks, tabs or other control characters.");
     }
     Ok(())
 }
@@ -185,5 +194,14 @@ mod tests {
         assert!(acceptable("short").is_err());
         assert!(acceptable("long enough!").is_ok());
         assert!(acceptable(&"x".repeat(600)).is_err());
+        for bad in [
+            "long enough\npassword",
+            "long enough\tpw",
+            "long\u{0}enough!",
+            "long enough\u{2028}",
+        ] {
+            assert!(acceptable(bad).is_err(), "{bad:?}");
+        }
+        assert!(acceptable("lång énough pässword ✓").is_ok());
     }
 }
