@@ -799,6 +799,88 @@ fn admin_commands_do_not_work_on_a_database_they_created_by_mistake() {
     assert!(!err.contains("creating"), "{err}");
 }
 
+/// The member, group, session and backup commands read only the member
+/// database, `[mail]` and what invitation links start with: an operator who
+/// must disable a member or end their sessions is not stopped by a problem
+/// elsewhere, here a HubSpot chat site whose token is exported for the
+/// gateway but not in the operator's shell. `policy check` needs the sites,
+/// and says what is wrong with them; so does a problem in what the member
+/// commands read.
+#[test]
+fn member_commands_work_whatever_the_rest_of_the_configuration_says() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("membergate.toml");
+    let setup = Setup::new()
+        .route("/", "http://127.0.0.1:9")
+        .chat("provider = \"hubspot\"\nportal_id = \"4242\"")
+        .members("templates_dir = \"no/such/folder\"");
+    let text = setup.render(home.path());
+    std::fs::write(&config, &text).unwrap();
+    let cli = |config: &std::path::Path, args: &[&str], stdin: &str| {
+        let out = support::run_cli(config, home.path(), args, stdin, &[]);
+        (out.ok, out.stdout + &out.stderr)
+    };
+    for (args, stdin) in [
+        (
+            &["member", "add", "ada@example.com"][..],
+            "a long enough password\n",
+        ),
+        (&["member", "add", "bo@example.com", "--invite"], ""),
+        (
+            &["member", "set-password", "ada@example.com"],
+            "another long password",
+        ),
+        (&["group", "add", "ada@example.com", "vip"], ""),
+        (&["session", "revoke", "--member", "ada@example.com"], ""),
+        (&["member", "disable", "ada@example.com"], ""),
+        (&["member", "list"], ""),
+        (&["backup", "copy.db"], ""),
+    ] {
+        let (ok, out) = cli(&config, args, stdin);
+        assert!(ok, "{args:?}: {out}");
+    }
+    let mail = std::fs::read_dir(home.path().join("data/outbox"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(
+        mail.contains("https://gw.test/_membergate/reset?token="),
+        "{mail}"
+    );
+
+    let (ok, out) = cli(
+        &config,
+        &["policy", "check", "--url", "https://gw.test/"],
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("sites[0].chat.access_token_env"), "{out}");
+    assert!(out.contains("members.templates_dir"), "{out}");
+
+    // What they do read is checked as the gateway checks it, with the key path.
+    let edited = home.path().join("edited.toml");
+    let broken = [
+        (
+            text.replace(
+                "[mail]\n",
+                "[mail]\nsmtp_url = \"ftp://mail.example.com\"\n",
+            ),
+            "mail.smtp_url",
+        ),
+        // Without a public_url, invitation links would point at localhost.
+        (
+            text.replace("public_url = \"https://gw.test\"\n", ""),
+            "members.public_url: required when a site serves a name other than localhost",
+        ),
+    ];
+    for (text, problem) in broken {
+        std::fs::write(&edited, text).unwrap();
+        let out = support::run_cli(&edited, home.path(), &["member", "list"], "", &[]);
+        assert!(!out.ok);
+        assert!(out.stderr.contains(problem), "{problem}: {}", out.stderr);
+    }
+}
+
 /// The Kubernetes sidecar example holds together: its configuration passes
 /// `check-config` with the pod's environment, the container listens where
 /// the configuration does, the probes ask the running gateway through the

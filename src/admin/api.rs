@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::operations::{AddMember, Admin, MemberView, Refused, StatusChange};
+use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hygiene::path;
 use crate::members::Member;
@@ -92,11 +93,11 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
     let membership = &gateway.membership;
     let admin = Admin {
         store: &membership.store,
-        config: &runtime.config,
+        public_url: &runtime.config.members.public_url,
         mailer: &membership.mailer,
     };
     let (parts, body) = request.into_parts();
-    let result = route(&admin, &parts, body).await;
+    let result = route(&admin, &runtime.config, &parts, body).await;
     // Whatever changed a member ends their cached sessions now, not in a second.
     if let Ok(Answer::Changed(member) | Answer::Created(member) | Answer::Ended(member, _)) =
         &result
@@ -183,6 +184,7 @@ fn bad_request(message: impl Into<String>) -> Failure {
 
 async fn route(
     admin: &Admin<'_>,
+    config: &Config,
     parts: &http::request::Parts,
     body: Incoming,
 ) -> Result<Answer, Failure> {
@@ -240,7 +242,7 @@ async fn route(
                 .get("url")
                 .ok_or_else(|| bad_request("the query needs url=<address to check>"))?;
             let report = admin
-                .policy_check(url, query.get("member").map(String::as_str))
+                .policy_check(config, url, query.get("member").map(String::as_str))
                 .await?;
             Ok(Answer::Json(json!(report)))
         }

@@ -4,12 +4,13 @@
 //! change log, so changes made here reach it within a second.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::operations::{AddMember, Admin, StatusChange, policy_report};
 use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCommand};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, MemberStoreConfig};
 use crate::mail::Mailer;
 use crate::members::sqlite::SqliteStore;
 use crate::members::{Member, MemberStore};
@@ -20,19 +21,33 @@ pub fn run(command: Command) -> ExitCode {
         Command::Member { config, command } => (config.config, Work::Member(command)),
         Command::Group { config, command } => (config.config, Work::Group(command)),
         Command::Session { config, command } => (config.config, Work::Session(command)),
-        Command::Policy { config, command } => (config.config, Work::Policy(command)),
         Command::Backup { file, config } => (config.config, Work::Backup(file)),
+        // The policy is the sites': it needs the whole file.
+        Command::Policy { config, command } => {
+            return match Config::load(&config.config) {
+                Ok(whole) => run_to_end(policy(&whole, command)),
+                Err(e) => invalid(&config.config, e),
+            };
+        }
         Command::Serve { .. } | Command::CheckConfig { .. } | Command::Health { .. } => {
             return ExitCode::FAILURE;
         }
     };
-    let config = match Config::load(&config_path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", config_path.display());
-            return ExitCode::from(2);
-        }
-    };
+    // The rest needs only the member store and mail, and works whatever
+    // the rest of the file says.
+    match Config::load_member_store(&config_path) {
+        Ok(config) => run_to_end(execute(&config, work)),
+        Err(e) => invalid(&config_path, e),
+    }
+}
+
+fn invalid(path: &Path, e: ConfigError) -> ExitCode {
+    eprintln!("{}: invalid configuration\n{e}", path.display());
+    ExitCode::from(2)
+}
+
+/// Runs a command to its end and prints what it did, or why it failed.
+fn run_to_end(command: impl Future<Output = Result<String, String>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,7 +58,7 @@ pub fn run(command: Command) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(&config, work)) {
+    match runtime.block_on(command) {
         Ok(output) => {
             if !output.is_empty() {
                 println!("{output}");
@@ -57,28 +72,43 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
+/// A command on the member store.
 enum Work {
     Member(MemberCommand),
     Group(GroupCommand),
     Session(SessionCommand),
-    Policy(PolicyCommand),
     Backup(std::path::PathBuf),
 }
 
-async fn execute(config: &Config, work: Work) -> Result<String, String> {
+async fn policy(config: &Config, command: PolicyCommand) -> Result<String, String> {
+    let PolicyCommand::Check { url, member } = command;
     // An anonymous visitor's decision needs no member store: it works
     // before the first start, and beside `check-config` in CI.
-    if let Work::Policy(PolicyCommand::Check { url, member: None }) = &work {
-        let report = policy_report(config, url, None).map_err(|e| e.to_string())?;
+    let Some(member) = member else {
+        let report = policy_report(config, &url, None).map_err(|e| e.to_string())?;
         return Ok(report.describe());
-    }
-    let database = &config.members.database;
-    // A relative `members.database` is read from the working directory: a
-    // command run elsewhere would work on a new, empty store of its own and
-    // report success. Only adding a member (the first one, before the
-    // gateway's first start) may create the store, and it says where.
-    let creates = matches!(work, Work::Member(MemberCommand::Add { .. }));
-    let absolute = std::path::absolute(database).unwrap_or_else(|_| database.clone());
+    };
+    let store: Arc<dyn MemberStore> = open_store(&config.members.database, false).await?;
+    let mailer = Mailer::new(&config.mail)?;
+    let admin = Admin {
+        store: &store,
+        public_url: &config.members.public_url,
+        mailer: &mailer,
+    };
+    let report = admin
+        .policy_check(config, &url, Some(&member))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(report.describe())
+}
+
+/// Opens the member database. A relative `members.database` is read from
+/// the working directory: a command run elsewhere would work on a new,
+/// empty store of its own and report success. Only adding a member (the
+/// first one, before the gateway's first start) may create the store
+/// (`creates`), and it says where.
+async fn open_store(database: &Path, creates: bool) -> Result<Arc<SqliteStore>, String> {
+    let absolute = std::path::absolute(database).unwrap_or_else(|_| database.to_owned());
     if !database.exists() {
         if !creates {
             return Err(format!(
@@ -91,22 +121,28 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
             absolute.display()
         );
     }
-    let sqlite = Arc::new(
-        SqliteStore::open(database)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let store = SqliteStore::open(database)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
+}
+
+async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, String> {
+    let database = &config.database;
+    let creates = matches!(work, Work::Member(MemberCommand::Add { .. }));
+    let sqlite = open_store(database, creates).await?;
     let store: Arc<dyn MemberStore> = sqlite.clone();
     // The process ends right after the command: mail goes out before it does.
     let mailer = Mailer::new(&config.mail)?.in_foreground();
     let admin = Admin {
         store: &store,
-        config,
+        public_url: &config.public_url,
         mailer: &mailer,
     };
     let done = match work {
         Work::Backup(file) => {
             sqlite.back_up_to(&file).await.map_err(|e| e.to_string())?;
+            let absolute = std::path::absolute(database).unwrap_or_else(|_| database.clone());
             format!(
                 "wrote a copy of {} to {}",
                 absolute.display(),
@@ -195,13 +231,6 @@ async fn execute(config: &Config, work: Work) -> Result<String, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             format!("ended {ended} session(s) of {}", member.email)
-        }
-        Work::Policy(PolicyCommand::Check { url, member }) => {
-            let report = admin
-                .policy_check(&url, member.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            report.describe()
         }
     };
     Ok(done)

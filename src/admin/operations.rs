@@ -130,7 +130,8 @@ impl PolicyReport {
 /// The administrator's operations on one store.
 pub struct Admin<'a> {
     pub store: &'a Arc<dyn MemberStore>,
-    pub config: &'a Config,
+    /// `members.public_url`, what the links in invitations start with.
+    pub public_url: &'a str,
     pub mailer: &'a Mailer,
 }
 
@@ -286,10 +287,11 @@ impl Admin<'_> {
         Ok((member, ended))
     }
 
-    /// The access decision for `url`, for an anonymous visitor or a member,
-    /// and the rule that made it.
+    /// The access decision for `url` under `config`, for an anonymous
+    /// visitor or a member, and the rule that made it.
     pub async fn policy_check(
         &self,
+        config: &Config,
         url: &str,
         member: Option<&str>,
     ) -> Result<PolicyReport, Refused> {
@@ -297,7 +299,7 @@ impl Admin<'_> {
             Some(address) => Some(self.member(address).await?),
             None => None,
         };
-        policy_report(self.config, url, member)
+        policy_report(config, url, member)
     }
 
     /// Emails an invited member a single-use link (7 days) to choose a password.
@@ -317,7 +319,7 @@ impl Admin<'_> {
             .map_err(store_error)?;
         let link = format!(
             "{}{}/reset?token={token}",
-            self.config.members.public_url,
+            self.public_url,
             crate::portal::PREFIX
         );
         self.mailer

@@ -218,7 +218,42 @@ pub struct RouteSection {
 
 /// Parses the TOML text, naming the key path of the first structural problem
 /// (an unknown key or a value of the wrong type).
-pub fn parse(text: &str) -> Result<ConfigFile, String> {
+/// The parts of the file the member, group, session and backup commands
+/// read (see `validate::member_store`). Other sections, and other keys of
+/// these, are not looked at: they are the whole file's to check.
+#[derive(Debug, Default, Deserialize)]
+pub struct MemberStoreFile {
+    #[serde(default)]
+    pub server: ListenSection,
+    #[serde(default)]
+    pub members: MemberStoreSection,
+    #[serde(default)]
+    pub mail: MailSection,
+    #[serde(default)]
+    pub sites: Vec<SiteHostsSection>,
+}
+
+/// The listen addresses, which `members.public_url` defaults to.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListenSection {
+    pub https_listen: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MemberStoreSection {
+    pub database: Option<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SiteHostsSection {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Parses the file, or the parts of it that `T` mirrors.
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();

@@ -128,6 +128,17 @@ pub enum ChatShow {
     Groups(Vec<String>),
 }
 
+/// What the member, group, session and backup commands need (see
+/// [`Config::load_member_store`]).
+#[derive(Debug, Clone)]
+pub struct MemberStoreConfig {
+    /// `members.database`.
+    pub database: PathBuf,
+    /// `members.public_url`, what invitation links start with.
+    pub public_url: String,
+    pub mail: Mail,
+}
+
 /// Outgoing mail (verification, reset and invitation links).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
@@ -348,17 +359,41 @@ enum Listener {
     Admin,
 }
 
+/// The overrides set in the environment: (variable, listener, value).
+fn env_overrides() -> impl Iterator<Item = (&'static str, Listener, String)> {
+    ENV_OVERRIDES
+        .iter()
+        .filter_map(|(name, which)| std::env::var(name).ok().map(|v| (*name, *which, v)))
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
 impl Config {
     /// Reads, parses and validates the file at `path`, applying environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        let overrides = ENV_OVERRIDES
-            .iter()
-            .filter_map(|(name, which)| std::env::var(name).ok().map(|v| (*name, *which, v)));
-        Config::from_toml(&text, overrides)
+        Config::from_toml(&read(path)?, env_overrides())
+    }
+
+    /// Reads and validates only what the member, group, session and backup
+    /// commands need (the member database, `[mail]`, and what invitation
+    /// links start with): an administrator who must disable a member now is
+    /// not stopped by a problem in a site or a chat widget.
+    pub fn load_member_store(path: &Path) -> Result<MemberStoreConfig, ConfigError> {
+        let text = read(path)?;
+        let mut file: file::MemberStoreFile = file::parse(&text).map_err(ConfigError::Syntax)?;
+        for (_, which, value) in env_overrides() {
+            match which {
+                Listener::Https => file.server.https_listen = Some(value),
+                Listener::Http => file.server.http_listen = Some(value),
+                Listener::Admin => {}
+            }
+        }
+        validate::member_store(file).map_err(ConfigError::Invalid)
     }
 
     /// Parses and validates TOML text; `overrides` are (variable, listener, value).
@@ -366,7 +401,7 @@ impl Config {
         text: &str,
         overrides: impl Iterator<Item = (&'a str, Listener, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut file = file::parse(text).map_err(ConfigError::Syntax)?;
+        let mut file: file::ConfigFile = file::parse(text).map_err(ConfigError::Syntax)?;
         for (_, which, value) in overrides {
             let slot = match which {
                 Listener::Https => &mut file.server.https_listen,

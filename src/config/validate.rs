@@ -10,12 +10,12 @@ use ipnet::IpNet;
 
 use super::file::{
     CertificateSection, ChatSection, ConfigFile, IdentificationSection, MailSection,
-    MembersSection, RouteSection, RuleSection, SiteSection,
+    MemberStoreFile, MembersSection, RouteSection, RuleSection, SiteSection,
 };
 use super::{
     Admin, ApiKey, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode,
-    Identification, Limits, Log, LogFormat, Mail, MailTransport, Members, Registration, Route,
-    Server, Site, Tls, Upstream, WidgetLoader,
+    Identification, Limits, Log, LogFormat, Mail, MailTransport, MemberStoreConfig, Members,
+    Registration, Route, Server, Site, Tls, Upstream, WidgetLoader,
 };
 use crate::policy::{Access, Rule, Rules, Teaser};
 use crate::portal::pages::Templates;
@@ -202,6 +202,8 @@ impl Problems {
 
 /// `admin.listen` when the file does not set it.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+const DEFAULT_HTTPS_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
 pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
     let mut p = Problems::default();
@@ -253,12 +255,12 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         https_listen: p.listen(
             "server.https_listen",
             s.https_listen.as_deref(),
-            "127.0.0.1:8443",
+            DEFAULT_HTTPS_LISTEN,
         ),
         http_listen: p.listen(
             "server.http_listen",
             s.http_listen.as_deref(),
-            "127.0.0.1:8080",
+            DEFAULT_HTTP_LISTEN,
         ),
         http_mode,
         https_redirect_port: match s.https_redirect_port {
@@ -423,25 +425,9 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
     if sites.is_empty() {
         p.add("sites", "expected at least one [[sites]] entry");
     }
-    // Links in mails start with `public_url`, and its default is this
-    // machine's name. A site named for the world with no `public_url` would
-    // mail every member a link to localhost, and nobody could confirm an
-    // address or reset a password.
     if file.members.public_url.is_none() {
-        let named = sites.iter().enumerate().find_map(|(i, site)| {
-            let public = site.hosts.iter().find(|h| !h.is_local())?;
-            Some((i, public))
-        });
-        if let Some((i, host)) = named {
-            p.add(
-                "members.public_url",
-                format!(
-                    "required when a site serves a name other than localhost (sites[{i}].hosts has {}): links in mails would point at {}",
-                    host.describe(),
-                    members.public_url
-                ),
-            );
-        }
+        let site_hosts = sites.iter().map(|site| site.hosts.as_slice());
+        public_url_needed(&mut p, &members.public_url, site_hosts);
     }
     for (i, a) in sites.iter().enumerate() {
         if sites[..i].iter().any(|b| b.name == a.name) {
@@ -960,26 +946,12 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
             "registration \"domain\" needs at least one allowed domain",
         );
     }
-    let default_url = match server.https_listen {
-        Some(addr) => format!("https://localhost:{}", addr.port()),
-        None => format!(
-            "http://localhost:{}",
-            server.http_listen.map_or(80, |a| a.port())
-        ),
-    };
-    let public_url = m.public_url.clone().unwrap_or(default_url);
-    let url_ok = public_url.parse::<http::Uri>().is_ok_and(|u| {
-        matches!(u.scheme_str(), Some("http" | "https"))
-            && u.authority().is_some_and(|a| !a.as_str().contains('@'))
-            && u.path() == "/"
-            && u.query().is_none()
-    });
-    if !url_ok {
-        p.add(
-            "members.public_url",
-            format!("expected an origin like \"https://members.example.com\"; got {public_url:?}"),
-        );
-    }
+    let public_url = public_url(
+        p,
+        m.public_url.as_deref(),
+        server.https_listen,
+        server.http_listen,
+    );
     let cookie_secure = m.cookie_secure.unwrap_or(true);
     let cookie_name = m.cookie_name.clone().unwrap_or_else(|| {
         if cookie_secure {
@@ -1018,8 +990,8 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         );
     }
     Members {
-        database: PathBuf::from(m.database.as_deref().unwrap_or("data/membergate.db")),
-        public_url: public_url.trim_end_matches('/').to_owned(),
+        database: database(m.database.as_deref()),
+        public_url,
         secret_file: PathBuf::from(m.secret_file.as_deref().unwrap_or("data/membergate.secret")),
         cookie_name,
         cookie_secure,
@@ -1034,6 +1006,110 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
         max_attempts_per_account: m.max_attempts_per_account.unwrap_or(100).max(1),
         max_attempts_per_account_per_ip: m.max_attempts_per_account_per_ip.unwrap_or(10).max(1),
+    }
+}
+
+fn database(path: Option<&str>) -> PathBuf {
+    PathBuf::from(path.unwrap_or("data/membergate.db"))
+}
+
+/// `members.public_url`, or the local address it defaults to, without a
+/// trailing `/`.
+fn public_url(
+    p: &mut Problems,
+    given: Option<&str>,
+    https_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+) -> String {
+    let default_url = match https_listen {
+        Some(addr) => format!("https://localhost:{}", addr.port()),
+        None => format!("http://localhost:{}", http_listen.map_or(80, |a| a.port())),
+    };
+    let public_url = given.map_or(default_url, str::to_owned);
+    let url_ok = public_url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+            && u.path() == "/"
+            && u.query().is_none()
+    });
+    if !url_ok {
+        p.add(
+            "members.public_url",
+            format!("expected an origin like \"https://members.example.com\"; got {public_url:?}"),
+        );
+    }
+    public_url.trim_end_matches('/').to_owned()
+}
+
+/// Links in mails start with `public_url`, and its default is this
+/// machine's name. A site named for the world with no `public_url` would
+/// mail every member a link to localhost, and nobody could confirm an
+/// address or reset a password.
+fn public_url_needed<'h>(
+    p: &mut Problems,
+    default_url: &str,
+    site_hosts: impl Iterator<Item = &'h [HostPattern]>,
+) {
+    let named = site_hosts.enumerate().find_map(|(i, hosts)| {
+        let public = hosts.iter().find(|h| !h.is_local())?;
+        Some((i, public))
+    });
+    if let Some((i, host)) = named {
+        p.add(
+            "members.public_url",
+            format!(
+                "required when a site serves a name other than localhost (sites[{i}].hosts has {}): links in mails would point at {default_url}",
+                host.describe(),
+            ),
+        );
+    }
+}
+
+/// What the member, group, session and backup commands read, checked as
+/// `validate` checks it: the database, and what invitations need (their
+/// links and `[mail]`). Nothing else is read, so a problem elsewhere (a
+/// site's origin, a chat token not exported in the operator's shell) does
+/// not keep an administrator from disabling a member. Without a
+/// `public_url`, the links depend on the listen addresses and the sites'
+/// hosts, and those are checked too.
+pub fn member_store(file: MemberStoreFile) -> Result<MemberStoreConfig, Vec<String>> {
+    let mut p = Problems::default();
+    let mut listen_problems = Problems::default();
+    let https_listen = listen_problems.listen(
+        "server.https_listen",
+        file.server.https_listen.as_deref(),
+        DEFAULT_HTTPS_LISTEN,
+    );
+    let http_listen = listen_problems.listen(
+        "server.http_listen",
+        file.server.http_listen.as_deref(),
+        DEFAULT_HTTP_LISTEN,
+    );
+    let public_url = public_url(
+        &mut p,
+        file.members.public_url.as_deref(),
+        https_listen,
+        http_listen,
+    );
+    if file.members.public_url.is_none() {
+        p.0.extend(listen_problems.0);
+        let site_hosts: Vec<Vec<HostPattern>> = file
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, site)| p.hosts(&format!("sites[{i}].hosts"), &site.hosts))
+            .collect();
+        public_url_needed(&mut p, &public_url, site_hosts.iter().map(Vec::as_slice));
+    }
+    let mail = mail(&mut p, &file.mail);
+    if p.0.is_empty() {
+        Ok(MemberStoreConfig {
+            database: database(file.members.database.as_deref()),
+            public_url,
+            mail,
+        })
+    } else {
+        Err(p.0)
     }
 }
 
