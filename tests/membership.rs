@@ -1836,6 +1836,140 @@ async fn the_cli_manages_members_and_explains_policy_decisions() {
     eventually(&mut b, "/vip/", 302).await;
 }
 
+/// Sets a password through a mailed reset (or invitation) link; returns the answer's status.
+async fn follow_password_link(gw: &Gateway, link: &str, password: &str) -> u16 {
+    let mut b = Browser::new(gw);
+    let page = b.get(link).await;
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let fields = [
+        ("csrf", page.csrf()),
+        ("token", token),
+        ("password", password.to_owned()),
+    ];
+    let fields = fields.each_ref().map(|(k, v)| (*k, v.as_str()));
+    b.post("/_membergate/reset/confirm", &fields).await.status
+}
+
+/// An invited member whose mail never came: the administrator sets their
+/// password, and they are in, as if they had followed the invitation (under
+/// `approval` too: the invitation is the approval). The invitation's link
+/// is spent. Before, the member stayed pending, and `enable` and `approve`
+/// both refused them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_an_invited_members_password_lets_them_in() {
+    let (gw, _origin) = start(|s| s.members("registration = \"approval\"")).await;
+    let (ok, out) = gw.cli(&["member", "add", "ivy@example.com", "--invite"], "");
+    assert!(ok, "{out}");
+    let invitation = Gateway::link_in(&gw.mail_to("ivy@example.com").await);
+    let (ok, out) = gw.cli(&["member", "set-password", "ivy@example.com"], PASSWORD);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ivy@example.com is active and can log in with it"),
+        "{out}"
+    );
+    let (_, shown) = gw.cli(&["member", "show", "ivy@example.com"], "");
+    assert!(shown.contains("\tactive\t"), "{shown}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("ivy@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/x").await.status, 200);
+    assert_eq!(
+        follow_password_link(&gw, &invitation, "another long password").await,
+        400,
+        "the invitation still sets a password"
+    );
+}
+
+/// What `set-password` does to the others: one awaiting approval still
+/// waits, a disabled one stays disabled (the output says which command
+/// lets them in); one who registered and has not confirmed their address
+/// is refused (the password would not let them in, and would end the link
+/// that confirms it), and so is a disabled invited one, until enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_a_password_keeps_every_other_status() {
+    let (gw, _origin) = start(|s| s.members("registration = \"approval\"")).await;
+    let set = |email: &str, password: &str| gw.cli(&["member", "set-password", email], password);
+
+    // Registered and confirmed: awaiting approval, before and after.
+    let mut ola = Browser::new(&gw);
+    ola.register("ola@example.com", PASSWORD, "", "").await;
+    let link = Gateway::link_in(&gw.mail_to("ola@example.com").await);
+    ola.confirm_address(&link).await;
+    let (ok, out) = set("ola@example.com", "ola's new password");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("still awaiting approval: membergate member approve ola@example.com"),
+        "{out}"
+    );
+    assert_eq!(
+        ola.login("ola@example.com", "ola's new password")
+            .await
+            .status,
+        403
+    );
+    assert!(gw.cli(&["member", "approve", "ola@example.com"], "").0);
+    assert_eq!(
+        ola.login("ola@example.com", "ola's new password")
+            .await
+            .status,
+        303
+    );
+
+    // Disabled: stays disabled.
+    assert!(gw.cli(&["member", "disable", "ola@example.com"], "").0);
+    let (ok, out) = set("ola@example.com", "ola's third password");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("stays disabled: membergate member enable ola@example.com"),
+        "{out}"
+    );
+    assert_eq!(
+        ola.login("ola@example.com", "ola's third password")
+            .await
+            .status,
+        401
+    );
+    assert!(gw.cli(&["member", "enable", "ola@example.com"], "").0);
+    assert_eq!(
+        ola.login("ola@example.com", "ola's third password")
+            .await
+            .status,
+        303
+    );
+
+    // Registered, not confirmed: refused, and the confirmation link still works.
+    let mut pat = Browser::new(&gw);
+    pat.register("pat@example.com", PASSWORD, "", "").await;
+    let (ok, out) = set("pat@example.com", "pat's new password");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("has not confirmed their email address"),
+        "{out}"
+    );
+    let link = Gateway::link_in(&gw.mail_to("pat@example.com").await);
+    let confirmed = pat.confirm_address(&link).await;
+    assert!(confirmed.body.contains("approves"), "{}", confirmed.body);
+
+    // Invited, then disabled: refused until enabled (invited again), then active.
+    assert!(
+        gw.cli(&["member", "add", "kim@example.com", "--invite"], "")
+            .0
+    );
+    assert!(gw.cli(&["member", "disable", "kim@example.com"], "").0);
+    let (ok, out) = set("kim@example.com", PASSWORD);
+    assert!(!ok, "{out}");
+    assert!(out.contains("enable them first"), "{out}");
+    assert!(gw.cli(&["member", "enable", "kim@example.com"], "").0);
+    let (ok, out) = set("kim@example.com", PASSWORD);
+    assert!(ok && out.contains("is active"), "{out}");
+    assert_eq!(
+        Browser::new(&gw)
+            .login("kim@example.com", PASSWORD)
+            .await
+            .status,
+        303
+    );
+}
+
 /// A password piped the way `passwd`-style tools are fed (twice, one per
 /// line) used to be stored with the line break inside, and nobody can type
 /// that at the login page. One line end (`echo`, CRLF) is not the

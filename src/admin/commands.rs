@@ -13,7 +13,7 @@ use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCom
 use crate::config::{Config, ConfigError, MemberStoreConfig};
 use crate::mail::Mailer;
 use crate::members::sqlite::SqliteStore;
-use crate::members::{Member, MemberStore};
+use crate::members::{Member, MemberStore, Status};
 
 /// Runs an admin command; problems are printed and give exit code 1 (2 for a bad config).
 pub fn run(command: Command) -> ExitCode {
@@ -198,10 +198,18 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
                 .set_password(&email, &password)
                 .await
                 .map_err(|e| e.to_string())?;
-            format!(
-                "password set for {}; their sessions have ended",
-                member.email
-            )
+            let email = &member.email;
+            let now = match member.status {
+                Status::Active => format!("{email} is active and can log in with it"),
+                Status::AwaitingApproval => format!(
+                    "{email} is still awaiting approval: membergate member approve {email} lets them in"
+                ),
+                Status::Disabled => {
+                    format!("{email} stays disabled: membergate member enable {email} lets them in")
+                }
+                Status::Pending => format!("{email} is pending"),
+            };
+            format!("password set for {email}; their sessions have ended; {now}")
         }
         Work::Group(GroupCommand::Add { email, group }) => {
             let member = admin

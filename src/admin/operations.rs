@@ -237,13 +237,55 @@ impl Admin<'_> {
         self.member(address).await
     }
 
-    /// Sets a new password; the member's sessions end. Whatever changed
-    /// while it was hashed: the administrator's word is the last.
+    /// Sets a new password; the member's sessions end, and links mailed
+    /// to them (reset, invitation) no longer work. Whatever changed while it
+    /// was hashed: the administrator's word is the last.
+    ///
+    /// An invited member (pending, with no password) becomes active, as
+    /// following the invitation would have made them: the administrator
+    /// who invited them chose the password instead. Other statuses stay: a
+    /// disabled member stays disabled, one awaiting approval still waits.
+    /// Refused for a member who registered and has not confirmed their
+    /// address (the password would not let them in, and would end the
+    /// link that confirms it), and for a disabled invited one (enabling
+    /// them first makes them invited again).
     pub async fn set_password(&self, address: &str, password: &str) -> Result<Member, Refused> {
         let member = self.member(address).await?;
+        let invited = member.password_hash.is_none();
+        let refuse = |why: String| Err(Refused::Conflict(format!("{} {why}", member.email)));
+        match member.status {
+            Status::Pending if !invited => {
+                return refuse(format!(
+                    "has not confirmed their email address yet, and a password would not let them in: the link mailed to them confirms it, or a new one from {}{}/reset",
+                    self.public_url,
+                    crate::portal::PREFIX
+                ));
+            }
+            Status::Disabled if invited => {
+                return refuse(
+                    "is disabled and has not chosen a password yet: enable them first (they are invited again), then set it"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
         let hash = hash(password).await?;
+        let at = now();
+        if member.status == Status::Pending {
+            // Active before the password is written, so a disable made
+            // meanwhile stands (`Stale`: nothing to undo), and so does a
+            // member who followed the invitation meanwhile.
+            match self
+                .store
+                .set_status(member.id, Status::Pending, Status::Active, at)
+                .await
+            {
+                Ok(()) | Err(StoreError::Stale) => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
         self.store
-            .set_password(member.id, &hash, None, now())
+            .set_password(member.id, &hash, None, at)
             .await
             .map_err(store_error)?;
         self.member(address).await
