@@ -7,6 +7,7 @@
 //! ```text
 //! GET    /api/v1/members                        list
 //! POST   /api/v1/members                        {"email", "password" | "invite": true, ...}
+//!                                               (again for an invited member: a new invitation, 200)
 //! GET    /api/v1/members/{email}                one member
 //! POST   /api/v1/members/{email}/enable|disable|approve
 //! PUT    /api/v1/members/{email}/password       {"password"}
@@ -19,6 +20,11 @@
 //!
 //! Changes take effect on the member's next request: their cached sessions
 //! are dropped at once in this process (other replicas follow the change log).
+//!
+//! An invitation is delivered before the answer (SMTP retries included). If
+//! it was not, the answer is 502 with the reason in `error.message` and the
+//! stored member in `member`: they are pending, and a second POST invites
+//! them again. Setting the password of an invited member makes them active.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,7 +41,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::operations::{AddMember, Admin, MemberView, Refused, StatusChange};
+use super::operations::{AddMember, Added, Admin, MemberView, Refused, StatusChange};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hygiene::path;
@@ -116,8 +122,14 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
                 Refused::NotFound(_) => StatusCode::NOT_FOUND,
                 Refused::Conflict(_) => StatusCode::CONFLICT,
                 Refused::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                Refused::NotDelivered { .. } => StatusCode::BAD_GATEWAY,
             };
-            error(status, &refused.to_string())
+            let mut body = error_body(status, &refused.to_string());
+            // Stored all the same: the client sees what it has now.
+            if let Refused::NotDelivered { member, .. } = &refused {
+                body["member"] = json!(MemberView::from(member.as_ref()));
+            }
+            json_response(status, &body)
         }
         Err(Failure::Http(status, message)) => error(status, &message),
     }
@@ -200,7 +212,10 @@ async fn route(
         (&Method::GET, ["members"]) => Ok(Answer::Many(admin.list_members().await?)),
         (&Method::POST, ["members"]) => {
             let new: AddMember = json_body(body).await?;
-            Ok(Answer::Created(admin.add_member(new).await?))
+            Ok(match admin.add_member(new).await? {
+                Added::New(member) => Answer::Created(member),
+                Added::InvitedAgain(member) => Answer::Changed(member),
+            })
         }
         (&Method::GET, ["members", email]) => Ok(Answer::One(admin.member(email).await?)),
         (&Method::POST, ["members", email, action]) => {
@@ -283,10 +298,11 @@ async fn json_body<T: DeserializeOwned>(body: Incoming) -> Result<T, Failure> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({ "error": { "status": status.as_u16(), "message": message } }),
-    )
+    json_response(status, &error_body(status, message))
+}
+
+fn error_body(status: StatusCode, message: &str) -> serde_json::Value {
+    json!({ "error": { "status": status.as_u16(), "message": message } })
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {

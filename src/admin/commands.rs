@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::operations::{AddMember, Admin, StatusChange, policy_report};
+use super::operations::{AddMember, Added, Admin, Refused, StatusChange, policy_report};
 use crate::cli::{Command, GroupCommand, MemberCommand, PolicyCommand, SessionCommand};
 use crate::config::{Config, ConfigError, MemberStoreConfig};
 use crate::mail::Mailer;
@@ -132,8 +132,7 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
     let creates = matches!(work, Work::Member(MemberCommand::Add { .. }));
     let sqlite = open_store(database, creates).await?;
     let store: Arc<dyn MemberStore> = sqlite.clone();
-    // The process ends right after the command: mail goes out before it does.
-    let mailer = Mailer::new(&config.mail)?.in_foreground();
+    let mailer = Mailer::new(&config.mail)?;
     let admin = Admin {
         store: &store,
         public_url: &config.public_url,
@@ -169,9 +168,26 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
                 invite,
                 groups,
             };
-            let member = admin.add_member(new).await.map_err(|e| e.to_string())?;
-            let verb = if invite { "invited" } else { "added" };
-            format!("{verb} {} (member {})", member.email, member.id)
+            match admin.add_member(new).await {
+                Ok(Added::New(member)) if invite => {
+                    format!("invited {} (member {})", member.email, member.id)
+                }
+                Ok(Added::New(member)) => format!("added {} (member {})", member.email, member.id),
+                Ok(Added::InvitedAgain(member)) => format!(
+                    "invited {} again (member {}): a new link is on its way; an earlier one works until it expires",
+                    member.email, member.id
+                ),
+                Err(e @ Refused::NotDelivered { .. }) => {
+                    let Refused::NotDelivered { member, .. } = &e else {
+                        return Err(e.to_string());
+                    };
+                    return Err(format!(
+                        "{e}\n  to send a new invitation: membergate member add {email} --invite\n  to set their password: membergate member set-password {email}",
+                        email = member.email
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
         Work::Member(MemberCommand::List) => admin
             .list_members()

@@ -26,7 +26,8 @@ pub enum StatusChange {
     Disable,
 }
 
-/// Why an operation was refused; each kind maps to one HTTP status.
+/// Why an operation was refused or did not complete; each kind maps to one
+/// HTTP status.
 #[derive(Debug)]
 pub enum Refused {
     /// The input is malformed (400).
@@ -37,6 +38,9 @@ pub enum Refused {
     Conflict(String),
     /// The store failed (500; details are logged, not shown).
     Store(String),
+    /// The member is stored, but the invitation mail to them was not
+    /// delivered, for `reason` (502).
+    NotDelivered { member: Box<Member>, reason: String },
 }
 
 impl std::fmt::Display for Refused {
@@ -44,6 +48,11 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Invalid(m) | Refused::NotFound(m) | Refused::Conflict(m) => f.write_str(m),
             Refused::Store(m) => write!(f, "member store failed: {m}"),
+            Refused::NotDelivered { member, reason } => write!(
+                f,
+                "the invitation to {} was not delivered: {reason}. {} is a member (id {}), pending until they choose a password: invite them again to send a new link, or set their password yourself",
+                member.email, member.email, member.id
+            ),
         }
     }
 }
@@ -88,6 +97,8 @@ impl From<&Member> for MemberView {
 }
 
 /// A new member. Exactly one of `password` and `invite` must be given.
+/// Inviting a member who was invited and has not chosen a password yet
+/// invites them again (their first mail may never have arrived).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
@@ -103,6 +114,15 @@ pub struct AddMember {
     pub invite: bool,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+/// What adding a member did.
+#[derive(Debug)]
+pub enum Added {
+    New(Member),
+    /// The member was invited before and had not chosen a password: they
+    /// got a new invitation (any name given replaced theirs, any group was joined).
+    InvitedAgain(Member),
 }
 
 #[derive(Debug, Serialize)]
@@ -136,7 +156,7 @@ pub struct Admin<'a> {
 }
 
 impl Admin<'_> {
-    pub async fn add_member(&self, new: AddMember) -> Result<Member, Refused> {
+    pub async fn add_member(&self, new: AddMember) -> Result<Added, Refused> {
         let canonical = email::canonical_new(&new.email)
             .map_err(|e| Refused::Invalid(format!("{:?}: {e}", new.email)))?;
         for group in &new.groups {
@@ -156,21 +176,46 @@ impl Admin<'_> {
         } else {
             Status::Active
         };
+        let (first_name, last_name) = (name(new.first_name)?, name(new.last_name)?);
         let at = now();
-        let member = self
+        let created = self
             .store
             .create_member(
                 NewMember {
-                    email: canonical,
-                    first_name: name(new.first_name)?,
-                    last_name: name(new.last_name)?,
+                    email: canonical.clone(),
+                    first_name: first_name.clone(),
+                    last_name: last_name.clone(),
                     password_hash,
                     status,
                 },
                 at,
             )
-            .await
-            .map_err(store_error)?;
+            .await;
+        let (member, again) = match created {
+            Ok(member) => (member, false),
+            Err(StoreError::Duplicate) if new.invite => {
+                let member = self.still_invited(&canonical).await?;
+                // Names given again replace the first ones; none given keeps them.
+                if !first_name.is_empty() || !last_name.is_empty() {
+                    let first = if first_name.is_empty() {
+                        &member.first_name
+                    } else {
+                        &first_name
+                    };
+                    let last = if last_name.is_empty() {
+                        &member.last_name
+                    } else {
+                        &last_name
+                    };
+                    self.store
+                        .set_name(member.id, first, last, at)
+                        .await
+                        .map_err(store_error)?;
+                }
+                (member, true)
+            }
+            Err(e) => return Err(store_error(e)),
+        };
         for group in &new.groups {
             self.store
                 .add_to_group(member.id, group, at)
@@ -180,7 +225,26 @@ impl Admin<'_> {
         if new.invite {
             self.send_invitation(&member).await?;
         }
-        self.member(&member.email).await
+        let member = self.member(&member.email).await?;
+        Ok(if again {
+            Added::InvitedAgain(member)
+        } else {
+            Added::New(member)
+        })
+    }
+
+    /// The member at `canonical` if an invitation is all they have had
+    /// (pending, no password); a conflict otherwise.
+    async fn still_invited(&self, canonical: &str) -> Result<Member, Refused> {
+        let member = self.member(canonical).await?;
+        if member.status == Status::Pending && member.password_hash.is_none() {
+            return Ok(member);
+        }
+        Err(Refused::Conflict(format!(
+            "a member with this email exists ({}, {}): only a member who has not accepted an invitation yet is invited again",
+            member.email,
+            member.status.as_str()
+        )))
     }
 
     pub async fn list_members(&self) -> Result<Vec<Member>, Refused> {
@@ -344,7 +408,9 @@ impl Admin<'_> {
         policy_report(config, url, member)
     }
 
-    /// Emails an invited member a single-use link (7 days) to choose a password.
+    /// Emails an invited member a single-use link (7 days) to choose a
+    /// password, and waits for the delivery: the administrator learns if
+    /// it failed.
     async fn send_invitation(&self, member: &Member) -> Result<(), Refused> {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| Refused::Store(e.to_string()))?;
@@ -365,13 +431,16 @@ impl Admin<'_> {
             crate::portal::PREFIX
         );
         self.mailer
-            .send(Message {
+            .deliver(Message {
                 to: member.email.clone(),
                 subject: "You are invited".into(),
                 body: format!("Hello,\n\nyou have been invited to become a member. Choose your password here:\n\n{link}\n\nThe link works once and expires in 7 days.\n"),
             })
-            .await;
-        Ok(())
+            .await
+            .map_err(|reason| Refused::NotDelivered {
+                member: Box::new(member.clone()),
+                reason,
+            })
     }
 }
 

@@ -28,9 +28,6 @@ pub struct Message {
 #[derive(Clone)]
 pub struct Mailer {
     transport: Transport,
-    /// Deliver before `send` returns, for a process that ends right after
-    /// (the admin CLI), where a background delivery would be cancelled.
-    in_foreground: bool,
 }
 
 #[derive(Clone)]
@@ -54,28 +51,30 @@ impl Mailer {
                 )?))
             }
         };
-        Ok(Mailer {
-            transport,
-            in_foreground: false,
-        })
+        Ok(Mailer { transport })
     }
 
-    /// This mailer, delivering before `send` returns.
-    pub fn in_foreground(self) -> Mailer {
-        Mailer {
-            in_foreground: true,
-            ..self
+    /// Hands the message over, for the portal. The outbox writes it before
+    /// returning; SMTP delivery runs in the background with retries.
+    /// Failures are logged, never shown: a page must not reveal whether an
+    /// address exists.
+    pub async fn send(&self, message: Message) {
+        match &self.transport {
+            Transport::Outbox(outbox) => {
+                let _ = outbox.deliver(message).await;
+            }
+            Transport::Smtp(smtp) => smtp.clone().deliver_later(message),
         }
     }
 
-    /// Hands the message over. The outbox writes it before returning; SMTP
-    /// delivery runs in the background with retries (or, in the foreground,
-    /// before returning), and failures are logged.
-    pub async fn send(&self, message: Message) {
+    /// Delivers before returning (SMTP with its retries), and says why not
+    /// if it could not: for an administrator waiting on the answer, and for
+    /// a process that ends right after (the admin CLI), where a background
+    /// delivery would be cancelled.
+    pub async fn deliver(&self, message: Message) -> Result<(), String> {
         match &self.transport {
-            Transport::Outbox(outbox) => outbox.send(message).await,
-            Transport::Smtp(smtp) if self.in_foreground => smtp.deliver(message).await,
-            Transport::Smtp(smtp) => smtp.clone().deliver_later(message),
+            Transport::Outbox(outbox) => outbox.deliver(message).await,
+            Transport::Smtp(smtp) => smtp.deliver(message).await,
         }
     }
 }

@@ -24,23 +24,35 @@ impl Outbox {
         })
     }
 
-    /// Writes the message; failures are logged, never shown to the visitor
-    /// (the page must not reveal whether an address exists).
-    pub async fn send(&self, message: Message) {
+    /// Writes the message. Failures are logged too: the portal does not
+    /// show them (a page must not reveal whether an address exists).
+    pub async fn deliver(&self, message: Message) -> Result<(), String> {
         let (dir, from) = (self.dir.clone(), self.from.clone());
         let written =
             tokio::task::spawn_blocking(move || write(&dir, &from, &message).map(|p| (p, message)))
                 .await;
         match written {
-            Ok(Ok((path, message))) => tracing::info!(
-                to = %message.to,
-                subject = %message.subject,
-                file = %path.display(),
-                "mail written to the outbox:\n{}",
-                message.body
-            ),
-            Ok(Err(e)) => tracing::error!(error = %e, "could not write mail to the outbox"),
-            Err(e) => tracing::error!(error = %e, "mail task failed"),
+            Ok(Ok((path, message))) => {
+                tracing::info!(
+                    to = %message.to,
+                    subject = %message.subject,
+                    file = %path.display(),
+                    "mail written to the outbox:\n{}",
+                    message.body
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not write mail to the outbox");
+                Err(format!(
+                    "could not write it to the outbox {}: {e}",
+                    self.dir.display()
+                ))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "mail task failed");
+                Err(format!("the mail task failed: {e}"))
+            }
         }
     }
 }

@@ -64,18 +64,21 @@ impl Smtp {
             let turn = self.turns.acquire().await;
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             if turn.is_ok() {
-                self.deliver(message).await;
+                // Logged by `deliver`; nobody waits for the outcome.
+                let _ = self.deliver(message).await;
             }
         });
     }
 
-    pub async fn deliver(&self, message: Message) {
+    /// Delivers, retrying temporary failures; logs the outcome, and returns
+    /// why the mail was not delivered.
+    pub async fn deliver(&self, message: Message) -> Result<(), String> {
         let to = message.to.clone();
         let email = match self.build(message) {
             Ok(email) => email,
             Err(e) => {
                 tracing::error!(to = %to, error = %e, "could not build a mail");
-                return;
+                return Err(format!("could not build the mail: {e}"));
             }
         };
         for attempt in 1..=ATTEMPTS {
@@ -83,22 +86,23 @@ impl Smtp {
             let failure = match sent.await {
                 Ok(Ok(_)) => {
                     tracing::info!(to = %to, "mail sent");
-                    return;
+                    return Ok(());
                 }
                 Ok(Err(e)) if e.is_permanent() => {
                     tracing::error!(to = %to, error = %e, attempt, "mail not delivered");
-                    return;
+                    return Err(format!("the mail server refused it: {e}"));
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("the mail server gave no answer in {ATTEMPT_TIMEOUT:?}"),
             };
             if attempt == ATTEMPTS {
                 tracing::error!(to = %to, error = %failure, attempt, "mail not delivered");
-                return;
+                return Err(format!("{failure} (after {ATTEMPTS} attempts)"));
             }
             tracing::warn!(to = %to, error = %failure, attempt, "mail delivery failed; retrying");
             tokio::time::sleep(Duration::from_secs(2u64.pow(attempt))).await;
         }
+        Err("no delivery attempt was made".into())
     }
 
     fn build(&self, message: Message) -> Result<lettre::Message, String> {
@@ -160,7 +164,8 @@ mod tests {
         // Paused time runs on while nothing else can: each attempt ends at
         // its timeout, and delivery gives up after the last.
         let gave_up = tokio::time::timeout(Duration::from_secs(3600), smtp.deliver(message));
-        assert!(gave_up.await.is_ok(), "still waiting after an hour");
+        let outcome = gave_up.await.expect("still waiting after an hour");
+        assert!(outcome.unwrap_err().contains("no answer"));
         let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(accepted, ATTEMPTS as usize);
     }

@@ -1,6 +1,7 @@
 //! A small SMTP server that keeps every message it accepts, so tests can check
 //! what the gateway's SMTP transport delivered. It can refuse the first few
-//! recipients with a temporary error to exercise retries.
+//! recipients with a temporary error to exercise retries, or every one for
+//! good.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +31,16 @@ impl SmtpSink {
 
     /// Answers `451` to the first `refusals` RCPT commands, then accepts.
     pub async fn start_refusing(refusals: usize) -> SmtpSink {
+        SmtpSink::start_answering(refusals, "451 try again later").await
+    }
+
+    /// Answers every RCPT command with a permanent `550`.
+    pub async fn start_rejecting() -> SmtpSink {
+        SmtpSink::start_answering(usize::MAX, "550 5.1.1 no such mailbox here").await
+    }
+
+    /// Answers `refusal` to the first `refusals` RCPT commands, then accepts.
+    async fn start_answering(refusals: usize, refusal: &'static str) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -63,7 +74,7 @@ impl SmtpSink {
                             let left = refusals.load(Ordering::SeqCst);
                             if left > 0 {
                                 refusals.store(left - 1, Ordering::SeqCst);
-                                "451 try again later"
+                                refusal
                             } else {
                                 current.to.push(line[8..].trim().to_owned());
                                 "250 ok"
