@@ -806,6 +806,8 @@ async fn the_admin_api_sets_invited_members_passwords_and_invites_again() {
     // Registered, not confirmed (verification is on by default).
     let mut pat = Browser::new(&gw);
     pat.register("pat@example.com", PASSWORD, "", "").await;
+    // Stored after the answer: the mail says it is.
+    gw.mail_to("pat@example.com").await;
     let (status, body) = api
         .call(
             "PUT",

@@ -1939,13 +1939,14 @@ async fn setting_a_password_keeps_every_other_status() {
     // Registered, not confirmed: refused, and the confirmation link still works.
     let mut pat = Browser::new(&gw);
     pat.register("pat@example.com", PASSWORD, "", "").await;
+    // Stored after the answer: the mail says it is.
+    let link = Gateway::link_in(&gw.mail_to("pat@example.com").await);
     let (ok, out) = set("pat@example.com", "pat's new password");
     assert!(!ok, "{out}");
     assert!(
         out.contains("has not confirmed their email address"),
         "{out}"
     );
-    let link = Gateway::link_in(&gw.mail_to("pat@example.com").await);
     let confirmed = pat.confirm_address(&link).await;
     assert!(confirmed.body.contains("approves"), "{}", confirmed.body);
 
