@@ -862,7 +862,7 @@ async fn an_undelivered_invitation_is_reported_with_what_to_do() {
         .call(
             "POST",
             "/api/v1/members",
-            Some(json!({"email": "nia@example.com", "invite": true})),
+            Some(json!({"email": "nia@example.com", "invite": true, "groups": ["vip"]})),
         )
         .await;
     assert_eq!(status, 502, "{body}");
@@ -873,9 +873,14 @@ async fn an_undelivered_invitation_is_reported_with_what_to_do() {
             .contains("not delivered"),
         "{body}"
     );
+    let member = &body["member"];
     assert_eq!(
-        (&body["member"]["email"], &body["member"]["status"]),
-        (&json!("nia@example.com"), &json!("pending"))
+        (&member["email"], &member["status"], &member["groups"]),
+        (
+            &json!("nia@example.com"),
+            &json!("pending"),
+            &json!(["vip"])
+        )
     );
 
     // A mail server that cannot be reached: retried, then reported.

@@ -222,10 +222,11 @@ impl Admin<'_> {
                 .await
                 .map_err(store_error)?;
         }
+        // As stored now (with its groups): a failed invitation reports it.
+        let member = self.member(&member.email).await?;
         if new.invite {
             self.send_invitation(&member).await?;
         }
-        let member = self.member(&member.email).await?;
         Ok(if again {
             Added::InvitedAgain(member)
         } else {
