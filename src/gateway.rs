@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::admin::metrics::Metrics;
-use crate::config::Config;
+use crate::config::{Checked, Config, ConfigError};
 use crate::identity::Identifier;
 use crate::identity::token::{Key, Keys};
 use crate::portal::Membership;
@@ -31,18 +31,50 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Builds from a configuration as `validate` left it, reporting its
+    /// problems and those of building (certificate, key and CA files, the
+    /// secret in the environment) together: `check-config`, `serve` and a
+    /// reload all refuse a file with every reason at once. Dev certificates
+    /// are written (if `create_dev_certificates`) only for a valid file.
+    pub fn build_checked(
+        checked: Checked,
+        create_dev_certificates: bool,
+    ) -> Result<Runtime, ConfigError> {
+        let Checked {
+            config,
+            mut problems,
+        } = checked;
+        // Read by `Membership` at start, not by the runtime; checked here so
+        // that `check-config` and `serve` report it with the rest. A reload
+        // finds it as the process started with it.
+        if let Some(Err(e)) = crate::portal::membership::secret_from_env() {
+            problems.push(e);
+        }
+        let built = Runtime::build(config, create_dev_certificates && problems.is_empty());
+        match built {
+            Ok(runtime) if problems.is_empty() => Ok(runtime),
+            Ok(_) => Err(ConfigError::Invalid(problems)),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid(problems))
+            }
+        }
+    }
+
     /// Builds origins and TLS state; `create_dev_certificates` allows writing
     /// missing dev certificates (never done by `check-config`).
     /// Every part is built, and every part's problem reported at once
     /// (`check-config` shows them all).
-    pub fn build(config: Config, create_dev_certificates: bool) -> Result<Runtime, String> {
+    fn build(config: Config, create_dev_certificates: bool) -> Result<Runtime, Vec<String>> {
         let tls = match config.server.https_listen {
             Some(_) => tls::server_config(&config.tls, create_dev_certificates).map(Some),
             None => Ok(None),
         };
         let router = Router::build(&config);
-        let identity_headers = IdentityHeaders::new(&config.server.identity_header_prefix);
-        let admin_api_key = crate::admin::api::load_key(config.admin.api_key_file.as_deref());
+        let identity_headers =
+            IdentityHeaders::new(&config.server.identity_header_prefix).map_err(|e| vec![e]);
+        let admin_api_key =
+            crate::admin::api::load_key(config.admin.api_key_file.as_deref()).map_err(|e| vec![e]);
         let identity_keys = if config.identification.keys.is_empty() {
             Ok(None)
         } else {
@@ -54,6 +86,7 @@ impl Runtime {
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(Keys::new)
                 .map(Some)
+                .map_err(|e| vec![e])
         };
         match (tls, router, identity_headers, admin_api_key, identity_keys) {
             (Ok(tls), Ok(router), Ok(identity_headers), Ok(admin_api_key), Ok(identity_keys)) => {
@@ -76,8 +109,9 @@ impl Runtime {
                 ]
                 .into_iter()
                 .flatten()
+                .flatten()
                 .collect();
-                Err(problems.join("\n"))
+                Err(problems)
             }
         }
     }
@@ -184,33 +218,34 @@ impl Gateway {
     /// (see `keep_restart_settings`).
     pub fn reload(&self) -> Result<(), String> {
         let current = self.runtime();
-        let result = Config::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut config| {
-                let changed = keep_restart_settings(&mut config, &current.config);
+        let result = Config::check(&self.config_path)
+            .and_then(|mut checked| {
+                let changed = keep_restart_settings(&mut checked.config, &current.config);
                 // The file was checked with its own listen addresses; what
                 // runs now is the file with the running ones.
-                let problems = crate::config::listener_problems(&config.server, &config.tls);
-                if !problems.is_empty() {
-                    let problems: Vec<String> = problems
-                        .iter()
-                        .map(|(key, problem)| format!("{key}: {problem}"))
-                        .collect();
-                    return Err(format!(
-                        "with the listen addresses running until a restart: {}",
-                        problems.join("; ")
-                    ));
+                let running = &checked.config;
+                for (key, problem) in
+                    crate::config::listener_problems(&running.server, &running.tls)
+                {
+                    let problem = format!("{key}: {problem}");
+                    if !checked.problems.contains(&problem) {
+                        checked.problems.push(format!(
+                            "with the listen addresses running until a restart: {problem}"
+                        ));
+                    }
                 }
-                if !changed.is_empty() {
+                let built = Runtime::build_checked(checked, true);
+                if built.is_ok() && !changed.is_empty() {
                     tracing::warn!(
                         settings = changed.join(", "),
                         "these settings changed in the file; they apply after a restart"
                     );
                 }
-                let mut built = Runtime::build(config, true)?;
+                let mut built = built?;
                 built.resume_sessions_of(&current);
                 Ok(built)
-            });
+            })
+            .map_err(|e| e.to_string());
         self.metrics.reload(result.is_ok());
         self.runtime.store(Arc::new(result?));
         Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use membergate::cli::{Cli, Command};
-use membergate::config::Config;
+use membergate::config::{Config, ConfigError};
 use membergate::gateway::{Gateway, Runtime};
 use membergate::portal::Membership;
 use membergate::server::{self, Listeners};
@@ -26,66 +26,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every problem `serve` would refuse the file for, in one run: its values,
+/// and the files, keys and secrets they name.
 fn check_config(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    let routes: usize = config.sites.iter().map(|s| s.routes.len()).sum();
-    let sites = config.sites.len();
-    if let Some(Err(e)) = membergate::portal::membership::secret_from_env() {
-        eprintln!(
-            "{}: invalid configuration
-{e}",
-            path.display()
-        );
-        return ExitCode::from(2);
-    }
-    match Runtime::build(config, false) {
-        Ok(_) => {
+    let built = Config::check(path).and_then(|checked| Runtime::build_checked(checked, false));
+    match built {
+        Ok(runtime) => {
+            let config = &runtime.config;
+            let routes: usize = config.sites.iter().map(|s| s.routes.len()).sum();
+            let sites = config.sites.len();
             println!("{}: ok ({sites} sites, {routes} routes)", path.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", path.display());
-            ExitCode::from(2)
-        }
+        Err(e) => invalid(path, &e),
     }
 }
 
+fn invalid(path: &Path, error: &ConfigError) -> ExitCode {
+    eprintln!("{}: invalid configuration\n{error}", path.display());
+    ExitCode::from(2)
+}
+
 fn serve(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{}: invalid configuration\n{e}", path.display());
-            return ExitCode::from(2);
-        }
+    let checked = match Config::check(path) {
+        Ok(checked) => checked,
+        Err(e) => return invalid(path, &e),
     };
-    let _log_guard = membergate::telemetry::init(&config.log);
-    // One worker: a current-thread runtime, with no work-stealing machinery
-    // between the tasks of a connection and its upstream.
-    let mut runtime = if config.server.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    // Before building: a generated dev certificate is logged.
+    let _log_guard = membergate::telemetry::init(&checked.config.log);
+    let built = match Runtime::build_checked(checked, true) {
+        Ok(built) => built,
+        Err(e) => return invalid(path, &e),
     };
-    runtime.enable_all();
-    if config.server.workers > 1 {
-        runtime.worker_threads(config.server.workers);
-    }
-    let runtime = match runtime.build() {
+    let workers = built.config.server.workers;
+    let runtime = match async_runtime(workers) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            eprintln!(
+                "membergate: cannot start the async runtime with server.workers = {workers}: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
-        let membership = Membership::open(&config).await?;
-        let built = Runtime::build(config, true)?;
+        let membership = Membership::open(&built.config).await?;
         let gateway = Arc::new(Gateway::new(built, path, membership)?);
         let listeners = Listeners::bind(&gateway).await?;
         let signals = server::Signals::install()?;
@@ -107,4 +91,20 @@ fn serve(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tokio runtime for `workers` data-plane threads (0: one per core).
+/// One worker: a current-thread runtime, with no work-stealing machinery
+/// between the tasks of a connection and its upstream.
+fn async_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all();
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.build()
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -164,6 +165,42 @@ async fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
         metrics.contains("membergate_config_reloads_total{result=\"rejected\"} 1"),
         "{metrics}"
     );
+}
+
+/// A reload is refused with every reason at once, as `check-config` gives
+/// them: the file's values and the files they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_names_every_problem() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let edited = config
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"soon\"")
+        .replace(
+            "[admin]\n",
+            "[admin]\napi_key_file = \"/definitely/not/here.key\"\n",
+        );
+    assert_ne!(edited, config);
+    std::fs::write(&gw.config_path, edited).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload rejected").await;
+    for expected in [
+        "server.shutdown_grace: expected a duration",
+        "admin.api_key_file: cannot read /definitely/not/here.key",
+    ] {
+        assert!(
+            gw.log().contains(expected),
+            "missing {expected:?} in:\n{}",
+            gw.log()
+        );
+    }
+    let response = gw
+        .client()
+        .get(gw.https_url("/still"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 fn check_config(text: &str) -> (i32, String) {
@@ -378,6 +415,118 @@ fn check_config_names_unknown_keys_and_wrong_types() {
     let (code, out) = check_config("this is not toml");
     assert_eq!(code, 2);
     assert!(out.contains("invalid configuration"), "{out}");
+}
+
+/// A minimal valid file for `serve` in `dir`: plain HTTP on an ephemeral
+/// port, state in `dir`, `server` lines added.
+fn plain_http_config(dir: &Path, server: &str) -> PathBuf {
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nhttps_listen = \"\"\nhttp_listen = \"127.0.0.1:0\"\nhttp_mode = \"serve\"\n{server}\n\
+             [admin]\nlisten = \"\"\n\
+             [members]\ndatabase = \"m.db\"\nsecret_file = \"m.secret\"\n\
+             [mail]\noutbox_dir = \"outbox\"\n\
+             [[sites]]\nname = \"a\"\nhosts = [\"localhost\"]\n\
+             [[sites.routes]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A bad listen address in an environment variable is the variable's
+/// problem: it is named, and the file's valid listener is not reported as
+/// missing. Nor is one that the file sets but that does not parse.
+#[test]
+fn check_config_names_the_variable_a_bad_listen_address_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_http_config(dir.path(), "");
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("MEMBERGATE_HTTP_LISTEN", "0.0.0.0:80x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "server.http_listen (from MEMBERGATE_HTTP_LISTEN): expected an address like \"127.0.0.1:8443\" or \"\" to disable; got \"0.0.0.0:80x\""
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("at least one of"), "{stderr}");
+    let (code, out) =
+        check_config("[server]\nhttps_listen = \"\"\nhttp_listen = \"0.0.0.0:80x\"\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("server.http_listen: expected an address"),
+        "{out}"
+    );
+    assert!(!out.contains("at least one of"), "{out}");
+}
+
+/// The values, the files they name and the secret in the environment are
+/// checked in one run: a bad duration no longer hides a missing certificate
+/// and key file. `serve` refuses the file with the same list.
+#[test]
+fn check_config_and_serve_report_values_and_files_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+https_listen = "127.0.0.1:0"
+http_listen = ""
+shutdown_grace = "soon"
+[admin]
+listen = ""
+api_key_file = "/definitely/not/here.key"
+[members]
+public_url = "https://x.test"
+database = "m.db"
+secret_file = "m.secret"
+[[tls.certificates]]
+cert_file = "/definitely/not/here.crt"
+key_file = "/definitely/not/here.key"
+hosts = ["x.test"]
+[[sites]]
+name = "a"
+hosts = ["x.test"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:9"
+"#,
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = Command::new(binary())
+            .args([command, "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .env("MEMBERGATE_SECRET", "too short")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        for expected in [
+            "server.shutdown_grace: expected a duration",
+            "tls.certificates[0].cert_file: cannot read certificate /definitely/not/here.crt",
+            "admin.api_key_file: cannot read /definitely/not/here.key",
+            "MEMBERGATE_SECRET must be at least 32 characters",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{command}: missing {expected:?} in:\n{stderr}"
+            );
+        }
+    }
+    // Refused before anything was made of it.
+    assert!(!dir.path().join("m.db").exists());
 }
 
 #[test]

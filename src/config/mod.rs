@@ -274,6 +274,8 @@ pub struct Tls {
 
 #[derive(Debug, Clone)]
 pub struct Certificate {
+    /// Where the file has it (`tls.certificates[1]`), for messages.
+    pub entry: String,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub hosts: Vec<HostPattern>,
@@ -373,9 +375,47 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+impl Listener {
+    /// The file's key the variable overrides.
+    fn key(self) -> &'static str {
+        match self {
+            Listener::Https => "server.https_listen",
+            Listener::Http => "server.http_listen",
+            Listener::Admin => "admin.listen",
+        }
+    }
+}
+
+/// A configuration read as far as it goes: its values, with defaults
+/// standing in for invalid ones, and every problem found in it. With
+/// problems, the values serve only to check what they name (certificate
+/// and key files), so that one run reports everything.
+pub struct Checked {
+    pub config: Config,
+    pub problems: Vec<String>,
+}
+
+impl Checked {
+    /// The configuration, if it has no problems.
+    pub fn valid(self) -> Result<Config, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigError::Invalid(self.problems))
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates the file at `path`, applying environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::check(path)?.valid()
+    }
+
+    /// Reads and parses the file at `path`, applying environment overrides,
+    /// and validates it without stopping at its problems. Fails only when
+    /// the file cannot be read or parsed.
+    pub fn check(path: &Path) -> Result<Checked, ConfigError> {
         Config::from_toml(&read(path)?, env_overrides())
     }
 
@@ -400,9 +440,19 @@ impl Config {
     fn from_toml<'a>(
         text: &str,
         overrides: impl Iterator<Item = (&'a str, Listener, String)>,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Checked, ConfigError> {
         let mut file: file::ConfigFile = file::parse(text).map_err(ConfigError::Syntax)?;
-        for (_, which, value) in overrides {
+        let mut problems = Vec::new();
+        for (name, which, value) in overrides {
+            // A bad value is the variable's problem, not the file's: it is
+            // named, and the file's own value stays for the other checks.
+            if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{} (from {name}): expected an address like \"127.0.0.1:8443\" or \"\" to disable; got {value:?}",
+                    which.key()
+                ));
+                continue;
+            }
             let slot = match which {
                 Listener::Https => &mut file.server.https_listen,
                 Listener::Http => &mut file.server.http_listen,
@@ -410,7 +460,9 @@ impl Config {
             };
             *slot = Some(value);
         }
-        validate::validate(file).map_err(ConfigError::Invalid)
+        let (config, found) = validate::validate(file);
+        problems.extend(found);
+        Ok(Checked { config, problems })
     }
 
     /// Where a running gateway's admin listener is (`None`: switched off):
@@ -418,15 +470,15 @@ impl Config {
     /// health probe must not call a serving gateway unhealthy because an edit
     /// it rejected on reload (a missing folder, a bad route) is on disk.
     pub fn admin_listen(path: &Path) -> Result<Option<SocketAddr>, String> {
-        let text = match std::env::var("MEMBERGATE_ADMIN_LISTEN") {
-            Ok(value) => value,
+        let (text, key) = match std::env::var("MEMBERGATE_ADMIN_LISTEN") {
+            Ok(value) => (value, "admin.listen (from MEMBERGATE_ADMIN_LISTEN)"),
             Err(_) => {
                 let file = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let table: toml::Table = file
                     .parse()
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                match table.get("admin").and_then(|admin| admin.get("listen")) {
+                let text = match table.get("admin").and_then(|admin| admin.get("listen")) {
                     None => validate::DEFAULT_ADMIN_LISTEN.to_owned(),
                     Some(toml::Value::String(listen)) => listen.clone(),
                     Some(other) => {
@@ -434,19 +486,20 @@ impl Config {
                             "admin.listen: expected an address like \"127.0.0.1:9090\"; got {other}"
                         ));
                     }
-                }
+                };
+                (text, "admin.listen")
             }
         };
         if text.is_empty() {
             return Ok(None);
         }
         text.parse().map(Some).map_err(|_| {
-            format!("admin.listen: expected an address like \"127.0.0.1:9090\"; got {text:?}")
+            format!("{key}: expected an address like \"127.0.0.1:9090\"; got {text:?}")
         })
     }
 
     /// Parses and validates TOML text without looking at the environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(text, std::iter::empty())
+        Config::from_toml(text, std::iter::empty())?.valid()
     }
 }

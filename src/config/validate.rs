@@ -205,7 +205,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_HTTPS_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
-pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
+/// The configuration and every problem found in it; with problems, defaults
+/// stand in for the invalid values (see [`super::Checked`]).
+pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
     let mut p = Problems::default();
 
     let s = file.server;
@@ -235,7 +237,7 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             ),
         }
     }
-    let identity_header_prefix = s
+    let mut identity_header_prefix = s
         .identity_header_prefix
         .unwrap_or_else(|| "X-Member-".into());
     if identity_header_prefix.len() < 3
@@ -249,6 +251,8 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
                 "expected a header-name prefix like \"X-Member-\"; got {identity_header_prefix:?}"
             ),
         );
+        // The headers are built from it next: not twice the same problem.
+        identity_header_prefix = "X-Member-".into();
     }
     let server = Server {
         workers: s.workers.unwrap_or(0),
@@ -283,7 +287,8 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
             &identity_header_prefix,
         ),
     };
-    if server.https_listen.is_none() && server.http_listen.is_none() {
+    // Both switched off; one that does not parse is reported as such.
+    if s.https_listen.as_deref() == Some("") && s.http_listen.as_deref() == Some("") {
         p.add(
             "server",
             "at least one of https_listen and http_listen must be set",
@@ -462,21 +467,18 @@ pub fn validate(file: ConfigFile) -> Result<Config, Vec<String>> {
         }
     }
 
-    if p.0.is_empty() {
-        Ok(Config {
-            server,
-            limits,
-            admin,
-            log,
-            tls,
-            members,
-            mail,
-            identification,
-            sites,
-        })
-    } else {
-        Err(p.0)
-    }
+    let config = Config {
+        server,
+        limits,
+        admin,
+        log,
+        tls,
+        members,
+        mail,
+        identification,
+        sites,
+    };
+    (config, p.0)
 }
 
 fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Certificate> {
@@ -490,6 +492,7 @@ fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Ce
     }
     let hosts = p.hosts(&format!("{key}.hosts"), &c.hosts);
     Some(Certificate {
+        entry: key.to_owned(),
         cert_file: cert_file?,
         key_file: key_file?,
         hosts,

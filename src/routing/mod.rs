@@ -41,13 +41,19 @@ pub struct Route {
 }
 
 impl Router {
-    pub fn build(config: &config::Config) -> Result<Router, String> {
+    pub fn build(config: &config::Config) -> Result<Router, Vec<String>> {
         let mut sites = Vec::with_capacity(config.sites.len());
+        let mut problems = Vec::new();
         for site in &config.sites {
             let mut routes = Vec::with_capacity(site.routes.len());
             for route in &site.routes {
-                let origin = Origin::build(route)
-                    .map_err(|e| format!("site {:?} route {:?}: {e}", site.name, route.path))?;
+                let origin = match Origin::build(route) {
+                    Ok(origin) => origin,
+                    Err(e) => {
+                        problems.push(format!("site {:?} route {:?}: {e}", site.name, route.path));
+                        continue;
+                    }
+                };
                 routes.push(Route {
                     id: format!("{}:{}", site.name, route.path).into(),
                     prefix: route.path.to_ascii_lowercase(),
@@ -66,7 +72,11 @@ impl Router {
                 routes,
             });
         }
-        Ok(Router { sites })
+        if problems.is_empty() {
+            Ok(Router { sites })
+        } else {
+            Err(problems)
+        }
     }
 
     /// The site that serves `host` ([`config::site_for_host`]).

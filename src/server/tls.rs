@@ -15,52 +15,35 @@ use crate::files::{self, IfExists};
 
 /// Builds the rustls server configuration: ALPN `h2` then `http/1.1`, a session
 /// cache and (optionally) stateless tickets so returning clients resume cheaply.
+/// Every certificate that cannot be used is reported, each by its key path.
 pub fn server_config(
     tls: &config::Tls,
     create_dev_certificates: bool,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, Vec<String>> {
     let provider = provider();
     let mut resolver = SniResolver::default();
-    for (i, c) in tls.certificates.iter().enumerate() {
-        let key_path = format!("tls.certificates[{i}]");
+    let mut problems = Vec::new();
+    for c in &tls.certificates {
         if tls.dev_certificate && !(c.cert_file.exists() && c.key_file.exists()) {
             if !create_dev_certificates {
                 continue;
             }
-            write_dev_certificate(&c.cert_file, &c.key_file)?;
+            if let Err(e) = write_dev_certificate(&c.cert_file, &c.key_file) {
+                problems.push(format!("{}: {e}", c.entry));
+                continue;
+            }
         }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_file)
-            .and_then(|iter| iter.collect())
-            .map_err(|e| {
-                format!(
-                    "{key_path}.cert_file: cannot read certificate {}: {e}",
-                    c.cert_file.display()
-                )
-            })?;
-        if chain.is_empty() {
-            return Err(format!(
-                "{key_path}.cert_file: {} holds no certificate",
-                c.cert_file.display()
-            ));
+        match certified_key(c, &provider) {
+            Ok(certified) => resolver.add(Arc::new(certified), &c.hosts),
+            Err(e) => problems.push(e),
         }
-        let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(|e| {
-            format!(
-                "{key_path}.key_file: cannot read private key {}: {e}",
-                c.key_file.display()
-            )
-        })?;
-        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-            format!(
-                "{key_path}: {} and {} do not form a usable pair: {e}",
-                c.cert_file.display(),
-                c.key_file.display()
-            )
-        })?;
-        resolver.add(Arc::new(certified), &c.hosts);
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| vec![e.to_string()])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -68,12 +51,48 @@ pub fn server_config(
     config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(8192);
     if tls.session_tickets {
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+        config.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| vec![e.to_string()])?;
         // One ticket per connection (rustls defaults to two): a browser uses one
         // per connection, and each extra ticket costs both ends a seal/open.
         config.send_tls13_tickets = 1;
     }
     Ok(Arc::new(config))
+}
+
+/// A certificate's chain and key, read from its files.
+fn certified_key(
+    c: &config::Certificate,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let entry = &c.entry;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert_file)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| {
+            format!(
+                "{entry}.cert_file: cannot read certificate {}: {e}",
+                c.cert_file.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{entry}.cert_file: {} holds no certificate",
+            c.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(|e| {
+        format!(
+            "{entry}.key_file: cannot read private key {}: {e}",
+            c.key_file.display()
+        )
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "{entry}: {} and {} do not form a usable pair: {e}",
+            c.cert_file.display(),
+            c.key_file.display()
+        )
+    })
 }
 
 /// aws-lc-rs with the SHA-256 suites first. Every TLS 1.3 handshake (resumed
