@@ -106,5 +106,23 @@ fn async_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers > 1 {
         builder.worker_threads(workers);
     }
-    builder.build()
+    // Tokio panics when the system refuses it a thread (a process or memory
+    // limit), and unwinding then waits forever for the threads it started:
+    // a panic while they start ends the process, with the reason.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let reason = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        eprintln!(
+            "membergate: cannot start the async runtime with server.workers = {workers}: {reason}"
+        );
+        std::process::exit(1);
+    }));
+    let runtime = builder.build();
+    std::panic::set_hook(default_hook);
+    runtime
 }

@@ -436,6 +436,45 @@ fn plain_http_config(dir: &Path, server: &str) -> PathBuf {
     path
 }
 
+/// When the system refuses the worker threads (here a memory limit that
+/// leaves room for a few hundred stacks, not 1,024), tokio panics, and
+/// unwinding waited forever for the threads already started: `serve` hung.
+#[test]
+fn serve_exits_when_the_system_refuses_its_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_http_config(dir.path(), "workers = 1024");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -v 1000000 && exec \"$0\" serve --config \"$1\"",
+        ])
+        .arg(binary())
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("serve still runs 30 s after its runtime failed to start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot start the async runtime with server.workers = 1024"),
+        "{stderr}"
+    );
+}
+
 /// A bad listen address in an environment variable is the variable's
 /// problem: it is named, and the file's valid listener is not reported as
 /// missing. Nor is one that the file sets but that does not parse.

@@ -205,6 +205,11 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_HTTPS_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
+/// The largest `server.workers`: past it threads cost memory and switches
+/// for no throughput (no single host the gateway runs on has that many
+/// cores), and tens of thousands exhaust the process's thread limit.
+const MAX_WORKERS: usize = 1024;
+
 /// The configuration and every problem found in it; with problems, defaults
 /// stand in for the invalid values (see [`super::Checked`]).
 pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
@@ -254,8 +259,15 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
         // The headers are built from it next: not twice the same problem.
         identity_header_prefix = "X-Member-".into();
     }
+    let workers = s.workers.unwrap_or(0);
+    if workers > MAX_WORKERS {
+        p.add(
+            "server.workers",
+            format!("expected 0 (one per core) to {MAX_WORKERS}; got {workers}"),
+        );
+    }
     let server = Server {
-        workers: s.workers.unwrap_or(0),
+        workers: workers.min(MAX_WORKERS),
         https_listen: p.listen(
             "server.https_listen",
             s.https_listen.as_deref(),
