@@ -417,6 +417,73 @@ fn check_config_names_unknown_keys_and_wrong_types() {
     assert!(out.contains("invalid configuration"), "{out}");
 }
 
+/// Values the check used to pass and `serve` then failed on (without a key
+/// path) or misused: empty paths, a worker count the system cannot start,
+/// a prefixed cookie browsers drop, a certificate no client can get.
+#[test]
+fn check_config_refuses_what_serve_could_not_use() {
+    let (code, out) = support::check_config(
+        &Setup::new()
+            .route("/", "http://127.0.0.1:9")
+            .members(
+                "database = \"\"\nsecret_file = \"\"\ntemplates_dir = \"\"\n\
+                 cookie_name = \"__secure-id\"\ncookie_secure = false",
+            )
+            .mail("outbox_dir = \"\"")
+            .admin("api_key_file = \"\"")
+            .certificate(Path::new("a.crt"), Path::new("a.key"), &["a.test"])
+            .certificate(Path::new("b.crt"), Path::new("b.key"), &[]),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    for expected in [
+        "members.database: expected a path; got \"\"",
+        "members.secret_file: expected a path; got \"\"",
+        "members.templates_dir: expected a path; got \"\"",
+        "mail.outbox_dir: expected a path; got \"\"",
+        "admin.api_key_file: expected a path; got \"\"",
+        "members.cookie_name: a __Secure- cookie must be Secure",
+        "tls.certificates[1].hosts: no client would get this certificate",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let (code, out) = support::check_config(
+        &Setup::new()
+            .route("/", "http://127.0.0.1:9")
+            .members("cookie_name = \"__HOST-id\"\ncookie_secure = false"),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("members.cookie_name: a __Host- cookie must be Secure"),
+        "{out}"
+    );
+    // A certificate with no hosts is the default for names no other lists,
+    // as the first one; not when another says "*".
+    let (code, out) =
+        support::check_config(&Setup::new().route("/", "http://127.0.0.1:9").certificate(
+            Path::new("a.crt"),
+            Path::new("a.key"),
+            &[],
+        ));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = support::check_config(
+        &Setup::new()
+            .route("/", "http://127.0.0.1:9")
+            .certificate(Path::new("a.crt"), Path::new("a.key"), &[])
+            .certificate(Path::new("b.crt"), Path::new("b.key"), &["*"]),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("tls.certificates[0].hosts: no client would get this certificate: tls.certificates[1] says \"*\""),
+        "{out}"
+    );
+    let (code, out) = check_config("[server]\nworkers = 100000\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("server.workers: expected 0 (one per core) to 1024; got 100000"),
+        "{out}"
+    );
+}
+
 /// A minimal valid file for `serve` in `dir`: plain HTTP on an ephemeral
 /// port, state in `dir`, `server` lines added.
 fn plain_http_config(dir: &Path, server: &str) -> PathBuf {

@@ -188,6 +188,18 @@ impl Problems {
         }
     }
 
+    /// A path setting. An empty one names no file: it is refused, and
+    /// counts as not set.
+    fn path(&mut self, key: &str, value: Option<&str>) -> Option<PathBuf> {
+        match value? {
+            "" => {
+                self.add(key, "expected a path; got \"\"");
+                None
+            }
+            text => Some(PathBuf::from(text)),
+        }
+    }
+
     fn hosts(&mut self, key: &str, values: &[String]) -> Vec<HostPattern> {
         let mut out = Vec::with_capacity(values.len());
         for (i, value) in values.iter().enumerate() {
@@ -372,7 +384,7 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
             file.admin.listen.as_deref(),
             DEFAULT_ADMIN_LISTEN,
         ),
-        api_key_file: file.admin.api_key_file.as_deref().map(PathBuf::from),
+        api_key_file: p.path("admin.api_key_file", file.admin.api_key_file.as_deref()),
     };
     let listeners = [
         ("server.https_listen", server.https_listen),
@@ -424,7 +436,7 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
             .certificates
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| certificate(&mut p, &format!("tls.certificates[{i}]"), c))
+            .filter_map(|(i, _)| certificate(&mut p, i, &file.tls.certificates))
             .collect(),
     };
     for (key, problem) in listener_problems(&server, &tls) {
@@ -493,18 +505,41 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
     (config, p.0)
 }
 
-fn certificate(p: &mut Problems, key: &str, c: &CertificateSection) -> Option<Certificate> {
-    let cert_file = c.cert_file.as_deref().map(PathBuf::from);
-    let key_file = c.key_file.as_deref().map(PathBuf::from);
-    if cert_file.is_none() {
+/// The `i`th of the certificates `all`.
+fn certificate(p: &mut Problems, i: usize, all: &[CertificateSection]) -> Option<Certificate> {
+    let key = format!("tls.certificates[{i}]");
+    let c = all.get(i)?;
+    let cert_file = p.path(&format!("{key}.cert_file"), c.cert_file.as_deref());
+    let key_file = p.path(&format!("{key}.key_file"), c.key_file.as_deref());
+    if c.cert_file.is_none() {
         p.add(&format!("{key}.cert_file"), "is required");
     }
-    if key_file.is_none() {
+    if c.key_file.is_none() {
         p.add(&format!("{key}.key_file"), "is required");
     }
     let hosts = p.hosts(&format!("{key}.hosts"), &c.hosts);
+    // A certificate is chosen for the names it lists, or as the default:
+    // the first one, unless another says "*" (see `server::tls`).
+    let names_any = |c: &CertificateSection| {
+        c.hosts
+            .iter()
+            .any(|h| HostPattern::parse(h) == Ok(HostPattern::Any))
+    };
+    if c.hosts.is_empty() {
+        if i > 0 {
+            p.add(
+                &format!("{key}.hosts"),
+                "no client would get this certificate: list the names it serves (\"*\" makes it the default for the rest)",
+            );
+        } else if let Some(k) = all.iter().position(names_any) {
+            p.add(
+                &format!("{key}.hosts"),
+                format!("no client would get this certificate: tls.certificates[{k}] says \"*\", so it answers the names no certificate lists; list the names this one serves"),
+            );
+        }
+    }
     Some(Certificate {
-        entry: key.to_owned(),
+        entry: key,
         cert_file: cert_file?,
         key_file: key_file?,
         hosts,
@@ -647,7 +682,7 @@ fn route(p: &mut Problems, key: &str, r: &RouteSection) -> Option<Route> {
             r.idle_timeout.as_deref(),
             Duration::from_secs(60),
         ),
-        ca_file: r.ca_file.as_deref().map(PathBuf::from),
+        ca_file: p.path(&format!("{key}.ca_file"), r.ca_file.as_deref()),
     };
     Some(route)
 }
@@ -705,7 +740,7 @@ fn ipv4_form(net: IpNet) -> IpNet {
 /// site's own folder. The folder must exist (a typo would quietly give the
 /// built-in pages), and every template in it must compile.
 fn portal_templates(p: &mut Problems, dir: Option<&str>) -> Arc<Templates> {
-    let dir = dir.map(PathBuf::from);
+    let dir = p.path("members.templates_dir", dir);
     if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
         p.add(
             "members.templates_dir",
@@ -857,34 +892,35 @@ fn rule(p: &mut Problems, key: &str, r: &RuleSection) -> Option<Rule> {
             "/_membergate/ belongs to the gateway's own pages",
         );
     }
-    let teaser = r.teaser.as_deref().and_then(|file| {
-        let file = PathBuf::from(file);
-        if access == Access::Public {
-            p.add(
-                &format!("{key}.teaser"),
-                "a teaser replaces the login redirect, so a public rule cannot have one",
-            );
-        }
-        match std::fs::read_to_string(&file) {
-            Ok(source) => {
-                let mut env = minijinja::Environment::new();
-                if let Err(e) = env.add_template("teaser", &source) {
-                    p.add(
-                        &format!("{key}.teaser"),
-                        format!("{} is not a valid template: {e}", file.display()),
-                    );
-                }
-                Some(Arc::new(Teaser { file, source }))
-            }
-            Err(e) => {
+    let teaser = p
+        .path(&format!("{key}.teaser"), r.teaser.as_deref())
+        .and_then(|file| {
+            if access == Access::Public {
                 p.add(
                     &format!("{key}.teaser"),
-                    format!("cannot read {}: {e}", file.display()),
+                    "a teaser replaces the login redirect, so a public rule cannot have one",
                 );
-                None
             }
-        }
-    });
+            match std::fs::read_to_string(&file) {
+                Ok(source) => {
+                    let mut env = minijinja::Environment::new();
+                    if let Err(e) = env.add_template("teaser", &source) {
+                        p.add(
+                            &format!("{key}.teaser"),
+                            format!("{} is not a valid template: {e}", file.display()),
+                        );
+                    }
+                    Some(Arc::new(Teaser { file, source }))
+                }
+                Err(e) => {
+                    p.add(
+                        &format!("{key}.teaser"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        });
     let mut rule = match Rule::new(&path?, access) {
         Ok(rule) => rule,
         Err(message) => {
@@ -982,10 +1018,18 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
             format!("expected a cookie name; got {cookie_name:?}"),
         );
     }
-    if !cookie_secure && cookie_name.starts_with("__Host-") {
+    // Browsers drop a cookie whose name starts with __Secure- or __Host- (in
+    // any case) unless it is Secure; __Host- also needs Path=/ and no
+    // Domain, which every cookie of the gateway's has.
+    let prefix = ["__Secure-", "__Host-"].into_iter().find(|prefix| {
+        cookie_name
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    });
+    if let (false, Some(prefix)) = (cookie_secure, prefix) {
         p.add(
             "members.cookie_name",
-            "a __Host- cookie must be Secure; set cookie_secure = true or rename it",
+            format!("a {prefix} cookie must be Secure (browsers drop it otherwise); set cookie_secure = true or rename it"),
         );
     }
     let lifetime = p.duration(
@@ -1005,9 +1049,11 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         );
     }
     Members {
-        database: database(m.database.as_deref()),
+        database: database(p, m.database.as_deref()),
         public_url,
-        secret_file: PathBuf::from(m.secret_file.as_deref().unwrap_or("data/membergate.secret")),
+        secret_file: p
+            .path("members.secret_file", m.secret_file.as_deref())
+            .unwrap_or_else(|| PathBuf::from("data/membergate.secret")),
         cookie_name,
         cookie_secure,
         session_lifetime: lifetime,
@@ -1024,8 +1070,9 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
     }
 }
 
-fn database(path: Option<&str>) -> PathBuf {
-    PathBuf::from(path.unwrap_or("data/membergate.db"))
+fn database(p: &mut Problems, path: Option<&str>) -> PathBuf {
+    p.path("members.database", path)
+        .unwrap_or_else(|| PathBuf::from("data/membergate.db"))
 }
 
 /// `members.public_url`, or the local address it defaults to, without a
@@ -1117,9 +1164,10 @@ pub fn member_store(file: MemberStoreFile) -> Result<MemberStoreConfig, Vec<Stri
         public_url_needed(&mut p, &public_url, site_hosts.iter().map(Vec::as_slice));
     }
     let mail = mail(&mut p, &file.mail);
+    let database = database(&mut p, file.members.database.as_deref());
     if p.0.is_empty() {
         Ok(MemberStoreConfig {
-            database: database(file.members.database.as_deref()),
+            database,
             public_url,
             mail,
         })
@@ -1150,6 +1198,9 @@ fn identification(p: &mut Problems, s: &IdentificationSection) -> Identification
             continue;
         };
         let secret = match (&k.secret_file, &k.secret_env) {
+            (Some(file), None) if file.is_empty() => {
+                Err("expected a path in secret_file; got \"\"".to_owned())
+            }
             (Some(file), None) => std::fs::read_to_string(file)
                 .map(|s| s.trim().as_bytes().to_vec())
                 .map_err(|e| format!("cannot read {file}: {e}")),
@@ -1448,9 +1499,10 @@ fn mail(p: &mut Problems, m: &MailSection) -> Mail {
             }
             MailTransport::Smtp { url: url.clone() }
         }
-        (None, dir) => {
-            MailTransport::Outbox(PathBuf::from(dir.as_deref().unwrap_or("data/outbox")))
-        }
+        (None, dir) => MailTransport::Outbox(
+            p.path("mail.outbox_dir", dir.as_deref())
+                .unwrap_or_else(|| PathBuf::from("data/outbox")),
+        ),
     };
     Mail { from, transport }
 }
