@@ -417,6 +417,37 @@ fn check_config_names_unknown_keys_and_wrong_types() {
     assert!(out.contains("invalid configuration"), "{out}");
 }
 
+/// Login limits of 0 were read as 1 a minute (the second login from an
+/// address got 429), where `max_connections_per_ip = 0` turns its cap off:
+/// a 0 that cannot mean "off" is refused, by its key path.
+#[test]
+fn check_config_refuses_a_zero_that_cannot_mean_off() {
+    let (code, out) =
+        support::check_config(&Setup::new().route("/", "http://127.0.0.1:9").members(
+            "max_attempts_per_ip = 0\nmax_attempts_per_account = 0\n\
+             max_attempts_per_account_per_ip = 0\nsession_cache_capacity = 0",
+        ));
+    assert_eq!(code, Some(2), "{out}");
+    for key in [
+        "members.max_attempts_per_ip",
+        "members.max_attempts_per_account",
+        "members.max_attempts_per_account_per_ip",
+    ] {
+        let expected = format!("{key}: expected at least 1; it is the attempts allowed per minute");
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        out.contains("members.session_cache_capacity: expected at least 1"),
+        "{out}"
+    );
+    let (code, out) = support::check_config(
+        &Setup::new()
+            .route("/", "http://127.0.0.1:9")
+            .limits("max_connections_per_ip = 0"),
+    );
+    assert_eq!(code, Some(0), "0 turns the per-address cap off: {out}");
+}
+
 /// Values the check used to pass and `serve` then failed on (without a key
 /// path) or misused: empty paths, a worker count the system cannot start,
 /// a prefixed cookie browsers drop, a certificate no client can get.

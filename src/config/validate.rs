@@ -200,6 +200,25 @@ impl Problems {
         }
     }
 
+    /// A count a limit is made of: 0 would mean no request or entry at all
+    /// (or, as operators read it, no limit), so it is refused.
+    fn at_least_one<T: Copy + Default + PartialEq>(
+        &mut self,
+        key: &str,
+        value: Option<T>,
+        default: T,
+        what: &str,
+    ) -> T {
+        match value {
+            Some(n) if n == T::default() => {
+                self.add(key, format!("expected at least 1; {what}"));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
     fn hosts(&mut self, key: &str, values: &[String]) -> Vec<HostPattern> {
         let mut out = Vec::with_capacity(values.len());
         for (i, value) in values.iter().enumerate() {
@@ -961,6 +980,10 @@ pub fn valid_group_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Why an attempt limit cannot be 0 (where `max_connections_per_ip = 0`
+/// turns its cap off, these cannot be).
+const ATTEMPTS_OFF: &str = "it is the attempts allowed per minute, a limit that cannot be turned off (a large number relaxes it)";
+
 fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
     let registration = match m.registration.as_deref() {
         None | Some("open") => Registration::Open,
@@ -1058,15 +1081,35 @@ fn members(p: &mut Problems, m: &MembersSection, server: &Server) -> Members {
         cookie_secure,
         session_lifetime: lifetime,
         session_idle: idle,
-        session_cache_capacity: m.session_cache_capacity.unwrap_or(100_000),
+        session_cache_capacity: p.at_least_one(
+            "members.session_cache_capacity",
+            m.session_cache_capacity,
+            100_000,
+            "sessions (and identification tokens) are cached in memory, and 0 would keep none",
+        ),
         registration,
         allowed_domains,
         require_verification: m.require_verification.unwrap_or(true),
         templates: portal_templates(p, m.templates_dir.as_deref()),
         identity_headers: m.identity_headers.unwrap_or(true),
-        max_attempts_per_ip: m.max_attempts_per_ip.unwrap_or(30).max(1),
-        max_attempts_per_account: m.max_attempts_per_account.unwrap_or(100).max(1),
-        max_attempts_per_account_per_ip: m.max_attempts_per_account_per_ip.unwrap_or(10).max(1),
+        max_attempts_per_ip: p.at_least_one(
+            "members.max_attempts_per_ip",
+            m.max_attempts_per_ip,
+            30,
+            ATTEMPTS_OFF,
+        ),
+        max_attempts_per_account: p.at_least_one(
+            "members.max_attempts_per_account",
+            m.max_attempts_per_account,
+            100,
+            ATTEMPTS_OFF,
+        ),
+        max_attempts_per_account_per_ip: p.at_least_one(
+            "members.max_attempts_per_account_per_ip",
+            m.max_attempts_per_account_per_ip,
+            10,
+            ATTEMPTS_OFF,
+        ),
     }
 }
 
