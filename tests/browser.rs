@@ -346,6 +346,43 @@ async fn chromium_forgets_the_chat_visitor_once_after_log_out() {
     assert_eq!(wd.execute(queued, json!([])).await, json!(0));
 }
 
+/// A session ended elsewhere (here revoked by an administrator): the first
+/// page Chromium loads after it resets the widget, and its script clears the
+/// chat-reset cookie the same response set, so the page after it has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_forgets_the_chat_visitor_once_after_the_session_ended_elsewhere() {
+    use support::chat::PageOrigin;
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = with_widget(&origin).await;
+    let email = "kim@example.com";
+    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
+    assert!(ok, "{out}");
+    let wd = logged_in(&gw, email).await;
+    let (ok, out) = gw.cli(&["session", "revoke", "--member", email], "");
+    assert!(ok, "{out}");
+    // The CLI's change reaches the gateway within its change follower's second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let queued = "return (window.hsConversationsOnReady || []).length;";
+    wd.goto(&gw.https_url("/tides")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(queued, json!([])).await, json!(1));
+    let names: Vec<String> = wd
+        .cookies()
+        .await
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == COOKIE || n.ends_with("-chat-reset")),
+        "{names:?}"
+    );
+    wd.goto(&gw.https_url("/")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+}
+
 /// The page's Content-Security-Policy in a real browser: our settings script
 /// runs under it (by the page's nonce, or by the hash the gateway adds), and
 /// nothing else the policy blocked before runs now. One of the pages sends

@@ -337,6 +337,62 @@ async fn after_logout_the_next_widget_page_resets_the_widget_once() {
     assert!(!b.get("/").await.body.contains(reset));
 }
 
+/// A session that ends without the log-out button (revoked from another
+/// device or by an administrator, or idled out) resets the widget all the
+/// same: the first page that finds the session over carries the reset and
+/// sets the chat-reset cookie, as a log-out does, or the next person at a
+/// shared computer reads the member's conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_elsewhere_resets_the_widget_once() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(&origin, BUILTIN, |s| s.members("session_idle = \"2s\"")).await;
+    let reset = "window.HubSpotConversations.clear({resetWidget:true})";
+    let chat_reset = "__Host-membergate-chat-reset";
+    let mut b = member(&gw, "lee@example.com", "Lee", &[]).await;
+    assert!(settings(&b.get("/").await.body).unwrap()["identificationEmail"].is_string());
+    let (ok, out) = gw.cli(&["session", "revoke", "--member", "lee@example.com"], "");
+    assert!(ok, "{out}");
+    // The CLI's change reaches the gateway within its change follower's second.
+    let mut page = b.get("/").await;
+    for _ in 0..50 {
+        if !page.body.contains("identificationEmail") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page = b.get("/").await;
+    }
+    assert!(page.body.contains(reset), "{}", page.body);
+    assert!(!page.body.contains("identificationEmail"), "{}", page.body);
+    assert!(b.session_cookie().is_none(), "the dead cookie is cleared");
+    assert!(
+        b.cookies.contains_key(chat_reset),
+        "{:?}",
+        page.set_cookies()
+    );
+    assert_eq!(page.headers["cache-control"], "private, no-store");
+    // The page's script cleared the cookie (see tests/browser.rs): once only.
+    b.cookies.remove(chat_reset);
+    let page = b.get("/").await;
+    assert!(!page.body.contains(reset), "{}", page.body);
+    assert!(page.set_cookies().is_empty(), "{:?}", page.set_cookies());
+
+    // Idled out: the same, on whatever the first request is (here a log-in
+    // page of the gateway's own), for the next page with the widget.
+    assert_eq!(b.login("lee@example.com", PASSWORD).await.status, 303);
+    assert!(b.get("/").await.body.contains("identificationEmail"));
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let login = b.get("/_membergate/login").await;
+    assert_eq!(login.status, 200);
+    assert!(b.session_cookie().is_none(), "{:?}", login.set_cookies());
+    assert!(
+        b.cookies.contains_key(chat_reset),
+        "{:?}",
+        login.set_cookies()
+    );
+    let page = b.get("/").await;
+    assert!(page.body.contains(reset), "{}", page.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_plain_html_pages_are_touched() {
     let pages = vec![

@@ -102,7 +102,7 @@ pub async fn handle(
         headers: parts.headers,
         visitor: settled.visitor,
         pre_session,
-        set_cookies: settled.set_cookie.into_iter().collect(),
+        set_cookies: settled.set_cookies,
     };
     let sub = &target.path.decoded[PREFIX.len()..];
     let sub = sub.to_ascii_lowercase();

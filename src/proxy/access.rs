@@ -30,9 +30,12 @@ pub struct Access {
     /// knowing who the visitor is stays out of shared caches. `private =
     /// false` keeps the origin's caching headers.
     pub private: bool,
-    /// The session cookie the response sets: a dead one cleared, or a
-    /// renewed session's new id.
-    pub set_cookie: Option<String>,
+    /// The cookies the response sets: a renewed session's new id, or a dead
+    /// one cleared with the chat reset.
+    pub set_cookies: Vec<String>,
+    /// The request's session cookie named a session that is over: the
+    /// widget forgets its visitor (see `proxy::widget`).
+    pub session_ended: bool,
 }
 
 /// Who the visitor is and whether the site's rules let them in. `served_as`
@@ -49,8 +52,9 @@ pub async fn authorise(
     let sessions = &gateway.membership.sessions;
     let Some(Settled {
         visitor,
-        set_cookie,
+        set_cookies,
         unavailable,
+        ended,
     }) = sessions.settle(sessions.lookup(headers).await)
     else {
         let why = "The request carries more than one session cookie.";
@@ -88,7 +92,8 @@ pub async fn authorise(
                     (None, None) => true,
                     (own, alias) => own.unwrap_or(false) || alias.unwrap_or(false),
                 },
-                set_cookie,
+                set_cookies,
+                session_ended: ended,
             });
         }
         // The visitor may well be a member: say so rather than ask them to
@@ -101,7 +106,7 @@ pub async fn authorise(
         },
         Decision::Forbidden => forbidden(target.wants_json),
     };
-    if let Some(cookie) = &set_cookie {
+    for cookie in &set_cookies {
         append_cookie(refused.headers_mut(), cookie);
     }
     Err(refused)
@@ -188,8 +193,8 @@ fn cookie_name(value: &[u8]) -> &[u8] {
 }
 
 /// After the origin answered: private caching for protected paths, no origin
-/// attempt to set the gateway's cookies (catalogue I2), and the session
-/// cookie to set (a dead one cleared, a renewed one's new id).
+/// attempt to set the gateway's cookies (catalogue I2), and the gateway's
+/// own cookies to set (a dead session cleared, a renewed one's new id).
 pub fn finish(
     runtime: &Runtime,
     access: &Access,
@@ -229,12 +234,12 @@ pub fn finish(
     if access.members_only || identified {
         add_vary(headers, "Cookie");
     }
-    if let Some(cookie) = &access.set_cookie {
+    for cookie in &access.set_cookies {
         append_cookie(headers, cookie);
     }
     // A renewed session's id must never land in a shared cache, even on a
-    // public page.
-    if protected || access.set_cookie.is_some() {
+    // public page; nor a chat reset, which is this browser's alone.
+    if protected || !access.set_cookies.is_empty() {
         mark_private(headers);
     } else if identified && access.private {
         keep_from_shared_caches(headers);

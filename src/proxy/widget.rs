@@ -20,8 +20,9 @@ pub struct Plan {
     pub decision: ChatDecision,
     /// The coding the rewritten page is sent in (from the client's `Accept-Encoding`).
     pub client_coding: inject::Coding,
-    /// The logout's chat-reset cookie came with the request: the statement
-    /// that clears it, for the reset script.
+    /// The widget forgets its visitor: the chat-reset cookie came with the
+    /// request, or the request's session is over and this response sets
+    /// that cookie. The statement that clears it, for the reset script.
     pub reset: Option<Arc<str>>,
     /// A browser loading a page (not a script, style or image the chat's
     /// paths also cover): the origin is asked for it uncompressed, since it
@@ -62,8 +63,9 @@ pub fn plan(
         .filter_map(|v| v.to_str().ok())
         .collect();
     let sessions = &gateway.membership.sessions;
-    let reset = crate::session::cookie_values(headers, sessions.chat_reset_name())
-        .any(|v| v == crate::session::CHAT_RESET_VALUE);
+    let reset = access.session_ended
+        || crate::session::cookie_values(headers, sessions.chat_reset_name())
+            .any(|v| v == crate::session::CHAT_RESET_VALUE);
     let fetched = Fetched::of(headers);
     Some(Plan {
         decision,
@@ -130,7 +132,7 @@ pub async fn token(
 }
 
 /// Puts the widget into the page if the response is one that may be rewritten.
-/// A plan with `reset` (the logout cookie was sent) makes the widget forget
+/// A plan with `reset` (the session ended) makes the widget forget
 /// its visitor. The reset script clears the cookie itself when it runs: the
 /// gateway cannot know, when it sends the headers, whether the snippet will
 /// find its place in the page.

@@ -104,13 +104,17 @@ pub enum Lookup {
     Ambiguous,
 }
 
-/// A lookup as a response sees it: who the visitor is, and the session
-/// cookie to set (a dead one cleared, or a renewed one's new id).
+/// A lookup as a response sees it: who the visitor is, and the cookies to
+/// set (a renewed session's new id; or a dead one cleared, with the chat reset).
 pub struct Settled {
     pub visitor: Option<Arc<Visitor>>,
-    pub set_cookie: Option<String>,
+    pub set_cookies: Vec<String>,
     /// The request named a session that could not be checked just now.
     pub unavailable: bool,
+    /// The request named a session that is over (expired, revoked, or its
+    /// member changed or disabled elsewhere): the chat widget must forget
+    /// the member, as after a log-out.
+    pub ended: bool,
 }
 
 /// A new session, ready to be sent to the browser.
@@ -248,24 +252,32 @@ impl Sessions {
     /// which is refused.
     pub fn settle(&self, lookup: Lookup) -> Option<Settled> {
         let unavailable = matches!(lookup, Lookup::Unavailable);
-        let (visitor, set_cookie) = match lookup {
-            Lookup::Anonymous | Lookup::Replaced | Lookup::Unavailable => (None, None),
-            Lookup::Member(visitor) => (Some(visitor), None),
+        let ended = matches!(lookup, Lookup::Invalid);
+        let (visitor, set_cookies) = match lookup {
+            // A session renewed moments ago, or one that could not be
+            // checked, may well be alive: nothing to clear or reset.
+            Lookup::Anonymous | Lookup::Replaced | Lookup::Unavailable => (None, vec![]),
+            Lookup::Member(visitor) => (Some(visitor), vec![]),
             Lookup::Renewed {
                 visitor,
                 cookie_value,
             } => {
                 let left = (visitor.expires_at - now()).max(0);
                 let cookie = self.cookie(&self.cookie_name, &cookie_value, left);
-                (Some(visitor), Some(cookie))
+                (Some(visitor), vec![cookie])
             }
-            Lookup::Invalid => (None, Some(self.clear_cookie())),
+            // Ended without the log-out button: the chat is reset all the
+            // same, or the next person at a shared computer reads the
+            // member's conversation. Clearing the cookie makes it once (a
+            // forged cookie costs a reset, nothing more).
+            Lookup::Invalid => (None, vec![self.clear_cookie(), self.chat_reset_cookie()]),
             Lookup::Ambiguous => return None,
         };
         Some(Settled {
             visitor,
-            set_cookie,
+            set_cookies,
             unavailable,
+            ended,
         })
     }
 
@@ -529,12 +541,14 @@ impl Sessions {
     }
 
     /// The name of the cookie that asks the next page with the chat widget to
-    /// reset it (set at logout, so a shared computer forgets the last member).
+    /// reset it (set when a session ends, so a shared computer forgets the
+    /// last member).
     pub fn chat_reset_name(&self) -> &str {
         &self.chat_reset_name
     }
 
-    /// The chat-reset cookie, set at logout. Not `HttpOnly`: it holds no
+    /// The chat-reset cookie, set at logout and by the first response that
+    /// finds a session over. Not `HttpOnly`: it holds no
     /// secret, and the page whose script resets the widget clears it, so it
     /// stays until a page really did (see `proxy::widget`).
     pub fn chat_reset_cookie(&self) -> String {
