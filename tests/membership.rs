@@ -594,6 +594,140 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
     assert_eq!(forced.status, 403);
 }
 
+/// Posts the log-in form with `token`, as a tab opened earlier would.
+async fn log_in(b: &mut Browser, token: &str, email: &str, to: &str) -> support::browser::Page {
+    let fields = [
+        ("csrf", token),
+        ("email", email),
+        ("password", PASSWORD),
+        ("return_to", to),
+    ];
+    b.post("/_membergate/login", &fields).await
+}
+
+/// "Log out" from a browser whose session is already over (ended from
+/// another device, idled out, or a second click) logs out: a 303 that clears
+/// the cookie and resets the chat, not "Form expired". Its token is bound to
+/// the dead session, so none is asked for then; the origin still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_out_works_when_the_session_is_already_over() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut b = member(&gw, "lia@example.com", "Lia").await;
+    let session = b.session_cookie().unwrap();
+    let token = b.get("/_membergate/account").await.csrf();
+    let fields = [("csrf", token.as_str()), ("return_to", "/blog/")];
+    let logged_out = |page: &support::browser::Page| {
+        let cookies = page.set_cookies();
+        page.status == 303
+            && page.location() == "/blog/"
+            && cookies
+                .iter()
+                .any(|c| c.starts_with("__Host-membergate=;") && c.contains("Max-Age=0"))
+            && cookies
+                .iter()
+                .any(|c| c.starts_with("__Host-membergate-chat-reset=2"))
+    };
+    // A double click: the second post carries the cookie the first ended.
+    let first = b.post("/_membergate/logout", &fields).await;
+    assert!(logged_out(&first), "{:?}", first.set_cookies());
+    b.cookies.insert("__Host-membergate".into(), session);
+    let second = b.post("/_membergate/logout", &fields).await;
+    assert!(
+        logged_out(&second),
+        "{} {:?}",
+        second.status,
+        second.set_cookies()
+    );
+    // Nor does a browser with no session cookie left need a token.
+    let third = b
+        .post("/_membergate/logout", &[("return_to", "/blog/")])
+        .await;
+    assert_eq!((third.status, third.location()), (303, "/blog/"));
+
+    // Ended from elsewhere while the account page was open.
+    assert_eq!(b.login("lia@example.com", PASSWORD).await.status, 303);
+    let token = b.get("/_membergate/account").await.csrf();
+    let (ok, out) = gw.cli(&["session", "revoke", "--member", "lia@example.com"], "");
+    assert!(ok, "{out}");
+    let mut probe = Browser::new(&gw);
+    probe.cookies = b.cookies.clone();
+    eventually(&mut probe, "/members/", 302).await;
+    let fields = [("csrf", token.as_str()), ("return_to", "/blog/")];
+    let out = b.post("/_membergate/logout", &fields).await;
+    assert!(logged_out(&out), "{} {}", out.status, out.body);
+
+    // Without a session a cross-site post is still refused, and sets nothing.
+    for headers in [&[("origin", "https://evil.com")][..], &[]] {
+        let page = b
+            .post_with("/_membergate/logout", &[("csrf", "x")], headers)
+            .await;
+        assert_eq!(page.status, 403, "{headers:?}");
+        assert!(page.set_cookies().is_empty(), "{:?}", page.set_cookies());
+    }
+}
+
+/// Two tabs opened on the log-in page (say from two links in a newsletter):
+/// the member logs in in the first, then in the second, whose page was made
+/// before the session existed. Its token, bound to the browser's
+/// pre-session cookie, still logs in; a logged-in member's own forms (the
+/// account page, log-out) still take only the session's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tab_logs_in_after_the_first_did() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "max@example.com", "Max").await;
+    member(&gw, "ned@example.com", "Ned").await;
+    let mut b = Browser::new(&gw);
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(
+            b.get("/_membergate/login?return_to=%2Fmembers%2F")
+                .await
+                .csrf(),
+        );
+    }
+    let first = log_in(&mut b, &tokens[0], "max@example.com", "/members/").await;
+    assert_eq!((first.status, first.location()), (303, "/members/"));
+    let second = log_in(&mut b, &tokens[1], "max@example.com", "/members/x").await;
+    assert_eq!(
+        (second.status, second.location()),
+        (303, "/members/x"),
+        "{}",
+        second.body
+    );
+    assert_eq!(b.get("/members/").await.status, 200);
+    // The log-in page says who is logged in, and offers to log out.
+    let page = b.get("/_membergate/login").await;
+    assert!(
+        page.body
+            .contains("You are logged in as <strong>max@example.com</strong>")
+    );
+    assert!(page.body.contains("action=\"/_membergate/logout\""));
+    // A third tab logs in as someone else.
+    let third = log_in(&mut b, &tokens[2], "ned@example.com", "/members/").await;
+    assert_eq!(third.status, 303, "{}", third.body);
+    let account = b.get("/_membergate/account").await;
+    assert!(account.body.contains("ned@example.com"), "{}", account.body);
+    assert!(account.body.contains("<a href=\"/\">Back to main</a>"));
+
+    // The member's own forms do not take a pre-session token.
+    let stale = tokens[0].as_str();
+    let name = [
+        ("csrf", stale),
+        ("first_name", "Mallory"),
+        ("last_name", "M"),
+    ];
+    let refused = b.post("/_membergate/account/name", &name).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let refused = b.post("/_membergate/logout", &[("csrf", stale)]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let account = b.get("/_membergate/account").await;
+    assert!(account.body.contains("Ned") && !account.body.contains("Mallory"));
+    // A token from another browser's pre-session is refused as before.
+    let stranger = Browser::new(&gw).get("/_membergate/login").await.csrf();
+    let forced = log_in(&mut b, &stranger, "max@example.com", "/").await;
+    assert_eq!(forced.status, 403, "{}", forced.body);
+}
+
 /// D7: every form, not just logout, refuses a cross-site post even with a
 /// valid token, and the refused post changes nothing.
 /// A sidecar behind a TLS-terminating ingress (`http_mode = "serve"`): the

@@ -122,7 +122,10 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/verify") => req.verify_page(&query),
         (&Method::GET | &Method::HEAD, "/reset") => req.reset_page(&query, None),
         (&Method::GET | &Method::HEAD, "/account") => req.account_page(&query, None).await,
-        (&Method::POST, path) => match req.checked_form(body, body_timeout).await {
+        (&Method::POST, path) => match req
+            .checked_form(body, body_timeout, req.form_tokens(path))
+            .await
+        {
             Err(response) => response,
             Ok(form) => match path {
                 "/login" => req.login(&form).await,
@@ -176,13 +179,55 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Which CSRF tokens a form posted to the portal takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FormTokens {
+    /// Bound to the visitor: the session for a member, the pre-session
+    /// cookie for anyone else. A member's own forms (the account page,
+    /// log-out).
+    Visitors,
+    /// Bound to the pre-session cookie even when a member is logged in: a
+    /// form for anyone (log in, register, confirm, reset) may come from a
+    /// page opened in another tab before this browser logged in. An
+    /// attacker cannot read that cookie, so login CSRF stays refused.
+    PreSessionToo,
+    /// None: a log-out from a browser without a live session (ended
+    /// elsewhere, idled out, or a second click). Logging out a browser that
+    /// is not logged in gives a forger nothing; the origin is still checked.
+    NoneNeeded,
+}
+
 impl Request<'_> {
+    /// Which tokens the form posted to `path` (below the prefix) takes.
+    fn form_tokens(&self, path: &str) -> FormTokens {
+        match path {
+            "/logout" if self.visitor.is_none() => FormTokens::NoneNeeded,
+            "/login" | "/register" | "/verify" | "/reset" | "/reset/confirm" => {
+                FormTokens::PreSessionToo
+            }
+            _ => FormTokens::Visitors,
+        }
+    }
+
+    /// Queues a cookie for the response, once.
+    fn set_cookie(&mut self, cookie: String) {
+        if !self.set_cookies.contains(&cookie) {
+            self.set_cookies.push(cookie);
+        }
+    }
+
     /// What CSRF tokens of this visitor are bound to; creates the pre-session
     /// cookie when a form is about to be shown to a visitor without one.
     fn csrf_binding(&mut self, create: bool) -> Option<Vec<u8>> {
         if let Some(v) = &self.visitor {
             return Some(v.id_hash.to_vec());
         }
+        self.pre_session_binding(create)
+    }
+
+    /// The pre-session cookie's value, as a binding; created when `create`
+    /// and the browser has none.
+    fn pre_session_binding(&mut self, create: bool) -> Option<Vec<u8>> {
         if self.pre_session.is_none() && create {
             let value = csrf::new_pre_session();
             let cookie = cookie::Cookie::build((pre_session_cookie(self.config), value.clone()))
@@ -202,11 +247,13 @@ impl Request<'_> {
         csrf::token(&self.m.csrf_key, &binding)
     }
 
-    /// Reads a POST form after checking origin and size, then checks its CSRF token.
+    /// Reads a POST form after checking origin and size, then checks its
+    /// CSRF token against the bindings `tokens` allows.
     async fn checked_form(
         &mut self,
         body: Incoming,
         timeout: Duration,
+        tokens: FormTokens,
     ) -> Result<HashMap<String, String>, Response<GatewayBody>> {
         let forbidden = || {
             message_response(
@@ -269,23 +316,30 @@ impl Request<'_> {
                     ));
                 }
             };
-        let binding = self.csrf_binding(false);
-        let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
+        if tokens == FormTokens::NoneNeeded {
+            return Ok(form);
+        }
+        let mut bindings: Vec<Vec<u8>> = self.csrf_binding(false).into_iter().collect();
         // A session renewed since the page was made (the member gained a
         // group) is still the one the form was made for.
-        let renewed_from = self.visitor.as_ref().and_then(|v| v.renewed_from);
-        let made_for_old =
-            renewed_from.is_some_and(|old| csrf::token_matches(&self.m.csrf_key, &old, submitted));
-        match binding {
-            _ if made_for_old => Ok(form),
-            Some(binding) if csrf::token_matches(&self.m.csrf_key, &binding, submitted) => Ok(form),
-            _ => {
-                tracing::info!(
-                    "portal form refused: its token is not this browser's (an old page, or cookies cleared)"
-                );
-                Err(forbidden())
-            }
+        if let Some(old) = self.visitor.as_ref().and_then(|v| v.renewed_from) {
+            bindings.push(old.to_vec());
         }
+        if tokens == FormTokens::PreSessionToo && self.visitor.is_some() {
+            bindings.extend(self.pre_session_binding(false));
+        }
+        let submitted = form.get("csrf").map(String::as_str).unwrap_or("");
+        let key = &self.m.csrf_key;
+        if bindings
+            .iter()
+            .any(|binding| csrf::token_matches(key, binding, submitted))
+        {
+            return Ok(form);
+        }
+        tracing::info!(
+            "portal form refused: its token is not this browser's (an old page, or cookies cleared)"
+        );
+        Err(forbidden())
     }
 
     fn page(
@@ -375,10 +429,12 @@ impl Request<'_> {
             StatusCode::OK
         };
         let can_register = self.can_register();
+        // Already logged in (another tab, or the back button): say as whom.
+        let member = self.visitor.as_ref().map(|v| v.email.clone());
         self.page(
             status,
             "login.html",
-            context! { csrf, return_to, error, email, notice, can_register },
+            context! { csrf, return_to, error, email, notice, can_register, member },
         )
     }
 
@@ -519,9 +575,10 @@ impl Request<'_> {
                     .await;
             }
         }
-        self.set_cookies.push(self.m.sessions.clear_cookie());
+        // Already queued when the request's session had ended.
+        self.set_cookie(self.m.sessions.clear_cookie());
         // The next page with the chat widget resets it (see proxy::widget).
-        self.set_cookies.push(self.m.sessions.chat_reset_cookie());
+        self.set_cookie(self.m.sessions.chat_reset_cookie());
         self.visitor = None;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)
