@@ -423,6 +423,86 @@ async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
 /// passwords: both links pass the token check before either password is
 /// hashed and written. One password is written; the other link is spent,
 /// not answered "password changed" over a password nobody can log in with.
+/// "Save the password" pressed twice: the second press finds the link
+/// spent, and says that a password just chosen with it is the one to log
+/// in with (asking for a new link would be held back by the mail cooldown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_saved_twice_says_to_log_in_with_the_new_password() {
+    let (gw, _origin) = start(|s| s).await;
+    member(&gw, "oda@example.com", "Oda").await;
+    let mut b = Browser::new(&gw);
+    let seen = gw.mail_count("oda@example.com");
+    let email = [("email", "oda@example.com")];
+    b.submit("/_membergate/reset", "/_membergate/reset", &email)
+        .await;
+    let link = Gateway::link_in(&gw.next_mail_to("oda@example.com", seen).await);
+    let page = b.get(&link).await;
+    let new_password = "an entirely new passphrase";
+    let (csrf, token) = (page.csrf(), page.field("token"));
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("token", token.as_str()),
+        ("password", new_password),
+    ];
+    let first = b.post("/_membergate/reset/confirm", &fields).await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    let second = b.post("/_membergate/reset/confirm", &fields).await;
+    assert_eq!(second.status, 400);
+    assert!(
+        second
+            .body
+            .contains("if you just chose a password with it, log in with that password"),
+        "{}",
+        second.body
+    );
+    assert_eq!(b.login("oda@example.com", new_password).await.status, 303);
+}
+
+/// A registration sent again before the address was confirmed (a double
+/// click, or after the link expired) finds the address taken: the note
+/// mailed to it says how to finish, and the page it links to does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_again_before_confirming_mails_how_to_finish() {
+    let (gw, _origin) = start(|s| s).await;
+    let email = "pia@example.com";
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.register(email, PASSWORD, "Pia", "T").await.status, 200);
+    let verification = gw.mail_to(email).await;
+    assert!(verification.contains("/_membergate/verify?token="));
+    assert_eq!(b.register(email, PASSWORD, "Pia", "T").await.status, 200);
+    let note = gw.next_mail_to(email, 1).await;
+    assert!(
+        note.contains("Subject: Your email already has an account at main\r\n"),
+        "{note}"
+    );
+    assert!(
+        note.contains("If you registered before but did not confirm your address"),
+        "{note}"
+    );
+    assert_eq!(Gateway::link_in(&note), "/_membergate/reset");
+    // That page's link confirms the address and sets the password.
+    b.submit(
+        "/_membergate/reset",
+        "/_membergate/reset",
+        &[("email", email)],
+    )
+    .await;
+    let link = Gateway::link_in(&gw.next_mail_to(email, 2).await);
+    let page = b.get(&link).await;
+    let new_password = "an entirely new passphrase";
+    let (csrf, token) = (page.csrf(), page.field("token"));
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("token", token.as_str()),
+        ("password", new_password),
+    ];
+    assert_eq!(
+        b.post("/_membergate/reset/confirm", &fields).await.status,
+        303
+    );
+    assert_eq!(b.login(email, new_password).await.status, 303);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_reset_links_confirmed_at_once_one_sets_the_password() {
     let (gw, _origin) = start(|s| s).await;

@@ -209,7 +209,7 @@ pub const MAIL_COOLDOWN: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MailKind {
     Reset,
-    /// "Someone tried to register your email."
+    /// "Your email already has an account" (a registration for a taken address).
     AlreadyRegistered,
 }
 

@@ -903,8 +903,10 @@ impl Request<'_> {
             req.message(
                 StatusCode::BAD_REQUEST,
                 "Link not valid",
-                "This link is not valid any more. Ask for a new one.",
-                Some(("/_membergate/reset", "Reset your password")),
+                "This link is not valid any more. Links work once and expire after an hour; \
+                 if you just chose a password with it, log in with that password. \
+                 Otherwise ask for a new link.",
+                Some(("/_membergate/reset", "Ask for a new link")),
             )
         };
         let Some((member, epoch)) = member.filter(|(m, _)| m.status != Status::Disabled) else {
@@ -1288,8 +1290,8 @@ impl Mailing {
         let link = format!("{}{PREFIX}/reset", self.public_url);
         self.mailer.send(Message {
             to: canonical.to_owned(),
-            subject: format!("Someone tried to register your email at {}", self.site_name),
-            body: format!("Hello,\n\nsomeone tried to create an account with your email address, which already has one. If it was you and you have forgotten your password, reset it here:\n\n{link}\n\nOtherwise you can ignore this message.\n"),
+            subject: format!("Your email already has an account at {}", self.site_name),
+            body: format!("Hello,\n\nsomeone, perhaps you, asked to create an account at {} with your email address, which already has one.\n\nIf you registered before but did not confirm your address (or the link expired), ask for a link here: it confirms your address and lets you choose a password. The same page resets a forgotten password:\n\n{link}\n\nIf it was not you, ignore this message: nothing has changed.\n", self.site_name),
         })
         .await;
     }
