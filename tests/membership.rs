@@ -1975,6 +1975,24 @@ async fn invite_domain_and_approval_registration_modes() {
     assert_eq!(ivy.login("ivy@example.com", PASSWORD).await.status, 303);
 }
 
+/// A `public_url` written with a trailing slash makes links with one slash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_url_with_a_trailing_slash_makes_clean_links() {
+    let (gw, _origin) = start(|s| s.members("public_url = \"https://gw.test/\"")).await;
+    let mut b = Browser::new(&gw);
+    assert_eq!(
+        b.register("rui@example.com", PASSWORD, "Rui", "T")
+            .await
+            .status,
+        200
+    );
+    let mail = gw.mail_to("rui@example.com").await;
+    assert!(
+        mail.contains("\nhttps://gw.test/_membergate/verify?token="),
+        "{mail}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_members_and_explains_policy_decisions() {
     let (gw, _origin) = start(|s| s).await;

@@ -869,7 +869,8 @@ fn docker_compose_is_consistent_with_the_repository() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Published ports are the ports the configuration listens on.
+    // Published ports are the ports the configuration listens on; the
+    // mailed links name the HTTPS one as the host publishes it.
     let config = std::fs::read_to_string(&config_file).unwrap();
     for port in gateway["ports"].as_vec().unwrap() {
         let mapping = port.as_str().unwrap();
@@ -879,6 +880,23 @@ fn docker_compose_is_consistent_with_the_repository() {
             "{mapping} is not a configured listener"
         );
     }
+    let https_inside = config
+        .lines()
+        .find_map(|l| l.strip_prefix("https_listen = \"0.0.0.0:"))
+        .unwrap()
+        .trim_end_matches('"');
+    let published = gateway["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .find_map(|m| m.strip_suffix(&format!(":{https_inside}")))
+        .unwrap();
+    let published = published.rsplit(':').next().unwrap();
+    assert!(
+        config.contains(&format!("public_url = \"https://localhost:{published}\"")),
+        "members.public_url does not name the published port {published}"
+    );
     // The origin the gateway routes to is the compose service.
     assert!(config.contains("upstream = \"http://origin:80\""));
 }
@@ -897,11 +915,17 @@ async fn the_demo_serves_its_site_as_the_readme_says() {
 
 async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::PathBuf) {
     use std::io::BufRead;
+    // A port of its own rather than 0: the mailed links name it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(binary())
         .args(["serve", "--config"])
         .arg(&config)
         .current_dir(dir.path())
-        .env("MEMBERGATE_HTTPS_LISTEN", "127.0.0.1:0")
+        .env("MEMBERGATE_HTTPS_LISTEN", format!("127.0.0.1:{port}"))
         .env("MEMBERGATE_HTTP_LISTEN", "127.0.0.1:0")
         .env("MEMBERGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
@@ -921,6 +945,7 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
         word.split_once('=').unwrap().1.parse().unwrap()
     };
     let (https, http) = (addr("https"), addr("http"));
+    assert_eq!(https.port(), port);
     let cert = std::fs::read(dir.path().join("certs/dev/localhost.crt")).unwrap();
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
@@ -963,6 +988,54 @@ async fn serve_and_browse_the_demo(dir: tempfile::TempDir, config: std::path::Pa
             "{location}"
         );
     }
+    // Mailed links follow the HTTPS port the demo was moved to.
+    let base = format!("https://localhost:{port}");
+    let form = client
+        .get(format!("{base}/_membergate/register"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = form.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = page[page.find(marker).unwrap() + marker.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let registered = client
+        .post(format!("{base}/_membergate/register"))
+        .header("cookie", cookie)
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("csrf", csrf.as_str()),
+                ("email", "demo@example.com"),
+                ("password", "correct horse battery"),
+                ("first_name", "Demo"),
+                ("last_name", "Visitor"),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+    let outbox = dir.path().join("data/outbox");
+    let mut mail = String::new();
+    for _ in 0..100 {
+        if let Some(file) = std::fs::read_dir(&outbox).ok().and_then(|mut d| d.next()) {
+            mail = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        mail.contains(&format!("\n{base}/_membergate/verify?token=")),
+        "{mail}"
+    );
     // Plain HTTP redirects to the HTTPS listener.
     let plain = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
