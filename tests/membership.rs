@@ -244,6 +244,15 @@ async fn api_clients_get_401_and_members_without_the_group_get_403() {
     let page = b.get("/vip/").await;
     assert_eq!(page.status, 403);
     assert!(page.body.contains("does not have access"));
+    // Somewhere to go from there: another account, or this one.
+    assert!(
+        page.body
+            .contains("<a href=\"/_membergate/login\">Log in as someone else</a>")
+    );
+    assert!(
+        page.body
+            .contains("<a href=\"/_membergate/account\">Your account</a>")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1903,7 +1912,12 @@ async fn invite_domain_and_approval_registration_modes() {
         "",
     );
     assert!(ok, "{out}");
-    let link = Gateway::link_in(&gw.mail_to("mia@example.com").await);
+    let invitation = gw.mail_to("mia@example.com").await;
+    assert!(
+        invitation.contains("Subject: You are invited to main\r\n"),
+        "{invitation}"
+    );
+    let link = Gateway::link_in(&invitation);
     let page = b.get(&link).await;
     let token = link.split("token=").nth(1).unwrap().to_owned();
     let set = b

@@ -431,17 +431,32 @@ impl Admin<'_> {
             self.public_url,
             crate::portal::PREFIX
         );
+        // Named as the portal's mails name it: after the site the link opens.
+        let site = self.public_site_name();
+        let (subject, of_site) = match site {
+            Some(name) => (format!("You are invited to {name}"), format!(" of {name}")),
+            None => ("You are invited".to_owned(), String::new()),
+        };
         self.mailer
             .deliver(Message {
                 to: member.email.clone(),
-                subject: "You are invited".into(),
-                body: format!("Hello,\n\nyou have been invited to become a member. Choose your password here:\n\n{link}\n\nThe link works once and expires in 7 days.\n"),
+                subject,
+                body: format!("Hello,\n\nyou have been invited to become a member{of_site}. Choose your password here:\n\n{link}\n\nThe link works once and expires in 7 days.\n"),
             })
             .await
             .map_err(|reason| Refused::NotDelivered {
                 member: Box::new(member.clone()),
                 reason,
             })
+    }
+
+    /// The name of the site that serves `members.public_url`'s host, if any.
+    fn public_site_name(&self) -> Option<&str> {
+        let uri: http::Uri = self.config.members.public_url.parse().ok()?;
+        let host = uri.host()?.to_ascii_lowercase();
+        let sites = &self.config.sites;
+        crate::config::site_for_host(sites, |s| &s.hosts, host.trim_end_matches('.'))
+            .map(|site| site.name.as_str())
     }
 }
 

@@ -89,6 +89,18 @@ impl Refusal {
             }
         }
     }
+
+    /// Where a person may go from the page (HTML), if anywhere.
+    fn links(self) -> &'static str {
+        match self {
+            // Logged in, but not as someone this page is for.
+            Refusal::Forbidden => {
+                "<p><a href=\"/_membergate/login\">Log in as someone else</a> · \
+                 <a href=\"/_membergate/account\">Your account</a> · <a href=\"/\">Home</a></p>"
+            }
+            _ => "",
+        }
+    }
 }
 
 /// Renders a refusal as a small self-contained HTML page, or JSON for API clients.
@@ -112,9 +124,10 @@ pub fn refusal(refusal: Refusal, wants_json: bool) -> Response<GatewayBody> {
                  <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
                  <title>{code} {reason}</title><style>body{{font:16px/1.5 system-ui,sans-serif;\
                  max-width:36rem;margin:15vh auto;padding:0 1rem;color:#222}}h1{{font-size:1.4rem}}\
-                 </style></head><body><h1>{code} {reason}</h1><p>{text}</p></body></html>\n",
+                 </style></head><body><h1>{code} {reason}</h1><p>{text}</p>{links}</body></html>\n",
                 code = status.as_u16(),
-                text = refusal.explanation()
+                text = refusal.explanation(),
+                links = refusal.links()
             ),
         )
     };
