@@ -100,6 +100,7 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
     let admin = Admin {
         store: &membership.store,
         public_url: &runtime.config.members.public_url,
+        site_name: runtime.config.public_site_name(),
         mailer: &membership.mailer,
     };
     let (parts, body) = request.into_parts();

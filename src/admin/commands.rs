@@ -93,6 +93,7 @@ async fn policy(config: &Config, command: PolicyCommand) -> Result<String, Strin
     let admin = Admin {
         store: &store,
         public_url: &config.members.public_url,
+        site_name: config.public_site_name(),
         mailer: &mailer,
     };
     let report = admin
@@ -136,6 +137,7 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
     let admin = Admin {
         store: &store,
         public_url: &config.public_url,
+        site_name: config.site_name.as_deref(),
         mailer: &mailer,
     };
     let done = match work {

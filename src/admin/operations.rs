@@ -152,6 +152,8 @@ pub struct Admin<'a> {
     pub store: &'a Arc<dyn MemberStore>,
     /// `members.public_url`, what the links in invitations start with.
     pub public_url: &'a str,
+    /// The site that serves `public_url`'s host, which invitations name.
+    pub site_name: Option<&'a str>,
     pub mailer: &'a Mailer,
 }
 
@@ -432,8 +434,7 @@ impl Admin<'_> {
             crate::portal::PREFIX
         );
         // Named as the portal's mails name it: after the site the link opens.
-        let site = self.public_site_name();
-        let (subject, of_site) = match site {
+        let (subject, of_site) = match self.site_name {
             Some(name) => (format!("You are invited to {name}"), format!(" of {name}")),
             None => ("You are invited".to_owned(), String::new()),
         };
@@ -448,15 +449,6 @@ impl Admin<'_> {
                 member: Box::new(member.clone()),
                 reason,
             })
-    }
-
-    /// The name of the site that serves `members.public_url`'s host, if any.
-    fn public_site_name(&self) -> Option<&str> {
-        let uri: http::Uri = self.config.members.public_url.parse().ok()?;
-        let host = uri.host()?.to_ascii_lowercase();
-        let sites = &self.config.sites;
-        crate::config::site_for_host(sites, |s| &s.hosts, host.trim_end_matches('.'))
-            .map(|site| site.name.as_str())
     }
 }
 

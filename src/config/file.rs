@@ -248,6 +248,7 @@ pub struct MemberStoreSection {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SiteHostsSection {
+    pub name: Option<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
 }

@@ -136,6 +136,8 @@ pub struct MemberStoreConfig {
     pub database: PathBuf,
     /// `members.public_url`, what invitation links start with.
     pub public_url: String,
+    /// The site that serves `public_url`'s host, which invitations name.
+    pub site_name: Option<String>,
     pub mail: Mail,
 }
 
@@ -406,7 +408,25 @@ impl Checked {
     }
 }
 
+/// The host a `public_url` names, as sites' hosts are matched.
+fn public_host(public_url: &str) -> Option<String> {
+    let uri: http::Uri = public_url.parse().ok()?;
+    Some(
+        uri.host()?
+            .to_ascii_lowercase()
+            .trim_end_matches('.')
+            .to_owned(),
+    )
+}
+
 impl Config {
+    /// The name of the site that serves `members.public_url`'s host, which
+    /// invitations name.
+    pub fn public_site_name(&self) -> Option<&str> {
+        let host = public_host(&self.members.public_url)?;
+        site_for_host(&self.sites, |s| &s.hosts, &host).map(|site| site.name.as_str())
+    }
+
     /// Reads, parses and validates the file at `path`, applying environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::check(path)?.valid()

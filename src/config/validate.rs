@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use super::file::{
     CertificateSection, ChatSection, ConfigFile, IdentificationSection, MailSection,
-    MemberStoreFile, MembersSection, RouteSection, RuleSection, SiteSection,
+    MemberStoreFile, MembersSection, RouteSection, RuleSection, SiteHostsSection, SiteSection,
 };
 use super::{
     Admin, ApiKey, Certificate, Chat, ChatProvider, ChatRule, ChatShow, Config, HttpMode,
@@ -1196,22 +1196,36 @@ pub fn member_store(file: MemberStoreFile) -> Result<MemberStoreConfig, Vec<Stri
         https_listen,
         http_listen,
     );
+    // Hosts that do not parse are the full check's to report, unless the
+    // links depend on them (no `public_url`).
+    let mut host_problems = Problems::default();
+    let site_hosts: Vec<Vec<HostPattern>> = file
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| host_problems.hosts(&format!("sites[{i}].hosts"), &site.hosts))
+        .collect();
     if file.members.public_url.is_none() {
         p.0.extend(listen_problems.0);
-        let site_hosts: Vec<Vec<HostPattern>> = file
-            .sites
-            .iter()
-            .enumerate()
-            .map(|(i, site)| p.hosts(&format!("sites[{i}].hosts"), &site.hosts))
-            .collect();
+        p.0.extend(host_problems.0);
         public_url_needed(&mut p, &public_url, site_hosts.iter().map(Vec::as_slice));
     }
+    let site_name = super::public_host(&public_url).and_then(|host| {
+        let named: Vec<(&SiteHostsSection, &[HostPattern])> = file
+            .sites
+            .iter()
+            .zip(site_hosts.iter().map(Vec::as_slice))
+            .collect();
+        let (site, _) = site_for_host(&named, |(_, hosts)| hosts, &host)?;
+        site.name.clone()
+    });
     let mail = mail(&mut p, &file.mail);
     let database = database(&mut p, file.members.database.as_deref());
     if p.0.is_empty() {
         Ok(MemberStoreConfig {
             database,
             public_url,
+            site_name,
             mail,
         })
     } else {
