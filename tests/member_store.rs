@@ -221,6 +221,74 @@ async fn a_session_is_replaced_once_by_its_successor(store: Store) {
     assert!(store.session([2; 32]).await.unwrap().is_some());
 }
 
+/// A registration never confirmed goes a week after it was made, once no
+/// link of its is live; an invited member (no password yet), a confirmed
+/// one and a registration with a live link stay.
+async fn registrations_never_confirmed_are_swept(store: Store) {
+    let week = membergate::members::UNCONFIRMED_KEPT_FOR;
+    let pending = |email: &str| NewMember {
+        status: Status::Pending,
+        ..new_member(email)
+    };
+    let stale = store
+        .create_member(pending("stale@example.com"), 1_000)
+        .await
+        .unwrap();
+    store.add_to_group(stale.id, "vip", 1_000).await.unwrap();
+    let invited = NewMember {
+        password_hash: None,
+        ..pending("invited@example.com")
+    };
+    store.create_member(invited, 1_000).await.unwrap();
+    store
+        .create_member(new_member("active@example.com"), 1_000)
+        .await
+        .unwrap();
+    let asked_again = store
+        .create_member(pending("again@example.com"), 1_000)
+        .await
+        .unwrap();
+    let later = 1_000 + week;
+    store
+        .create_token(
+            TokenPurpose::Reset,
+            [7; 32],
+            asked_again.id,
+            asked_again.epoch,
+            later + 3_600,
+        )
+        .await
+        .unwrap();
+    let young = store
+        .create_member(pending("young@example.com"), later - 1)
+        .await
+        .unwrap();
+
+    store.delete_expired(later - 1).await.unwrap();
+    assert!(
+        store.member_by_id(stale.id).await.unwrap().is_some(),
+        "swept before its week"
+    );
+    store.delete_expired(later).await.unwrap();
+    assert!(store.member_by_id(stale.id).await.unwrap().is_none());
+    for kept in [
+        "invited@example.com",
+        "active@example.com",
+        "again@example.com",
+    ] {
+        assert!(
+            store.member_by_email(kept).await.unwrap().is_some(),
+            "{kept}"
+        );
+    }
+    assert!(store.member_by_id(young.id).await.unwrap().is_some());
+    // The address is free again.
+    store
+        .create_member(pending("stale@example.com"), later)
+        .await
+        .unwrap();
+}
+
 async fn groups_are_data_with_counts(store: Store) {
     let a = store
         .create_member(new_member("a@example.com"), 1)
@@ -551,6 +619,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_session_is_replaced_once_by_its_successor() {
                 run(super::a_session_is_replaced_once_by_its_successor).await
+            }
+            #[tokio::test]
+            async fn registrations_never_confirmed_are_swept() {
+                run(super::registrations_never_confirmed_are_swept).await
             }
             #[tokio::test]
             async fn groups_are_data_with_counts() {

@@ -86,6 +86,14 @@ pub fn clean_name(value: &str) -> Result<String, &'static str> {
     Ok(value.to_owned())
 }
 
+/// How long a registration that was never confirmed is kept: its link lives
+/// a day, and the week after leaves time to ask for another. Until it goes,
+/// its address is taken, and whoever owns the address is mailed how to
+/// finish, not a new account (a stranger may have registered it). Members
+/// an administrator invited are kept: they have no password until they
+/// accept.
+pub const UNCONFIRMED_KEPT_FOR: i64 = 7 * 86_400;
+
 #[derive(Debug, Clone)]
 pub struct NewMember {
     pub email: String,
@@ -254,6 +262,10 @@ pub trait MemberStore: Send + Sync {
     ) -> BoxFuture<'_, StoreResult<bool>>;
     /// Ends every session of a member; returns how many there were.
     fn delete_member_sessions(&self, id: MemberId, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Deletes expired sessions and tokens, old change records, and
+    /// registrations never confirmed ([`UNCONFIRMED_KEPT_FOR`] after they
+    /// were made, once no link of theirs is live); returns how many sessions
+    /// went.
     fn delete_expired(&self, now: i64) -> BoxFuture<'_, StoreResult<u64>>;
 
     fn create_token(

@@ -762,6 +762,18 @@ impl MemberStore for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
+            // A registration, not an invitation: it has a password. Its
+            // groups, sessions and tokens go with it (ON DELETE CASCADE).
+            sqlx::query(
+                "DELETE FROM members WHERE status = 'pending' AND password_hash IS NOT NULL \
+                 AND created_at <= ? AND NOT EXISTS \
+                 (SELECT 1 FROM tokens WHERE tokens.member_id = members.id AND tokens.expires_at > ?)",
+            )
+            .bind(now - super::UNCONFIRMED_KEPT_FOR)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
             Ok(sessions.rows_affected())
         })
     }
