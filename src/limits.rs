@@ -20,6 +20,16 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The network a client's address belongs to, for a count a guesser must
+/// not multiply by the addresses they hold: an IPv6 address's /56, what an
+/// ISP gives one home (its /64 is one network in it); an IPv4 address itself.
+pub fn network_key(ip: IpAddr) -> IpAddr {
+    match client_key(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 56)).into()),
+        v4 => v4,
+    }
+}
+
 /// A per-minute rate estimator sized for a flood from many addresses. An
 /// innocent key is over-counted when all four of its slots hold a busy key:
 /// with pingora-limits' default sketch (4 × 1,024 slots) 2,000 busy
@@ -39,6 +49,16 @@ mod tests {
         assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::");
         assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
         assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn an_ipv6_network_is_its_56() {
+        let key = |text: &str| network_key(text.parse().unwrap()).to_string();
+        assert_eq!(key("2001:db8:1:2ff::1"), "2001:db8:1:200::");
+        assert_eq!(key("2001:db8:1:200::1"), key("2001:db8:1:2ff:1::1"));
+        assert_ne!(key("2001:db8:1:300::1"), key("2001:db8:1:200::1"));
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
     }

@@ -175,6 +175,12 @@ impl RateLimits {
     /// lock its owner out (attack catalogue E1); only guesses from many
     /// addresses at once reach the account-wide ceiling, and a browser that
     /// logged in to the account before ([`Browser::Known`]) is outside it.
+    ///
+    /// Only attempts within the address's limits count towards the account's
+    /// ceiling: one address sending hundreds would otherwise spend it alone.
+    /// The (account, address) pair is counted by the /56 of an IPv6 address,
+    /// what an ISP gives one home, so a guesser's own prefix is not 256
+    /// addresses towards the ceiling.
     pub fn exceeded(
         &self,
         action: Action,
@@ -183,15 +189,18 @@ impl RateLimits {
         browser: Browser,
     ) -> bool {
         let action = action as u8;
-        let ip = crate::limits::client_key(ip);
-        let ip_count = self.rate.observe(&(action, 0u8, ip), 1);
+        let address = crate::limits::client_key(ip);
+        let over_ip = self.rate.observe(&(action, 0u8, address), 1) > self.per_ip;
         let Some(account) = account else {
-            return ip_count > self.per_ip;
+            return over_ip;
         };
-        let pair_count = self.rate.observe(&(action, 2u8, account, ip), 1);
-        let over_ceiling = browser == Browser::Unknown
-            && self.rate.observe(&(action, 1u8, account), 1) > self.per_account;
-        ip_count > self.per_ip || pair_count > self.per_account_per_ip || over_ceiling
+        let network = crate::limits::network_key(ip);
+        let pair_count = self.rate.observe(&(action, 2u8, account, network), 1);
+        if over_ip || pair_count > self.per_account_per_ip {
+            return true;
+        }
+        browser == Browser::Unknown
+            && self.rate.observe(&(action, 1u8, account), 1) > self.per_account
     }
 }
 
@@ -257,5 +266,66 @@ impl MailCooldown {
 impl Default for MailCooldown {
     fn default() -> MailCooldown {
         MailCooldown::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const ACCOUNT: Option<&str> = Some("owner@example.com");
+
+    fn limits() -> RateLimits {
+        RateLimits::new(30, 100, 10)
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn one_address_cannot_spend_an_accounts_ceiling() {
+        let limits = limits();
+        for _ in 0..500 {
+            limits.exceeded(
+                Action::Login,
+                v6("2001:db8:1:200::1"),
+                ACCOUNT,
+                Browser::Unknown,
+            );
+        }
+        let owner = v6("2001:db8:9::1");
+        assert!(!limits.exceeded(Action::Login, owner, ACCOUNT, Browser::Unknown));
+    }
+
+    #[test]
+    fn a_home_prefix_counts_once_towards_an_accounts_ceiling() {
+        let limits = limits();
+        // 200 networks of one /56, ten guesses each.
+        for net in 0..200u32 {
+            let address = v6(&format!("2001:db8:1:2{:02x}::1", net % 256));
+            for _ in 0..10 {
+                limits.exceeded(Action::Login, address, ACCOUNT, Browser::Unknown);
+            }
+        }
+        let owner = v6("2001:db8:9::1");
+        assert!(!limits.exceeded(Action::Login, owner, ACCOUNT, Browser::Unknown));
+    }
+
+    #[test]
+    fn guesses_from_many_homes_reach_the_ceiling_but_not_a_known_browser() {
+        let limits = limits();
+        for home in 0..11u32 {
+            let address = v6(&format!("2001:db8:{home:x}::1"));
+            for _ in 0..10 {
+                limits.exceeded(Action::Reset, address, ACCOUNT, Browser::Unknown);
+            }
+        }
+        let owner = v6("2001:db8:ff::1");
+        assert!(limits.exceeded(Action::Reset, owner, ACCOUNT, Browser::Unknown));
+        assert!(!limits.exceeded(Action::Reset, owner, ACCOUNT, Browser::Known));
+        // Another action's counts are its own.
+        assert!(!limits.exceeded(Action::Login, owner, ACCOUNT, Browser::Unknown));
     }
 }

@@ -868,12 +868,18 @@ impl Request<'_> {
 
     async fn reset_request(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let canonical = email::canonical(form.get("email").map(String::as_str).unwrap_or("")).ok();
-        if self.m.limits.exceeded(
-            Action::Reset,
-            self.client,
-            canonical.as_deref(),
-            Browser::Unknown,
-        ) {
+        // A browser that logged in to the account before is outside the
+        // account-wide ceiling here too: guesses at the account's login
+        // spread over many addresses must not also keep its owner from a reset.
+        let browser = match canonical.as_deref() {
+            Some(c) if self.m.devices.vouches_for(&self.headers, c, now()) => Browser::Known,
+            _ => Browser::Unknown,
+        };
+        if self
+            .m
+            .limits
+            .exceeded(Action::Reset, self.client, canonical.as_deref(), browser)
+        {
             return self.too_many();
         }
         if let Some(canonical) = canonical {
