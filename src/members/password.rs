@@ -40,16 +40,37 @@ pub enum NotDone {
 pub async fn off_thread<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NotDone> {
-    let _slot = match HASHING.try_acquire() {
-        Ok(slot) => slot,
+    slot().await?.run(work).await
+}
+
+/// A hashing slot, held until its work has run: taken before something that
+/// cannot be undone (spending a link), so that a full queue refuses first.
+pub struct Slot {
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+/// Waits for a hashing slot, or refuses at once when too much waits already.
+pub async fn slot() -> Result<Slot, NotDone> {
+    match HASHING.try_acquire() {
+        Ok(_permit) => Ok(Slot { _permit }),
         Err(_) => {
             let _waiting = Waiting::join().ok_or(NotDone::Busy)?;
-            HASHING.acquire().await.map_err(|_| NotDone::Failed)?
+            let _permit = HASHING.acquire().await.map_err(|_| NotDone::Failed)?;
+            Ok(Slot { _permit })
         }
-    };
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| NotDone::Failed)
+    }
+}
+
+impl Slot {
+    /// Runs password work on the blocking pool, in this slot.
+    pub async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NotDone> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| NotDone::Failed)
+    }
 }
 
 /// A place in the queue for a hashing slot, given back when dropped.

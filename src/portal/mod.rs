@@ -403,6 +403,15 @@ impl Request<'_> {
         r
     }
 
+    fn hashing_failed(&self) -> Response<GatewayBody> {
+        self.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "Your password could not be changed just now.",
+            None,
+        )
+    }
+
     fn can_register(&self) -> bool {
         self.config.registration != Registration::Invite
     }
@@ -904,6 +913,12 @@ impl Request<'_> {
             let query = HashMap::from([("token".to_owned(), token)]);
             return self.reset_page(&query, Some(e));
         }
+        // A slot first: a full queue answers "busy" before the link is spent.
+        let slot = match password::slot().await {
+            Ok(slot) => slot,
+            Err(NotDone::Busy) => return self.busy(),
+            Err(NotDone::Failed) => return self.hashing_failed(),
+        };
         let member = self.take_link(TokenPurpose::Reset, &token).await;
         let link_spent = |req: &Self| {
             req.message(
@@ -918,17 +933,9 @@ impl Request<'_> {
         let Some((member, epoch)) = member.filter(|(m, _)| m.status != Status::Disabled) else {
             return link_spent(self);
         };
-        let hash = match password::off_thread(move || password::hash(&new_password)).await {
+        let hash = match slot.run(move || password::hash(&new_password)).await {
             Ok(Ok(hash)) => hash,
-            Err(NotDone::Busy) => return self.busy(),
-            _ => {
-                return self.message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Try again",
-                    "Your password could not be changed just now.",
-                    None,
-                );
-            }
+            _ => return self.hashing_failed(),
         };
         let at = now();
         // Written at the epoch the link was taken at: whatever moved the
