@@ -247,6 +247,14 @@ impl Request<'_> {
         csrf::token(&self.m.csrf_key, &binding)
     }
 
+    /// The token for a form anyone may send ([`FormTokens::PreSessionToo`]),
+    /// bound to the pre-session cookie even for a logged-in member: the form
+    /// still works after this browser logs in or out in another tab.
+    fn anyones_csrf_token(&mut self) -> String {
+        let binding = self.pre_session_binding(true).unwrap_or_default();
+        csrf::token(&self.m.csrf_key, &binding)
+    }
+
     /// Reads a POST form after checking origin and size, then checks its
     /// CSRF token against the bindings `tokens` allows.
     async fn checked_form(
@@ -431,19 +439,21 @@ impl Request<'_> {
             Some("logged_out") => "You are logged out.",
             _ => "",
         };
-        let csrf = self.csrf_token();
+        let csrf = self.anyones_csrf_token();
         let status = if error.is_some() {
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
         };
         let can_register = self.can_register();
-        // Already logged in (another tab, or the back button): say as whom.
+        // Already logged in (another tab, or the back button): say as whom,
+        // with a log-out button bound to the session.
         let member = self.visitor.as_ref().map(|v| v.email.clone());
+        let logout_csrf = member.is_some().then(|| self.csrf_token());
         self.page(
             status,
             "login.html",
-            context! { csrf, return_to, error, email, notice, can_register, member },
+            context! { csrf, logout_csrf, return_to, error, email, notice, can_register, member },
         )
     }
 
@@ -610,7 +620,7 @@ impl Request<'_> {
             );
         }
         let return_to = return_to::safe(query.get("return_to").map(String::as_str));
-        let csrf = self.csrf_token();
+        let csrf = self.anyones_csrf_token();
         let status = if error.is_some() {
             StatusCode::UNPROCESSABLE_ENTITY
         } else {
@@ -768,7 +778,7 @@ impl Request<'_> {
     /// every link in a mail would otherwise confirm an address on behalf of
     /// whoever registered it, password and all (account pre-hijacking).
     fn verify_page(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
-        let csrf = self.csrf_token();
+        let csrf = self.anyones_csrf_token();
         let token = query.get("token").map(String::as_str).unwrap_or("");
         let return_to = return_to::safe(query.get("return_to").map(String::as_str));
         self.page(
@@ -859,7 +869,7 @@ impl Request<'_> {
         query: &HashMap<String, String>,
         error: Option<&str>,
     ) -> Response<GatewayBody> {
-        let csrf = self.csrf_token();
+        let csrf = self.anyones_csrf_token();
         let status = if error.is_some() {
             StatusCode::UNPROCESSABLE_ENTITY
         } else {
