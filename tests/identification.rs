@@ -1858,3 +1858,21 @@ async fn a_meta_policy_in_a_compressed_page_gets_the_settings_hash() {
     let without_snippet = format!("{}{}", &body[..snippet_start], &body[snippet_end + 7..]);
     assert_eq!(without_snippet, expected, "{body}");
 }
+
+/// A token signed here costs nothing to make: a member's page fetched by
+/// script (Turbo, htmx, pjax: `Sec-Fetch-Dest: empty`) is identified even
+/// with no token cached. Only HubSpot calls are kept to pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_page_gets_a_builtin_token_without_a_cached_one() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;
+    let fetched = ada
+        .get_with("/blog/tides", &[("sec-fetch-dest", "empty")])
+        .await;
+    let s = settings(&fetched.body).expect("settings script");
+    assert!(
+        s.get("identificationToken").is_some(),
+        "builtin member page fetched by script lost identification: {s}"
+    );
+}

@@ -255,8 +255,9 @@ impl Identifier {
     /// The member's token for this site's chat provider, within the configured
     /// timeout, or `None` (logged and counted) so the page goes out without it.
     /// With `mint` false (a request that is not a page: an image, a script, a
-    /// fetch) only a cached token is given: such a request is rarely
-    /// rewritten, and must not wait for, or start, a HubSpot call.
+    /// fetch) a HubSpot token is given only from the cache: such a request is
+    /// rarely rewritten, and must not wait for, or start, a HubSpot call. A
+    /// token signed here costs nothing to make, and is made either way.
     pub async fn token_for(
         &self,
         request: TokenRequest<'_>,
@@ -276,9 +277,6 @@ impl Identifier {
                 return self.served(&found);
             }
             self.cache.invalidate(&key).await;
-        }
-        if !mint {
-            return None;
         }
         let identity = Identity {
             email: visitor.email.clone(),
@@ -312,6 +310,9 @@ impl Identifier {
                 api_base,
                 access_token,
             } => {
+                if !mint {
+                    return None;
+                }
                 let account = hubspot_account(site, api_base, portal_id, access_token);
                 if self.backoff.paused(account, Instant::now()) {
                     self.count("paused");

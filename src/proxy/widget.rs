@@ -28,9 +28,9 @@ pub struct Plan {
     /// paths also cover): the origin is asked for it uncompressed, since it
     /// will be rewritten. Anything else keeps the client's `Accept-Encoding`.
     pub page_load: bool,
-    /// A token may be minted (or waited for) for this request: a `GET` the
-    /// browser does not call a subresource. An image or a script of a
-    /// member's page uses a cached token at most; its answer is rarely
+    /// A HubSpot token may be asked for (and waited for) for this request: a
+    /// `GET` the browser does not call a subresource. An image or a script
+    /// of a member's page uses a cached one at most; its answer is rarely
     /// rewritten, and a `HEAD`'s never.
     pub mint: bool,
 }
