@@ -257,15 +257,16 @@ async fn chromium_runs_nothing_from_a_hostile_member_name() {
 /// A page that loads the widget itself, with HubSpot's embed code: its own
 /// script assigns `window.hsConversationsSettings = {...}` just before its
 /// loader, after ours ran in the head. In Chromium the settings the loader
-/// reads hold both the page's option and the member's identification, in
-/// the document order and with a `var` declaration alike.
+/// reads hold both the page's option and the member's identification, and
+/// the page's script runs on, with a plain assignment, a `var` declaration
+/// and a frozen object alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings() {
     use support::chat::{Page, PageOrigin};
     let page = |assignment: &str| {
         format!(
             "<!doctype html><html><head><title>t</title></head><body><p>High water at noon.</p>\
-             <script>{assignment} = {{ loadImmediately: false }};</script>\
+             <script>{assignment};window.pageScriptRan = true;</script>\
              <script type=\"text/javascript\" id=\"hs-script-loader\" async defer src=\"/no-loader-here.js\"></script>\
              </body></html>"
         )
@@ -273,11 +274,21 @@ async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings()
     let origin = PageOrigin::start(vec![
         (
             "/embed",
-            Page::html(&page("window.hsConversationsSettings")),
+            Page::html(&page(
+                "window.hsConversationsSettings = { loadImmediately: false }",
+            )),
         ),
         (
             "/embed-var",
-            Page::html(&page("var hsConversationsSettings")),
+            Page::html(&page(
+                "var hsConversationsSettings = { loadImmediately: false }",
+            )),
+        ),
+        (
+            "/embed-frozen",
+            Page::html(&page(
+                "window.hsConversationsSettings = Object.freeze({ loadImmediately: false })",
+            )),
         ),
     ])
     .await;
@@ -290,9 +301,13 @@ async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings()
     let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
     assert!(ok, "{out}");
     let wd = logged_in(&gw, email).await;
-    for path in ["/embed", "/embed-var"] {
+    for path in ["/embed", "/embed-var", "/embed-frozen"] {
         wd.goto(&gw.https_url(path)).await;
         wd.wait_for_text("High water at noon.").await;
+        let ran = wd
+            .execute("return window.pageScriptRan === true;", json!([]))
+            .await;
+        assert_eq!(ran, true, "{path}: the page's own script stopped");
         let settings = wd
             .execute("return window.hsConversationsSettings;", json!([]))
             .await;

@@ -28,10 +28,11 @@ use crate::proxy::body::GatewayBody;
 /// the page has set, and keeps them set: a page whose own script assigns
 /// `window.hsConversationsSettings = {...}` after ours (HubSpot's embed
 /// code, before its loader, does) gets them merged into its object instead
-/// of losing the member's identification. A page that declared the name
+/// of losing the member's identification (a copy of it, when the page froze
+/// its object). A page that declared the name
 /// with `var` before us has a property we cannot redefine; ours then runs
 /// after its assignment, and a plain merge is enough.
-pub const SETTINGS_SCRIPT_OPEN: &str = "(function(s){var v=Object.assign(window.hsConversationsSettings||{},s);try{Object.defineProperty(window,\"hsConversationsSettings\",{configurable:true,enumerable:true,get:function(){return v},set:function(n){v=Object.assign(n||{},s)}})}catch(e){window.hsConversationsSettings=v}})(";
+pub const SETTINGS_SCRIPT_OPEN: &str = "(function(s){function m(n){try{return Object.assign(n||{},s)}catch(e){return Object.assign({},n,s)}}var v=m(window.hsConversationsSettings);try{Object.defineProperty(window,\"hsConversationsSettings\",{configurable:true,enumerable:true,get:function(){return v},set:function(n){v=m(n)}})}catch(e){window.hsConversationsSettings=v}})(";
 
 /// Clears the widget's cookies and conversation once it is ready.
 const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
