@@ -124,13 +124,20 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
                 Refused::Conflict(_) => StatusCode::CONFLICT,
                 Refused::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 Refused::NotDelivered { .. } => StatusCode::BAD_GATEWAY,
+                Refused::Busy => StatusCode::SERVICE_UNAVAILABLE,
             };
             let mut body = error_body(status, &refused.to_string());
             // Stored all the same: the client sees what it has now.
             if let Refused::NotDelivered { member, .. } = &refused {
                 body["member"] = json!(MemberView::from(member.as_ref()));
             }
-            json_response(status, &body)
+            let mut response = json_response(status, &body);
+            if matches!(refused, Refused::Busy) {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            response
         }
         Err(Failure::Http(status, message)) => error(status, &message),
     }

@@ -38,6 +38,8 @@ pub enum Refused {
     Conflict(String),
     /// The store failed (500; details are logged, not shown).
     Store(String),
+    /// Password hashing is full (a login flood): try again shortly (503).
+    Busy,
     /// The member is stored, but the invitation mail to them was not
     /// delivered, for `reason` (502).
     NotDelivered { member: Box<Member>, reason: String },
@@ -48,6 +50,9 @@ impl std::fmt::Display for Refused {
         match self {
             Refused::Invalid(m) | Refused::NotFound(m) | Refused::Conflict(m) => f.write_str(m),
             Refused::Store(m) => write!(f, "member store failed: {m}"),
+            Refused::Busy => f.write_str(
+                "password hashing is busy (too many logins at once); try again in a few seconds",
+            ),
             Refused::NotDelivered { member, reason } => write!(
                 f,
                 "the invitation to {} was not delivered: {reason}. {} is a member (id {}), pending until they choose a password: invite them again to send a new link, or set their password yourself",
@@ -462,7 +467,10 @@ async fn hash(password: &str) -> Result<String, Refused> {
     let password = password.to_owned();
     password::off_thread(move || password::hash(&password))
         .await
-        .map_err(|_| Refused::Store("password hashing failed".into()))?
+        .map_err(|not_done| match not_done {
+            password::NotDone::Busy => Refused::Busy,
+            password::NotDone::Failed => Refused::Store("password hashing failed".into()),
+        })?
         .map_err(Refused::Store)
 }
 
