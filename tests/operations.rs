@@ -1231,6 +1231,11 @@ fn member_commands_work_whatever_the_rest_of_the_configuration_says() {
             text.replace("public_url = \"https://gw.test\"\n", ""),
             "members.public_url: required when a site serves a name other than localhost",
         ),
+        // A misspelt key would send the command to the default database.
+        (
+            text.replace("[members]\n", "[members]\ndatabse = \"other.db\"\n"),
+            "members.databse",
+        ),
     ];
     for (text, problem) in broken {
         std::fs::write(&edited, text).unwrap();

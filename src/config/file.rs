@@ -216,17 +216,18 @@ pub struct RouteSection {
     pub ca_file: Option<String>,
 }
 
-/// Parses the TOML text, naming the key path of the first structural problem
-/// (an unknown key or a value of the wrong type).
 /// The parts of the file the member, group, session and backup commands
 /// read (see `validate::member_store`). Other sections, and other keys of
-/// these, are not looked at: they are the whole file's to check.
+/// `[server]` and `[[sites]]`, are not looked at: they are the whole file's
+/// to check. `[members]` and `[mail]` are read whole, so that a misspelt key
+/// there (`databse`) stops a command instead of sending it to another
+/// database.
 #[derive(Debug, Default, Deserialize)]
 pub struct MemberStoreFile {
     #[serde(default)]
     pub server: ListenSection,
     #[serde(default)]
-    pub members: MemberStoreSection,
+    pub members: MembersSection,
     #[serde(default)]
     pub mail: MailSection,
     #[serde(default)]
@@ -241,19 +242,15 @@ pub struct ListenSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct MemberStoreSection {
-    pub database: Option<String>,
-    pub public_url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
 pub struct SiteHostsSection {
     pub name: Option<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
 }
 
-/// Parses the file, or the parts of it that `T` mirrors.
+/// Parses the file, or the parts of it that `T` mirrors, naming the key path
+/// of the first structural problem (an unknown key or a value of the wrong
+/// type).
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
