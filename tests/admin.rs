@@ -825,6 +825,23 @@ async fn the_admin_api_sets_invited_members_passwords_and_invites_again() {
             .contains("has not confirmed their email address"),
         "{body}"
     );
+    // Nor is it invited: a registration is not an invitation (it has a
+    // password, and is swept a week on if never confirmed).
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/members",
+            Some(json!({"email": "pat@example.com", "invite": true, "groups": ["vip"]})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pending"),
+        "{body}"
+    );
 }
 
 /// An invitation the mail server did not take is reported, with what to do:

@@ -393,6 +393,44 @@ async fn a_session_ended_elsewhere_resets_the_widget_once() {
     assert!(page.body.contains(reset), "{}", page.body);
 }
 
+/// A session renewed moments ago (its member gained a group) is alive: a
+/// page asked for with its old id, from a tab that had not got the new
+/// cookie yet, is served without identification, but does not reset the
+/// widget, as a session that is over does: the member's conversation stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_a_just_renewed_session_does_not_reset_the_widget() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    let reset = "window.HubSpotConversations.clear({resetWidget:true})";
+    let chat_reset = "__Host-membergate-chat-reset";
+    let mut b = member(&gw, "rue@example.com", "Rue", &[]).await;
+    assert!(settings(&b.get("/").await.body).unwrap()["identificationEmail"].is_string());
+    let mut other_tab = Browser::new(&gw);
+    other_tab.cookies = b.cookies.clone();
+    let (ok, out) = gw.cli(&["group", "add", "rue@example.com", "vip"], "");
+    assert!(ok, "{out}");
+    // The CLI's change reaches the gateway within its change follower's
+    // second; the first page after it renews the session.
+    let before = b.session_cookie();
+    for _ in 0..50 {
+        b.get("/").await;
+        if b.session_cookie() != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(b.session_cookie(), before, "the session was not renewed");
+    let page = other_tab.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(reset), "{}", page.body);
+    assert!(
+        !other_tab.cookies.contains_key(chat_reset),
+        "{:?}",
+        page.set_cookies()
+    );
+    assert!(settings(&b.get("/").await.body).unwrap()["identificationEmail"].is_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_plain_html_pages_are_touched() {
     let pages = vec![
@@ -1811,6 +1849,19 @@ async fn a_key_rotation_retires_cached_page_tokens() {
     let third = token(&ada.get("/blog/tides").await);
     assert!(third.starts_with("mgv1.k2."), "{third}");
     assert_ne!(third, second, "a token signed with the replaced secret");
+
+    // The same secret under a new id (a key renamed): a token names its key
+    // by id, and the old id is nowhere to verify it any more.
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        config.replacen("id = \"k2\"", "id = \"k3\"", 1),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_for_logs("configuration reloaded", 3).await;
+    let fourth = token(&ada.get("/blog/tides").await);
+    assert!(fourth.starts_with("mgv1.k3."), "a token of the old id: {fourth}");
 }
 
 /// A policy in the page's `<meta>`, in a compressed page: the page is

@@ -1349,6 +1349,29 @@ async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
     );
     let mut mia = Browser::new(&gw);
     assert_eq!(mia.login("mia@example.com", PASSWORD).await.status, 303);
+    // The places of the logins refused were given back: a burst larger than
+    // the hashing slots, far smaller than the queue, waits its turn.
+    let burst: Vec<_> = (0..6 * slots)
+        .map(|i| {
+            let request = client
+                .post(gw.https_url("/_membergate/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie)
+                .header("origin", &shared.origin)
+                .header("x-forwarded-for", format!("203.0.113.{}", i + 1))
+                .body(format!(
+                    "csrf={csrf}&email=later{i}%40example.com&password=guess-{i}"
+                ));
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for answer in burst {
+        assert_eq!(
+            answer.await.unwrap(),
+            401,
+            "a login was shed with the queue all but empty"
+        );
+    }
 }
 
 /// Behind a trusted ingress every visitor arrives from its address: limits

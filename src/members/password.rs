@@ -220,6 +220,7 @@ mod tests {
             "long enough\tpw",
             "long\u{0}enough!",
             "long enough\u{2028}",
+            "long enough\u{2029}",
         ] {
             assert!(acceptable(bad).is_err(), "{bad:?}");
         }
