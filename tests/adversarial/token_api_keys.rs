@@ -423,3 +423,25 @@ async fn a_valid_key_is_not_held_by_other_clients_failures_at_its_address() {
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "the valid key from the shared address: {body}");
 }
+
+/// A key shorter than 32 characters never authenticates, even with its
+/// digest configured: the gateway sees only digests and cannot refuse it at
+/// start, and such a key could be guessed. The answer says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_key_too_short_to_be_one_never_authenticates() {
+    const SHORT: &str = "mgk_short_0123456789";
+    let extra = format!(
+        "[[identification.api_keys]]\nname = \"short\"\nkey_sha256 = \"{}\"\nscopes = [\"create\"]\n",
+        sha256_hex(SHORT)
+    );
+    let gw = start_with(&extra, Setup::new()).await;
+    let client = gw.client_builder().http1_only().build().unwrap();
+    let url = gw.https_url(CREATE);
+    let response = create_request(&client, &url, SHORT).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 401, "a {}-character key authenticated: {body}", SHORT.len());
+    assert!(body.contains("keys have at least 32 characters"), "{body}");
+    let status = create_request(&client, &url, KEY).send().await.unwrap().status();
+    assert_eq!(status.as_u16(), 200);
+}
