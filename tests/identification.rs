@@ -1861,7 +1861,10 @@ async fn a_key_rotation_retires_cached_page_tokens() {
     gw.signal("HUP");
     gw.wait_for_logs("configuration reloaded", 3).await;
     let fourth = token(&ada.get("/blog/tides").await);
-    assert!(fourth.starts_with("mgv1.k3."), "a token of the old id: {fourth}");
+    assert!(
+        fourth.starts_with("mgv1.k3."),
+        "a token of the old id: {fourth}"
+    );
 }
 
 /// A policy in the page's `<meta>`, in a compressed page: the page is

@@ -440,8 +440,17 @@ async fn a_configured_key_too_short_to_be_one_never_authenticates() {
     let response = create_request(&client, &url, SHORT).send().await.unwrap();
     let status = response.status().as_u16();
     let body = response.text().await.unwrap();
-    assert_eq!(status, 401, "a {}-character key authenticated: {body}", SHORT.len());
+    assert_eq!(
+        status,
+        401,
+        "a {}-character key authenticated: {body}",
+        SHORT.len()
+    );
     assert!(body.contains("keys have at least 32 characters"), "{body}");
-    let status = create_request(&client, &url, KEY).send().await.unwrap().status();
+    let status = create_request(&client, &url, KEY)
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status.as_u16(), 200);
 }
