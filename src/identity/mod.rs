@@ -354,14 +354,23 @@ impl Identifier {
                             tracing::error!(error = %join, "identification task failed");
                             return None;
                         }
-                        Err(_) => break,
+                        Err(_) => {
+                            self.count("timeout");
+                            tracing::warn!(
+                                member = visitor.member_id,
+                                timeout = ?settings.mint_timeout,
+                                "identification token not ready in time; page served without it"
+                            );
+                            return None;
+                        }
                     }
                 }
-                self.count("timeout");
+                // Both calls were for a name the member no longer has: they
+                // renamed themselves twice within one page's wait.
+                self.count("failed");
                 tracing::warn!(
                     member = visitor.member_id,
-                    timeout = ?settings.mint_timeout,
-                    "identification token not ready in time; page served without it"
+                    "identification token minted for an earlier name; page served without it"
                 );
                 None
             }
