@@ -1301,34 +1301,41 @@ async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
     let cookie = shared.cookie_header().unwrap();
     // HTTP/1.1: a connection per login in flight, as from many visitors.
     let client = gw.client_builder().http1_only().build().unwrap();
-    let mut answers = Vec::new();
-    for i in 0..flood {
-        // 20 logins per visitor, under the 30 a minute each may make.
-        let request = client
-            .post(gw.https_url("/_membergate/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("cookie", &cookie)
-            .header("origin", &shared.origin)
-            .header(
-                "x-forwarded-for",
-                format!("198.51.{}.{}", i / 20 / 250, i / 20 % 250 + 1),
-            )
-            .body(format!(
-                "csrf={csrf}&email=nobody{i}%40example.com&password=guess-{i}"
-            ));
-        answers.push(tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            let retry_after = response.headers().get("retry-after").cloned();
-            (response.status().as_u16(), retry_after)
-        }));
-    }
     let mut statuses = std::collections::BTreeMap::new();
-    for answer in answers {
-        let (status, retry_after) = answer.await.unwrap();
-        if status == 503 {
-            assert_eq!(retry_after.unwrap(), "5");
+    // A machine busy with other work may take the flood in slowly enough to
+    // keep up: then another, from other visitors, until one is shed.
+    for round in 0..5 {
+        let mut answers = Vec::new();
+        for i in 0..flood {
+            // 20 logins per visitor, under the 30 a minute each may make.
+            let request = client
+                .post(gw.https_url("/_membergate/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie)
+                .header("origin", &shared.origin)
+                .header(
+                    "x-forwarded-for",
+                    format!("10.{round}.{}.{}", i / 20 / 250, i / 20 % 250 + 1),
+                )
+                .body(format!(
+                    "csrf={csrf}&email=nobody{round}x{i}%40example.com&password=guess-{i}"
+                ));
+            answers.push(tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let retry_after = response.headers().get("retry-after").cloned();
+                (response.status().as_u16(), retry_after)
+            }));
         }
-        *statuses.entry(status).or_insert(0) += 1;
+        for answer in answers {
+            let (status, retry_after) = answer.await.unwrap();
+            if status == 503 {
+                assert_eq!(retry_after.unwrap(), "5");
+            }
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+        if statuses.contains_key(&503) {
+            break;
+        }
     }
     assert!(
         statuses.contains_key(&503),
