@@ -397,6 +397,15 @@ impl Request<'_> {
         r
     }
 
+    /// Whether this browser logged in to `account` before (its device
+    /// cookie vouches for it), which puts it outside the account's ceiling.
+    fn browser_of(&self, account: Option<&str>) -> Browser {
+        match account {
+            Some(a) if self.m.devices.vouches_for(&self.headers, a, now()) => Browser::Known,
+            _ => Browser::Unknown,
+        }
+    }
+
     /// Password hashing is full (a flood of logins from many addresses):
     /// refused at once rather than answered minutes late.
     fn busy(&self) -> Response<GatewayBody> {
@@ -460,10 +469,7 @@ impl Request<'_> {
     async fn login(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
         let canonical = email::canonical(field("email")).ok();
-        let browser = match canonical.as_deref() {
-            Some(c) if self.m.devices.vouches_for(&self.headers, c, now()) => Browser::Known,
-            _ => Browser::Unknown,
-        };
+        let browser = self.browser_of(canonical.as_deref());
         let ip = self.client;
         if self
             .m
@@ -890,10 +896,7 @@ impl Request<'_> {
         // A browser that logged in to the account before is outside the
         // account-wide ceiling here too: guesses at the account's login
         // spread over many addresses must not also keep its owner from a reset.
-        let browser = match canonical.as_deref() {
-            Some(c) if self.m.devices.vouches_for(&self.headers, c, now()) => Browser::Known,
-            _ => Browser::Unknown,
-        };
+        let browser = self.browser_of(canonical.as_deref());
         if self
             .m
             .limits
@@ -1083,15 +1086,7 @@ impl Request<'_> {
         };
         // A guess at the current password is a guess at the login's: it
         // spends the same budget, so a borrowed session is no way round it.
-        let browser = if self
-            .m
-            .devices
-            .vouches_for(&self.headers, &member.email, now())
-        {
-            Browser::Known
-        } else {
-            Browser::Unknown
-        };
+        let browser = self.browser_of(Some(&member.email));
         if self
             .m
             .limits
