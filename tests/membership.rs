@@ -1280,6 +1280,46 @@ async fn login_limits_hold_across_addresses_and_across_accounts() {
     );
 }
 
+/// Wrong logins as a flood sends them from visitors behind a trusted proxy:
+/// one browser's form token and cookies, a connection per login in flight
+/// (HTTP/1.1), each visitor named in `X-Forwarded-For`.
+#[derive(Clone)]
+struct FloodLogins {
+    client: reqwest::Client,
+    url: String,
+    cookie: String,
+    csrf: String,
+    origin: String,
+}
+
+impl FloodLogins {
+    async fn new(gw: &Gateway) -> FloodLogins {
+        let mut shared = Browser::new(gw);
+        let csrf = shared.get("/_membergate/login").await.csrf();
+        FloodLogins {
+            client: gw.client_builder().http1_only().build().unwrap(),
+            url: gw.https_url("/_membergate/login"),
+            cookie: shared.cookie_header().unwrap(),
+            csrf,
+            origin: shared.origin.clone(),
+        }
+    }
+
+    fn request(&self, forwarded: &str, email: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(&self.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &self.cookie)
+            .header("origin", &self.origin)
+            .header("x-forwarded-for", forwarded)
+            .body(format!(
+                "csrf={}&email={}&password=guess",
+                self.csrf,
+                email.replace('@', "%40")
+            ))
+    }
+}
+
 /// Password hashing is shared by every visitor: logins from many addresses,
 /// each within its own limits, wait for the same few hashing slots. Past
 /// about a second's work in the queue a login is refused at once with 503
@@ -1296,11 +1336,7 @@ async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
     // More than the gateway's queue holds, as it sizes it on this machine.
     let slots = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
     let flood = 2 * slots * (membergate::members::password::WAITING_PER_SLOT + 1) + 64;
-    let mut shared = Browser::new(&gw);
-    let csrf = shared.get("/_membergate/login").await.csrf();
-    let cookie = shared.cookie_header().unwrap();
-    // HTTP/1.1: a connection per login in flight, as from many visitors.
-    let client = gw.client_builder().http1_only().build().unwrap();
+    let logins = FloodLogins::new(&gw).await;
     let mut statuses = std::collections::BTreeMap::new();
     // A machine busy with other work may take the flood in slowly enough to
     // keep up: then another, from other visitors, until one is shed.
@@ -1308,18 +1344,10 @@ async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
         let mut answers = Vec::new();
         for i in 0..flood {
             // 20 logins per visitor, under the 30 a minute each may make.
-            let request = client
-                .post(gw.https_url("/_membergate/login"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("cookie", &cookie)
-                .header("origin", &shared.origin)
-                .header(
-                    "x-forwarded-for",
-                    format!("10.{round}.{}.{}", i / 20 / 250, i / 20 % 250 + 1),
-                )
-                .body(format!(
-                    "csrf={csrf}&email=nobody{round}x{i}%40example.com&password=guess-{i}"
-                ));
+            let request = logins.request(
+                &format!("10.{round}.{}.{}", i / 20 / 250, i / 20 % 250 + 1),
+                &format!("nobody{round}x{i}@example.com"),
+            );
             answers.push(tokio::spawn(async move {
                 let response = request.send().await.unwrap();
                 let retry_after = response.headers().get("retry-after").cloned();
@@ -1360,15 +1388,10 @@ async fn a_login_flood_from_many_addresses_is_shed_not_queued() {
     // the hashing slots, far smaller than the queue, waits its turn.
     let burst: Vec<_> = (0..6 * slots)
         .map(|i| {
-            let request = client
-                .post(gw.https_url("/_membergate/login"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("cookie", &cookie)
-                .header("origin", &shared.origin)
-                .header("x-forwarded-for", format!("203.0.113.{}", i + 1))
-                .body(format!(
-                    "csrf={csrf}&email=later{i}%40example.com&password=guess-{i}"
-                ));
+            let request = logins.request(
+                &format!("203.0.113.{}", i + 1),
+                &format!("later{i}@example.com"),
+            );
             tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
         })
         .collect();
@@ -2339,38 +2362,26 @@ async fn a_reset_confirmed_while_hashing_is_full_keeps_its_link() {
             .limits("max_connections_per_ip = 0")
     })
     .await;
-    let mut shared = Browser::new(&gw);
-    let csrf = shared.get("/_membergate/login").await.csrf();
-    let cookie = shared.cookie_header().unwrap();
-    let client = gw.client_builder().http1_only().build().unwrap();
+    let logins = FloodLogins::new(&gw).await;
+    let client = logins.client.clone();
     let (shed, stop) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicBool::new(false)),
     );
-    let url = gw.https_url("/_membergate/login");
     let mut workers = Vec::new();
     // 300 visitors logging in over and over until the test is done, each
     // attempt from an address of its own (within every per-address limit).
     for w in 0..300usize {
-        let (client, cookie, csrf) = (client.clone(), cookie.clone(), csrf.clone());
-        let (origin, url) = (shared.origin.clone(), url.clone());
-        let (shed, stop) = (shed.clone(), stop.clone());
+        let (logins, shed, stop) = (logins.clone(), shed.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(SeqCst) && n < 5_000 {
                 n += 1;
-                let status = client
-                    .post(&url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .header("cookie", &cookie)
-                    .header("origin", &origin)
-                    .header(
-                        "x-forwarded-for",
-                        format!("10.{}.{}.{}", w / 250, w % 250, n % 250),
+                let status = logins
+                    .request(
+                        &format!("10.{}.{}.{}", w / 250, w % 250, n % 250),
+                        &format!("nobody{w}x{n}@example.com"),
                     )
-                    .body(format!(
-                        "csrf={csrf}&email=nobody{w}x{n}%40example.com&password=guess"
-                    ))
                     .send()
                     .await
                     .map(|r| r.status().as_u16())
