@@ -398,6 +398,41 @@ async fn chromium_forgets_the_chat_visitor_once_after_the_session_ended_elsewher
     assert_eq!(wd.execute(queued, json!([])).await, json!(0));
 }
 
+/// A session that runs to the end of its lifetime, with nobody pressing log
+/// out: Chromium still holds the cookie afterwards (it outlives the session),
+/// so the first page after the end finds the session dead and resets the
+/// widget. Were the cookie to expire with the session, Chromium would drop it
+/// unseen and the next person would be anonymous in the member's chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_forgets_the_chat_visitor_once_after_the_session_lifetime() {
+    use support::chat::PageOrigin;
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &origin.url())
+            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"")
+            .members("session_lifetime = \"3s\"\nsession_idle = \"3s\""),
+    )
+    .await;
+    let email = "ray@example.com";
+    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
+    assert!(ok, "{out}");
+    let wd = logged_in(&gw, email).await;
+    let identified = "return (window.hsConversationsSettings || {}).identificationEmail || null;";
+    wd.goto(&gw.https_url("/tides")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(identified, json!([])).await, json!(email));
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let queued = "return (window.hsConversationsOnReady || []).length;";
+    wd.goto(&gw.https_url("/")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(identified, json!([])).await, json!(null));
+    assert_eq!(wd.execute(queued, json!([])).await, json!(1), "no reset");
+    wd.goto(&gw.https_url("/tides")).await;
+    wd.wait_for_text("High water at noon.").await;
+    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+}
+
 /// The page's Content-Security-Policy in a real browser: our settings script
 /// runs under it (by the page's nonce, or by the hash the gateway adds), and
 /// nothing else the policy blocked before runs now. One of the pages sends

@@ -167,6 +167,14 @@ pub struct SessionCounters {
 /// within a day) rather than reset the widget on every page.
 pub const CHAT_RESET_VALUE: &str = "2";
 
+/// How long the session cookie stays in the browser past its session's end.
+/// A browser that dropped the cookie when the session ran out would send
+/// nothing the next time, and the gateway could not tell the chat widget to
+/// forget the member (HubSpot's widget remembers its visitor for six to
+/// thirteen months). Kept this long, the cookie comes back, is found dead,
+/// and is cleared with a chat reset, as any ended session is. 400 days is
+/// the longest a browser keeps a cookie; the dead id inside names nothing.
+const COOKIE_OUTLIVES_SESSION: i64 = 400 * 86_400;
 /// How stale `last_seen` may be in the store before it is written again.
 const TOUCH_INTERVAL: i64 = 60;
 /// How long a renewed session's old id is told apart from a dead one, so
@@ -263,7 +271,11 @@ impl Sessions {
                 cookie_value,
             } => {
                 let left = (visitor.expires_at - now()).max(0);
-                let cookie = self.cookie(&self.cookie_name, &cookie_value, left);
+                let cookie = self.cookie(
+                    &self.cookie_name,
+                    &cookie_value,
+                    left + COOKIE_OUTLIVES_SESSION,
+                );
                 (Some(visitor), vec![cookie])
             }
             // Ended without the log-out button: the chat is reset all the
@@ -537,7 +549,8 @@ impl Sessions {
     }
 
     pub fn set_cookie(&self, value: &str) -> String {
-        self.cookie(&self.cookie_name, value, self.lifetime.as_secs() as i64)
+        let max_age = self.lifetime.as_secs() as i64 + COOKIE_OUTLIVES_SESSION;
+        self.cookie(&self.cookie_name, value, max_age)
     }
 
     /// The name of the cookie that asks the next page with the chat widget to
