@@ -474,6 +474,22 @@ async fn only_plain_html_pages_are_touched() {
             "/download",
             Page::html("<head></head>").with("content-disposition", "attachment; filename=a.html"),
         ),
+        // Downloads too, to browsers: a file name in raw UTF-8, a type that
+        // is not `inline` (RFC 6266, 4.2), a second type they would go by.
+        (
+            "/download-utf8",
+            Page::html("<head></head>")
+                .with("content-disposition", "attachment; filename=\"Résumé été.html\""),
+        ),
+        (
+            "/download-misspelt",
+            Page::html("<head></head>")
+                .with("content-disposition", "attachement; filename=\"a.html\""),
+        ),
+        (
+            "/two-types",
+            Page::html("<head></head>").with("content-type", "application/octet-stream"),
+        ),
         (
             "/iso-2022-jp",
             typed(

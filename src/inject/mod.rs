@@ -69,13 +69,17 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
     // A page sent to be saved, not shown: the file must be the origin's.
     if headers
         .get(header::CONTENT_DISPOSITION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|kind| kind.trim().eq_ignore_ascii_case("attachment"))
+        .is_some_and(|value| !is_inline(value.as_bytes()))
     {
         return None;
     }
-    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    // Of two types, browsers go by the last one they can read: the page may
+    // well be a download there.
+    let mut content_types = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(content_type), None) = (content_types.next(), content_types.next()) else {
+        return None;
+    };
+    let content_type = content_type.to_str().ok()?;
     if !content_type
         .split(';')
         .next()?
@@ -89,6 +93,15 @@ pub fn rewritable(method: &Method, status: StatusCode, headers: &HeaderMap) -> O
         Some(label) => Some(ascii_compatible(label.trim_matches('"').as_bytes())?),
     };
     Some(Rewritable { charset, coding })
+}
+
+/// Whether a `Content-Disposition` says the page is to be shown. Read as
+/// bytes: a file name in raw UTF-8 is common (and browsers read it), and it
+/// is still a download. Any type but `inline` is one too, as in browsers
+/// (RFC 6266, 4.2: an unknown type is handled as `attachment`).
+fn is_inline(disposition: &[u8]) -> bool {
+    let kind = disposition.split(|&b| b == b';').next().unwrap_or_default();
+    kind.trim_ascii().eq_ignore_ascii_case(b"inline")
 }
 
 /// The `charset` parameter of a media type (`text/html; charset=utf-8`), as
@@ -394,7 +407,7 @@ mod tests {
         for (k, v) in pairs {
             h.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
             );
         }
         h
@@ -429,13 +442,21 @@ mod tests {
             rewritable(&get, StatusCode::OK, &headers(&br)).map(|r| r.coding),
             Some(Coding::Br)
         );
-        let inline = [
-            ("content-type", "text/html"),
-            ("content-disposition", "inline"),
-        ];
-        assert!(rewritable(&get, StatusCode::OK, &headers(&inline)).is_some());
+        for inline in ["inline", "Inline; filename=\"Résumé.html\""] {
+            let pairs = [
+                ("content-type", "text/html"),
+                ("content-disposition", inline),
+            ];
+            assert!(rewritable(&get, StatusCode::OK, &headers(&pairs)).is_some());
+        }
         type Case<'a> = (&'a Method, StatusCode, Vec<(&'a str, &'a str)>);
-        let refused: [Case; 9] = [
+        let download = |disposition| {
+            vec![
+                ("content-type", "text/html"),
+                ("content-disposition", disposition),
+            ]
+        };
+        let refused: [Case; 13] = [
             (&Method::HEAD, StatusCode::OK, html.to_vec()),
             (&get, StatusCode::PARTIAL_CONTENT, html.to_vec()),
             (&get, StatusCode::NOT_MODIFIED, html.to_vec()),
@@ -472,6 +493,26 @@ mod tests {
                 vec![
                     ("content-type", "text/html"),
                     ("content-disposition", "Attachment; filename=\"page.html\""),
+                ],
+            ),
+            // A file name in raw UTF-8, and types browsers take for attachment.
+            (
+                &get,
+                StatusCode::OK,
+                download("attachment; filename=\"Résumé été.html\""),
+            ),
+            (
+                &get,
+                StatusCode::OK,
+                download("attachement; filename=\"page.html\""),
+            ),
+            (&get, StatusCode::OK, download("; filename=\"page.html\"")),
+            (
+                &get,
+                StatusCode::OK,
+                vec![
+                    ("content-type", "text/html"),
+                    ("content-type", "application/octet-stream"),
                 ],
             ),
         ];
