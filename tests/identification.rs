@@ -431,6 +431,68 @@ async fn a_page_with_a_just_renewed_session_does_not_reset_the_widget() {
     assert!(settings(&b.get("/").await.body).unwrap()["identificationEmail"].is_string());
 }
 
+/// A page seen before logging in stays in the browser's cache with its weak
+/// ETag. After the log-in, Chromium revalidates it with that ETag although
+/// `Vary: Cookie` no longer matches, and an origin that compares ETags (as
+/// nginx, Apache and Django do) answers 304: the member would be shown the
+/// anonymous copy, unidentified. A member's page is asked for whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_from_before_the_log_in_is_not_revalidated() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let unchanged = head
+                    .lines()
+                    .any(|l| l.starts_with("if-none-match:") && l.contains("\"v1\""));
+                let response = if unchanged {
+                    "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\nconnection: close\r\n\r\n"
+                        .to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\netag: \"v1\"\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{PAGE}",
+                        PAGE.len()
+                    )
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    let gw = Gateway::start(
+        Setup::new()
+            .route("/", &format!("http://{addr}"))
+            .chat(BUILTIN),
+    )
+    .await;
+    let page_load = [("accept", "text/html"), ("sec-fetch-dest", "document")];
+    let anonymous = Browser::new(&gw).get_with("/blog/tides", &page_load).await;
+    assert_eq!(anonymous.headers["etag"], "W/\"v1\"");
+    // An anonymous visitor's copy is still theirs to revalidate.
+    let revalidate = [page_load[0], page_load[1], ("if-none-match", "W/\"v1\"")];
+    let again = Browser::new(&gw).get_with("/blog/tides", &revalidate).await;
+    assert_eq!(again.status, 304);
+
+    let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;
+    let page = ada.get_with("/blog/tides", &revalidate).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        settings(&page.body).unwrap()["identificationEmail"],
+        "ada@example.com"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_plain_html_pages_are_touched() {
     let pages = vec![

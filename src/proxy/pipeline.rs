@@ -223,9 +223,16 @@ async fn phases<'r>(
         &parts.method,
         &parts.headers,
     );
-    if widget.as_ref().is_some_and(|plan| plan.page_load) {
+    if let Some(plan) = widget.as_ref().filter(|plan| plan.page_load) {
         // The page is rewritten on its way: ask the origin for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
+        if plan.personalises() {
+            // Browsers revalidate a copy cached before logging in with its
+            // ETag even when `Vary: Cookie` no longer matches; the origin's
+            // 304 would bring that copy back, without the member's widget.
+            parts.headers.remove(header::IF_NONE_MATCH);
+            parts.headers.remove(header::IF_MODIFIED_SINCE);
+        }
     }
     let method = parts.method.clone();
     let max_rewrite = runtime.config.limits.max_rewrite_bytes;

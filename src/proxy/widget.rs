@@ -35,6 +35,15 @@ pub struct Plan {
     pub mint: bool,
 }
 
+impl Plan {
+    /// Whether the page is made for this visitor alone: their identification,
+    /// or the reset after a session. A copy the browser kept from before (an
+    /// anonymous visitor's, before logging in) cannot stand for it.
+    pub fn personalises(&self) -> bool {
+        self.decision == ChatDecision::Identified || self.reset.is_some()
+    }
+}
+
 /// Whether this request's page gets the widget. Only GET requests for pages
 /// of a site with a chat configuration are candidates.
 pub fn plan(
