@@ -464,7 +464,9 @@ async fn verifies_https_origins_against_configured_roots() {
 }
 
 /// An origin's redirect to itself sends the client back through the
-/// gateway, not to the origin's address (nginx's `proxy_redirect default`).
+/// gateway, not to the origin's address (nginx's `proxy_redirect default`),
+/// as a path: the browser keeps the scheme and host it used, also behind an
+/// ingress that ended TLS for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_to_the_origin_come_back_through_the_gateway() {
     let origin = support::origins::RedirectOrigin::start().await;
@@ -478,22 +480,44 @@ async fn redirects_to_the_origin_come_back_through_the_gateway() {
             response.headers()["location"].to_str().unwrap().to_owned()
         }
     };
-    let gateway = format!("https://localhost:{}", gw.https.port());
-    assert_eq!(
-        location("/own").await,
-        format!("{gateway}/landed?from=own#top")
-    );
-    assert_eq!(location("/by-host").await, format!("{gateway}/landed"));
+    assert_eq!(location("/own").await, "/landed?from=own#top");
+    assert_eq!(location("/by-host").await, "/landed");
     assert_eq!(location("/elsewhere").await, "https://example.com/landed");
     assert_eq!(location("/relative").await, "/landed");
-    // Over the plain listener, the client's scheme and host.
+    // `//example.com/landed` alone would send the browser to example.com.
+    let gateway = format!("https://localhost:{}", gw.https.port());
+    assert_eq!(
+        location("/two-slashes").await,
+        format!("{gateway}//example.com/landed")
+    );
+    // Over the plain listener too.
     let raw = gw
         .raw(b"GET /own HTTP/1.1\r\nHost: gw.test:8080\r\nConnection: close\r\n\r\n")
         .await;
-    assert!(
-        raw.contains("location: http://gw.test:8080/landed?from=own#top\r\n"),
-        "{raw}"
-    );
+    assert!(raw.contains("location: /landed?from=own#top\r\n"), "{raw}");
+}
+
+/// A sidecar behind an ingress that ends TLS (`http_mode = "serve"`, the
+/// ingress trusted): the visitor is on HTTPS, and an origin's redirect to
+/// itself keeps them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_behind_a_tls_ingress_stay_on_https() {
+    let origin = support::origins::RedirectOrigin::start().await;
+    let gw = Gateway::start(
+        Setup::new()
+            .http_mode("serve")
+            .server("trusted_proxies = [\"127.0.0.0/8\"]")
+            .route("/", &origin.url()),
+    )
+    .await;
+    let raw = gw
+        .raw(
+            b"GET /own HTTP/1.1\r\nHost: gw.test\r\nX-Forwarded-Proto: https\r\n\
+              X-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 302"), "{raw}");
+    assert!(raw.contains("location: /landed?from=own#top\r\n"), "{raw}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

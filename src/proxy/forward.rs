@@ -250,9 +250,9 @@ async fn proxy_http(
     response.map(|body| GatewayBody::upstream(body, origin.idle_timeout))
 }
 
-/// An origin's redirect to itself, as the client must be sent it: to the
-/// gateway's scheme and the host the client asked for (what nginx's
-/// `proxy_redirect default` does). Either the origin named its own address
+/// An origin's redirect to itself, as the client must be sent it: back to
+/// the host the client asked for, as a path (nginx's `proxy_redirect
+/// default` does the same with its own scheme). Either the origin named its own address
 /// (`http://10.0.0.5:8080/kb/`), or it built the URL from the `Host` it was
 /// given with its own scheme and port (`http://docs.example.com:8080/kb/`).
 /// Anything else, relative paths included, stays as it is.
@@ -282,9 +282,18 @@ fn redirect_to_gateway(
     if port != origin_port || !(own_address || clients_host) {
         return None;
     }
-    let gateway_scheme = if client_tls { "https" } else { "http" };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut ours = format!("{gateway_scheme}://{}{path}", client.authority);
+    // A path alone keeps the scheme, host and port the browser used, also
+    // behind an ingress that ended TLS. One that starts with two slashes
+    // (or a slash and a backslash, to browsers) would name another host, so
+    // it keeps our scheme and the client's host.
+    let names_a_host = path.starts_with("//") || path.starts_with("/\\");
+    let mut ours = if path.starts_with('/') && !names_a_host {
+        path.to_owned()
+    } else {
+        let gateway_scheme = if client_tls { "https" } else { "http" };
+        format!("{gateway_scheme}://{}{path}", client.authority)
+    };
     if let Some(fragment) = fragment {
         ours.push('#');
         ours.push_str(fragment);

@@ -632,6 +632,7 @@ impl RedirectOrigin {
                         let location = match req.uri().path() {
                             "/own" => format!("http://{addr}/landed?from=own#top"),
                             "/by-host" => format!("http://{host}:{}/landed", addr.port()),
+                            "/two-slashes" => format!("http://{addr}//example.com/landed"),
                             "/elsewhere" => "https://example.com/landed".to_owned(),
                             _ => "/landed".to_owned(),
                         };
