@@ -320,67 +320,158 @@ async fn chromium_keeps_the_identification_when_the_page_sets_its_own_settings()
     }
 }
 
-/// After a log-out, the next page with the widget tells it to forget its
-/// visitor, and its own script clears the request for that: in Chromium the
-/// chat-reset cookie is gone once the page ran, and the page after it has no
-/// reset.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_forgets_the_chat_visitor_once_after_log_out() {
-    use support::chat::PageOrigin;
-    let origin = PageOrigin::start(vec![]).await;
-    let gw = with_widget(&origin).await;
-    let email = "kim@example.com";
+/// A gateway in front of `origin`, which serves the stand-in widget
+/// (`support::chat::STAND_IN_WIDGET`, ready `delay_ms` after it ran) at
+/// `/widget.js`; `chat` adds to the site's chat table.
+async fn with_stand_in_widget(delay_ms: u64, chat: &str) -> (support::chat::PageOrigin, Gateway) {
+    use support::chat::{Page, PageOrigin};
+    let origin = PageOrigin::start(vec![
+        ("/widget.js", Page::stand_in_widget(delay_ms)),
+        ("/support", Page::html(EMBEDDED)),
+    ])
+    .await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url()).chat(&format!(
+        "provider = \"builtin\"\nwidget_url = \"/widget.js\"\n{chat}"
+    )))
+    .await;
+    (origin, gw)
+}
+
+/// A page with the widget's own embed code (for `loader = "page"`).
+const EMBEDDED: &str = "<!doctype html><html><head><title>Support</title></head><body>\
+    <p>High water at noon.</p>\
+    <script id=\"hs-script-loader\" async defer src=\"/widget.js\"></script></body></html>";
+
+/// What the stand-in widget on the current page shows, once it is ready:
+/// whose conversation (`thread`), how many resets this browser ran
+/// (`clears`), and whom the settings identify (`email`).
+async fn widget(wd: &WebDriver) -> Value {
+    let seen = "return window.widgetReady === true ? {
+          thread: window.widgetThread,
+          clears: Number(localStorage.getItem('clears') || 0),
+          email: (window.hsConversationsSettings || {}).identificationEmail || null
+        } : null;";
+    for _ in 0..200 {
+        let state = wd.execute(seen, json!([])).await;
+        if !state.is_null() {
+            return state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the widget never got ready on {}", wd.current_url().await);
+}
+
+async fn add_member(gw: &Gateway, email: &str) {
     let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
     assert!(ok, "{out}");
-    let wd = logged_in(&gw, email).await;
+}
+
+/// Logs in through the form, in a browser that may be logged in already.
+async fn log_in_as(wd: &WebDriver, gw: &Gateway, email: &str) {
+    wd.goto(&gw.https_url("/_membergate/login")).await;
+    wd.fill("#email", email).await;
+    wd.fill("#password", PASSWORD).await;
+    let submit = wd
+        .find("form[action='/_membergate/login'] button[type=submit]")
+        .await;
+    wd.click(&submit).await;
+    wd.wait_for_url("a page after login", |u| !u.contains("/_membergate/"))
+        .await;
+}
+
+/// Logs out with the account page's button; returns where it landed.
+async fn log_out(wd: &WebDriver, gw: &Gateway) -> String {
     wd.goto(&gw.https_url("/_membergate/account")).await;
     let logout = wd
         .find("form[action='/_membergate/logout'] button[type=submit]")
         .await;
     wd.click(&logout).await;
-    // The log-out lands on the site's front page, which has the widget.
-    let url = wd
-        .wait_for_url("a page after log-out", |u| !u.contains("/_membergate/"))
-        .await;
-    assert_eq!(url, gw.https_url("/"));
-    wd.wait_for_text("High water at noon.").await;
-    let queued = "return (window.hsConversationsOnReady || []).length;";
-    assert_eq!(wd.execute(queued, json!([])).await, json!(1));
-    let names: Vec<String> = wd
-        .cookies()
+    wd.wait_for_url("a page after log-out", |u| !u.contains("/_membergate/"))
+        .await
+}
+
+async fn reset_pending(wd: &WebDriver) -> bool {
+    wd.cookies()
         .await
         .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        !names.iter().any(|n| n.ends_with("-chat-reset")),
-        "{names:?}"
-    );
+        .any(|c| c["name"].as_str().unwrap().ends_with("-chat-reset"))
+}
+
+/// After a log-out, the next page's widget forgets the member: the
+/// conversation it shows is a new, anonymous one. The reset runs once: the
+/// widget's reset clears its cookie, and the page after has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_forgets_the_chat_visitor_once_after_log_out() {
+    let (_origin, gw) = with_stand_in_widget(0, "").await;
+    let email = "kim@example.com";
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
     wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(
+        widget(&wd).await,
+        json!({"thread": email, "clears": 0, "email": email})
+    );
+    // The log-out lands on the site's front page, which has the widget.
+    assert_eq!(log_out(&wd, &gw).await, gw.https_url("/"));
+    let anonymous = json!({"thread": "anonymous", "clears": 1, "email": null});
+    assert_eq!(widget(&wd).await, anonymous);
+    assert!(!reset_pending(&wd).await);
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await, anonymous);
+}
+
+/// The request for a reset stays until a widget really ran it: not spent by
+/// a page without the widget (the page loads it itself, elsewhere), nor by a
+/// page left before its widget was ready (HubSpot's loads after the page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_keeps_the_chat_reset_until_a_widget_ran_it() {
+    let email = "kim@example.com";
+    let (_origin, gw) = with_stand_in_widget(0, "loader = \"page\"").await;
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
+    wd.goto(&gw.https_url("/support")).await;
+    assert_eq!(widget(&wd).await["thread"], email);
+    // The front page, where the log-out lands, has no widget.
+    assert_eq!(log_out(&wd, &gw).await, gw.https_url("/"));
     wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+    assert!(reset_pending(&wd).await);
+    wd.goto(&gw.https_url("/support")).await;
+    assert_eq!(widget(&wd).await["thread"], "anonymous");
+    assert!(!reset_pending(&wd).await);
+
+    // A widget ready two seconds after its script ran, and a visitor who
+    // goes on at once.
+    let (_origin, gw) = with_stand_in_widget(2000, "").await;
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await["thread"], email);
+    log_out(&wd, &gw).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await["thread"], "anonymous");
 }
 
 /// A session ended elsewhere (here revoked by an administrator): the first
-/// page Chromium loads after it resets the widget, and its script clears the
-/// chat-reset cookie the same response set, so the page after it has none.
+/// page Chromium loads after it resets the widget, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_forgets_the_chat_visitor_once_after_the_session_ended_elsewhere() {
-    use support::chat::PageOrigin;
-    let origin = PageOrigin::start(vec![]).await;
-    let gw = with_widget(&origin).await;
+    let (_origin, gw) = with_stand_in_widget(0, "").await;
     let email = "kim@example.com";
-    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
-    assert!(ok, "{out}");
-    let wd = logged_in(&gw, email).await;
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await["thread"], email);
     let (ok, out) = gw.cli(&["session", "revoke", "--member", email], "");
     assert!(ok, "{out}");
     // The CLI's change reaches the gateway within its change follower's second.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let queued = "return (window.hsConversationsOnReady || []).length;";
     wd.goto(&gw.https_url("/tides")).await;
-    wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(queued, json!([])).await, json!(1));
+    let anonymous = json!({"thread": "anonymous", "clears": 1, "email": null});
+    assert_eq!(widget(&wd).await, anonymous);
     let names: Vec<String> = wd
         .cookies()
         .await
@@ -394,8 +485,7 @@ async fn chromium_forgets_the_chat_visitor_once_after_the_session_ended_elsewher
         "{names:?}"
     );
     wd.goto(&gw.https_url("/")).await;
-    wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+    assert_eq!(widget(&wd).await, anonymous);
 }
 
 /// A session that runs to the end of its lifetime, with nobody pressing log
@@ -405,32 +495,114 @@ async fn chromium_forgets_the_chat_visitor_once_after_the_session_ended_elsewher
 /// unseen and the next person would be anonymous in the member's chat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_forgets_the_chat_visitor_once_after_the_session_lifetime() {
-    use support::chat::PageOrigin;
-    let origin = PageOrigin::start(vec![]).await;
+    use support::chat::{Page, PageOrigin};
+    let origin = PageOrigin::start(vec![("/widget.js", Page::stand_in_widget(0))]).await;
     let gw = Gateway::start(
         Setup::new()
             .route("/", &origin.url())
-            .chat("provider = \"builtin\"\nwidget_url = \"/no-widget-here.js\"")
+            .chat("provider = \"builtin\"\nwidget_url = \"/widget.js\"")
             .members("session_lifetime = \"3s\"\nsession_idle = \"3s\""),
     )
     .await;
     let email = "ray@example.com";
-    let (ok, out) = gw.cli(&["member", "add", email], &format!("{PASSWORD}\n"));
-    assert!(ok, "{out}");
-    let wd = logged_in(&gw, email).await;
-    let identified = "return (window.hsConversationsSettings || {}).identificationEmail || null;";
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
     wd.goto(&gw.https_url("/tides")).await;
-    wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(identified, json!([])).await, json!(email));
+    assert_eq!(widget(&wd).await["thread"], email);
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let queued = "return (window.hsConversationsOnReady || []).length;";
     wd.goto(&gw.https_url("/")).await;
-    wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(identified, json!([])).await, json!(null));
-    assert_eq!(wd.execute(queued, json!([])).await, json!(1), "no reset");
+    let anonymous = json!({"thread": "anonymous", "clears": 1, "email": null});
+    assert_eq!(widget(&wd).await, anonymous);
     wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await, anonymous);
+}
+
+/// One member logs in where another was: over their live session (the log-in
+/// page's "log in as someone else"), or later, after a log-out whose reset no
+/// page delivered (the widget is for members only, so no anonymous page has
+/// it; and the reset cookie expired). The widget forgets the one before
+/// either way: the browser's device cookie names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_forgets_the_chat_visitor_when_another_member_logs_in() {
+    let (_origin, gw) = with_stand_in_widget(0, "show = \"members\"").await;
+    let (ann, bob) = ("ann@example.com", "bob@example.com");
+    add_member(&gw, ann).await;
+    add_member(&gw, bob).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, ann).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await["thread"], ann);
+    log_in_as(&wd, &gw, bob).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(
+        widget(&wd).await,
+        json!({"thread": bob, "clears": 1, "email": bob})
+    );
+
+    log_out(&wd, &gw).await;
     wd.wait_for_text("High water at noon.").await;
-    assert_eq!(wd.execute(queued, json!([])).await, json!(0));
+    assert!(
+        reset_pending(&wd).await,
+        "no widget for anonymous visitors ran it"
+    );
+    wd.delete_cookie(&format!("{COOKIE}-chat-reset")).await;
+    log_in_as(&wd, &gw, ann).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(
+        widget(&wd).await,
+        json!({"thread": ann, "clears": 2, "email": ann})
+    );
+    // The same member again: nothing to forget.
+    log_in_as(&wd, &gw, ann).await;
+    wd.goto(&gw.https_url("/tides")).await;
+    assert_eq!(widget(&wd).await["clears"], 2);
+}
+
+/// A public page the origin made for the member (it greets them by their
+/// `X-Member-Email`), with no widget and no caching header: after a log-out,
+/// the browser's Back button must not show it to the next person (Chromium's
+/// back-forward cache kept it, and the gateway calls it only `private`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_no_page_of_the_member_on_back_after_log_out() {
+    let greeting = support::chat::serve(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let who = req
+            .headers()
+            .get("x-member-email")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("guest")
+            .to_owned();
+        hyper::Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "<!doctype html><html><head><title>Hello</title></head><body><p>Hello {who}</p></body></html>"
+            ))))
+            .unwrap()
+    })
+    .await;
+    let gw = Gateway::start(Setup::new().route("/", &format!("http://{greeting}"))).await;
+    let email = "ann@example.com";
+    add_member(&gw, email).await;
+    let wd = WebDriver::start().await;
+    log_in_as(&wd, &gw, email).await;
+    wd.goto(&gw.https_url("/hello")).await;
+    wd.wait_for_text(&format!("Hello {email}")).await;
+    // Only a page kept whole (the back-forward cache) still has this mark.
+    wd.execute("window.__mark = 1; return null;", json!([]))
+        .await;
+    log_out(&wd, &gw).await;
+    wd.wait_for_text("Hello guest").await;
+    for _ in 0..2 {
+        wd.execute("history.back(); return null;", json!([])).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
+    assert_eq!(wd.current_url().await, gw.https_url("/hello"));
+    let text = wd.text().await;
+    assert!(!text.contains(email), "{text}");
+    assert_eq!(
+        wd.execute("return window.__mark === 1;", json!([])).await,
+        false
+    );
 }
 
 /// The page's Content-Security-Policy in a real browser: our settings script

@@ -304,20 +304,35 @@ async fn after_logout_the_next_widget_page_resets_the_widget_once() {
     let out = b.logout().await;
     assert_eq!(out.status, 303);
     assert!(b.cookies.contains_key("__Host-membergate-chat-reset"));
+    // The request waits as long as a widget may remember the member (with
+    // `show = "members"`, until the next member's first page), and the
+    // browser drops the site's pages from its caches.
+    let reset_cookie = out
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("__Host-membergate-chat-reset="));
+    assert!(
+        reset_cookie
+            .as_ref()
+            .is_some_and(|c| c.contains("Max-Age=34560000")),
+        "{reset_cookie:?}"
+    );
+    assert_eq!(out.headers["clear-site-data"], "\"cache\"");
     // A page without the widget for anonymous visitors keeps the request for later.
     let page = b.get("/private/x").await;
     assert_eq!(page.body, PAGE);
     assert!(b.cookies.contains_key("__Host-membergate-chat-reset"));
     let reset = "window.HubSpotConversations.clear({resetWidget:true})";
-    // The page that carries the reset clears the cookie when a browser runs
-    // it, not before: the gateway cannot tell from the headers whether the
-    // snippet will find its place (a fragment, say, has none).
+    // The page that carries the reset clears the cookie once its widget
+    // reset, not before: the gateway cannot tell from the headers whether
+    // the snippet will find its place (a fragment, say, has none), nor can
+    // the page tell whether its widget will load before the visitor leaves.
     let clearing =
         "document.cookie=\"__Host-membergate-chat-reset=;Max-Age=0;Path=/;SameSite=Lax;Secure\";";
     let page = b.get("/").await;
     assert!(
         page.body
-            .contains(&format!("{reset};}}]);{clearing}</script>")),
+            .contains(&format!("{reset};{clearing}}}]);</script>")),
         "{}",
         page.body
     );
@@ -364,6 +379,7 @@ async fn a_session_ended_elsewhere_resets_the_widget_once() {
     assert!(page.body.contains(reset), "{}", page.body);
     assert!(!page.body.contains("identificationEmail"), "{}", page.body);
     assert!(b.session_cookie().is_none(), "the dead cookie is cleared");
+    assert_eq!(page.headers["clear-site-data"], "\"cache\"");
     assert!(
         b.cookies.contains_key(chat_reset),
         "{:?}",

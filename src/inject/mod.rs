@@ -34,8 +34,12 @@ use crate::proxy::body::GatewayBody;
 /// after its assignment, and a plain merge is enough.
 pub const SETTINGS_SCRIPT_OPEN: &str = "(function(s){function m(n){try{return Object.assign(n||{},s)}catch(e){return Object.assign({},n,s)}}var v=m(window.hsConversationsSettings);try{Object.defineProperty(window,\"hsConversationsSettings\",{configurable:true,enumerable:true,get:function(){return v},set:function(n){v=m(n)}})}catch(e){window.hsConversationsSettings=v}})(";
 
-/// Clears the widget's cookies and conversation once it is ready.
-const RESET_SCRIPT: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});}]);";
+/// Clears the widget's cookies and conversation once it is ready; then the
+/// statement that clears the chat-reset cookie, and [`RESET_SCRIPT_CLOSE`].
+/// The cookie goes only once the widget really reset: a page left before
+/// its widget loaded, or one without the widget, leaves the reset pending.
+const RESET_SCRIPT_OPEN: &str = "window.hsConversationsOnReady=(window.hsConversationsOnReady||[]).concat([function(){window.HubSpotConversations.clear({resetWidget:true});";
+const RESET_SCRIPT_CLOSE: &str = "}]);";
 
 /// A response that may be rewritten: its charset and content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,8 +272,9 @@ pub fn snippet(
     let has_settings = push_settings(&mut html, chat, identified);
     html.push_str(");");
     if let Some(clearing) = reset {
-        html.push_str(RESET_SCRIPT);
+        html.push_str(RESET_SCRIPT_OPEN);
         html.push_str(clearing);
+        html.push_str(RESET_SCRIPT_CLOSE);
     }
     let inline_script = if has_settings || reset.is_some() {
         let script = script_start..html.len();
@@ -609,7 +614,7 @@ mod tests {
         assert!(
             reset
                 .html
-                .contains("document.cookie=\"r=;Max-Age=0\";</script>")
+                .contains("({resetWidget:true});document.cookie=\"r=;Max-Age=0\";}]);</script>")
         );
         assert!(!reset.html.contains("identificationEmail"));
         // A page that loads the widget itself gets the settings alone, and

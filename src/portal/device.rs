@@ -87,6 +87,20 @@ impl DeviceCookies {
         })
     }
 
+    /// Whether the browser last logged in to another account than
+    /// `canonical`: it carries a device cookie, not one for `canonical`.
+    pub fn names_another_account(
+        &self,
+        headers: &http::HeaderMap,
+        canonical: &str,
+        now: i64,
+    ) -> bool {
+        crate::session::cookie_values(headers, &self.name)
+            .next()
+            .is_some()
+            && !self.vouches_for(headers, canonical, now)
+    }
+
     /// The MAC of a cookie issued to `canonical` on `day`, ready to finish.
     fn mac_over(&self, canonical: &str, day: u32) -> HmacSha256 {
         let mut mac = self.mac.clone();

@@ -64,6 +64,9 @@ struct Request<'a> {
     pre_session: Option<String>,
     /// Cookies to set on the response.
     set_cookies: Vec<String>,
+    /// The browser is to forget the member who used it: the chat widget's
+    /// conversation and the site's pages in its caches.
+    forget_member: bool,
 }
 
 pub async fn handle(
@@ -103,6 +106,7 @@ pub async fn handle(
         visitor: settled.visitor,
         pre_session,
         set_cookies: settled.set_cookies,
+        forget_member: settled.ended,
     };
     let sub = &target.path.decoded[PREFIX.len()..];
     let sub = sub.to_ascii_lowercase();
@@ -164,6 +168,9 @@ pub async fn handle(
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
+    if req.forget_member {
+        crate::session::forget_members_pages(response.headers_mut());
+    }
     response
 }
 
@@ -207,6 +214,14 @@ impl Request<'_> {
             }
             _ => FormTokens::Visitors,
         }
+    }
+
+    /// The browser forgets the member who used it: the next page with the
+    /// chat widget resets it (see `proxy::widget`), and the site's pages
+    /// leave the browser's caches.
+    fn forget_member(&mut self) {
+        self.set_cookie(self.m.sessions.chat_reset_cookie());
+        self.forget_member = true;
     }
 
     /// Queues a cookie for the response, once.
@@ -550,6 +565,22 @@ impl Request<'_> {
         }
         let _ = self.m.store.record_login(member.id, now()).await;
         self.m.counters.login("ok");
+        // Someone else used this browser last (their session is still on,
+        // or their device cookie is here): the chat widget may hold their
+        // conversation, and the caches their pages. Whether or not they
+        // logged out, and whether or not a page delivered that reset.
+        let after_someone_else = self
+            .visitor
+            .as_ref()
+            .is_some_and(|old| old.member_id != member.id)
+            || canonical.as_deref().is_some_and(|c| {
+                self.m
+                    .devices
+                    .names_another_account(&self.headers, c, now())
+            });
+        if after_someone_else {
+            self.forget_member();
+        }
         if let Some(canonical) = &canonical {
             // This browser is now known for the account (see portal::device).
             let device = self.m.devices.set_cookie(canonical, now());
@@ -602,8 +633,7 @@ impl Request<'_> {
         }
         // Already queued when the request's session had ended.
         self.set_cookie(self.m.sessions.clear_cookie());
-        // The next page with the chat widget resets it (see proxy::widget).
-        self.set_cookie(self.m.sessions.chat_reset_cookie());
+        self.forget_member();
         self.visitor = None;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)

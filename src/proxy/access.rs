@@ -109,6 +109,9 @@ pub async fn authorise(
     for cookie in &set_cookies {
         append_cookie(refused.headers_mut(), cookie);
     }
+    if ended {
+        crate::session::forget_members_pages(refused.headers_mut());
+    }
     Err(refused)
 }
 
@@ -236,6 +239,9 @@ pub fn finish(
     }
     for cookie in &access.set_cookies {
         append_cookie(headers, cookie);
+    }
+    if access.session_ended {
+        crate::session::forget_members_pages(headers);
     }
     // A renewed session's id must never land in a shared cache, even on a
     // public page; nor a chat reset, which is this browser's alone.

@@ -167,14 +167,29 @@ pub struct SessionCounters {
 /// within a day) rather than reset the widget on every page.
 pub const CHAT_RESET_VALUE: &str = "2";
 
-/// How long the session cookie stays in the browser past its session's end.
-/// A browser that dropped the cookie when the session ran out would send
-/// nothing the next time, and the gateway could not tell the chat widget to
-/// forget the member (HubSpot's widget remembers its visitor for six to
-/// thirteen months). Kept this long, the cookie comes back, is found dead,
-/// and is cleared with a chat reset, as any ended session is. 400 days is
-/// the longest a browser keeps a cookie; the dead id inside names nothing.
-const COOKIE_OUTLIVES_SESSION: i64 = 400 * 86_400;
+/// How long a chat widget may remember its visitor (HubSpot's widget: six to
+/// thirteen months), as the longest a browser keeps a cookie, 400 days.
+/// - The session cookie stays this long past its session's end. A browser
+///   that dropped it when the session ran out would send nothing the next
+///   time, and the gateway could not tell the widget to forget the member.
+///   Kept, it comes back, is found dead, and is cleared with a chat reset,
+///   as any ended session is. The dead id inside names nothing.
+/// - The chat-reset cookie waits this long for a page whose widget runs it:
+///   with `show = "members"`, that may be the next member's first page.
+const WIDGET_MEMORY: i64 = 400 * 86_400;
+/// Asks the browser to drop the pages of this site it keeps, in its cache and
+/// its back-forward cache, wherever the widget is told to forget a member
+/// (the chat-reset cookie goes with it): the next person at the computer
+/// cannot go Back to a page the origin made for the member. Only `"cache"`:
+/// the site's cookies and storage (consent, preferences) are not the
+/// gateway's to wipe, and it clears its own cookies itself.
+pub fn forget_members_pages(headers: &mut http::HeaderMap) {
+    headers.insert(
+        http::HeaderName::from_static("clear-site-data"),
+        http::HeaderValue::from_static("\"cache\""),
+    );
+}
+
 /// How stale `last_seen` may be in the store before it is written again.
 const TOUCH_INTERVAL: i64 = 60;
 /// How long a renewed session's old id is told apart from a dead one, so
@@ -271,11 +286,7 @@ impl Sessions {
                 cookie_value,
             } => {
                 let left = (visitor.expires_at - now()).max(0);
-                let cookie = self.cookie(
-                    &self.cookie_name,
-                    &cookie_value,
-                    left + COOKIE_OUTLIVES_SESSION,
-                );
+                let cookie = self.cookie(&self.cookie_name, &cookie_value, left + WIDGET_MEMORY);
                 (Some(visitor), vec![cookie])
             }
             // Ended without the log-out button: the chat is reset all the
@@ -549,7 +560,7 @@ impl Sessions {
     }
 
     pub fn set_cookie(&self, value: &str) -> String {
-        let max_age = self.lifetime.as_secs() as i64 + COOKIE_OUTLIVES_SESSION;
+        let max_age = self.lifetime.as_secs() as i64 + WIDGET_MEMORY;
         self.cookie(&self.cookie_name, value, max_age)
     }
 
@@ -560,12 +571,12 @@ impl Sessions {
         &self.chat_reset_name
     }
 
-    /// The chat-reset cookie, set at logout and by the first response that
-    /// finds a session over. Not `HttpOnly`: it holds no
-    /// secret, and the page whose script resets the widget clears it, so it
-    /// stays until a page really did (see `proxy::widget`).
+    /// The chat-reset cookie, set at logout, at a log-in after another
+    /// member's, and by the first response that finds a session over. Not
+    /// `HttpOnly`: it holds no secret, and the page whose widget reset
+    /// clears it, so it stays until a widget really did (see `proxy::widget`).
     pub fn chat_reset_cookie(&self) -> String {
-        self.cookie_builder(&self.chat_reset_name, CHAT_RESET_VALUE, 86_400)
+        self.cookie_builder(&self.chat_reset_name, CHAT_RESET_VALUE, WIDGET_MEMORY)
             .build()
             .to_string()
     }

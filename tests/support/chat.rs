@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 
 pub const PAGE: &str = "<!doctype html><html><head><title>Tides</title></head><body><p>High water at noon.</p></body></html>";
 
-async fn serve<F, Fut>(handler: F) -> SocketAddr
+/// Serves `handler` on a fresh local port.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -42,6 +43,43 @@ where
         }
     });
     addr
+}
+
+/// A stand-in for HubSpot's chat widget, for Chromium: like HubSpot's, it
+/// keeps the visitor's conversation in a cookie of its own (`stand-in-utk`,
+/// HubSpot's `messagesUtk`), made for whoever the widget first saw (the
+/// settings' `identificationEmail`, or `anonymous`) and replaced only by
+/// `HubSpotConversations.clear()`. Once ready it runs the page's
+/// `hsConversationsOnReady` functions. `window.widgetThread` is whose
+/// conversation it shows; `localStorage.clears` counts the resets.
+pub const STAND_IN_WIDGET: &str = r#"(function(){
+  function get(n){var m=document.cookie.match(new RegExp('(?:^|; )'+n+'=([^;]*)'));return m?decodeURIComponent(m[1]):null;}
+  function who(){var s=window.hsConversationsSettings||{};return s.identificationEmail||'anonymous';}
+  function start(){document.cookie='stand-in-utk='+encodeURIComponent(who())+';path=/;max-age=15552000';}
+  if(!get('stand-in-utk')){start();}
+  window.widgetThread=get('stand-in-utk');
+  window.HubSpotConversations={clear:function(){
+    start();
+    localStorage.setItem('clears',String(Number(localStorage.getItem('clears')||0)+1));
+    window.widgetThread=get('stand-in-utk');
+  }};
+  var queued=window.hsConversationsOnReady||[];
+  window.hsConversationsOnReady={push:function(f){f();}};
+  queued.forEach(function(f){f();});
+  window.widgetReady=true;
+})();"#;
+
+impl Page {
+    /// The stand-in widget's script, ready `delay_ms` after it ran: HubSpot's
+    /// fetches its bundle and settings first.
+    pub fn stand_in_widget(delay_ms: u64) -> Page {
+        let script = format!("setTimeout(function(){{{STAND_IN_WIDGET}}}, {delay_ms});");
+        Page {
+            status: 200,
+            headers: vec![("content-type", "application/javascript".into())],
+            body: script.into_bytes(),
+        }
+    }
 }
 
 /// Serves `PAGE` (or a page registered for the path) with extra headers.

@@ -299,6 +299,12 @@ impl WebDriver {
         }
     }
 
+    /// Deletes one cookie of the current page's site, as its expiry would.
+    pub async fn delete_cookie(&self, name: &str) {
+        self.command("DELETE", &format!("/cookie/{name}"), None)
+            .await;
+    }
+
     /// Polls until the current URL satisfies `done`; returns it.
     pub async fn wait_for_url(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
