@@ -258,11 +258,28 @@ pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
         let inner = e.into_inner();
         let message = inner.message().to_string();
         match inner.span() {
-            Some(span) => {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
-                format!("{path}: {message} (line {line})")
-            }
+            Some(span) => format!("{path}: {message} (line {})", line_of(text, span.start)),
             None => format!("{path}: {message}"),
         }
     })
+}
+
+/// The line, counted from 1, that byte `offset` of `text` is on.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_at_the_start_of_a_line_is_named_on_that_line() {
+        let error = parse::<MemberStoreFile>("[members]\ndatabse = \"x\"\n").unwrap_err();
+        assert!(
+            error.starts_with("members.databse: unknown field") && error.ends_with("(line 2)"),
+            "{error}"
+        );
+    }
 }
