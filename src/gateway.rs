@@ -43,6 +43,7 @@ impl Runtime {
         let Checked {
             config,
             mut problems,
+            ..
         } = checked;
         // Read by `Membership` at start, not by the runtime; checked here so
         // that `check-config` and `serve` report it with the rest. A reload
@@ -222,11 +223,15 @@ impl Gateway {
             .and_then(|mut checked| {
                 let changed = keep_restart_settings(&mut checked.config, &current.config);
                 // The file was checked with its own listen addresses; what
-                // runs now is the file with the running ones.
+                // runs now is the file with the running ones. Not when a
+                // section was left out: its defaults are not the file's.
                 let running = &checked.config;
-                for (key, problem) in
+                let listener_problems = if checked.all_sections_read {
                     crate::config::listener_problems(&running.server, &running.tls)
-                {
+                } else {
+                    Vec::new()
+                };
+                for (key, problem) in listener_problems {
                     let problem = format!("{key}: {problem}");
                     if !checked.problems.contains(&problem) {
                         checked.problems.push(format!(

@@ -203,6 +203,51 @@ async fn a_rejected_reload_names_every_problem() {
     assert_eq!(response.status(), 200);
 }
 
+/// A reload of a file with structural problems in several sections (a
+/// value of the wrong type, unknown keys) names each of them, and nothing
+/// that the defaults standing in for those sections would make up: no
+/// missing certificate, no site without a name. The running configuration
+/// goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_names_every_structural_problem() {
+    let origin = EchoOrigin::start().await;
+    let gw = Gateway::start(Setup::new().route("/", &origin.url())).await;
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let edited = config
+        .replace("workers = 2\n", "workers = \"2\"\n")
+        .replace(
+            "[[tls.certificates]]\ncert_file",
+            "[[tls.certificates]]\ncert_fle",
+        )
+        .replace("upstream = ", "upstrem = ");
+    assert_eq!(edited.matches("upstrem").count(), 1, "{edited}");
+    std::fs::write(&gw.config_path, edited).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_log("reload rejected").await;
+    let log = gw.log();
+    for expected in [
+        "server.workers: invalid type",
+        "tls.certificates[0].cert_fle: unknown field `cert_fle`",
+        "sites[0].routes[0].upstrem: unknown field `upstrem`",
+    ] {
+        assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+    }
+    for made_up in [
+        "at least one certificate",
+        "sites[0].name",
+        "sites[0].routes:",
+    ] {
+        assert!(!log.contains(made_up), "{made_up:?} in:\n{log}");
+    }
+    let response = gw
+        .client()
+        .get(gw.https_url("/still"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 fn check_config(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -664,6 +709,120 @@ hosts = ["x.test"]
     }
     // Refused before anything was made of it.
     assert!(!dir.path().join("m.db").exists());
+}
+
+/// Structural problems (a value of the wrong type, unknown keys) in
+/// several sections are named together, each with its key path and line,
+/// and the sections that have none are still checked: the missing
+/// certificate is reported too. A section left out is not checked with its
+/// defaults: `[members]` has a `public_url`, and no site lacks a name.
+#[test]
+fn check_config_and_serve_report_every_structural_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+https_listen = "127.0.0.1:0"
+http_listen = ""
+workers = "2"
+[admin]
+listen = ""
+[members]
+public_url = "https://x.test"
+session_idle = 30
+[[tls.certificates]]
+cert_file = "/definitely/not/here.crt"
+key_file = "/definitely/not/here.key"
+hosts = ["x.test"]
+[[sites]]
+name = "a"
+hosts = ["x.test"]
+  [[sites.routes]]
+  path = "/"
+  upstream = "http://127.0.0.1:9"
+[[sites]]
+name = "b"
+hosts = ["y.test"]
+  [[sites.routes]]
+  path = "/"
+  upstrem = "http://127.0.0.1:9"
+[limit]
+max_headers = 10
+"#,
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = Command::new(binary())
+            .args([command, "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        for (start, end) in [
+            ("server.workers: invalid type: string \"2\"", "(line 4)"),
+            (
+                "members.session_idle: invalid type: integer `30`",
+                "(line 9)",
+            ),
+            (
+                "sites[1].routes[0].upstrem: unknown field `upstrem`",
+                "(line 25)",
+            ),
+            ("limit: unknown field `limit`", "(line 26)"),
+            (
+                "tls.certificates[0].cert_file: cannot read certificate /definitely/not/here.crt",
+                "",
+            ),
+        ] {
+            let line = stderr.lines().find(|l| l.starts_with(start));
+            assert!(
+                line.is_some_and(|l| l.ends_with(end)),
+                "{command}: no {start:?} ... {end:?} in:\n{stderr}"
+            );
+        }
+        for made_up in ["members.public_url", "sites[1].name", "sites[1].routes:"] {
+            assert!(
+                !stderr.contains(made_up),
+                "{command}: {made_up:?} in:\n{stderr}"
+            );
+        }
+    }
+
+    // `[server]` left out: its default listeners are not the file's, so no
+    // certificate is asked for and the admin listener clashes with nothing;
+    // the site left out is not missing for the API key that names it.
+    let (code, out) = check_config(&format!(
+        r#"[server]
+https_listen = ""
+http_listen = "127.0.0.1:8081"
+http_mode = "serve"
+workers = "2"
+[admin]
+listen = "127.0.0.1:8080"
+[[identification.api_keys]]
+name = "crm"
+key_sha256 = "{}"
+scopes = ["verify"]
+sites = ["a"]
+[[sites]]
+name = "a"
+hosts = ["localhost"]
+  [[sites.routes]]
+  path = "/"
+  upstrem = "http://127.0.0.1:9"
+"#,
+        "a".repeat(64)
+    ));
+    assert_eq!(code, 2, "{out}");
+    for expected in ["server.workers: invalid type", "sites[0].routes[0].upstrem"] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    for made_up in ["certificate", "overlaps", "no site is named"] {
+        assert!(!out.contains(made_up), "{made_up:?} in:\n{out}");
+    }
 }
 
 #[test]

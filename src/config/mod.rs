@@ -329,9 +329,11 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
-    /// The file is not valid TOML or has a key or value of the wrong shape.
+    /// The file is not valid TOML; for the member commands, which read only
+    /// part of it, also a key or value of the wrong shape in that part.
     Syntax(String),
-    /// The file parsed but some values are invalid; one message per problem.
+    /// The file has values that are invalid or of the wrong shape; one
+    /// message per problem.
     Invalid(Vec<String>),
 }
 
@@ -395,6 +397,10 @@ impl Listener {
 pub struct Checked {
     pub config: Config,
     pub problems: Vec<String>,
+    /// Whether every section of the file had the right shape. If not,
+    /// defaults stand in for the sections `problems` names, and checks that
+    /// read those sections are not made.
+    pub all_sections_read: bool,
 }
 
 impl Checked {
@@ -434,7 +440,7 @@ impl Config {
 
     /// Reads and parses the file at `path`, applying environment overrides,
     /// and validates it without stopping at its problems. Fails only when
-    /// the file cannot be read or parsed.
+    /// the file cannot be read or is not TOML.
     pub fn check(path: &Path) -> Result<Checked, ConfigError> {
         Config::from_toml(&read(path)?, env_overrides())
     }
@@ -461,8 +467,13 @@ impl Config {
         text: &str,
         overrides: impl Iterator<Item = (&'a str, Listener, String)>,
     ) -> Result<Checked, ConfigError> {
-        let mut file: file::ConfigFile = file::parse(text).map_err(ConfigError::Syntax)?;
-        let mut problems = Vec::new();
+        // A section with a structural problem is read as absent: its
+        // problem is named, and the other sections are checked as usual.
+        let file::Sections {
+            mut file,
+            failed,
+            mut problems,
+        } = file::parse_sections(text).map_err(ConfigError::Syntax)?;
         for (name, which, value) in overrides {
             // A bad value is the variable's problem, not the file's: it is
             // named, and the file's own value stays for the other checks.
@@ -480,9 +491,13 @@ impl Config {
             };
             *slot = Some(value);
         }
-        let (config, found) = validate::validate(file);
+        let (config, found) = validate::validate(file, &failed);
         problems.extend(found);
-        Ok(Checked { config, problems })
+        Ok(Checked {
+            config,
+            problems,
+            all_sections_read: failed.is_empty(),
+        })
     }
 
     /// Where a running gateway's admin listener is (`None`: switched off):

@@ -242,8 +242,12 @@ const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 const MAX_WORKERS: usize = 1024;
 
 /// The configuration and every problem found in it; with problems, defaults
-/// stand in for the invalid values (see [`super::Checked`]).
-pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
+/// stand in for the invalid values (see [`super::Checked`]). The sections at
+/// the key paths `failed` could not be read and hold defaults: no check that
+/// reads one is reported, as it would be about values the file does not have
+/// (a `public_url` that is there, a certificate list with a misspelt key).
+pub fn validate(file: ConfigFile, failed: &[String]) -> (Config, Vec<String>) {
+    let read = |section: &str| !failed.iter().any(|f| within(f, section));
     let mut p = Problems::default();
 
     let s = file.server;
@@ -405,9 +409,17 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
         ),
         api_key_file: p.path("admin.api_key_file", file.admin.api_key_file.as_deref()),
     };
+    // A clash is reported under the later listener's key: admin.listen's
+    // own is dropped below if `[admin]` failed; the server's are skipped here.
     let listeners = [
-        ("server.https_listen", server.https_listen),
-        ("server.http_listen", server.http_listen),
+        (
+            "server.https_listen",
+            server.https_listen.filter(|_| read("server")),
+        ),
+        (
+            "server.http_listen",
+            server.http_listen.filter(|_| read("server")),
+        ),
         ("admin.listen", admin.listen),
     ];
     for (i, (key, addr)) in listeners.iter().enumerate() {
@@ -458,8 +470,11 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
             .filter_map(|(i, _)| certificate(&mut p, i, &file.tls.certificates))
             .collect(),
     };
-    for (key, problem) in listener_problems(&server, &tls) {
-        p.add(key, problem);
+    // `tls.certificates` is asked for by the server's listen addresses.
+    if read("server") {
+        for (key, problem) in listener_problems(&server, &tls) {
+            p.add(key, problem);
+        }
     }
 
     let members = members(&mut p, &file.members, &server);
@@ -501,7 +516,7 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
     }
     for (i, key) in identification.api_keys.iter().enumerate() {
         for (j, name) in key.sites.iter().enumerate() {
-            if !sites.iter().any(|s| s.name == *name) {
+            if !sites.iter().any(|s| s.name == *name) && read("sites") {
                 p.add(
                     &format!("identification.api_keys[{i}].sites[{j}]"),
                     format!("no site is named {name:?}"),
@@ -509,6 +524,10 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
             }
         }
     }
+
+    // A problem under the key of a section left out is about its defaults
+    // (a `[[sites]]` entry keeps its place with them), not about the file.
+    p.0.retain(|problem| !failed.iter().any(|f| within(problem, f)));
 
     let config = Config {
         server,
@@ -522,6 +541,14 @@ pub fn validate(file: ConfigFile) -> (Config, Vec<String>) {
         sites,
     };
     (config, p.0)
+}
+
+/// Whether `path` (a key path, or a problem that starts with one) is the
+/// section `section` or inside it: `sites[1].name` is inside `sites[1]` and
+/// `sites`, not inside `sites[10]`.
+fn within(path: &str, section: &str) -> bool {
+    path.strip_prefix(section)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[', ':']))
 }
 
 /// The `i`th of the certificates `all`.
