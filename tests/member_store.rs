@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use membergate::members::sqlite::SqliteStore;
 use membergate::members::{
-    MemberStore, NewMember, SessionRecord, Status, StoreError, Taken, TokenPurpose,
+    Deleted, MemberStore, NewMember, SessionRecord, Status, StoreError, Taken, TokenPurpose,
 };
 
 type Store = Arc<dyn MemberStore>;
@@ -588,6 +588,120 @@ async fn every_member_change_is_in_the_change_log(store: Store) {
     assert_eq!(changed, [a.id]);
 }
 
+/// A deleted member takes their groups, sessions and links with them, and
+/// leaves a change record for other processes; the address is free again,
+/// for a member with a new id. A deletion decided at an older epoch (a
+/// password checked before a reset) is refused.
+async fn a_deleted_member_leaves_nothing_but_a_change_record(store: Store) {
+    let bob = store
+        .create_member(new_member("bob@example.com"), 1_000)
+        .await
+        .unwrap();
+    // The newest member: a store that hands out the highest id plus one
+    // would give theirs again.
+    let ada = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    store.add_to_group(ada.id, "vip", 1_001).await.unwrap();
+    store.add_to_group(bob.id, "vip", 1_001).await.unwrap();
+    let ada = store.member_by_id(ada.id).await.unwrap().unwrap();
+    for byte in [1, 2] {
+        store
+            .create_session(session(byte, ada.id, ada.epoch, 9_000))
+            .await
+            .unwrap();
+    }
+    // Over already, or renewed under a new id: not counted as ended.
+    store
+        .create_session(session(5, ada.id, ada.epoch, 1_002))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .replace_session([1; 32], session(6, ada.id, ada.epoch, 9_000), 1_060)
+            .await
+            .unwrap()
+    );
+    store
+        .create_session(session(3, bob.id, bob.epoch, 9_000))
+        .await
+        .unwrap();
+    store
+        .create_token(TokenPurpose::Reset, [4; 32], ada.id, ada.epoch, 9_000)
+        .await
+        .unwrap();
+    let (_, before) = store.changes_since(0).await.unwrap();
+
+    let stale = store
+        .delete_member(ada.id, Some(ada.epoch - 1), 1_002)
+        .await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    assert!(store.member_by_id(ada.id).await.unwrap().is_some());
+
+    let deleted = store
+        .delete_member(ada.id, Some(ada.epoch), 1_003)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        Deleted {
+            sessions: 2,
+            links: 1
+        }
+    );
+    assert!(store.member_by_id(ada.id).await.unwrap().is_none());
+    assert!(
+        store
+            .member_by_email("ada@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for byte in [1, 2, 5, 6] {
+        assert!(store.session([byte; 32]).await.unwrap().is_none());
+    }
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Reset, [4; 32], 1_004)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.list_groups().await.unwrap(), [("vip".to_owned(), 1)]);
+    // Someone else's things stay.
+    assert!(store.session([3; 32]).await.unwrap().is_some());
+    let (changed, _) = store.changes_since(before).await.unwrap();
+    assert_eq!(changed, [ada.id]);
+
+    for epoch in [None, Some(ada.epoch)] {
+        assert!(matches!(
+            store.delete_member(ada.id, epoch, 1_005).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+    let again = store
+        .create_member(new_member("ada@example.com"), 1_006)
+        .await
+        .unwrap();
+    assert!(again.id > ada.id, "a new id: {} after {}", again.id, ada.id);
+    assert!(again.groups.is_empty());
+    // Whatever the epoch, an administrator's deletion goes through.
+    store
+        .set_password(bob.id, "$argon2id$x", None, 1_007)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_member(bob.id, None, 1_008).await.unwrap(),
+        Deleted {
+            sessions: 0,
+            links: 0
+        },
+        "the password change ended bob's session"
+    );
+    assert!(store.list_groups().await.unwrap().is_empty());
+}
+
 /// Runs each check against a fresh store made by `$open` (an async block).
 macro_rules! conformance {
     ($module:ident, $open:expr) => {
@@ -647,6 +761,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn every_member_change_is_in_the_change_log() {
                 run(super::every_member_change_is_in_the_change_log).await
+            }
+            #[tokio::test]
+            async fn a_deleted_member_leaves_nothing_but_a_change_record() {
+                run(super::a_deleted_member_leaves_nothing_but_a_change_record).await
             }
         }
     };

@@ -137,6 +137,16 @@ impl TokenPurpose {
     }
 }
 
+/// What [`MemberStore::delete_member`] deleted with the member (their
+/// groups went too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// Sessions that were live: not expired, nor replaced by a renewal.
+    pub sessions: u64,
+    /// Verification, reset and invitation links not yet used.
+    pub links: u64,
+}
+
 /// A token that [`MemberStore::take_token`] consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
@@ -287,6 +297,20 @@ pub trait MemberStore: Send + Sync {
 
     /// Members changed after change number `after`, and the newest change number.
     fn changes_since(&self, after: i64) -> BoxFuture<'_, StoreResult<(Vec<MemberId>, i64)>>;
+
+    /// Deletes a member with their groups, sessions and links, and records
+    /// the change, so that every process drops their cached sessions. Ids
+    /// are never given again: a new member at the same address is someone
+    /// else to every cache. With `epoch`, only while the member is still
+    /// at it (`Stale` otherwise), so a deletion decided on a password
+    /// checked before a reset or a disable does not go through; `None` (an
+    /// administrator's) deletes whatever the epoch.
+    fn delete_member(
+        &self,
+        id: MemberId,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Deleted>>;
 }
 
 /// Seconds since the Unix epoch.

@@ -8,8 +8,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqlitePool};
 
 use super::{
-    BoxFuture, Member, MemberId, MemberStore, NewMember, SessionRecord, Status, StoreError,
-    StoreResult, Taken, TokenPurpose,
+    BoxFuture, Deleted, Member, MemberId, MemberStore, NewMember, SessionRecord, Status,
+    StoreError, StoreResult, Taken, TokenPurpose,
 };
 
 pub struct SqliteStore {
@@ -858,6 +858,61 @@ impl MemberStore for SqliteStore {
             members.sort_unstable();
             members.dedup();
             Ok((members, newest))
+        })
+    }
+
+    fn delete_member(
+        &self,
+        id: MemberId,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Deleted>> {
+        Box::pin(async move {
+            let mut conn = self.write_connection().await?;
+            let mut tx = conn.begin_write().await?;
+            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let refused = match (current, epoch) {
+                (None, _) => Some(StoreError::NotFound),
+                (Some(current), Some(expected)) if current != expected => Some(StoreError::Stale),
+                _ => None,
+            };
+            if let Some(refused) = refused {
+                tx.rollback().await.map_err(backend)?;
+                conn.done();
+                return Err(refused);
+            }
+            let sessions: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sessions WHERE member_id = ? AND replaced = 0 AND expires_at > ?",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            // Deleted here, not left to ON DELETE CASCADE: the links are counted.
+            let links = sqlx::query("DELETE FROM tokens WHERE member_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            // Its sessions and groups go with it (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM members WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            // member_changes has no foreign key: the record outlives the member.
+            SqliteStore::changed(&mut tx, id, false, now).await?;
+            tx.commit().await.map_err(backend)?;
+            conn.done();
+            Ok(Deleted {
+                sessions: sessions.unsigned_abs(),
+                links: links.rows_affected(),
+            })
         })
     }
 }
