@@ -111,6 +111,9 @@ pub enum MemberCommand {
     Approve { email: String },
     /// Set a member's password, read from standard input; their sessions end.
     SetPassword { email: String },
+    /// Delete a member with their groups, sessions and links, for good (an
+    /// erasure request); the address is free to register again.
+    Delete { email: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -255,6 +255,88 @@ async fn the_admin_api_manages_members_and_changes_apply_on_the_next_request() {
     );
 }
 
+/// `DELETE /api/v1/members/{email}` deletes the member with their groups,
+/// sessions and links, answering what went; their session is dead on its
+/// very next request (this process forgets it at once), with the chat
+/// reset. Only with the key; an unknown member is 404, and the address is
+/// free for a new member with a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_deletes_a_member_with_everything_of_theirs() {
+    let (gw, _origin) = start(|s| s).await;
+    let api = Api::new(&gw);
+    let new = json!({"email": "edith@example.com", "password": PASSWORD, "groups": ["vip"]});
+    let (status, edith) = api.call("POST", "/api/v1/members", Some(new.clone())).await;
+    assert_eq!(status, 201, "{edith}");
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("edith@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/vip/").await.status, 200);
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = gw.admin_url("/api/v1/members/edith@example.com");
+    for key in [None, Some("wrong-key")] {
+        let mut request = client.delete(&url);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "{key:?}");
+    }
+    assert_eq!(b.get("/vip/").await.status, 200);
+
+    let (status, body) = api
+        .call("DELETE", "/api/v1/members/Edith%40Example.com", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"]["email"], "edith@example.com");
+    assert_eq!(body["deleted"]["id"], edith["id"]);
+    assert_eq!(body["deleted"]["groups"], json!(["vip"]));
+    assert_eq!(
+        (&body["sessions_ended"], &body["links_voided"]),
+        (&json!(1), &json!(0))
+    );
+    assert!(body["deleted"].get("password_hash").is_none());
+
+    let dead = b.get("/vip/").await;
+    assert_eq!(dead.status, 302);
+    let cookies = dead.set_cookies();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("__Host-membergate=;") && c.contains("Max-Age=0")),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("__Host-membergate-chat-reset=2")),
+        "{cookies:?}"
+    );
+    assert_eq!(b.login("edith@example.com", PASSWORD).await.status, 401);
+
+    for path in [
+        "/api/v1/members/edith@example.com",
+        "/api/v1/members/nobody@example.com",
+    ] {
+        for method in ["GET", "DELETE"] {
+            let (status, body) = api.call(method, path, None).await;
+            assert_eq!(status, 404, "{method} {path}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no member"),
+                "{body}"
+            );
+        }
+    }
+    let (_, groups) = api.call("GET", "/api/v1/groups", None).await;
+    assert_eq!(groups, json!({"groups": []}));
+
+    let (status, again) = api.call("POST", "/api/v1/members", Some(new)).await;
+    assert_eq!(status, 201, "{again}");
+    assert!(again["id"].as_i64().unwrap() > edith["id"].as_i64().unwrap());
+    assert_eq!(b.login("edith@example.com", PASSWORD).await.status, 303);
+}
+
 /// The session cookie a response sets, if any: `Some("")` when it clears it.
 fn session_set_by(response: &reqwest::Response) -> Option<String> {
     response

@@ -343,6 +343,40 @@ async fn guesses_at_the_current_password_are_limited_like_logins() {
     assert_eq!(attempt, 9);
 }
 
+/// The Set-Cookie values of `page` that delete the cookie `name`.
+fn clears(page: &support::browser::Page, name: &str) -> bool {
+    page.set_cookies()
+        .iter()
+        .any(|c| c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0"))
+}
+
+fn resets_the_chat(page: &support::browser::Page) -> bool {
+    page.set_cookies()
+        .iter()
+        .any(|c| c.starts_with("__Host-membergate-chat-reset=2"))
+}
+
+/// Registers `email` anew after an earlier member at it was deleted, waiting
+/// for the new verification mail (the outbox still holds the old mail);
+/// returns the logged-in browser.
+async fn register_again(gw: &Gateway, email: &str) -> Browser {
+    let mut b = Browser::new(gw);
+    let seen = gw.mail_count(email);
+    let page = b.register(email, PASSWORD, "Again", "Tester").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let link = Gateway::link_in(&gw.next_mail_to(email, seen).await);
+    assert_eq!(b.confirm_address(&link).await.status, 303);
+    assert_eq!(b.login(email, PASSWORD).await.status, 303);
+    b
+}
+
+/// The member id `membergate member show` prints first.
+fn member_id(gw: &Gateway, email: &str) -> i64 {
+    let (ok, shown) = gw.cli(&["member", "show", email], "");
+    assert!(ok, "{shown}");
+    shown.split('\t').next().unwrap().trim().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_reset_links_are_single_use_and_die_with_a_password_change() {
     let (gw, _origin) = start(|s| s).await;
@@ -2157,6 +2191,68 @@ async fn the_cli_manages_members_and_explains_policy_decisions() {
     let (ok, out) = gw.cli(&["session", "revoke", "--member", "Pat@example.com"], "");
     assert!(ok && out.contains("ended 1 session"), "{out}");
     eventually(&mut b, "/vip/", 302).await;
+}
+
+/// `member delete` from the command line (another process): the running
+/// gateway treats the member's session cookie as a dead one on the next
+/// request after the change log reached it (cleared, with the chat reset),
+/// the address registers again as a new member, and deleting or showing
+/// the old one says there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deletes_a_member_and_their_session_dies() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut b = member(&gw, "gone@example.com", "Gone").await;
+    let (ok, out) = gw.cli(&["group", "add", "gone@example.com", "vip"], "");
+    assert!(ok, "{out}");
+    eventually(&mut b, "/vip/", 200).await;
+    let first_id = member_id(&gw, "gone@example.com");
+    let session = b.session_cookie().unwrap();
+
+    let (ok, out) = gw.cli(&["member", "delete", "Gone@Example.com"], "");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "deleted gone@example.com (member {first_id}, active, groups vip): 1 session(s) ended"
+        )),
+        "{out}"
+    );
+    // The change follower polls every second; until then a cached session
+    // may still be served. The first answer without it clears it.
+    let mut dead = None;
+    for _ in 0..60 {
+        b.cookies
+            .insert("__Host-membergate".into(), session.clone());
+        let page = b.get("/vip/").await;
+        if page.status == 302 {
+            dead = Some(page);
+            break;
+        }
+        assert_eq!(page.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("the deleted member's session was never ended");
+    assert!(
+        clears(&dead, "__Host-membergate"),
+        "{:?}",
+        dead.set_cookies()
+    );
+    assert!(resets_the_chat(&dead), "{:?}", dead.set_cookies());
+
+    let (ok, out) = gw.cli(&["member", "show", "gone@example.com"], "");
+    assert!(!ok && out.contains("no member gone@example.com"), "{out}");
+    let (ok, out) = gw.cli(&["member", "delete", "gone@example.com"], "");
+    assert!(!ok && out.contains("no member gone@example.com"), "{out}");
+    let (_, groups) = gw.cli(&["group", "list"], "");
+    assert!(!groups.contains("vip"), "{groups}");
+
+    let mut again = register_again(&gw, "gone@example.com").await;
+    assert!(member_id(&gw, "gone@example.com") > first_id);
+    assert_eq!(again.get("/members/").await.status, 200);
+    assert_eq!(
+        again.get("/vip/").await.status,
+        403,
+        "the groups went with the old member"
+    );
 }
 
 /// Sets a password through a mailed reset (or invitation) link; returns the answer's status.

@@ -9,6 +9,7 @@
 //! POST   /api/v1/members                        {"email", "password" | "invite": true, ...}
 //!                                               (again for an invited member: a new invitation, 200)
 //! GET    /api/v1/members/{email}                one member
+//! DELETE /api/v1/members/{email}                delete them and all that is theirs
 //! POST   /api/v1/members/{email}/enable|disable|approve
 //! PUT    /api/v1/members/{email}/password       {"password"}
 //! PUT    /api/v1/members/{email}/groups/{group} join
@@ -45,7 +46,7 @@ use super::operations::{AddMember, Added, Admin, MemberView, Refused, StatusChan
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hygiene::path;
-use crate::members::Member;
+use crate::members::{Deleted, Member};
 
 /// The environment variable that holds the API key (overrides the file).
 pub const KEY_ENV: &str = "MEMBERGATE_ADMIN_KEY";
@@ -106,10 +107,18 @@ pub async fn handle(gateway: &Gateway, request: Request<Incoming>) -> Response<F
     let (parts, body) = request.into_parts();
     let result = route(&admin, &runtime.config, &parts, body).await;
     // Whatever changed a member ends their cached sessions now, not in a second.
-    if let Ok(Answer::Changed(member) | Answer::Created(member) | Answer::Ended(member, _)) =
-        &result
+    if let Ok(
+        Answer::Changed(member)
+        | Answer::Created(member)
+        | Answer::Ended(member, _)
+        | Answer::Deleted(member, _),
+    ) = &result
     {
         membership.sessions.forget_member(member.id);
+    }
+    // A deleted member's identification tokens hold their name and address.
+    if let Ok(Answer::Deleted(member, _)) = &result {
+        gateway.identifier.forget_member(member.id);
     }
     match result {
         Ok(answer) => answer.into_response(),
@@ -158,6 +167,7 @@ enum Answer {
     Many(Vec<Member>),
     Groups(Vec<(String, i64)>),
     Ended(Member, u64),
+    Deleted(Member, Deleted),
     Json(serde_json::Value),
 }
 
@@ -180,6 +190,14 @@ impl Answer {
             Answer::Ended(m, ended) => (
                 StatusCode::OK,
                 json!({ "member": MemberView::from(&m), "sessions_ended": ended }),
+            ),
+            Answer::Deleted(m, deleted) => (
+                StatusCode::OK,
+                json!({
+                    "deleted": MemberView::from(&m),
+                    "sessions_ended": deleted.sessions,
+                    "links_voided": deleted.links,
+                }),
             ),
             Answer::Json(value) => (StatusCode::OK, value),
         };
@@ -226,6 +244,10 @@ async fn route(
             })
         }
         (&Method::GET, ["members", email]) => Ok(Answer::One(admin.member(email).await?)),
+        (&Method::DELETE, ["members", email]) => {
+            let (member, deleted) = admin.delete_member(email).await?;
+            Ok(Answer::Deleted(member, deleted))
+        }
         (&Method::POST, ["members", email, action]) => {
             let change = match *action {
                 "enable" => StatusChange::Enable,

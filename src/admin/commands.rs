@@ -210,6 +210,25 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
         Work::Member(MemberCommand::Approve { email }) => {
             status(&admin, &email, StatusChange::Approve).await?
         }
+        Work::Member(MemberCommand::Delete { email }) => {
+            let (member, deleted) = admin
+                .delete_member(&email)
+                .await
+                .map_err(|e| e.to_string())?;
+            let groups = if member.groups.is_empty() {
+                "no groups".to_owned()
+            } else {
+                format!("groups {}", member.groups.join(","))
+            };
+            format!(
+                "deleted {} (member {}, {}, {groups}): {} session(s) ended, {} unused link(s) voided; the address is free to register again",
+                member.email,
+                member.id,
+                member.status.as_str(),
+                deleted.sessions,
+                deleted.links
+            )
+        }
         Work::Member(MemberCommand::SetPassword { email }) => {
             let password = password_from_stdin()?;
             let member = admin

@@ -13,8 +13,8 @@ use crate::hygiene::path;
 use crate::identity::{self, ChatDecision};
 use crate::mail::{Mailer, Message};
 use crate::members::{
-    Member, MemberStore, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now,
-    password,
+    Deleted, Member, MemberStore, NewMember, Status, StoreError, TokenPurpose, clean_name, email,
+    now, password,
 };
 use crate::policy::{self, Decision};
 
@@ -399,6 +399,22 @@ impl Admin<'_> {
             .await
             .map_err(store_error)?;
         Ok((member, ended))
+    }
+
+    /// Deletes a member and everything stored with them (groups, sessions,
+    /// links), whatever their status: an erasure request, or a member who
+    /// leaves. Returns the member as they were, and what went with them.
+    pub async fn delete_member(&self, address: &str) -> Result<(Member, Deleted), Refused> {
+        let member = self.member(address).await?;
+        let deleted = self
+            .store
+            .delete_member(member.id, None, now())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => Refused::NotFound(format!("no member {}", member.email)),
+                other => store_error(other),
+            })?;
+        Ok((member, deleted))
     }
 
     /// The access decision for `url` under `config`, for an anonymous

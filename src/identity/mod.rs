@@ -238,6 +238,14 @@ impl Identifier {
         })
     }
 
+    /// Drops a member's cached tokens with the name and address they were
+    /// minted for (a deleted member's: no request asks for them again).
+    pub fn forget_member(&self, member: MemberId) {
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |(id, _), _| *id == member);
+    }
+
     /// The per-result counters, for export.
     pub fn outcomes(&self) -> Family<OutcomeLabels, Counter> {
         self.outcomes.clone()
