@@ -322,9 +322,11 @@ async fn guesses_at_the_current_password_are_limited_like_logins() {
     let mut limited = None;
     for i in 0..20 {
         let guess = format!("guess number {i}");
+        // Deleting the account asks for the password too, from the same budget.
+        let form = if i % 2 == 0 { "password" } else { "delete" };
         let page = a
             .post(
-                "/_membergate/account/password",
+                &format!("/_membergate/account/{form}"),
                 &[
                     ("csrf", &csrf),
                     ("current", &guess),
@@ -341,6 +343,7 @@ async fn guesses_at_the_current_password_are_limited_like_logins() {
     // The login spent one attempt of the (account, address) budget of 10.
     let attempt = limited.expect("guesses at the current password were never limited");
     assert_eq!(attempt, 9);
+    assert!(gw.cli(&["member", "show", "carl@example.com"], "").0);
 }
 
 /// The Set-Cookie values of `page` that delete the cookie `name`.
@@ -375,6 +378,96 @@ fn member_id(gw: &Gateway, email: &str) -> i64 {
     let (ok, shown) = gw.cli(&["member", "show", email], "");
     assert!(ok, "{shown}");
     shown.split('\t').next().unwrap().trim().parse().unwrap()
+}
+
+/// A member deletes their account from the account page with their
+/// password: they and every session of theirs are gone, this browser is
+/// logged out with the chat reset and forgets the account, and the address
+/// is told. A wrong password, or a form without this browser's token,
+/// deletes nothing. The address can register again, as a new member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deletes_their_account_with_their_password() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut a = member(&gw, "del@example.com", "Del").await;
+    assert!(a.cookies.contains_key("__Host-membergate-device"));
+    let first_id = member_id(&gw, "del@example.com");
+    let mut other = Browser::new(&gw);
+    assert_eq!(other.login("del@example.com", PASSWORD).await.status, 303);
+    let other_session = other.session_cookie().unwrap();
+
+    let account = a.get("/_membergate/account").await;
+    assert!(
+        account.body.contains("Delete my account"),
+        "{}",
+        account.body
+    );
+    let csrf = account.csrf();
+    let wrong = a
+        .post(
+            "/_membergate/account/delete",
+            &[("csrf", &csrf), ("current", "not the password")],
+        )
+        .await;
+    assert_eq!(wrong.status, 422, "{}", wrong.body);
+    assert!(wrong.body.contains("The current password is not right."));
+    let forged = a
+        .post("/_membergate/account/delete", &[("current", PASSWORD)])
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(member_id(&gw, "del@example.com"), first_id);
+    assert_eq!(a.get("/members/").await.status, 200);
+    assert_eq!(other.get("/members/").await.status, 200);
+
+    let mails = gw.mail_count("del@example.com");
+    let deleted = a
+        .post(
+            "/_membergate/account/delete",
+            &[("csrf", &csrf), ("current", PASSWORD)],
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert!(deleted.body.contains("Account deleted"), "{}", deleted.body);
+    assert!(
+        clears(&deleted, "__Host-membergate"),
+        "{:?}",
+        deleted.set_cookies()
+    );
+    assert!(
+        clears(&deleted, "__Host-membergate-device"),
+        "{:?}",
+        deleted.set_cookies()
+    );
+    assert!(resets_the_chat(&deleted), "{:?}", deleted.set_cookies());
+    assert!(a.session_cookie().is_none());
+    assert_eq!(a.get("/members/").await.status, 302);
+
+    // The other browser's session died with the member, on its next request.
+    let dead = other.get("/members/").await;
+    assert_eq!(dead.status, 302);
+    assert!(
+        clears(&dead, "__Host-membergate"),
+        "{:?}",
+        dead.set_cookies()
+    );
+    assert!(resets_the_chat(&dead), "{:?}", dead.set_cookies());
+    other
+        .cookies
+        .insert("__Host-membergate".into(), other_session);
+    assert_eq!(other.get("/_membergate/account").await.status, 303);
+
+    let (ok, out) = gw.cli(&["member", "show", "del@example.com"], "");
+    assert!(!ok && out.contains("no member del@example.com"), "{out}");
+    let notice = gw.next_mail_to("del@example.com", mails).await;
+    assert!(notice.contains("was deleted"), "{notice}");
+    assert!(
+        !notice.contains("/_membergate/"),
+        "a notice, no link: {notice}"
+    );
+    assert_eq!(a.login("del@example.com", PASSWORD).await.status, 401);
+
+    let again = register_again(&gw, "del@example.com").await;
+    assert!(again.session_cookie().is_some());
+    assert!(member_id(&gw, "del@example.com") > first_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,19 @@ impl DeviceCookies {
             .to_string()
     }
 
+    /// The `Set-Cookie` value that removes the cookie: its account is
+    /// deleted, and the browser is known for it no longer.
+    pub fn clear_cookie(&self) -> String {
+        cookie::Cookie::build((self.name.as_str(), ""))
+            .path("/")
+            .secure(self.secure)
+            .http_only(true)
+            .same_site(cookie::SameSite::Strict)
+            .max_age(cookie::time::Duration::ZERO)
+            .build()
+            .to_string()
+    }
+
     /// Whether one of the request's device cookies was issued to `canonical`
     /// within the last year (tags compared in constant time).
     pub fn vouches_for(&self, headers: &http::HeaderMap, canonical: &str, now: i64) -> bool {

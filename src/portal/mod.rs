@@ -1,5 +1,6 @@
 //! The gateway's own pages under `/_membergate/`: register, verify, log in,
-//! log out, reset a password, and the account page.
+//! log out, reset a password, and the account page (where a member can also
+//! delete their account).
 //!
 //! Every POST is checked for origin and CSRF token before anything else; every
 //! answer that could reveal whether an email is registered (register, login,
@@ -26,7 +27,8 @@ pub use membership::Membership;
 use membership::{Action, Browser, MailCooldown, MailKind};
 
 use crate::config::{self, Registration};
-use crate::gateway::Runtime;
+use crate::gateway::{Gateway, Runtime};
+use crate::identity::Identifier;
 use crate::mail::Message;
 use crate::members::password::{self, Check, NotDone};
 use crate::members::{Member, NewMember, Status, StoreError, TokenPurpose, clean_name, email, now};
@@ -51,6 +53,8 @@ pub fn is_portal_path(path: &str) -> bool {
 /// One portal request with what every handler needs.
 struct Request<'a> {
     m: &'a Membership,
+    /// Identification tokens cached per member, dropped with a deleted one.
+    identifier: &'a Identifier,
     config: &'a config::Members,
     site_name: &'a str,
     conn: ConnInfo,
@@ -70,7 +74,7 @@ struct Request<'a> {
 }
 
 pub async fn handle(
-    m: &Membership,
+    gateway: &Gateway,
     runtime: &Runtime,
     site_name: &str,
     conn: ConnInfo,
@@ -78,6 +82,7 @@ pub async fn handle(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Response<GatewayBody> {
+    let m = &*gateway.membership;
     let config = &runtime.config.members;
     let body_timeout = runtime.config.limits.body_idle_timeout;
     let Some(settled) = m.sessions.settle(m.sessions.lookup(&parts.headers).await) else {
@@ -93,6 +98,7 @@ pub async fn handle(
         .map(str::to_owned);
     let mut req = Request {
         m,
+        identifier: &gateway.identifier,
         config,
         site_name,
         conn,
@@ -140,6 +146,7 @@ pub async fn handle(
                 "/reset/confirm" => req.reset_confirm(&form).await,
                 "/account/name" => req.account_name(&form).await,
                 "/account/password" => req.account_password(&form).await,
+                "/account/delete" => req.account_delete(&form).await,
                 _ => message_response(
                     StatusCode::NOT_FOUND,
                     "Not found",
@@ -1095,6 +1102,53 @@ impl Request<'_> {
         see_other(&format!("{PREFIX}/account?saved=name"))
     }
 
+    /// The member behind this session, once `current` is shown to be their
+    /// password; `then` runs right after the check, in the same hashing
+    /// slot (a new password's hash). A guess at the current password is a
+    /// guess at the login's: it spends the same budget, so a borrowed
+    /// session is no way round it. `Err` is the answer to give instead: the
+    /// login page for a member gone meanwhile, 429, 503, or the account page
+    /// saying the password is not right, or `failed` when the check failed.
+    async fn prove_current_password<T: Send + 'static>(
+        &mut self,
+        visitor: &Visitor,
+        current: String,
+        failed: &str,
+        then: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<(Member, T), Response<GatewayBody>> {
+        let member = self
+            .m
+            .store
+            .member_by_id(visitor.member_id)
+            .await
+            .ok()
+            .flatten();
+        let Some(member) = member else {
+            return Err(see_other(&format!("{PREFIX}/login")));
+        };
+        let browser = self.browser_of(Some(&member.email));
+        if self
+            .m
+            .limits
+            .exceeded(Action::Login, self.client, Some(&member.email), browser)
+        {
+            return Err(self.too_many());
+        }
+        let stored = member.password_hash.clone().unwrap_or_default();
+        let work = password::off_thread(move || {
+            (password::verify(&current, &stored) != Check::Wrong).then(then)
+        })
+        .await;
+        match work {
+            Ok(Some(done)) => Ok((member, done)),
+            Err(NotDone::Busy) => Err(self.busy()),
+            Ok(None) => Err(self
+                .account_page(&HashMap::new(), Some("The current password is not right."))
+                .await),
+            Err(NotDone::Failed) => Err(self.account_page(&HashMap::new(), Some(failed)).await),
+        }
+    }
+
     async fn account_password(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
         let Some(visitor) = self.visitor() else {
             return see_other(&format!("{PREFIX}/login"));
@@ -1104,48 +1158,16 @@ impl Request<'_> {
         if let Err(e) = password::acceptable(&new_password) {
             return self.account_page(&HashMap::new(), Some(e)).await;
         }
-        let member = self
-            .m
-            .store
-            .member_by_id(visitor.member_id)
-            .await
-            .ok()
-            .flatten();
-        let Some(member) = member else {
-            return see_other(&format!("{PREFIX}/login"));
-        };
-        // A guess at the current password is a guess at the login's: it
-        // spends the same budget, so a borrowed session is no way round it.
-        let browser = self.browser_of(Some(&member.email));
-        if self
-            .m
-            .limits
-            .exceeded(Action::Login, self.client, Some(&member.email), browser)
-        {
-            return self.too_many();
-        }
-        let stored = member.password_hash.clone().unwrap_or_default();
-        let work = password::off_thread(move || {
-            (password::verify(&current, &stored) != Check::Wrong)
-                .then(|| password::hash(&new_password))
-        })
-        .await;
-        let hash = match work {
-            Ok(Some(Ok(hash))) => hash,
-            Err(NotDone::Busy) => return self.busy(),
-            Ok(None) => {
-                return self
-                    .account_page(&HashMap::new(), Some("The current password is not right."))
-                    .await;
-            }
-            _ => {
-                return self
-                    .account_page(
-                        &HashMap::new(),
-                        Some("Your password could not be changed just now."),
-                    )
-                    .await;
-            }
+        const NOT_CHANGED: &str = "Your password could not be changed just now.";
+        let proved = self
+            .prove_current_password(&visitor, current, NOT_CHANGED, move || {
+                password::hash(&new_password)
+            })
+            .await;
+        let (member, hash) = match proved {
+            Ok((member, Ok(hash))) => (member, hash),
+            Ok((_, Err(_))) => return self.account_page(&HashMap::new(), Some(NOT_CHANGED)).await,
+            Err(answer) => return answer,
         };
         // Written at the epoch the current password was checked at: a reset
         // or a disable made meanwhile is not overwritten.
@@ -1161,14 +1183,7 @@ impl Request<'_> {
                 self.m.sessions.forget_member(member.id);
                 return see_other(&format!("{PREFIX}/login"));
             }
-            Err(_) => {
-                return self
-                    .account_page(
-                        &HashMap::new(),
-                        Some("Your password could not be changed just now."),
-                    )
-                    .await;
-            }
+            Err(_) => return self.account_page(&HashMap::new(), Some(NOT_CHANGED)).await,
         }
         self.m.sessions.forget_member(member.id);
         // Every session ended with the old password; this browser gets a new one.
@@ -1178,6 +1193,74 @@ impl Request<'_> {
         self.visitor = None;
         self.start_session(&fresh, &format!("{PREFIX}/account?saved=password"))
             .await
+    }
+
+    /// Deletes the member's account at their request, once they gave their
+    /// password: the member, their sessions and links go; this browser is
+    /// logged out as `logout` does it (the chat widget reset), and forgets
+    /// the account (its device cookie). The address is told, so a borrowed
+    /// session cannot erase someone unnoticed.
+    async fn account_delete(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let Some(visitor) = self.visitor() else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        const NOT_DELETED: &str = "Your account could not be deleted just now.";
+        let current = form.get("current").cloned().unwrap_or_default();
+        let member = match self
+            .prove_current_password(&visitor, current, NOT_DELETED, || ())
+            .await
+        {
+            Ok((member, ())) => member,
+            Err(answer) => return answer,
+        };
+        // At the epoch the password was checked at: after a reset or a
+        // disable made meanwhile, this session is over and nothing is deleted.
+        let deleted = self
+            .m
+            .store
+            .delete_member(member.id, Some(member.epoch), now())
+            .await;
+        match &deleted {
+            // Gone already: a second click, or an administrator.
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(StoreError::Stale) => {
+                self.m.sessions.forget_member(member.id);
+                return see_other(&format!("{PREFIX}/login"));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, member = member.id, "could not delete a member at their request");
+                return self.account_page(&HashMap::new(), Some(NOT_DELETED)).await;
+            }
+        }
+        self.m.sessions.forget_member(member.id);
+        self.identifier.forget_member(member.id);
+        self.set_cookie(self.m.sessions.clear_cookie());
+        self.set_cookie(self.m.sessions.chat_reset_cookie());
+        self.set_cookie(self.m.devices.clear_cookie());
+        self.visitor = None;
+        if let Ok(gone) = deleted {
+            tracing::info!(
+                member = member.id,
+                sessions = gone.sessions,
+                links = gone.links,
+                "member deleted their account"
+            );
+            // Failures are logged by the mailer; the deletion stands.
+            self.m
+                .mailer
+                .send(Message {
+                    to: member.email.clone(),
+                    subject: format!("Your account at {} was deleted", self.site_name),
+                    body: format!("Hello,\n\nyour account at {} was deleted just now, at your request from a logged-in browser, with everything stored with it. Nothing more will be sent to this address.\n\nIf it was not you, someone used your password: your account cannot be brought back, but you can register again with this address.\n", self.site_name),
+                })
+                .await;
+        }
+        self.message(
+            StatusCode::OK,
+            "Account deleted",
+            "Your account and everything stored with it are deleted, and you are logged out. You can register again with the same address at any time.",
+            Some(("/", "Back to the site")),
+        )
     }
 }
 

@@ -193,9 +193,8 @@ async fn phases<'r>(
         if let Some(record) = record {
             record.route = Some(site.portal_id.clone());
         }
-        let membership = &gateway.membership;
         return Box::pin(portal::handle(
-            membership, runtime, &site.name, conn, &target, parts, body,
+            gateway, runtime, &site.name, conn, &target, parts, body,
         ))
         .await;
     }
