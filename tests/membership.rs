@@ -438,6 +438,7 @@ async fn a_member_deletes_their_account_with_their_password() {
         deleted.set_cookies()
     );
     assert!(resets_the_chat(&deleted), "{:?}", deleted.set_cookies());
+    assert_eq!(deleted.headers["clear-site-data"], "\"cache\"");
     assert!(a.session_cookie().is_none());
     assert_eq!(a.get("/members/").await.status, 302);
 

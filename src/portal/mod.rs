@@ -1235,7 +1235,7 @@ impl Request<'_> {
         self.m.sessions.forget_member(member.id);
         self.identifier.forget_member(member.id);
         self.set_cookie(self.m.sessions.clear_cookie());
-        self.set_cookie(self.m.sessions.chat_reset_cookie());
+        self.forget_member();
         self.set_cookie(self.m.devices.clear_cookie());
         self.visitor = None;
         if let Ok(gone) = deleted {
