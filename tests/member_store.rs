@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use membergate::members::sqlite::SqliteStore;
 use membergate::members::{
-    Deleted, MemberStore, NewMember, SessionRecord, Status, StoreError, Taken, TokenPurpose,
+    Deleted, EmailChange, MemberStore, NewMember, SessionRecord, Status, StoreError, Taken,
+    TokenPurpose,
 };
 
 type Store = Arc<dyn MemberStore>;
@@ -702,6 +703,169 @@ async fn a_deleted_member_leaves_nothing_but_a_change_record(store: Store) {
     assert!(store.list_groups().await.unwrap().is_empty());
 }
 
+/// A pending change moves nothing until its link is taken; taking it works
+/// once, before it expires, at the epoch it was asked at; writing it bumps
+/// the epoch, which ends the sessions and kills every other link of the
+/// member's (another change, a reset mailed to the old address).
+async fn an_email_change_waits_for_its_link_and_kills_the_old_ones(store: Store) {
+    let ada = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let ask = |hash: u8, address: &'static str, expires_at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .create_email_change([hash; 32], ada.id, address, ada.epoch, expires_at)
+                .await
+                .unwrap()
+        }
+    };
+    ask(1, "ada@new.example", 5_000).await;
+    ask(2, "ada@other.example", 5_000).await;
+    ask(3, "ada@late.example", 1_200).await;
+    store
+        .create_token(TokenPurpose::Reset, [4; 32], ada.id, ada.epoch, 5_000)
+        .await
+        .unwrap();
+    store
+        .create_session(session(5, ada.id, ada.epoch, 9_000))
+        .await
+        .unwrap();
+    let found = |address: &'static str| {
+        let store = store.clone();
+        async move { store.member_by_email(address).await.unwrap() }
+    };
+    assert_eq!(found("ada@example.com").await.unwrap().id, ada.id);
+    assert!(
+        found("ada@new.example").await.is_none(),
+        "nothing moved yet"
+    );
+
+    assert_eq!(
+        store.take_email_change([3; 32], 1_200).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(store.take_email_change([9; 32], 1_100).await.unwrap(), None);
+    let (_, before) = store.changes_since(0).await.unwrap();
+    let change = store.take_email_change([1; 32], 1_100).await.unwrap();
+    assert_eq!(
+        change,
+        Some(EmailChange {
+            member_id: ada.id,
+            new_email: "ada@new.example".into(),
+            epoch: ada.epoch
+        })
+    );
+    assert_eq!(
+        store.take_email_change([1; 32], 1_101).await.unwrap(),
+        None,
+        "a link works once"
+    );
+    store
+        .set_email(ada.id, "ada@new.example", Some(ada.epoch), 1_102)
+        .await
+        .unwrap();
+    let moved = found("ada@new.example").await.unwrap();
+    assert_eq!((moved.id, moved.epoch), (ada.id, ada.epoch + 1));
+    assert!(found("ada@example.com").await.is_none());
+    let (changed, _) = store.changes_since(before).await.unwrap();
+    assert_eq!(changed, [ada.id]);
+    assert!(store.session([5; 32]).await.unwrap().is_none());
+    assert_eq!(
+        store.take_email_change([2; 32], 1_103).await.unwrap(),
+        None,
+        "asked for at the old epoch"
+    );
+    assert_eq!(
+        store
+            .take_token(TokenPurpose::Reset, [4; 32], 1_103)
+            .await
+            .unwrap(),
+        None,
+        "mailed to the old address"
+    );
+    // Written at an epoch the member has left: refused, nothing moves.
+    let late = store
+        .set_email(ada.id, "ada@late.example", Some(ada.epoch), 1_104)
+        .await;
+    assert!(matches!(late, Err(StoreError::Stale)), "{late:?}");
+    assert!(found("ada@late.example").await.is_none());
+    assert!(matches!(
+        store
+            .set_email(ada.id + 1000, "x@example.com", None, 1_105)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// The unique address decides: another member's address is refused, and of
+/// changes and a registration racing for one free address, one wins.
+async fn an_address_is_one_members_even_when_changes_race_for_it(store: Store) {
+    let ada = store
+        .create_member(new_member("ada@example.com"), 1_000)
+        .await
+        .unwrap();
+    let bob = store
+        .create_member(new_member("bob@example.com"), 1_000)
+        .await
+        .unwrap();
+    let refused = store
+        .set_email(bob.id, "ada@example.com", None, 1_001)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Duplicate)), "{refused:?}");
+    let bob_now = store.member_by_id(bob.id).await.unwrap().unwrap();
+    assert_eq!(bob_now, bob, "a refused change changes nothing");
+    assert_eq!(
+        store.member_by_id(ada.id).await.unwrap().unwrap().email,
+        "ada@example.com"
+    );
+
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let m = store
+            .create_member(new_member(&format!("racer{i}@example.com")), 1_000)
+            .await
+            .unwrap();
+        racers.push(m.id);
+    }
+    // Spawned all before any is awaited, so they run together.
+    let changes: Vec<_> = racers
+        .iter()
+        .map(|&id| {
+            let store = store.clone();
+            tokio::spawn(async move { store.set_email(id, "race@example.com", None, 1_002).await })
+        })
+        .collect();
+    let registration = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_member(new_member("race@example.com"), 1_002)
+                .await
+                .map(|_| ())
+        })
+    };
+    let mut won = 0;
+    for attempt in changes.into_iter().chain([registration]) {
+        match attempt.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Duplicate) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let holders = store
+        .list_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.email == "race@example.com")
+        .count();
+    assert_eq!(holders, 1);
+}
+
 /// Runs each check against a fresh store made by `$open` (an async block).
 macro_rules! conformance {
     ($module:ident, $open:expr) => {
@@ -765,6 +929,14 @@ macro_rules! conformance {
             #[tokio::test]
             async fn a_deleted_member_leaves_nothing_but_a_change_record() {
                 run(super::a_deleted_member_leaves_nothing_but_a_change_record).await
+            }
+            #[tokio::test]
+            async fn an_email_change_waits_for_its_link_and_kills_the_old_ones() {
+                run(super::an_email_change_waits_for_its_link_and_kills_the_old_ones).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_address_is_one_members_even_when_changes_race_for_it() {
+                run(super::an_address_is_one_members_even_when_changes_race_for_it).await
             }
         }
     };

@@ -147,6 +147,17 @@ pub struct Deleted {
     pub links: u64,
 }
 
+/// A pending email change that [`MemberStore::take_email_change`] consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailChange {
+    pub member_id: MemberId,
+    /// Canonical form, as it was asked for.
+    pub new_email: String,
+    /// The member's epoch when it was asked for, and still now: the change
+    /// is written at it (see [`MemberStore::set_email`]).
+    pub epoch: i64,
+}
+
 /// A token that [`MemberStore::take_token`] consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
@@ -311,6 +322,39 @@ pub trait MemberStore: Send + Sync {
         epoch: Option<i64>,
         now: i64,
     ) -> BoxFuture<'_, StoreResult<Deleted>>;
+
+    /// Stores a member's request to change their email to `new_email`
+    /// (canonical), waiting for the link whose secret hashes to
+    /// `token_hash`. A member may have several; the first one confirmed
+    /// bumps the epoch, and the others die with it.
+    fn create_email_change(
+        &self,
+        token_hash: [u8; 32],
+        member_id: MemberId,
+        new_email: &str,
+        epoch: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Consumes a pending email change, as [`MemberStore::take_token`] does
+    /// a token: once, before it expires, at the member's current epoch.
+    fn take_email_change(
+        &self,
+        token_hash: [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<EmailChange>>>;
+    /// Sets a new canonical email and bumps the epoch: every session ends,
+    /// and links mailed before (to the old address) die. `Duplicate` when
+    /// another member has the address: the unique column decides, so two
+    /// changes (or a change and a registration) racing for one address
+    /// leave it to one member. With `epoch`, only while the member is still
+    /// at it (`Stale` otherwise), as in [`MemberStore::set_password`].
+    fn set_email(
+        &self,
+        id: MemberId,
+        canonical_email: &str,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
 }
 
 /// Seconds since the Unix epoch.

@@ -8,8 +8,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqlitePool};
 
 use super::{
-    BoxFuture, Deleted, Member, MemberId, MemberStore, NewMember, SessionRecord, Status,
-    StoreError, StoreResult, Taken, TokenPurpose,
+    BoxFuture, Deleted, EmailChange, Member, MemberId, MemberStore, NewMember, SessionRecord,
+    Status, StoreError, StoreResult, Taken, TokenPurpose,
 };
 
 pub struct SqliteStore {
@@ -757,6 +757,11 @@ impl MemberStore for SqliteStore {
                 .execute(&self.pool)
                 .await
                 .map_err(backend)?;
+            sqlx::query("DELETE FROM email_changes WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
             sqlx::query("DELETE FROM member_changes WHERE at <= ?")
                 .bind(now - 86_400)
                 .execute(&self.pool)
@@ -914,5 +919,90 @@ impl MemberStore for SqliteStore {
                 links: links.rows_affected(),
             })
         })
+    }
+    fn create_email_change(
+        &self,
+        token_hash: [u8; 32],
+        member_id: MemberId,
+        new_email: &str,
+        epoch: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let new_email = new_email.to_owned();
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO email_changes (token_hash, member_id, new_email, epoch, expires_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&token_hash[..])
+            .bind(member_id)
+            .bind(new_email)
+            .bind(epoch)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn take_email_change(
+        &self,
+        token_hash: [u8; 32],
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<Option<EmailChange>>> {
+        Box::pin(async move {
+            // DELETE ... RETURNING: single-use even under races, as tokens are.
+            let row = sqlx::query(
+                "DELETE FROM email_changes WHERE token_hash = ? \
+                 RETURNING member_id, new_email, epoch, expires_at",
+            )
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+            let Some(row) = row else { return Ok(None) };
+            let expires_at: i64 = row.try_get("expires_at").map_err(backend)?;
+            if expires_at <= now {
+                return Ok(None);
+            }
+            let change = EmailChange {
+                member_id: row.try_get("member_id").map_err(backend)?,
+                new_email: row.try_get("new_email").map_err(backend)?,
+                epoch: row.try_get("epoch").map_err(backend)?,
+            };
+            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
+                .bind(change.member_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            Ok((current == Some(change.epoch)).then_some(change))
+        })
+    }
+
+    fn set_email(
+        &self,
+        id: MemberId,
+        canonical_email: &str,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let email = canonical_email.to_owned();
+        match epoch {
+            None => Box::pin(self.update(
+                id,
+                "UPDATE members SET email = ? WHERE id = ?",
+                vec![email],
+                true,
+                now,
+            )),
+            Some(epoch) => Box::pin(self.update_status(
+                id,
+                "UPDATE members SET email = ? WHERE epoch = ? AND id = ?",
+                vec![email, epoch.to_string()],
+                true,
+                now,
+            )),
+        }
     }
 }
