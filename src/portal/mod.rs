@@ -1186,13 +1186,22 @@ impl Request<'_> {
             Err(_) => return self.account_page(&HashMap::new(), Some(NOT_CHANGED)).await,
         }
         self.m.sessions.forget_member(member.id);
-        // Every session ended with the old password; this browser gets a new one.
-        let Ok(Some(fresh)) = self.m.store.member_by_id(member.id).await else {
+        self.renew_own_session(member.id, &format!("{PREFIX}/account?saved=password"))
+            .await
+    }
+
+    /// After a change that ended every session of the member (a new
+    /// password, a new address), this browser, theirs, gets a new one.
+    async fn renew_own_session(
+        &mut self,
+        member: crate::members::MemberId,
+        return_to: &str,
+    ) -> Response<GatewayBody> {
+        let Ok(Some(fresh)) = self.m.store.member_by_id(member).await else {
             return see_other(&format!("{PREFIX}/login"));
         };
         self.visitor = None;
-        self.start_session(&fresh, &format!("{PREFIX}/account?saved=password"))
-            .await
+        self.start_session(&fresh, return_to).await
     }
 
     /// Deletes the member's account at their request, once they gave their
