@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::browser::Browser;
+use support::browser::{Browser, Page};
+use support::chat::PageOrigin;
 use support::{EchoOrigin, Gateway, Setup};
 
 const PASSWORD: &str = "correct horse battery";
@@ -469,6 +470,308 @@ async fn a_member_deletes_their_account_with_their_password() {
     let again = register_again(&gw, "del@example.com").await;
     assert!(again.session_cookie().is_some());
     assert!(member_id(&gw, "del@example.com") > first_id);
+}
+
+/// Asks on the account page for the member's address to become `new_email`.
+async fn ask_for_email(b: &mut Browser, new_email: &str, current: &str) -> Page {
+    let csrf = b.get("/_membergate/account").await.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("email", new_email),
+        ("current", current),
+    ];
+    b.post("/_membergate/account/email", &fields).await
+}
+
+/// Opens an email-change link in `b` and presses its button.
+async fn confirm_email(b: &mut Browser, link: &str) -> Page {
+    let page = b.get(link).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let fields = [("csrf", page.csrf()), ("token", page.field("token"))];
+    let fields = fields.each_ref().map(|(k, v)| (*k, v.as_str()));
+    b.post("/_membergate/account/email/confirm", &fields).await
+}
+
+/// The chat widget's settings in a page, parsed.
+fn chat_settings(page: &str) -> serde_json::Value {
+    let open = membergate::inject::SETTINGS_SCRIPT_OPEN;
+    let start = page
+        .find(open)
+        .unwrap_or_else(|| panic!("no settings in {page}"))
+        + open.len();
+    let end = page[start..].find(");</script>").unwrap() + start;
+    serde_json::from_str(&page[start..end]).unwrap()
+}
+
+/// The email a self-minted identification token names.
+fn token_email(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(2).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    claims["email"].as_str().unwrap().to_owned()
+}
+
+const BUILTIN_CHAT: &str =
+    "provider = \"builtin\"\nwidget_url = \"https://chat.example.com/widget.js\"";
+
+/// The whole self-service change: a link to the new address, a notice to
+/// the old one, and once the link's button is pressed the new address is
+/// the member's everywhere: the origin's identity headers, the chat
+/// widget's identification (a token cached for the old address is not
+/// served), the login. Other sessions end, this browser's lives on, and
+/// links mailed to the old address die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_changes_their_email_through_a_link_to_the_new_address() {
+    let pages = PageOrigin::start(vec![]).await;
+    let (gw, origin) = start(|s| s.route("/pages", &pages.url()).chat(BUILTIN_CHAT)).await;
+    let mut a = member(&gw, "erin@example.com", "Erin").await;
+    let mut other = Browser::new(&gw);
+    assert_eq!(other.login("erin@example.com", PASSWORD).await.status, 303);
+    let before = chat_settings(&a.get("/pages/tides").await.body);
+    assert_eq!(before["identificationEmail"], "erin@example.com");
+    // A reset link mailed to the old address before the change.
+    let seen = gw.mail_count("erin@example.com");
+    let fields = [("email", "erin@example.com")];
+    let asked = Browser::new(&gw)
+        .submit("/_membergate/reset", "/_membergate/reset", &fields)
+        .await;
+    assert_eq!(asked.status, 200);
+    let reset_link = Gateway::link_in(&gw.next_mail_to("erin@example.com", seen).await);
+
+    let seen = gw.mail_count("erin@example.com");
+    let asked = ask_for_email(&mut a, " Erin.New@Example.ORG ", PASSWORD).await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    assert!(
+        asked.body.contains("erin.new@example.org"),
+        "{}",
+        asked.body
+    );
+    let notice = gw.next_mail_to("erin@example.com", seen).await;
+    assert!(notice.contains("to change its email address to erin.new@example.org"));
+    assert!(
+        notice.contains("https://gw.test/_membergate/reset"),
+        "{notice}"
+    );
+    let mail = gw.mail_to("erin.new@example.org").await;
+    assert!(
+        mail.contains("https://gw.test/_membergate/account/email?token="),
+        "{mail}"
+    );
+    let link = Gateway::link_in(&mail);
+    // Until the link's button is pressed, nothing changes: a mail
+    // scanner's GET and HEAD spend nothing.
+    let head = gw.client().head(gw.https_url(&link)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let scanner = gw.client().get(gw.https_url(&link)).send().await.unwrap();
+    assert!(
+        scanner
+            .text()
+            .await
+            .unwrap()
+            .contains("Confirm my new address")
+    );
+    assert_eq!(a.get("/members/x").await.status, 200);
+    let seen_by_origin = origin.requests().pop().unwrap();
+    assert_eq!(
+        seen_by_origin.header("x-member-email"),
+        Some("erin@example.com")
+    );
+    let early = Browser::new(&gw)
+        .login("erin.new@example.org", PASSWORD)
+        .await;
+    assert_eq!(early.status, 401);
+
+    let confirmed = confirm_email(&mut a, &link).await;
+    assert_eq!(
+        (confirmed.status, confirmed.location()),
+        (303, "/_membergate/account?saved=email"),
+        "{}",
+        confirmed.body
+    );
+    let account = a.get(confirmed.location()).await;
+    assert!(
+        account
+            .body
+            .contains("Signed in as <strong>erin.new@example.org</strong>")
+    );
+    assert!(account.body.contains("Your email address is changed."));
+    assert_eq!(a.get("/members/x").await.status, 200);
+    let seen_by_origin = origin.requests().pop().unwrap();
+    assert_eq!(
+        seen_by_origin.header("x-member-email"),
+        Some("erin.new@example.org")
+    );
+    let after = chat_settings(&a.get("/pages/tides").await.body);
+    assert_eq!(after["identificationEmail"], "erin.new@example.org");
+    let token = after["identificationToken"].as_str().unwrap();
+    assert_ne!(before["identificationToken"].as_str(), Some(token));
+    assert_eq!(token_email(token), "erin.new@example.org");
+    // The old address is told it happened.
+    let done = gw.next_mail_to("erin@example.com", seen + 1).await;
+    assert!(done.contains("is now erin.new@example.org"), "{done}");
+
+    // The other session ended; the link works once; the reset link mailed
+    // to the old address died with the change.
+    assert_eq!(other.get("/members/x").await.status, 302);
+    assert_eq!(confirm_email(&mut a, &link).await.status, 400);
+    assert_eq!(
+        follow_password_link(&gw, &reset_link, "taken over now").await,
+        400
+    );
+    let mut fresh = Browser::new(&gw);
+    assert_eq!(fresh.login("erin@example.com", PASSWORD).await.status, 401);
+    assert_eq!(
+        fresh.login("erin.new@example.org", PASSWORD).await.status,
+        303
+    );
+}
+
+/// Catalogue E3 for the change: a new address that has an account gets the
+/// same answer as a free one, its owner is told someone tried (no link),
+/// and nothing changes. A free address taken before its link is used stays
+/// its new owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_change_to_a_taken_address_answers_the_same_and_changes_nothing() {
+    let (gw, origin) = start(|s| s).await;
+    let mut a = member(&gw, "fay@example.com", "Fay").await;
+    let _gus = member(&gw, "gus@example.com", "Gus").await;
+    let gus_mails = gw.mail_count("gus@example.com");
+    let free = ask_for_email(&mut a, "hal@example.com", PASSWORD).await;
+    let taken = ask_for_email(&mut a, "GUS@example.com", PASSWORD).await;
+    assert_eq!(free.status, 200);
+    assert_eq!(free.status, taken.status);
+    assert_eq!(
+        free.body.replace("hal@example.com", "NEW"),
+        taken.body.replace("gus@example.com", "NEW")
+    );
+    let note = gw.next_mail_to("gus@example.com", gus_mails).await;
+    assert!(note.contains("another account"), "{note}");
+    assert!(!note.contains("/_membergate/account/email"), "{note}");
+    let link = Gateway::link_in(&gw.mail_to("hal@example.com").await);
+    // Nothing changed for either member.
+    assert_eq!(a.get("/members/").await.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-email"), Some("fay@example.com"));
+    assert_eq!(
+        Browser::new(&gw)
+            .login("gus@example.com", PASSWORD)
+            .await
+            .status,
+        303
+    );
+
+    // Someone registers the free address before Fay's link is used: the
+    // address stays theirs.
+    let hal_mails = gw.mail_count("hal@example.com");
+    let mut hal = Browser::new(&gw);
+    let registered = hal
+        .register("hal@example.com", PASSWORD, "Hal", "Tester")
+        .await;
+    assert_eq!(registered.status, 200);
+    let verify = Gateway::link_in(&gw.next_mail_to("hal@example.com", hal_mails).await);
+    assert_eq!(hal.confirm_address(&verify).await.status, 303);
+    let late = confirm_email(&mut a, &link).await;
+    assert_eq!(late.status, 409, "{}", late.body);
+    let (ok, out) = gw.cli(&["member", "list"], "");
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("hal@example.com").count(), 1, "{out}");
+    assert!(out.contains("fay@example.com"), "{out}");
+    assert_eq!(a.get("/members/").await.status, 200);
+}
+
+/// A wrong password asks for nothing and mails nobody; guesses at it spend
+/// the login's budget, the same one the password form spends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_change_needs_the_current_password_and_guesses_are_limited() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut a = member(&gw, "ida@example.com", "Ida").await;
+    let ida_mails = gw.mail_count("ida@example.com");
+    let wrong = ask_for_email(&mut a, "ida@new.example", "not the password").await;
+    assert_eq!(wrong.status, 422);
+    assert!(wrong.body.contains("The current password is not right."));
+    // The login spent one attempt of the (account, address) budget of 10,
+    // the wrong password above another; four guesses at the password form
+    // and four more here, and the next is one too many.
+    let csrf = a.get("/_membergate/account").await.csrf();
+    for i in 0..4 {
+        let guess = format!("guess number {i}");
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("current", &guess),
+            ("password", "a brand new secret"),
+        ];
+        let page = a.post("/_membergate/account/password", &fields).await;
+        assert_eq!(page.status, 422, "guess {i}");
+    }
+    for i in 4..8 {
+        let page = ask_for_email(&mut a, "ida@new.example", &format!("guess number {i}")).await;
+        assert_eq!(page.status, 422, "guess {i}");
+    }
+    let limited = ask_for_email(&mut a, "ida@new.example", PASSWORD).await;
+    assert_eq!(limited.status, 429);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.mail_count("ida@new.example"), 0);
+    assert_eq!(gw.mail_count("ida@example.com"), ida_mails);
+    // Addresses the change refuses before the password is checked.
+    let own = ask_for_email(&mut a, "IDA@example.com", PASSWORD).await;
+    assert_eq!(own.status, 422);
+    assert!(own.body.contains("That is your email address already."));
+    let bad = ask_for_email(&mut a, "ida@localhost", PASSWORD).await;
+    assert_eq!(bad.status, 422);
+}
+
+/// A link that expired, or whose change a new password cancelled, changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_or_cancelled_email_change_link_changes_nothing() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut a = member(&gw, "jo@example.com", "Jo").await;
+    assert_eq!(
+        ask_for_email(&mut a, "jo@one.example", PASSWORD)
+            .await
+            .status,
+        200
+    );
+    let expired = Gateway::link_in(&gw.mail_to("jo@one.example").await);
+    let mut db = support::store_connection(&gw.dir.path().join("data/membergate.db")).await;
+    sqlx::query("UPDATE email_changes SET expires_at = 1")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        ask_for_email(&mut a, "jo@two.example", PASSWORD)
+            .await
+            .status,
+        200
+    );
+    let cancelled = Gateway::link_in(&gw.mail_to("jo@two.example").await);
+    let csrf = a.get("/_membergate/account").await.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("current", PASSWORD),
+        ("password", "a brand new secret"),
+    ];
+    assert_eq!(
+        a.post("/_membergate/account/password", &fields)
+            .await
+            .status,
+        303
+    );
+
+    for link in [expired, cancelled] {
+        let page = confirm_email(&mut a, &link).await;
+        assert_eq!(page.status, 400, "{link}");
+        assert!(page.body.contains("This link is not valid any more."));
+    }
+    let account = a.get("/_membergate/account").await;
+    assert!(
+        account
+            .body
+            .contains("Signed in as <strong>jo@example.com</strong>")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -978,10 +1281,14 @@ async fn every_form_refuses_cross_site_posts_and_changes_nothing() {
     let session = victim.session_cookie().unwrap();
     let csrf = victim.get("/_membergate/account").await.csrf();
     let new_password = "an entirely new passphrase";
-    let forms: [(&str, Vec<(&str, &str)>); 6] = [
+    let forms: [(&str, Vec<(&str, &str)>); 7] = [
         (
             "/_membergate/account/password",
             vec![("current", PASSWORD), ("password", new_password)],
+        ),
+        (
+            "/_membergate/account/email",
+            vec![("email", "mallory@example.com"), ("current", PASSWORD)],
         ),
         (
             "/_membergate/account/name",
@@ -1034,6 +1341,7 @@ async fn every_form_refuses_cross_site_posts_and_changes_nothing() {
         "only the verification mail"
     );
     assert_eq!(gw.mail_count("planted@example.com"), 0);
+    assert_eq!(gw.mail_count("mallory@example.com"), 0);
 }
 
 /// B6: two `Cookie` fields that both carry the session, in either order and
@@ -2153,6 +2461,17 @@ async fn invite_domain_and_approval_registration_modes() {
             .await
             .status,
         200
+    );
+    // A member's new address is held to the same domains.
+    let link = Gateway::link_in(&gw.mail_to("ned@club.example").await);
+    assert_eq!(b.confirm_address(&link).await.status, 303);
+    assert_eq!(b.login("ned@club.example", PASSWORD).await.status, 303);
+    let page = ask_for_email(&mut b, "ned@other.example", PASSWORD).await;
+    assert_eq!(page.status, 422);
+    assert!(
+        page.body.contains("Only addresses at club.example"),
+        "{}",
+        page.body
     );
     drop(gw);
 

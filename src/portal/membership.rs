@@ -220,6 +220,9 @@ pub enum MailKind {
     Reset,
     /// "Your email already has an account" (a registration for a taken address).
     AlreadyRegistered,
+    /// To the address a member asked to move their account to: its link,
+    /// or, for an address that has an account, a note that someone tried.
+    EmailChange,
 }
 
 impl MailKind {
@@ -228,6 +231,7 @@ impl MailKind {
         match self {
             MailKind::Reset => "reset",
             MailKind::AlreadyRegistered => "already_registered",
+            MailKind::EmailChange => "email_change",
         }
     }
 }

@@ -44,6 +44,8 @@ pub const PREFIX: &str = "/_membergate";
 const MAX_FORM_BYTES: usize = 16 * 1024;
 const VERIFY_LIFETIME: i64 = 24 * 3600;
 const RESET_LIFETIME: i64 = 3600;
+/// As long as a verification link: both prove a mailbox.
+const EMAIL_CHANGE_LIFETIME: i64 = 24 * 3600;
 
 /// Whether a normalised path belongs to the portal.
 pub fn is_portal_path(path: &str) -> bool {
@@ -132,6 +134,8 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/verify") => req.verify_page(&query),
         (&Method::GET | &Method::HEAD, "/reset") => req.reset_page(&query, None),
         (&Method::GET | &Method::HEAD, "/account") => req.account_page(&query, None).await,
+        // Like the verification link: opening it only shows a button.
+        (&Method::GET | &Method::HEAD, "/account/email") => req.email_confirm_page(&query),
         (&Method::POST, path) => match req
             .checked_form(body, body_timeout, req.form_tokens(path))
             .await
@@ -147,6 +151,8 @@ pub async fn handle(
                 "/account/name" => req.account_name(&form).await,
                 "/account/password" => req.account_password(&form).await,
                 "/account/delete" => req.account_delete(&form).await,
+                "/account/email" => req.account_email(&form).await,
+                "/account/email/confirm" => req.email_confirm(&form).await,
                 _ => message_response(
                     StatusCode::NOT_FOUND,
                     "Not found",
@@ -216,9 +222,14 @@ impl Request<'_> {
     fn form_tokens(&self, path: &str) -> FormTokens {
         match path {
             "/logout" if self.visitor.is_none() => FormTokens::NoneNeeded,
-            "/login" | "/register" | "/verify" | "/reset" | "/reset/confirm" => {
-                FormTokens::PreSessionToo
-            }
+            // The new address's link may be opened in any browser, logged
+            // in or not.
+            "/login"
+            | "/register"
+            | "/verify"
+            | "/reset"
+            | "/reset/confirm"
+            | "/account/email/confirm" => FormTokens::PreSessionToo,
             _ => FormTokens::Visitors,
         }
     }
@@ -467,6 +478,7 @@ impl Request<'_> {
         let notice = match query.get("notice").map(String::as_str) {
             Some("verified") => "Your email address is verified. You can log in now.",
             Some("password") => "Your password was changed. Log in with the new one.",
+            Some("email") => "Your email address was changed. Log in with the new one.",
             Some("logged_out") => "You are logged out.",
             _ => "",
         };
@@ -714,16 +726,10 @@ impl Request<'_> {
         if let Err(e) = password::acceptable(field("password")) {
             return self.register_page(&query, Some(e), form);
         }
-        if self.config.registration == Registration::Domain {
-            let domain = canonical.rsplit('@').next().unwrap_or("");
-            if !self.config.allowed_domains.iter().any(|d| d == domain) {
-                let text = format!(
-                    "Registration is open to addresses at {}.",
-                    self.config.allowed_domains.join(", ")
-                );
-                self.m.counters.registration("refused");
-                return self.register_page(&query, Some(&text), form);
-            }
+        if let Some(domains) = self.outside_allowed_domains(&canonical) {
+            let text = format!("Registration is open to addresses at {domains}.");
+            self.m.counters.registration("refused");
+            return self.register_page(&query, Some(&text), form);
         }
         let password = field("password").to_owned();
         let hash = match password::off_thread(move || password::hash(&password)).await {
@@ -783,6 +789,17 @@ impl Request<'_> {
             (false, Registration::Approval) => self.message(StatusCode::OK, "Almost there", "Your account will be ready once the site's team approves it. We will not email you about it: try logging in later.", None),
             (false, _) => self.message(StatusCode::OK, "Account created", "Your account is ready.", Some((&login, "Log in"))),
         }
+    }
+
+    /// The domains a member's address must be at, when `canonical` is at
+    /// none of them (registration mode `domain`): registering and changing
+    /// one's address are held to the same ones.
+    fn outside_allowed_domains(&self, canonical: &str) -> Option<String> {
+        let domain = canonical.rsplit('@').next().unwrap_or("");
+        let allowed = &self.config.allowed_domains;
+        let outside = self.config.registration == Registration::Domain
+            && !allowed.iter().any(|d| d == domain);
+        outside.then(|| allowed.join(", "))
     }
 
     /// The one answer to every refused login: it names each reason an
@@ -1051,6 +1068,7 @@ impl Request<'_> {
         let notice = match query.get("saved").map(String::as_str) {
             Some("name") => "Your name is saved.",
             Some("password") => "Your password is changed. Your other sessions are logged out.",
+            Some("email") => "Your email address is changed. Your other sessions are logged out.",
             _ => "",
         };
         let csrf = self.csrf_token();
@@ -1271,6 +1289,160 @@ impl Request<'_> {
             Some(("/", "Back to the site")),
         )
     }
+
+    // --- email change -------------------------------------------------------------
+
+    /// Asks for a new email address: once the current password is proved,
+    /// a link goes to the new address and a notice to the current one, and
+    /// nothing changes until the link is used. The answer is the same
+    /// whether the new address is free or another member's (catalogue E3).
+    async fn account_email(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let Some(visitor) = self.visitor() else {
+            return see_other(&format!("{PREFIX}/login"));
+        };
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        let new_email = match email::canonical_new(field("email")) {
+            Ok(address) => address,
+            Err(e) => {
+                return self
+                    .account_page(&HashMap::new(), Some(&e.to_string()))
+                    .await;
+            }
+        };
+        if new_email == visitor.email {
+            return self
+                .account_page(&HashMap::new(), Some("That is your email address already."))
+                .await;
+        }
+        if let Some(domains) = self.outside_allowed_domains(&new_email) {
+            let text = format!("Only addresses at {domains} can be used here.");
+            return self.account_page(&HashMap::new(), Some(&text)).await;
+        }
+        let failed = "Your email address could not be changed just now.";
+        let current = field("current").to_owned();
+        let member = match self
+            .prove_current_password(&visitor, current, failed, || ())
+            .await
+        {
+            Ok((member, ())) => member,
+            Err(answer) => return answer,
+        };
+        let text = format!(
+            "We sent a link to {new_email}. Your address changes when you open it and press its \
+             button; until then, log in with {}.",
+            member.email
+        );
+        // Looked up, stored and mailed after the answer, in a task of its
+        // own: an answer that waited for them would take longer for a free
+        // address than for a taken one (catalogue E3).
+        tokio::spawn(self.mailing().email_change(member, new_email));
+        self.message(
+            StatusCode::OK,
+            "Check your email",
+            &text,
+            Some(("/_membergate/account", "Back to your account")),
+        )
+    }
+
+    /// The new address's link: a page with one button, which spends nothing
+    /// (mail scanners fetch links; decision 0027).
+    fn email_confirm_page(&mut self, query: &HashMap<String, String>) -> Response<GatewayBody> {
+        let csrf = self.anyones_csrf_token();
+        let token = query.get("token").map(String::as_str).unwrap_or("");
+        self.page(
+            StatusCode::OK,
+            "email_confirm.html",
+            context! { csrf, token },
+        )
+    }
+
+    /// Spends the new address's link and makes the change: every session
+    /// of the member ends (as with a new password), and this browser, if it
+    /// is theirs, gets a new one. The old address is told.
+    async fn email_confirm(&mut self, form: &HashMap<String, String>) -> Response<GatewayBody> {
+        let token = form.get("token").map(String::as_str).unwrap_or("");
+        let link_spent = |req: &Self| {
+            req.message(
+                StatusCode::BAD_REQUEST,
+                "Link not valid",
+                "This link is not valid any more. Links work once and expire after a day, \
+                 and a new password cancels them; if you just used it, log in with your new \
+                 address. Otherwise ask for a new link on your account page.",
+                Some(("/_membergate/account", "Your account")),
+            )
+        };
+        let taken = self
+            .m
+            .store
+            .take_email_change(hash_id(token.as_bytes()), now())
+            .await;
+        let change = match taken {
+            Ok(Some(change)) => change,
+            Ok(None) => return link_spent(self),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read an email change");
+                return link_spent(self);
+            }
+        };
+        let member = self
+            .m
+            .store
+            .member_by_id(change.member_id)
+            .await
+            .ok()
+            .flatten();
+        let Some(member) = member.filter(|m| m.status == Status::Active) else {
+            return link_spent(self);
+        };
+        // At the epoch the change was asked at: a new password or a disable
+        // since then cancelled it.
+        match self
+            .m
+            .store
+            .set_email(member.id, &change.new_email, Some(change.epoch), now())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Stale) => return link_spent(self),
+            // Only the new address's owner holds the link, and may learn
+            // that their address has an account now.
+            Err(StoreError::Duplicate) => {
+                return self.message(
+                    StatusCode::CONFLICT,
+                    "Address in use",
+                    "This address belongs to another account now, so it cannot be this one's. \
+                     Nothing has changed.",
+                    None,
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not change a member's email");
+                return self.message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "Your email address could not be changed just now. Open the link again.",
+                    None,
+                );
+            }
+        }
+        self.m.sessions.forget_member(member.id);
+        tokio::spawn(
+            self.mailing()
+                .email_changed(member.email.clone(), change.new_email.clone()),
+        );
+        let own = self
+            .visitor
+            .as_ref()
+            .is_some_and(|v| v.member_id == member.id);
+        if !own {
+            return see_other(&format!("{PREFIX}/login?notice=email"));
+        }
+        // This browser is known for the new address as it was for the old.
+        let device = self.m.devices.set_cookie(&change.new_email, now());
+        self.set_cookie(device);
+        self.renew_own_session(member.id, &format!("{PREFIX}/account?saved=email"))
+            .await
+    }
 }
 
 fn urlencode(value: &str) -> String {
@@ -1312,6 +1484,16 @@ fn message_response(status: StatusCode, heading: &str, text: &str) -> Response<G
     html_response(status, html)
 }
 
+/// A random secret for a mailed link; only its hash is stored.
+fn link_secret() -> Option<String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).ok()?;
+    Some(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        raw,
+    ))
+}
+
 /// A random single-use token for `member`, stored hashed; `None` (logged)
 /// when the store refuses it.
 async fn new_token(
@@ -1320,9 +1502,7 @@ async fn new_token(
     member: &Member,
     lifetime: i64,
 ) -> Option<String> {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).ok()?;
-    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+    let token = link_secret()?;
     let stored = store
         .create_token(
             purpose,
@@ -1464,6 +1644,83 @@ impl Mailing {
                 to: member.email.clone(),
                 subject: format!("Choose a new password for {}", self.site_name),
                 body: format!("Hello,\n\nopen this link to choose a new password:\n\n{link}\n\nThe link works once and expires in one hour. If you did not ask for it, ignore this message: your password stays as it is.\n"),
+            })
+            .await;
+    }
+
+    /// The mail an address change asks for: to the new address a link, or,
+    /// when another member has it, a note that someone tried to use it (at
+    /// most one of either per cooldown); to the current address a notice,
+    /// so that a session in someone else's hands cannot move the account
+    /// away unseen.
+    async fn email_change(self, member: Member, new_email: String) {
+        self.email_change_requested(&member, &new_email).await;
+        // Before the link is stored: a request held back stores none, and
+        // the link sent before still works.
+        if !self.may_send(MailKind::EmailChange, &new_email) {
+            return;
+        }
+        match self.store.member_by_email(&new_email).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return self.address_in_use(&new_email).await,
+            Err(e) => {
+                tracing::error!(error = %e, "member lookup failed during an email change");
+                return;
+            }
+        }
+        let Some(token) = link_secret() else { return };
+        let stored = self
+            .store
+            .create_email_change(
+                hash_id(token.as_bytes()),
+                member.id,
+                &new_email,
+                member.epoch,
+                now() + EMAIL_CHANGE_LIFETIME,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "could not store an email change");
+            return;
+        }
+        let link = format!("{}{PREFIX}/account/email?token={token}", self.public_url);
+        self.mailer
+            .send(Message {
+                to: new_email,
+                subject: format!("Confirm your new email for {}", self.site_name),
+                body: format!("Hello,\n\nopen this link and press its button to make this the email address of your account at {}:\n\n{link}\n\nThe link works once and expires in 24 hours. If you did not ask for it, ignore this message: nothing changes.\n", self.site_name),
+            })
+            .await;
+    }
+
+    async fn email_change_requested(&self, member: &Member, new_email: &str) {
+        let reset = format!("{}{PREFIX}/reset", self.public_url);
+        self.mailer
+            .send(Message {
+                to: member.email.clone(),
+                subject: format!("A new email address was asked for at {}", self.site_name),
+                body: format!("Hello,\n\nsomeone logged in to your account at {site}, perhaps you, asked to change its email address to {new_email}. Nothing changes until the link we sent to that address is used.\n\nIf it was not you, choose a new password now: that cancels the change and logs everyone else out.\n\n{reset}\n", site = self.site_name),
+            })
+            .await;
+    }
+
+    async fn address_in_use(&self, new_email: &str) {
+        self.mailer
+            .send(Message {
+                to: new_email.to_owned(),
+                subject: format!("Your email was given for another account at {}", self.site_name),
+                body: format!("Hello,\n\nsomeone, perhaps you, asked to move another account at {site} to your email address. Your address has an account there already, and an address belongs to one account, so nothing has changed.\n\nIf it was not you, ignore this message.\n", site = self.site_name),
+            })
+            .await;
+    }
+
+    /// Tells the old address that the change was made.
+    async fn email_changed(self, old_email: String, new_email: String) {
+        self.mailer
+            .send(Message {
+                to: old_email,
+                subject: format!("Your email address at {} was changed", self.site_name),
+                body: format!("Hello,\n\nthe email address of your account at {site} is now {new_email}: log in with it from now on. This address no longer logs in.\n\nIf you did not make this change, tell the site's team at once: whoever made it knew your password.\n", site = self.site_name),
             })
             .await;
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use minijinja::Environment;
 
-const DEFAULTS: [(&str, &str); 8] = [
+const DEFAULTS: [(&str, &str); 9] = [
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("register.html", include_str!("templates/register.html")),
@@ -25,6 +25,10 @@ const DEFAULTS: [(&str, &str); 8] = [
     (
         "verify_confirm.html",
         include_str!("templates/verify_confirm.html"),
+    ),
+    (
+        "email_confirm.html",
+        include_str!("templates/email_confirm.html"),
     ),
 ];
 
