@@ -114,6 +114,14 @@ pub enum MemberCommand {
     /// Delete a member with their groups, sessions and links, for good (an
     /// erasure request); the address is free to register again.
     Delete { email: String },
+    /// Give a member a new email address, with no link to confirm it; their
+    /// sessions end, and links mailed to the old address stop working.
+    SetEmail {
+        /// The member's address now.
+        email: String,
+        /// The address they log in with from now on.
+        new_email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

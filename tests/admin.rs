@@ -337,6 +337,114 @@ async fn the_admin_api_deletes_a_member_with_everything_of_theirs() {
     assert_eq!(b.login("edith@example.com", PASSWORD).await.status, 303);
 }
 
+/// An administrator vouches for a new address: no link, the change is made
+/// at once, the member's sessions end, and they log in with the new one.
+/// Another member's address is a conflict, in the API (409) and the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_and_the_cli_set_a_members_email_without_a_link() {
+    let (gw, origin) = start(|s| s).await;
+    let api = Api::new(&gw);
+    for email in ["kim@example.com", "lee@example.com"] {
+        let new = json!({"email": email, "password": PASSWORD});
+        let (status, body) = api.call("POST", "/api/v1/members", Some(new)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut b = Browser::new(&gw);
+    assert_eq!(b.login("kim@example.com", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 200);
+    let set_email = |member: &'static str, body: Value| {
+        let api = &api;
+        async move {
+            api.call(
+                "PUT",
+                &format!("/api/v1/members/{member}/email"),
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    let (status, body) = set_email("kim@example.com", json!({"email": "LEE@example.com"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "lee@example.com belongs to another member"
+    );
+    assert_eq!(
+        b.get("/members/").await.status,
+        200,
+        "a refused change ends nothing"
+    );
+    let (status, body) = set_email("nobody@example.com", json!({"email": "n@example.com"})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = set_email("kim@example.com", json!({"email": "kim@localhost"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = set_email("kim@example.com", json!({"address": "k@example.com"})).await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, kim) = set_email("kim@example.com", json!({"email": " Kim@New.Example "})).await;
+    assert_eq!(
+        (status, &kim["email"]),
+        (200, &json!("kim@new.example")),
+        "{kim}"
+    );
+    assert_eq!(b.get("/members/").await.status, 302, "the session ended");
+    let (status, _) = api
+        .call("GET", "/api/v1/members/kim@example.com", None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(b.login("kim@example.com", PASSWORD).await.status, 401);
+    assert_eq!(b.login("kim@new.example", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-email"), Some("kim@new.example"));
+    assert_eq!(
+        gw.mail_count("kim@new.example"),
+        0,
+        "no link: the administrator vouches"
+    );
+
+    // The CLI, in another process: the same rules, and the gateway follows
+    // its change log.
+    let (ok, out) = gw.cli(
+        &["member", "set-email", "kim@new.example", "lee@example.com"],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("lee@example.com belongs to another member"),
+        "{out}"
+    );
+    let (ok, out) = gw.cli(
+        &["member", "set-email", "KIM@new.example", "Kim@CLI.example"],
+        "",
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("kim@new.example is now kim@cli.example; their sessions have ended"),
+        "{out}"
+    );
+    let mut ended = false;
+    for _ in 0..60 {
+        if b.get("/members/").await.status == 302 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the session outlived the CLI's change");
+    assert_eq!(b.login("kim@cli.example", PASSWORD).await.status, 303);
+    assert_eq!(b.get("/members/").await.status, 200);
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(seen.header("x-member-email"), Some("kim@cli.example"));
+    let (ok, out) = gw.cli(
+        &["member", "set-email", "kim@cli.example", "KIM@cli.example"],
+        "",
+    );
+    assert!(ok && out.contains("nothing changed"), "{out}");
+    assert_eq!(b.get("/members/").await.status, 200);
+}
+
 /// The session cookie a response sets, if any: `Some("")` when it clears it.
 fn session_set_by(response: &reqwest::Response) -> Option<String> {
     response

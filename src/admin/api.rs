@@ -12,6 +12,8 @@
 //! DELETE /api/v1/members/{email}                delete them and all that is theirs
 //! POST   /api/v1/members/{email}/enable|disable|approve
 //! PUT    /api/v1/members/{email}/password       {"password"}
+//! PUT    /api/v1/members/{email}/email          {"email"}: the new address, no link
+//!                                               (409 when another member has it)
 //! PUT    /api/v1/members/{email}/groups/{group} join
 //! DELETE /api/v1/members/{email}/groups/{group} leave
 //! DELETE /api/v1/members/{email}/sessions       log out everywhere
@@ -267,6 +269,15 @@ async fn route(
             Ok(Answer::Changed(
                 admin.set_password(email, &body.password).await?,
             ))
+        }
+        (&Method::PUT, ["members", email, "email"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct NewEmail {
+                email: String,
+            }
+            let body: NewEmail = json_body(body).await?;
+            Ok(Answer::Changed(admin.set_email(email, &body.email).await?))
         }
         (&Method::PUT, ["members", email, "groups", group]) => {
             Ok(Answer::Changed(admin.join_group(email, group).await?))

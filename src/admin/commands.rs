@@ -248,6 +248,9 @@ async fn execute(config: &MemberStoreConfig, work: Work) -> Result<String, Strin
             };
             format!("password set for {email}; their sessions have ended; {now}")
         }
+        Work::Member(MemberCommand::SetEmail { email, new_email }) => {
+            set_email(&admin, &email, &new_email).await?
+        }
         Work::Group(GroupCommand::Add { email, group }) => {
             let member = admin
                 .join_group(&email, &group)
@@ -290,6 +293,29 @@ fn describe(m: &Member) -> String {
         m.groups.join(","),
         m.display_name()
     )
+}
+
+async fn set_email(admin: &Admin<'_>, address: &str, new_address: &str) -> Result<String, String> {
+    let before = admin.member(address).await.map_err(|e| e.to_string())?;
+    let member = admin
+        .set_email(address, new_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let email = &member.email;
+    if *email == before.email {
+        return Ok(format!("{email} is their address already; nothing changed"));
+    }
+    let mut done = format!(
+        "{} is now {email}; their sessions have ended, and links mailed to the old address no longer work",
+        before.email
+    );
+    // The invitation went to the old address and died with it.
+    if member.status == Status::Pending && member.password_hash.is_none() {
+        done.push_str(&format!(
+            "\n  to send them a new invitation: membergate member add {email} --invite"
+        ));
+    }
+    Ok(done)
 }
 
 async fn status(admin: &Admin<'_>, address: &str, change: StatusChange) -> Result<String, String> {

@@ -417,6 +417,32 @@ impl Admin<'_> {
         Ok((member, deleted))
     }
 
+    /// Gives a member a new email address, with no link to confirm it: the
+    /// administrator vouches for it. It is a change of login name, so it is
+    /// made as a new password is: their sessions end, and links mailed to
+    /// the old address (a reset, an invitation) no longer work. A conflict
+    /// when another member has the address; asking for the address the
+    /// member has changes nothing.
+    pub async fn set_email(&self, address: &str, new_address: &str) -> Result<Member, Refused> {
+        let member = self.member(address).await?;
+        let new_email = email::canonical_new(new_address)
+            .map_err(|e| Refused::Invalid(format!("{new_address:?}: {e}")))?;
+        if new_email == member.email {
+            return Ok(member);
+        }
+        match self
+            .store
+            .set_email(member.id, &new_email, None, now())
+            .await
+        {
+            Err(StoreError::Duplicate) => Err(Refused::Conflict(format!(
+                "{new_email} belongs to another member"
+            ))),
+            other => other.map_err(store_error),
+        }?;
+        self.member(&new_email).await
+    }
+
     /// The access decision for `url` under `config`, for an anonymous
     /// visitor or a member, and the rule that made it.
     pub async fn policy_check(
