@@ -651,6 +651,21 @@ async fn an_email_change_to_a_taken_address_answers_the_same_and_changes_nothing
     assert!(note.contains("another account"), "{note}");
     assert!(!note.contains("/_membergate/account/email"), "{note}");
     let link = Gateway::link_in(&gw.mail_to("hal@example.com").await);
+    // Asked again within the cooldown, neither address is mailed again,
+    // and the link sent first still works.
+    for address in ["hal@example.com", "gus@example.com"] {
+        assert_eq!(ask_for_email(&mut a, address, PASSWORD).await.status, 200);
+    }
+    let line = "membergate_mails_held_back_total{kind=\"email_change\"} 2";
+    for _ in 0..100 {
+        if gw.metrics().await.contains(line) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.metrics().await.contains(line));
+    assert_eq!(gw.mail_count("hal@example.com"), 1);
+    assert_eq!(gw.mail_count("gus@example.com"), gus_mails + 1);
     // Nothing changed for either member.
     assert_eq!(a.get("/members/").await.status, 200);
     let seen = origin.requests().pop().unwrap();

@@ -71,8 +71,9 @@ pub struct MembershipCounters {
     pub registrations: Family<OutcomeLabels, Counter>,
     /// Mails not sent because the address had one of the same `kind`
     /// within `portal::membership::MAIL_COOLDOWN`: `reset` (a reset link;
-    /// no token was stored either) and `already_registered` (the note to an
-    /// address someone tried to register again).
+    /// no token was stored either), `already_registered` (the note to an
+    /// address someone tried to register again) and `email_change` (the
+    /// link, or the note, to an address a member asked to move to).
     pub mails_held_back: Family<MailLabels, Counter>,
 }
 
@@ -227,7 +228,7 @@ impl Metrics {
         );
         self.registry.register(
             "mails_held_back",
-            "Portal mails not sent because the address had one of the kind within the cooldown, by kind (reset, already_registered)",
+            "Portal mails not sent because the address had one of the kind within the cooldown, by kind (reset, already_registered, email_change)",
             counters.mails_held_back.clone(),
         );
         let sessions = membership.sessions.counters();
