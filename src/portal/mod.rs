@@ -1420,7 +1420,8 @@ impl Request<'_> {
                 return self.message(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Try again",
-                    "Your email address could not be changed just now. Open the link again.",
+                    "Your email address could not be changed just now. Ask for a new link on \
+                     your account page.",
                     None,
                 );
             }
