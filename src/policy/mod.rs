@@ -328,6 +328,109 @@ mod tests {
         }
     }
 
+    /// `?` and `[` make a glob as `*` and `{` do: read as prefixes, such
+    /// rules would cover nothing a visitor asks for.
+    #[test]
+    fn every_glob_character_makes_a_glob() {
+        for (glob, covered, not_covered) in [
+            ("/quiz/q?.html", "/quiz/q1.html", "/quiz/q12.html"),
+            ("/drafts/[ab].html", "/drafts/b.html", "/drafts/c.html"),
+            ("/{team,staff}.html", "/staff.html", "/guest.html"),
+            ("/kb/*.html", "/kb/a.html", "/kb/a/b.html"),
+        ] {
+            assert!(is_glob(glob), "{glob}");
+            let rule = Rule::new(glob, Access::Members).unwrap();
+            assert!(rule.matches(covered), "{glob} must cover {covered}");
+            assert!(
+                !rule.matches(not_covered),
+                "{glob} must not cover {not_covered}"
+            );
+        }
+    }
+
+    /// A page and the other path it is served as: the stricter decision
+    /// holds, with the rule that made it; on a tie the page's own rule, whose
+    /// teaser and caching then apply.
+    #[test]
+    fn a_page_and_its_alias_are_decided_by_the_stricter() {
+        let rule = |path: &str, access| Rule::new(path, access).unwrap();
+        let rules = Rules {
+            rules: vec![
+                rule("/kb/index.html", Access::Members),
+                rule("/vip/index.html", Access::Groups(vec!["vip".into()])),
+                rule("/vip/", Access::Members),
+                rule("/guide/", Access::Members),
+                rule("/guide/index.html", Access::Members),
+            ],
+            default: Access::Public,
+        };
+        let plain: [String; 0] = [];
+        let anon = Visitor::Anonymous;
+        let member = Visitor::Member { groups: &plain };
+        let table = [
+            // The alias is the stricter.
+            (
+                "/kb/",
+                Some("/kb/index.html"),
+                anon,
+                Decision::Login,
+                Some(0),
+            ),
+            (
+                "/kb/",
+                Some("/kb/index.html"),
+                member,
+                Decision::Allow,
+                None,
+            ),
+            (
+                "/vip/",
+                Some("/vip/index.html"),
+                member,
+                Decision::Forbidden,
+                Some(1),
+            ),
+            (
+                "/vip/",
+                Some("/vip/index.html"),
+                anon,
+                Decision::Login,
+                Some(2),
+            ),
+            // The page itself is the stricter: a laxer alias does not open it.
+            (
+                "/vip/index.html",
+                Some("/kb/"),
+                member,
+                Decision::Forbidden,
+                Some(1),
+            ),
+            // A tie: the page's own rule.
+            (
+                "/guide/",
+                Some("/guide/index.html"),
+                anon,
+                Decision::Login,
+                Some(3),
+            ),
+            (
+                "/guide/index.html",
+                Some("/guide/"),
+                anon,
+                Decision::Login,
+                Some(4),
+            ),
+            ("/open/", None, anon, Decision::Allow, None),
+        ];
+        for (path, alias, visitor, want, by) in table {
+            assert_eq!(
+                decide_page(&rules, path, alias, visitor),
+                (want, by),
+                "{path} as {alias:?} {visitor:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_default_applies_to_unmatched_paths() {
         let rules = Rules {
