@@ -525,6 +525,14 @@ mod tests {
                 rule("/checkout", ChatShow::Never),
                 rule("/members", ChatShow::Members),
                 rule("/vip/**/*.html", ChatShow::Groups(vec!["vip".into()])),
+                ChatRule {
+                    query: Some(("preview".into(), None)),
+                    ..rule("/kb", ChatShow::Never)
+                },
+                rule(
+                    "/staff",
+                    ChatShow::Groups(vec!["ops".into(), "sales".into()]),
+                ),
             ],
             load_immediately: None,
             inline_embed_selector: None,
@@ -537,7 +545,8 @@ mod tests {
         let vip = ["vip".to_owned()];
         let none: [String; 0] = [];
         type Case<'a> = (&'a str, Option<&'a [String]>, ChatDecision, Option<usize>);
-        let table: [Case; 13] = [
+        let sales = ["sales".to_owned()];
+        let table: [Case; 18] = [
             ("/", None, ChatDecision::Anonymous, None),
             ("/", Some(&none), ChatDecision::Identified, None),
             ("/checkout/pay", Some(&vip), ChatDecision::Off, Some(1)),
@@ -562,6 +571,18 @@ mod tests {
             ("/?x=1&chat=off", None, ChatDecision::Off, Some(0)),
             ("/?chat=on", None, ChatDecision::Anonymous, None),
             ("/?chat", None, ChatDecision::Anonymous, None),
+            // A condition on the name alone holds whatever the value.
+            ("/kb/a?preview", Some(&none), ChatDecision::Off, Some(4)),
+            ("/kb/a?preview=1", Some(&none), ChatDecision::Off, Some(4)),
+            (
+                "/kb/a?review=1",
+                Some(&none),
+                ChatDecision::Identified,
+                None,
+            ),
+            // Any one of a rule's groups will do.
+            ("/staff/x", Some(&sales), ChatDecision::Identified, Some(5)),
+            ("/staff/x", Some(&vip), ChatDecision::Off, Some(5)),
         ];
         for (target, groups, want, rule) in table {
             let (path, query) = match target.split_once('?') {
@@ -571,5 +592,26 @@ mod tests {
             let got = decide(&chat(), path, query, groups);
             assert_eq!(got, (want, rule), "{target} {groups:?}");
         }
+    }
+
+    /// A page also served as another path (`/dir/` as `/dir/index.html`):
+    /// the decision that lets the widget go less far holds, whichever of
+    /// the two it is.
+    #[test]
+    fn a_page_and_its_alias_get_the_widget_only_as_far_as_both_allow() {
+        let none: [String; 0] = [];
+        let table = [
+            ("/checkout/", Some("/members/"), ChatDecision::Off, Some(1)),
+            ("/members/", Some("/checkout/"), ChatDecision::Off, Some(1)),
+            ("/members/", Some("/kb/"), ChatDecision::Identified, Some(2)),
+            ("/kb/", Some("/members/"), ChatDecision::Identified, None),
+        ];
+        for (path, alias, want, rule) in table {
+            let got = decide_page(&chat(), path, alias, None, Some(&none[..]));
+            assert_eq!(got, (want, rule), "{path} as {alias:?}");
+        }
+        // Anonymous: the members-only alias keeps the widget off.
+        let got = decide_page(&chat(), "/kb/", Some("/members/"), None, None);
+        assert_eq!(got, (ChatDecision::Off, Some(2)));
     }
 }
