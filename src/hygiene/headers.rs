@@ -772,6 +772,56 @@ mod tests {
         );
     }
 
+    /// Even from a trusted proxy only the canonical spellings are believed:
+    /// `_` and `.` forms are what a client adds to be read by a CGI-style
+    /// origin. What the proxy did not send, the gateway says itself.
+    #[test]
+    fn trusted_proxies_are_believed_only_in_canonical_spelling() {
+        let mut h = map(&[
+            ("x.forwarded.for", "10.9.9.9"),
+            ("x_forwarded_proto", "https"),
+            ("X.Forwarded.Host", "evil"),
+            ("true.client.ip", "10.9.9.9"),
+        ]);
+        let f = ClientFacts {
+            tls: false,
+            ..facts()
+        };
+        prepare_request(&mut h, "x-member-", true, f);
+        for gone in [
+            "x.forwarded.for",
+            "x_forwarded_proto",
+            "x.forwarded.host",
+            "true.client.ip",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "gw.example");
+    }
+
+    /// Forwarding names are matched whole: an application's header that
+    /// merely begins like one reaches the origin.
+    #[test]
+    fn only_whole_forwarding_names_are_removed() {
+        let kept = [
+            ("x-forwarded-for-app", "1"),
+            ("client-ip-hint", "2"),
+            ("x-original-url-note", "3"),
+            ("forwarded-by", "4"),
+        ];
+        let mut h = map(&kept);
+        prepare_request(&mut h, "x-member-", false, facts());
+        for (name, value) in kept {
+            assert_eq!(
+                h.get(name).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn the_client_is_the_nearest_untrusted_hop() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
