@@ -150,10 +150,26 @@ mod tests {
             "[zz]",
             "gw:80:80",
             "gw..",
+            "[::1]x",
+            "[::1]evil.com",
+            "[::1].",
         ] {
             let req = http::Request::get("/").header("host", bad);
             assert_eq!(host_of(req), Err(HostError::Malformed), "{bad:?}");
         }
+    }
+
+    /// A DNS name is at most 253 characters (RFC 1035); longer is refused.
+    #[test]
+    fn refuses_names_longer_than_dns_allows() {
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        let h = host_of(http::Request::get("/").header("host", longest.as_str())).unwrap();
+        assert_eq!(h.name, longest);
+        let over = format!("{longest}b");
+        let req = http::Request::get("/").header("host", over.as_str());
+        assert_eq!(host_of(req), Err(HostError::Malformed));
     }
 
     #[test]
