@@ -92,8 +92,12 @@ mod tests {
         assert!(!same_origin(&h, "gw.test", false));
         h.insert("origin", "https://gw.test:8443".parse().unwrap());
         assert!(!same_origin(&h, "gw.test", false));
-        let mut cross = http::HeaderMap::new();
-        cross.insert("sec-fetch-site", "cross-site".parse().unwrap());
-        assert!(!same_origin(&cross, "gw.test", true));
+        // Without `Origin`, only `same-origin` will do: `same-site` is a
+        // sibling subdomain's page, `none` one the browser opened itself.
+        for site in ["cross-site", "same-site", "none", ""] {
+            let mut other = http::HeaderMap::new();
+            other.insert("sec-fetch-site", site.parse().unwrap());
+            assert!(!same_origin(&other, "gw.test", true), "{site:?}");
+        }
     }
 }

@@ -46,11 +46,25 @@ mod tests {
             "",
             "evil.com",
             "/\u{2028}x",
+            // Controls that are not whitespace: a NUL or an escape would
+            // break the `Location` header or a log line.
+            "/x\u{0}y",
+            "/x\u{1b}[2J",
+            "/x\u{7f}",
         ];
         for bad in corpus {
             assert_eq!(safe(Some(bad)), "/", "{bad:?}");
         }
         assert_eq!(safe(None), "/");
+    }
+
+    /// A return path is at most 2048 bytes: longer is sent home, not into
+    /// a `Location` header some clients and proxies would cut.
+    #[test]
+    fn long_return_paths_are_sent_home() {
+        let longest = format!("/{}", "a".repeat(2047));
+        assert_eq!(safe(Some(&longest)), longest);
+        assert_eq!(safe(Some(&format!("{longest}a"))), "/");
     }
 
     /// Wherever a browser (a WHATWG URL parser) takes what `safe` let
