@@ -1129,6 +1129,25 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
     assert_eq!(forced.status, 403);
 }
 
+/// A member's own forms take only the token bound to the session: the
+/// log-in form's token, bound to the pre-session cookie so that it outlives
+/// a log-in in another tab, does not log the member out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_own_forms_refuse_the_pre_session_token() {
+    let (gw, _origin) = start(|s| s).await;
+    let mut b = member(&gw, "gil@example.com", "Gil").await;
+    let login = b.get("/_membergate/login").await;
+    // The page's second form, log in again, carries the pre-session token.
+    let marker = "name=\"csrf\" value=\"";
+    let anyones = login.body.rsplit(marker).next().unwrap();
+    let anyones = &anyones[..anyones.find('"').unwrap()];
+    assert_ne!(anyones, login.csrf(), "{}", login.body);
+    let page = b.post("/_membergate/logout", &[("csrf", anyones)]).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("Form expired"), "{}", page.body);
+    assert_eq!(b.get("/members/").await.status, 200, "still logged in");
+}
+
 /// Posts the log-in form with `token`, as a tab opened earlier would.
 async fn log_in(b: &mut Browser, token: &str, email: &str, to: &str) -> support::browser::Page {
     let fields = [
