@@ -72,7 +72,7 @@ struct Request<'a> {
     set_cookies: Vec<String>,
     /// The browser is to forget the member who used it: the chat widget's
     /// conversation and the site's pages in its caches.
-    forget_member: bool,
+    reset_browser: bool,
 }
 
 pub async fn handle(
@@ -114,7 +114,7 @@ pub async fn handle(
         visitor: settled.visitor,
         pre_session,
         set_cookies: settled.set_cookies,
-        forget_member: settled.ended,
+        reset_browser: settled.ended,
     };
     let sub = &target.path.decoded[PREFIX.len()..];
     let sub = sub.to_ascii_lowercase();
@@ -181,7 +181,7 @@ pub async fn handle(
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }
-    if req.forget_member {
+    if req.reset_browser {
         crate::session::forget_members_pages(response.headers_mut());
     }
     response
@@ -237,9 +237,9 @@ impl Request<'_> {
     /// The browser forgets the member who used it: the next page with the
     /// chat widget resets it (see `proxy::widget`), and the site's pages
     /// leave the browser's caches.
-    fn forget_member(&mut self) {
+    fn reset_browser(&mut self) {
         self.set_cookie(self.m.sessions.chat_reset_cookie());
-        self.forget_member = true;
+        self.reset_browser = true;
     }
 
     /// Queues a cookie for the response, once.
@@ -598,7 +598,7 @@ impl Request<'_> {
                     .names_another_account(&self.headers, c, now())
             });
         if after_someone_else {
-            self.forget_member();
+            self.reset_browser();
         }
         if let Some(canonical) = &canonical {
             // This browser is now known for the account (see portal::device).
@@ -652,7 +652,7 @@ impl Request<'_> {
         }
         // Already queued when the request's session had ended.
         self.set_cookie(self.m.sessions.clear_cookie());
-        self.forget_member();
+        self.reset_browser();
         self.visitor = None;
         let return_to = return_to::safe(form.get("return_to").map(String::as_str));
         see_other(&return_to)
@@ -1262,7 +1262,7 @@ impl Request<'_> {
         self.m.sessions.forget_member(member.id);
         self.identifier.forget_member(member.id);
         self.set_cookie(self.m.sessions.clear_cookie());
-        self.forget_member();
+        self.reset_browser();
         self.set_cookie(self.m.devices.clear_cookie());
         self.visitor = None;
         if let Ok(gone) = deleted {

@@ -168,15 +168,19 @@ pub struct SessionCounters {
 pub const CHAT_RESET_VALUE: &str = "2";
 
 /// How long a chat widget may remember its visitor (HubSpot's widget: six to
-/// thirteen months), as the longest a browser keeps a cookie, 400 days.
-/// - The session cookie stays this long past its session's end. A browser
-///   that dropped it when the session ran out would send nothing the next
-///   time, and the gateway could not tell the widget to forget the member.
-///   Kept, it comes back, is found dead, and is cleared with a chat reset,
-///   as any ended session is. The dead id inside names nothing.
-/// - The chat-reset cookie waits this long for a page whose widget runs it:
-///   with `show = "members"`, that may be the next member's first page.
+/// thirteen months), as the longest a browser keeps a cookie, 400 days. The
+/// session cookie stays this long past its session's end. A browser that
+/// dropped it when the session ran out would send nothing the next time,
+/// and the gateway could not tell the widget to forget the member. Kept, it
+/// comes back, is found dead, and is cleared with a chat reset, as any
+/// ended session is. The dead id inside names nothing.
 const WIDGET_MEMORY: i64 = 400 * 86_400;
+/// How long the chat-reset cookie waits for a page whose widget runs it.
+/// Until then every page with the widget is this browser's alone (no
+/// browser cache, no validators), which a browser that blocks the widget
+/// would pay for good; a week covers the next person at a shared computer,
+/// and a log-in after another member resets the widget whenever it comes.
+const CHAT_RESET_WAITS_FOR: i64 = 7 * 86_400;
 /// Asks the browser to drop the pages of this site it keeps, in its cache and
 /// its back-forward cache, wherever the widget is told to forget a member
 /// (the chat-reset cookie goes with it): the next person at the computer
@@ -576,9 +580,13 @@ impl Sessions {
     /// `HttpOnly`: it holds no secret, and the page whose widget reset
     /// clears it, so it stays until a widget really did (see `proxy::widget`).
     pub fn chat_reset_cookie(&self) -> String {
-        self.cookie_builder(&self.chat_reset_name, CHAT_RESET_VALUE, WIDGET_MEMORY)
-            .build()
-            .to_string()
+        self.cookie_builder(
+            &self.chat_reset_name,
+            CHAT_RESET_VALUE,
+            CHAT_RESET_WAITS_FOR,
+        )
+        .build()
+        .to_string()
     }
 
     /// The script statement that clears the chat-reset cookie.
