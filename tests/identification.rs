@@ -446,6 +446,39 @@ async fn a_page_with_a_just_renewed_session_does_not_reset_the_widget() {
     assert!(settings(&b.get("/").await.body).unwrap()["identificationEmail"].is_string());
 }
 
+/// A member deleted by the admin CLI, another process: within the change
+/// follower's second, the running gateway drops their identification
+/// tokens too, each holding their name and address (an erasure request
+/// leaves nothing of them in memory for the tokens' twelve hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deleted_elsewhere_leaves_no_token_in_memory() {
+    let origin = PageOrigin::start(vec![]).await;
+    let gw = start(&origin, BUILTIN, |s| s).await;
+    let mut ada = member(&gw, "ada@example.com", "Ada", &[]).await;
+    let mut bob = member(&gw, "bob@example.com", "Bob", &[]).await;
+    for b in [&mut ada, &mut bob] {
+        assert!(settings(&b.get("/").await.body).unwrap()["identificationToken"].is_string());
+    }
+    let cached = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("membergate_identification_cache_entries "))
+            .map(str::to_owned)
+    };
+    assert_eq!(cached(&gw.metrics().await).as_deref(), Some("2"));
+    let (ok, out) = gw.cli(&["member", "delete", "ada@example.com"], "");
+    assert!(ok, "{out}");
+    let mut left = cached(&gw.metrics().await);
+    for _ in 0..50 {
+        if left.as_deref() == Some("1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = cached(&gw.metrics().await);
+    }
+    assert_eq!(left.as_deref(), Some("1"), "bob's token stays, ada's goes");
+}
+
 /// A page seen before logging in stays in the browser's cache with its weak
 /// ETag. After the log-in, Chromium revalidates it with that ETag although
 /// `Vary: Cookie` no longer matches, and an origin that compares ETags (as

@@ -107,6 +107,7 @@ pub struct Metrics {
     tls_handshake_failures: Counter,
     tls_handshakes: Family<OutcomeLabels, Counter>,
     session_cache_entries: Gauge,
+    identification_cache_entries: Gauge,
     connections_over_ip_cap: Counter,
     requests_unparsed: Counter,
     http2_connections_stalled: Counter,
@@ -177,6 +178,12 @@ impl Metrics {
             "Sessions held in the in-memory cache",
             session_cache_entries.clone(),
         );
+        let identification_cache_entries = Gauge::default();
+        registry.register(
+            "identification_cache_entries",
+            "Members' identification tokens held in memory, each with the name and address it was minted for",
+            identification_cache_entries.clone(),
+        );
         let connections_over_ip_cap = Counter::default();
         registry.register(
             "connections_over_ip_cap",
@@ -201,6 +208,7 @@ impl Metrics {
             requests_unparsed,
             http2_connections_stalled,
             session_cache_entries,
+            identification_cache_entries,
             tls_handshakes,
             requests,
             upstream_latency,
@@ -276,6 +284,11 @@ impl Metrics {
 
     pub fn set_session_cache_entries(&self, entries: u64) {
         self.session_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_identification_cache_entries(&self, entries: u64) {
+        self.identification_cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 

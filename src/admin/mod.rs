@@ -69,6 +69,9 @@ async fn answer(gateway: &Gateway, request: Request<Incoming>) -> Response<Full<
             gateway.metrics.set_session_cache_entries(sessions.cached());
             gateway
                 .metrics
+                .set_identification_cache_entries(gateway.identifier.cached().await);
+            gateway
+                .metrics
                 .update_log_lines_dropped(crate::telemetry::dropped_lines());
             let mut response = text(StatusCode::OK, gateway.metrics.render());
             response.headers_mut().insert(

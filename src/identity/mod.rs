@@ -246,6 +246,12 @@ impl Identifier {
             .invalidate_entries_if(move |(id, _), _| *id == member);
     }
 
+    /// Number of cached tokens (for metrics).
+    pub async fn cached(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
     /// The per-result counters, for export.
     pub fn outcomes(&self) -> Family<OutcomeLabels, Counter> {
         self.outcomes.clone()

@@ -118,7 +118,12 @@ pub async fn run(
     }
     drop(shutdown_rx);
     let sessions = gateway.membership.sessions.clone();
-    let follower = tokio::spawn(sessions.follow_changes(std::time::Duration::from_secs(1)));
+    let forget_tokens = gateway.clone();
+    let follower = tokio::spawn(
+        sessions.follow_changes(std::time::Duration::from_secs(1), move |member| {
+            forget_tokens.identifier.forget_member(member)
+        }),
+    );
     wait_for_signals(&gateway, signals).await;
     follower.abort();
 

@@ -502,8 +502,13 @@ impl Sessions {
 
     /// Polls the store's change log and drops cached sessions of changed
     /// members, so that changes made by another process (the admin CLI) apply
-    /// within `every`. Runs until the process ends.
-    pub async fn follow_changes(self: Arc<Self>, every: Duration) {
+    /// within `every`; `deleted` is told of members no longer in the store.
+    /// Runs until the process ends.
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        every: Duration,
+        deleted: impl Fn(MemberId) + Send + 'static,
+    ) {
         let mut seen = match self.store.changes_since(0).await {
             Ok((_, newest)) => newest,
             Err(_) => 0,
@@ -516,6 +521,11 @@ impl Sessions {
                 Ok((members, newest)) => {
                     for id in members {
                         self.forget_member(id);
+                        // Deleted by another process (the admin CLI): what
+                        // else this one keeps of the member goes too.
+                        if let Ok(None) = self.store.member_by_id(id).await {
+                            deleted(id);
+                        }
                     }
                     seen = newest;
                 }
