@@ -326,6 +326,30 @@ impl SqliteStore {
 
     /// An `update` that applies only while the member is as the caller read
     /// it (a status, an epoch), so no row means it changed since: `Stale`.
+    /// Writes a credential (the password hash, the address) with one of
+    /// `statements`, `[any epoch, at epoch]`, and bumps the epoch: every
+    /// session ends and every link dies. With `epoch`, checked and bumped in
+    /// one write transaction: of two writes at one epoch, the second finds
+    /// it moved on (`Stale`). The epoch is bound as text; the INTEGER column
+    /// compares it as a number.
+    async fn write_credential(
+        &self,
+        id: MemberId,
+        statements: [&'static str; 2],
+        value: String,
+        epoch: Option<i64>,
+        now: i64,
+    ) -> StoreResult<()> {
+        match epoch {
+            None => self.update(id, statements[0], vec![value], true, now).await,
+            Some(epoch) => {
+                let binds = vec![value, epoch.to_string()];
+                self.update_status(id, statements[1], binds, true, now)
+                    .await
+            }
+        }
+    }
+
     async fn update_status(
         &self,
         id: MemberId,
@@ -439,26 +463,16 @@ impl MemberStore for SqliteStore {
         epoch: Option<i64>,
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>> {
-        let hash = hash.to_owned();
-        match epoch {
-            None => Box::pin(self.update(
-                id,
+        Box::pin(self.write_credential(
+            id,
+            [
                 "UPDATE members SET password_hash = ? WHERE id = ?",
-                vec![hash],
-                true,
-                now,
-            )),
-            // Checked and bumped in one write transaction: of two writes at
-            // one epoch, the second finds it moved on (`Stale`). The epoch is
-            // bound as text; the INTEGER column compares it as a number.
-            Some(epoch) => Box::pin(self.update_status(
-                id,
                 "UPDATE members SET password_hash = ? WHERE epoch = ? AND id = ?",
-                vec![hash, epoch.to_string()],
-                true,
-                now,
-            )),
-        }
+            ],
+            hash.to_owned(),
+            epoch,
+            now,
+        ))
     }
 
     fn rehash_password(
@@ -987,22 +1001,15 @@ impl MemberStore for SqliteStore {
         epoch: Option<i64>,
         now: i64,
     ) -> BoxFuture<'_, StoreResult<()>> {
-        let email = canonical_email.to_owned();
-        match epoch {
-            None => Box::pin(self.update(
-                id,
+        Box::pin(self.write_credential(
+            id,
+            [
                 "UPDATE members SET email = ? WHERE id = ?",
-                vec![email],
-                true,
-                now,
-            )),
-            Some(epoch) => Box::pin(self.update_status(
-                id,
                 "UPDATE members SET email = ? WHERE epoch = ? AND id = ?",
-                vec![email, epoch.to_string()],
-                true,
-                now,
-            )),
-        }
+            ],
+            canonical_email.to_owned(),
+            epoch,
+            now,
+        ))
     }
 }
