@@ -639,6 +639,7 @@ async fn an_email_change_to_a_taken_address_answers_the_same_and_changes_nothing
     let mut a = member(&gw, "fay@example.com", "Fay").await;
     let _gus = member(&gw, "gus@example.com", "Gus").await;
     let gus_mails = gw.mail_count("gus@example.com");
+    let fay_before = gw.mail_count("fay@example.com");
     let free = ask_for_email(&mut a, "hal@example.com", PASSWORD).await;
     let taken = ask_for_email(&mut a, "GUS@example.com", PASSWORD).await;
     assert_eq!(free.status, 200);
@@ -651,8 +652,14 @@ async fn an_email_change_to_a_taken_address_answers_the_same_and_changes_nothing
     assert!(note.contains("another account"), "{note}");
     assert!(!note.contains("/_membergate/account/email"), "{note}");
     let link = Gateway::link_in(&gw.mail_to("hal@example.com").await);
-    // Asked again within the cooldown, neither address is mailed again,
-    // and the link sent first still works.
+    let fay_mails = gw.mail_count("fay@example.com");
+    assert_eq!(
+        fay_mails,
+        fay_before + 2,
+        "a notice for each address asked for"
+    );
+    // Asked again within the cooldown, no address is mailed again (Fay's
+    // own neither), and the link sent first still works.
     for address in ["hal@example.com", "gus@example.com"] {
         assert_eq!(ask_for_email(&mut a, address, PASSWORD).await.status, 200);
     }
@@ -666,6 +673,18 @@ async fn an_email_change_to_a_taken_address_answers_the_same_and_changes_nothing
     assert!(gw.metrics().await.contains(line));
     assert_eq!(gw.mail_count("hal@example.com"), 1);
     assert_eq!(gw.mail_count("gus@example.com"), gus_mails + 1);
+    assert_eq!(gw.mail_count("fay@example.com"), fay_mails);
+    // Another member's request for the same address is not held back by
+    // Fay's: it gets a link of its own.
+    let mut ivy = member(&gw, "ivy@example.com", "Ivy").await;
+    assert_eq!(
+        ask_for_email(&mut ivy, "hal@example.com", PASSWORD)
+            .await
+            .status,
+        200
+    );
+    let ivys = Gateway::link_in(&gw.next_mail_to("hal@example.com", 1).await);
+    assert_ne!(ivys, link);
     // Nothing changed for either member.
     assert_eq!(a.get("/members/").await.status, 200);
     let seen = origin.requests().pop().unwrap();

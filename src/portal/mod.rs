@@ -1655,12 +1655,15 @@ impl Mailing {
     /// so that a session in someone else's hands cannot move the account
     /// away unseen.
     async fn email_change(self, member: Member, new_email: String) {
-        self.email_change_requested(&member, &new_email).await;
-        // Before the link is stored: a request held back stores none, and
-        // the link sent before still works.
-        if !self.may_send(MailKind::EmailChange, &new_email) {
+        // Before anything is mailed or stored: a request held back sends no
+        // second notice or link, and the link sent before still works. Held
+        // per member and address: one member's request to an address does
+        // not hold back another's.
+        let key = format!("{}:{new_email}", member.id);
+        if !self.may_send(MailKind::EmailChange, &key) {
             return;
         }
+        self.email_change_requested(&member, &new_email).await;
         match self.store.member_by_email(&new_email).await {
             Ok(None) => {}
             Ok(Some(_)) => return self.address_in_use(&new_email).await,
