@@ -326,6 +326,17 @@ impl SqliteStore {
 
     /// An `update` that applies only while the member is as the caller read
     /// it (a status, an epoch), so no row means it changed since: `Stale`.
+    /// Whether the member exists and is still at `epoch`: a link issued at
+    /// an older one died with a new password, address or status.
+    async fn still_at_epoch(&self, member_id: MemberId, epoch: i64) -> StoreResult<bool> {
+        let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
+            .bind(member_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(current == Some(epoch))
+    }
+
     /// Writes a credential (the password hash, the address) with one of
     /// `statements`, `[any epoch, at epoch]`, and bumps the epoch: every
     /// session ends and every link dies. With `epoch`, checked and bumped in
@@ -845,12 +856,8 @@ impl MemberStore for SqliteStore {
             if expires_at <= now {
                 return Ok(None);
             }
-            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
-                .bind(member_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok((current == Some(epoch)).then_some(Taken { member_id, epoch }))
+            let live = self.still_at_epoch(member_id, epoch).await?;
+            Ok(live.then_some(Taken { member_id, epoch }))
         })
     }
 
@@ -985,12 +992,8 @@ impl MemberStore for SqliteStore {
                 new_email: row.try_get("new_email").map_err(backend)?,
                 epoch: row.try_get("epoch").map_err(backend)?,
             };
-            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM members WHERE id = ?")
-                .bind(change.member_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok((current == Some(change.epoch)).then_some(change))
+            let live = self.still_at_epoch(change.member_id, change.epoch).await?;
+            Ok(live.then_some(change))
         })
     }
 
