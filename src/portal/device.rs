@@ -56,25 +56,26 @@ impl DeviceCookies {
         let mut raw = [0u8; 20];
         raw[..4].copy_from_slice(&day.to_le_bytes());
         raw[4..].copy_from_slice(&self.mac_over(canonical, day).finalize().into_bytes()[..16]);
-        cookie::Cookie::build((self.name.as_str(), URL_SAFE_NO_PAD.encode(raw)))
-            .path("/")
-            .secure(self.secure)
-            .http_only(true)
-            .same_site(cookie::SameSite::Strict)
-            .max_age(cookie::time::Duration::days(LIFETIME_DAYS))
-            .build()
-            .to_string()
+        self.cookie(
+            URL_SAFE_NO_PAD.encode(raw),
+            cookie::time::Duration::days(LIFETIME_DAYS),
+        )
     }
 
     /// The `Set-Cookie` value that removes the cookie: its account is
     /// deleted, and the browser is known for it no longer.
     pub fn clear_cookie(&self) -> String {
-        cookie::Cookie::build((self.name.as_str(), ""))
+        self.cookie(String::new(), cookie::time::Duration::ZERO)
+    }
+
+    /// The cookie with `value`, kept for `max_age`.
+    fn cookie(&self, value: String, max_age: cookie::time::Duration) -> String {
+        cookie::Cookie::build((self.name.as_str(), value))
             .path("/")
             .secure(self.secure)
             .http_only(true)
             .same_site(cookie::SameSite::Strict)
-            .max_age(cookie::time::Duration::ZERO)
+            .max_age(max_age)
             .build()
             .to_string()
     }
@@ -100,18 +101,12 @@ impl DeviceCookies {
         })
     }
 
-    /// Whether the browser last logged in to another account than
-    /// `canonical`: it carries a device cookie, not one for `canonical`.
-    pub fn names_another_account(
-        &self,
-        headers: &http::HeaderMap,
-        canonical: &str,
-        now: i64,
-    ) -> bool {
+    /// Whether the request carries a device cookie at all: with none that
+    /// vouches for an account, the browser last logged in to another one.
+    pub fn present(&self, headers: &http::HeaderMap) -> bool {
         crate::session::cookie_values(headers, &self.name)
             .next()
             .is_some()
-            && !self.vouches_for(headers, canonical, now)
     }
 
     /// The MAC of a cookie issued to `canonical` on `day`, ready to finish.

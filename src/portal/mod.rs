@@ -592,11 +592,7 @@ impl Request<'_> {
             .visitor
             .as_ref()
             .is_some_and(|old| old.member_id != member.id)
-            || canonical.as_deref().is_some_and(|c| {
-                self.m
-                    .devices
-                    .names_another_account(&self.headers, c, now())
-            });
+            || (browser == Browser::Unknown && self.m.devices.present(&self.headers));
         if after_someone_else {
             self.reset_browser();
         }
